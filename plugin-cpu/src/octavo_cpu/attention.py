@@ -1,0 +1,76 @@
+"""Paged varlen attention with torch ops.
+
+Decodes (q_len 1) are batched: their KV is gathered through the block table into one
+padded tensor and attended in one SDPA call with a length mask. Prefill chunks run one
+request at a time with a causal mask offset by the context already in the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from octavo.platform import AttentionBackend, AttentionMetadata
+
+
+class CpuAttention(AttentionBackend):
+    def write_kv(self, k, v, kv_cache, slot_mapping) -> None:
+        _, num_blocks, block_size, hk, d = kv_cache.shape
+        flat = kv_cache.view(2, num_blocks * block_size, hk, d)
+        flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
+        flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+
+    def attend(self, q, kv_cache, meta: AttentionMetadata, scale: float, sliding_window=None):
+        out = torch.empty_like(q)
+        nd = meta.num_decodes
+        qsl = meta.query_start_loc_cpu
+        if nd > 0:
+            out[:nd] = self._decode(q[:nd], kv_cache, meta, nd, scale, sliding_window)
+        for i in range(nd, meta.num_seqs):
+            s, e = qsl[i], qsl[i + 1]
+            out[s:e] = self._prefill(q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale,
+                                     sliding_window)
+        return out
+
+    @staticmethod
+    def _gather(kv_cache, block_table, num_tokens: int):
+        _, _, bs, hk, d = kv_cache.shape
+        nb = -(-num_tokens // bs)
+        kv = kv_cache[:, block_table[:nb]]  # [2, nb, bs, hk, d]
+        kv = kv.reshape(2, nb * bs, hk, d)[:, :num_tokens]
+        return kv[0], kv[1]
+
+    def _prefill(self, q, kv_cache, block_table, seq_len: int, scale, sliding_window):
+        q_len, hq, d = q.shape
+        k, v = self._gather(kv_cache, block_table, seq_len)  # [S, hk, d]
+        hk = k.shape[1]
+        # causal with the chunk sitting at the end of the context
+        qpos = torch.arange(seq_len - q_len, seq_len).unsqueeze(1)
+        kpos = torch.arange(seq_len).unsqueeze(0)
+        mask = kpos <= qpos
+        if sliding_window is not None:
+            mask &= kpos > qpos - sliding_window
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1).to(q.dtype), v.transpose(0, 1).to(q.dtype),
+            attn_mask=mask, scale=scale, enable_gqa=hq != hk,
+        )
+        return o.transpose(0, 1)
+
+    def _decode(self, q, kv_cache, meta: AttentionMetadata, nd: int, scale, sliding_window):
+        _, _, bs, hk, d = kv_cache.shape
+        hq = q.shape[1]
+        max_len = max(meta.seq_lens_cpu[:nd])
+        nb = -(-max_len // bs)
+        tables = meta.block_tables[:nd, :nb]
+        kv = kv_cache[:, tables]  # [2, nd, nb, bs, hk, d]
+        kv = kv.reshape(2, nd, nb * bs, hk, d)
+        k = kv[0].transpose(1, 2).to(q.dtype)  # [nd, hk, L, d]
+        v = kv[1].transpose(1, 2).to(q.dtype)
+        seq_lens = meta.seq_lens[:nd].to(torch.long).unsqueeze(1)
+        kpos = torch.arange(nb * bs).unsqueeze(0)
+        mask = kpos < seq_lens
+        if sliding_window is not None:
+            mask &= kpos >= seq_lens - sliding_window
+        o = F.scaled_dot_product_attention(
+            q.unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=hq != hk,
+        )  # [nd, hq, 1, d]
+        return o.squeeze(2)

@@ -1,0 +1,68 @@
+"""The CPU platform: torch ops for now (native kernels arrive with their own issue)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
+
+from octavo_cpu.attention import CpuAttention
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class CpuPlatform(Platform):
+    name = "cpu"
+    api_version = API_VERSION
+    device_type = "cpu"
+    package = "octavo-cpu"
+    supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    dist_backend = "gloo"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        # always usable, but any accelerator should win "auto"
+        return Availability(score=10, reason=f"{_usable_cores()} usable cores")
+
+    def make_attention_backend(self) -> CpuAttention:
+        return CpuAttention()
+
+    def device_props(self) -> DeviceProps:
+        total = free = 0
+        try:
+            with open("/proc/meminfo") as f:
+                info = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f}
+            total, free = info.get("MemTotal", 0), info.get("MemAvailable", 0)
+        except OSError:
+            pass
+        flags = _cpu_flags()
+        caps = tuple(sorted(f for f in flags if f.startswith(("avx512", "avx2", "amx", "fma"))))
+        return DeviceProps("cpu", total, free, _usable_cores(), caps)
+
+    def default_dtype(self, model_dtype: torch.dtype | None) -> torch.dtype:
+        # bf16 where the CPU computes it natively, else fp32 (fp16 matmul is slow on CPUs)
+        flags = _cpu_flags()
+        if "avx512_bf16" in flags or "amx_bf16" in flags:
+            return torch.bfloat16
+        return torch.float32
+
+    def check_and_update_config(self, config) -> None:
+        threads = os.environ.get("OMP_NUM_THREADS")
+        torch.set_num_threads(int(threads) if threads else _usable_cores())
