@@ -1,0 +1,27 @@
+"""Octavo: a fast, device-agnostic LLM inference and serving engine."""
+
+from octavo.engine_args import EngineArgs
+from octavo.outputs import CompletionOutput, Logprob, RequestOutput
+from octavo.sampling_params import RequestOutputKind, SamplingParams
+
+__version__ = "0.1.0"
+
+__all__ = ["LLM", "AsyncLLMEngine", "LLMEngine", "EngineArgs", "SamplingParams", "RequestOutput",
+           "RequestOutputKind", "CompletionOutput", "Logprob", "__version__"]
+
+
+def __getattr__(name):
+    # torch-heavy parts load on first use, so `import octavo` stays cheap
+    if name == "LLM":
+        from octavo.entrypoints.llm import LLM
+
+        return LLM
+    if name == "LLMEngine":
+        from octavo.engine import LLMEngine
+
+        return LLMEngine
+    if name == "AsyncLLMEngine":
+        from octavo.async_engine import AsyncLLMEngine
+
+        return AsyncLLMEngine
+    raise AttributeError(f"module 'octavo' has no attribute {name!r}")

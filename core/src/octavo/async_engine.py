@@ -1,0 +1,519 @@
+"""The asyncio front of the engine: per-request async streams over one background step loop.
+
+`LLMEngine` is synchronous and CPU/GPU-heavy, so one dedicated thread owns it and is the only
+thread that ever touches it. Everything else talks to that thread through a command list:
+
+    event loop                                  engine thread
+    ----------                                  -------------
+    generate() -> register stream, queue "add"  apply queued adds/aborts (between steps only)
+               <- add accepted / ValueError     engine.step()
+    stream.queue <- outputs (call_soon_threadsafe, one callback per step)
+    abort()    -> drop stream, queue "abort"    engine.abort_request() frees the KV blocks
+
+Requests added while others run join the next step: that is continuous batching, nothing
+queues behind a running generation. `n > 1` is served by fanning out n sub-requests
+(`{id}-{i}`) when the engine does not sample several sequences per request itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Union
+
+from octavo.outputs import CompletionOutput, RequestOutput
+from octavo.sampling_params import RequestOutputKind, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+PromptType = Union[str, dict]
+
+DEFAULT_MAX_WAITING_REQUESTS = 1024
+
+
+class QueueFullError(RuntimeError):
+    """The bounded waiting queue is full: try again later (the server answers 503)."""
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped (crashed or shut down); no request can be served."""
+
+
+class StatLogger(Protocol):
+    """Told about each finished request (on the event loop); the server's Prometheus metrics."""
+
+    def on_request_finished(self, output: RequestOutput, timing: "RequestTiming") -> None: ...
+
+
+@dataclass
+class RequestTiming:
+    """Wall-clock times seen by the async front (time.monotonic())."""
+
+    arrival: float
+    first_token: Optional[float] = None
+    last_token: Optional[float] = None
+    num_output_tokens: int = 0
+
+
+@dataclass
+class EngineStatsSnapshot:
+    """The engine's counters as of the end of the last step (read from any thread)."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    num_preemptions_total: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    max_num_running_seen: int = 0  # high-water mark of num_running since start
+    num_steps: int = 0  # loop iterations of the engine thread
+
+
+_END = object()  # stream sentinel: no more outputs
+
+
+class _Stream:
+    """One request's outputs on its way from the engine thread to the consumer."""
+
+    __slots__ = ("request_id", "queue", "params", "prompt", "prompt_token_ids", "last", "finished",
+                 "timing", "error")
+
+    def __init__(self, request_id: str, params: SamplingParams, prompt: PromptType) -> None:
+        self.request_id = request_id
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.params = params
+        self.prompt = prompt if isinstance(prompt, str) else None
+        self.prompt_token_ids: list[int] = (list(prompt.get("prompt_token_ids") or [])
+                                            if isinstance(prompt, dict) else [])
+        self.last: Optional[RequestOutput] = None
+        self.finished = False
+        self.timing = RequestTiming(arrival=time.monotonic())
+        self.error: Optional[BaseException] = None
+
+
+class AsyncLLMEngine:
+    """Async, thread-safe front of `LLMEngine` for servers and embedding applications.
+
+    Create it inside or outside a running event loop; the step thread starts on first use and
+    binds to the loop that first calls `generate()` / `start()`.
+    """
+
+    def __init__(self, engine: Any, *, max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS,
+                 stat_loggers: Iterable[StatLogger] = ()) -> None:
+        self.engine = engine
+        self.max_waiting_requests = max_waiting_requests  # 0 = unbounded
+        self.stat_loggers = list(stat_loggers)
+        self._streams: dict[str, _Stream] = {}
+        self._cv = threading.Condition()
+        self._commands: list[tuple] = []  # guarded by _cv
+        self._num_pending_adds = 0  # adds queued, not applied yet (guarded by _cv)
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._dead: Optional[BaseException] = None
+        self._stats = EngineStatsSnapshot()
+        self._native_n: Optional[bool] = getattr(engine, "supports_n", None)
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def from_engine_args(cls, engine_args: Any, **kwargs: Any) -> "AsyncLLMEngine":
+        from octavo.engine import LLMEngine
+
+        return cls(LLMEngine.from_engine_args(engine_args), **kwargs)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def model_config(self) -> Any:
+        return self.engine.model_config
+
+    @property
+    def stats(self) -> EngineStatsSnapshot:
+        return self._stats
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop
+
+    @property
+    def errored(self) -> bool:
+        return self._dead is not None
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    def start(self) -> None:
+        """Start the step thread, bound to the running event loop (idempotent)."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine is not running: {self._dead}") from self._dead
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="octavo-engine", daemon=True)
+        self._thread.start()
+
+    # ---- requests ----------------------------------------------------------------------
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs, shaped by `sampling_params.output_kind` (vLLM's rule).
+
+        With `RequestOutputKind.DELTA` each output carries only the new tokens/text. Raises
+        ValueError for bad input and QueueFullError when the waiting queue is full, before the
+        first output. Leaving the loop early (break, cancellation, a dropped client) aborts the
+        request and frees its KV blocks.
+        """
+        stream = await self.add_request(request_id, prompt, sampling_params)
+        async for out in stream:
+            yield out
+
+    async def add_request(self, request_id: str, prompt: PromptType,
+                          sampling_params: SamplingParams) -> "RequestStream":
+        """Queue a request and wait until the engine accepted it; return its output stream.
+
+        Splitting this from iteration lets a server answer 400/503 before it starts a stream.
+        """
+        self.start()
+        n = sampling_params.n
+        if n > 1 and not self._native_n:
+            subs = []
+            try:
+                for i in range(n):
+                    p = sampling_params.clone()
+                    p.n = p.best_of = 1
+                    if p.seed is not None:
+                        p.seed = p.seed + i
+                    subs.append(await self._add_one(f"{request_id}-{i}", prompt, p))
+            except BaseException:
+                for s in subs:
+                    self._abort_one(s.request_id)
+                raise
+            return RequestStream(self, request_id, subs, sampling_params.output_kind)
+        stream = await self._add_one(request_id, prompt, sampling_params)
+        return RequestStream(self, request_id, [stream], sampling_params.output_kind)
+
+    async def _add_one(self, request_id: str, prompt: PromptType, params: SamplingParams) -> _Stream:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine is not running: {self._dead}")
+        if self._stop:
+            raise EngineDeadError("the engine is shutting down")
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        # fast path of the queue bound; the engine thread checks it exactly
+        if self.max_waiting_requests and (self._stats.num_waiting + self._num_pending_adds
+                                          >= self.max_waiting_requests):
+            raise QueueFullError(self._queue_full_message())
+        stream = _Stream(request_id, params, prompt)
+        self._streams[request_id] = stream
+        fut = self._loop.create_future()
+        self._send(("add", request_id, prompt, params, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            self._abort_one(request_id)  # the add may still land: the abort follows it
+            raise
+        except BaseException:
+            self._streams.pop(request_id, None)
+            raise
+        return stream
+
+    def _queue_full_message(self) -> str:
+        return (f"the server is overloaded: {self.max_waiting_requests} requests are already waiting "
+                "(--max-waiting-requests); retry later")
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now: its stream ends with finish_reason "abort" and the engine frees
+        its KV blocks before the next step. Unknown or finished ids are ignored."""
+        if request_id in self._streams:
+            self._abort_one(request_id)
+            return
+        prefix = f"{request_id}-"  # the sub-requests of an n > 1 fan-out
+        for rid in [r for r in self._streams if r.startswith(prefix)]:
+            self._abort_one(rid)
+
+    def _abort_one(self, request_id: str) -> None:
+        stream = self._streams.pop(request_id, None)
+        self._send(("abort", request_id))
+        if stream is not None and not stream.finished:
+            out = _aborted_output(stream)
+            stream.finished = True
+            stream.queue.put_nowait(out)
+            stream.queue.put_nowait(_END)
+            self._notify_finished(stream, out)
+
+    async def get_stats(self) -> EngineStatsSnapshot:
+        return self._stats
+
+    async def check_health(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine thread died: {self._dead!r}")
+
+    # ---- shutdown ----------------------------------------------------------------------
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Abort every request in flight, stop the step thread and wait for it."""
+        for rid in list(self._streams):
+            self._abort_one(rid)
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight (graceful drain); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._streams
+
+    # ---- the engine thread ----------------------------------------------------------------
+    def _send(self, cmd: tuple) -> None:
+        with self._cv:
+            if cmd[0] == "add":
+                self._num_pending_adds += 1
+            self._commands.append(cmd)
+            self._cv.notify()
+
+    def _run(self) -> None:
+        engine = self.engine
+        live: set[str] = set()  # ids the engine holds unfinished (only this thread touches it)
+        commands: list[tuple] = []
+        try:
+            while True:
+                with self._cv:
+                    while not self._commands and not self._stop and not live:
+                        self._cv.wait()
+                    commands, self._commands = self._commands, []
+                    self._num_pending_adds = 0
+                    stop = self._stop
+                self._apply(commands, live)
+                commands = []
+                if stop:
+                    if live:
+                        engine.abort_request(list(live))
+                    break
+                outputs = engine.step() if live or engine.has_unfinished_requests() else []
+                for out in outputs:
+                    if out.finished:
+                        live.discard(out.request_id)
+                if not engine.has_unfinished_requests():
+                    live.clear()
+                stats = self._snapshot()
+                self._loop.call_soon_threadsafe(self._deliver, outputs, stats)
+        except BaseException as e:  # noqa: BLE001 - reported to every waiting request
+            logger.exception("engine thread died")
+            with self._cv:
+                commands += self._commands
+                self._commands = []
+            futs = [c[-1] for c in commands if c[0] == "add"]
+            try:
+                self._loop.call_soon_threadsafe(self._on_dead, e, futs)
+            except RuntimeError:  # the loop is closed: nobody left to tell
+                pass
+
+    def _apply(self, commands: list[tuple], live: set[str]) -> None:
+        engine = self.engine
+        aborts: list[str] = []
+        for i, cmd in enumerate(commands):
+            if cmd[0] == "abort":
+                if cmd[1] in live:
+                    aborts.append(cmd[1])
+                    live.discard(cmd[1])
+                continue
+            if aborts:  # keep the order: an abort may target an add queued before it
+                engine.abort_request(aborts)
+                aborts = []
+            _, rid, prompt, params, fut = cmd
+            try:
+                if self.max_waiting_requests and self._num_waiting() >= self.max_waiting_requests:
+                    raise QueueFullError(self._queue_full_message())
+                engine.add_request(rid, prompt, params, arrival_time=time.monotonic())
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                self._loop.call_soon_threadsafe(_set_exception, fut, e)
+            else:
+                live.add(rid)
+                self._loop.call_soon_threadsafe(_set_result, fut)
+        if aborts:
+            engine.abort_request(aborts)
+
+    def _num_waiting(self) -> int:
+        return int(self.engine.get_stats().num_waiting)
+
+    def _snapshot(self) -> EngineStatsSnapshot:
+        s = self.engine.get_stats()
+        prev = self._stats
+        return EngineStatsSnapshot(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage,
+            prompt_tokens_total=s.prompt_tokens_total,
+            generation_tokens_total=s.generation_tokens_total,
+            num_preemptions_total=s.num_preemptions_total,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
+            max_num_running_seen=max(prev.max_num_running_seen, s.num_running),
+            num_steps=prev.num_steps + 1,
+        )
+
+    # ---- back on the event loop ------------------------------------------------------------
+    def _deliver(self, outputs: list[RequestOutput], stats: EngineStatsSnapshot) -> None:
+        self._stats = stats
+        now = time.monotonic()
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None or stream.finished:
+                continue  # aborted while the step ran
+            if stream.prompt_token_ids == [] and out.prompt_token_ids:
+                stream.prompt_token_ids = list(out.prompt_token_ids)
+            t = stream.timing
+            new_tokens = sum(len(c.token_ids) for c in out.outputs)
+            if stream.params.output_kind != RequestOutputKind.DELTA:
+                new_tokens -= t.num_output_tokens
+            if new_tokens > 0:
+                if t.first_token is None:
+                    t.first_token = now
+                t.last_token = now
+                t.num_output_tokens += new_tokens
+            stream.last = out
+            stream.queue.put_nowait(out)
+            if out.finished:
+                stream.finished = True
+                stream.queue.put_nowait(_END)
+                del self._streams[out.request_id]
+                self._notify_finished(stream, out)
+
+    def _notify_finished(self, stream: _Stream, out: RequestOutput) -> None:
+        for sl in self.stat_loggers:
+            try:
+                sl.on_request_finished(out, stream.timing)
+            except Exception:  # noqa: BLE001 - metrics must never break serving
+                logger.exception("stat logger failed")
+
+    def _on_dead(self, error: BaseException, futs: list[asyncio.Future]) -> None:
+        self._dead = error
+        for fut in futs:
+            _set_exception(fut, EngineDeadError(f"the engine thread died: {error!r}"))
+        for stream in list(self._streams.values()):
+            stream.error = error
+            stream.finished = True
+            stream.queue.put_nowait(_END)
+        self._streams.clear()
+
+
+class RequestStream:
+    """Async iterator over one request's outputs; merges the sub-streams of an n > 1 fan-out.
+
+    Closing it early (or cancelling the task iterating it) aborts whatever is unfinished.
+    """
+
+    def __init__(self, engine: AsyncLLMEngine, request_id: str, subs: list[_Stream],
+                 kind: RequestOutputKind) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self._subs = subs
+        self._kind = kind
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[RequestOutput]:
+        try:
+            if len(self._subs) == 1:
+                async for out in _drain(self._subs[0]):
+                    yield out
+            else:
+                async for out in self._merged():
+                    yield out
+            self._done = True
+        finally:
+            if not self._done:
+                self.abort()
+
+    def abort(self) -> None:
+        for s in self._subs:
+            if not s.finished:
+                self.engine._abort_one(s.request_id)
+
+    async def _merged(self) -> AsyncIterator[RequestOutput]:
+        """Interleave n sub-streams as one request whose CompletionOutput.index is the sub's."""
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, s: _Stream) -> None:
+            try:
+                async for out in _drain(s):
+                    merged.put_nowait((i, out, None))
+            except BaseException as e:  # noqa: BLE001
+                merged.put_nowait((i, None, e))
+            merged.put_nowait((i, None, None))
+
+        tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(self._subs)]
+        latest: dict[int, CompletionOutput] = {}
+        open_subs = len(self._subs)
+        first: Optional[RequestOutput] = None
+        try:
+            while open_subs:
+                i, out, err = await merged.get()
+                if err is not None:
+                    raise err
+                if out is None:
+                    open_subs -= 1
+                    if open_subs == 0 and self._kind == RequestOutputKind.FINAL_ONLY and first:
+                        yield _merge(self.request_id, first, [latest[k] for k in sorted(latest)], True)
+                    continue
+                first = first or out
+                outs = [dataclasses.replace(c, index=i) for c in out.outputs]
+                for c in outs:
+                    latest[i] = c
+                finished = open_subs == 1 and out.finished
+                if self._kind == RequestOutputKind.DELTA:
+                    yield _merge(self.request_id, out, outs, finished)
+                elif self._kind == RequestOutputKind.CUMULATIVE:
+                    yield _merge(self.request_id, out, [latest[k] for k in sorted(latest)], finished)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+
+async def _drain(stream: _Stream) -> AsyncIterator[RequestOutput]:
+    while True:
+        item = await stream.queue.get()
+        if item is _END:
+            if stream.error is not None:
+                raise EngineDeadError(f"the engine thread died: {stream.error!r}") from stream.error
+            return
+        yield item
+
+
+def _merge(request_id: str, base: RequestOutput, outputs: list[CompletionOutput],
+           finished: bool) -> RequestOutput:
+    return dataclasses.replace(base, request_id=request_id, outputs=outputs, finished=finished)
+
+
+def _aborted_output(stream: _Stream) -> RequestOutput:
+    """The last output of an aborted request: nothing new, finish_reason "abort"."""
+    if stream.last is not None and stream.params.output_kind == RequestOutputKind.CUMULATIVE:
+        outs = [dataclasses.replace(c, finish_reason="abort") for c in stream.last.outputs]
+    else:
+        outs = [CompletionOutput(index=0, text="", token_ids=[], finish_reason="abort")]
+    return RequestOutput(request_id=stream.request_id, prompt=stream.prompt,
+                         prompt_token_ids=stream.prompt_token_ids, outputs=outs, finished=True)
+
+
+def _set_result(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _set_exception(fut: asyncio.Future, e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e)

@@ -1,0 +1,298 @@
+"""LLMEngine: the synchronous step loop shared by the LLM class and the async server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from octavo.block_manager import BlockManager
+from octavo.detokenizer import IncrementalDetokenizer
+from octavo.engine_args import EngineArgs
+from octavo.loader.source import load_tokenizer
+from octavo.model_runner import ModelRunner
+from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from octavo.request import Request, RequestStatus
+from octavo.sampling_params import RequestOutputKind, SamplingParams
+from octavo.scheduler import Scheduler
+
+logger = logging.getLogger("octavo")
+
+PromptType = Union[str, dict]
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of KV blocks in use, 0..1
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_preemptions_total: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of which found cached
+
+
+class _Sample:
+    """One of the n samples of a user request: a scheduler Request plus its text state."""
+
+    __slots__ = ("index", "req", "detok", "logprobs", "cumulative_logprob", "sent_tokens")
+
+    def __init__(self, index: int, req: Request, detok: IncrementalDetokenizer) -> None:
+        self.index = index
+        self.req = req
+        self.detok = detok
+        self.logprobs: Optional[list[dict[int, Logprob]]] = [] if req.sampling_params.logprobs is not None else None
+        self.cumulative_logprob: Optional[float] = 0.0 if self.logprobs is not None else None
+        self.sent_tokens = 0
+
+
+class _Group:
+    """A user request: its prompt and its n samples."""
+
+    def __init__(self, request_id: str, prompt: Optional[str], prompt_ids: list[int], params: SamplingParams,
+                 arrival: float) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.samples: list[_Sample] = []
+        self.metrics = RequestMetrics(arrival_time=arrival)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.req.is_finished for s in self.samples)
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs) -> None:
+        t0 = time.perf_counter()
+        self.config, self.platform, source = args.create_config()
+        self.model_config = self.config.model
+        self.tokenizer = load_tokenizer(source, args.tokenizer)
+        self.runner = ModelRunner(self.config, self.platform, source)
+        num_blocks = self._num_kv_blocks()
+        self.runner.allocate_kv_cache(num_blocks)
+        cache = self.config.cache
+        self.block_manager = BlockManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        sc = self.config.scheduler
+        self.scheduler = Scheduler(self.block_manager, sc.max_num_seqs, sc.max_num_batched_tokens,
+                                   self.model_config.max_model_len)
+        self.eos_token_ids = self._eos_ids()
+        self.vocab_size = self.model_config.hf_config.vocab_size
+        self.groups: dict[str, _Group] = {}
+        self.sample_of: dict[str, _Sample] = {}
+        self.group_of: dict[str, _Group] = {}
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        logger.info("engine ready on %s in %.2f s", self.platform.name, time.perf_counter() - t0)
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
+        return cls(args)
+
+    def _num_kv_blocks(self) -> int:
+        cache = self.config.cache
+        per_block = self.runner.kv_bytes_per_block()
+        if cache.num_blocks is not None:
+            num_blocks = cache.num_blocks
+        else:
+            budget = self.platform.kv_cache_budget_bytes(self.config, self.runner.model_bytes)
+            num_blocks = budget // per_block
+        max_len = self.model_config.max_model_len
+        if num_blocks * cache.block_size < max_len and cache.num_blocks is None:
+            raise ValueError(
+                f"the KV cache holds {num_blocks * cache.block_size} tokens, fewer than max_model_len={max_len}; "
+                "raise --kv-cache-memory / --gpu-memory-utilization or lower --max-model-len"
+            )
+        tokens = num_blocks * cache.block_size
+        logger.info(
+            "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB); max concurrency at %d tokens/request: %.1fx",
+            num_blocks, cache.block_size, tokens, num_blocks * per_block / 2**30, max_len, tokens / max_len,
+        )
+        return num_blocks
+
+    def _eos_ids(self) -> tuple[int, ...]:
+        ids = set()
+        cfg_eos = getattr(self.model_config.hf_config, "eos_token_id", None)
+        for e in (cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]):
+            if e is not None:
+                ids.add(int(e))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return tuple(sorted(ids))
+
+    # ---- requests -------------------------------------------------------------------------
+    def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            ids = prompt["prompt_token_ids"]
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
+                raise ValueError("prompt_token_ids must be a list of integers")
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+            return prompt.get("prompt"), list(ids)
+        if isinstance(prompt, dict) and "prompt" in prompt:
+            return self._tokenize(prompt["prompt"])
+        raise ValueError(f"a prompt must be a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                    arrival_time: Optional[float] = None) -> None:
+        if request_id in self.groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if params.best_of != params.n:
+            raise ValueError("best_of > n is not supported yet; leave best_of unset")
+        text, ids = self._tokenize(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty; give at least one token")
+        max_len = self.model_config.max_model_len
+        if len(ids) >= max_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens, but this model's context (max_model_len) is {max_len} tokens; "
+                "shorten the prompt"
+            )
+        params = params.clone()
+        if params.max_tokens is None:
+            params.max_tokens = max_len - len(ids)
+        elif len(ids) + params.max_tokens > max_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}: {len(ids) + params.max_tokens} "
+                f"tokens exceed this model's context of {max_len}; lower max_tokens to at most {max_len - len(ids)}"
+            )
+        capacity = self.block_manager.num_blocks * self.block_manager.block_size
+        if len(ids) + params.max_tokens > capacity:
+            raise ValueError(
+                f"the request needs up to {len(ids) + params.max_tokens} tokens of KV cache but the cache holds "
+                f"{capacity}; lower max_tokens or raise the KV cache size"
+            )
+        params._eos_token_ids = self.eos_token_ids
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        group = _Group(request_id, text, ids, params, arrival)
+        for i in range(params.n):
+            p = params
+            if params.n > 1:
+                p = params.clone()
+                if p.seed is not None:
+                    p.seed += i  # distinct but reproducible samples
+            rid = request_id if params.n == 1 else f"{request_id}#{i}"
+            req = Request(rid, ids, p, arrival, max_len)
+            group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
+        self.groups[request_id] = group
+        for s in group.samples:
+            self.sample_of[s.req.request_id] = s
+            self.group_of[s.req.request_id] = group
+            self.scheduler.add_request(s.req)
+
+    def abort_request(self, request_ids) -> None:
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for rid in request_ids:
+            group = self.groups.pop(rid, None)
+            if group is None:
+                continue
+            self.scheduler.abort([s.req.request_id for s in group.samples])
+            self._forget(group)
+
+    def _forget(self, group: _Group) -> None:
+        for s in group.samples:
+            self.sample_of.pop(s.req.request_id, None)
+            self.group_of.pop(s.req.request_id, None)
+            self.runner.sampler.forget(s.req.request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.groups)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.groups)
+
+    # ---- the step -----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty:
+            return []
+        pending = {}
+        for s in sched_out.scheduled:
+            if s.sample:
+                p = s.sampling_params
+                pending[s.request_id] = (len(s.all_token_ids) - s.num_prompt_tokens) < p.min_tokens
+        step_out = self.runner.execute(sched_out, pending)
+        changed = self.scheduler.update(sched_out, step_out.sampled)
+        now = time.monotonic()
+        touched: dict[str, _Group] = {}
+        for req in changed:
+            sample = self.sample_of[req.request_id]
+            group = self.group_of[req.request_id]
+            token = req.token_ids[-1]
+            self.generation_tokens_total += 1
+            if group.metrics.first_token_time is None:
+                group.metrics.first_token_time = now
+                self.prompt_tokens_total += len(group.prompt_ids)
+            lp = step_out.logprobs.get(req.request_id)
+            if lp is not None and sample.logprobs is not None:
+                chosen, rank, alts = lp
+                entry = {tid: Logprob(v, r + 1, None) for r, (tid, v) in enumerate(alts)}
+                entry[token] = Logprob(chosen, rank, None)
+                sample.logprobs.append(entry)
+                sample.cumulative_logprob += chosen
+            stop = sample.detok.add_token(token)
+            if stop is not None and not req.is_finished:
+                self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED, stop)
+            touched[group.request_id] = group
+        outputs = []
+        for group in touched.values():
+            out = self._make_output(group)
+            if group.finished:
+                group.metrics.finished_time = now
+                group.metrics.num_preemptions = sum(s.req.num_preemptions for s in group.samples)
+                self.groups.pop(group.request_id, None)
+                self._forget(group)
+            if out is not None:
+                outputs.append(out)
+        return outputs
+
+    def _make_output(self, group: _Group) -> Optional[RequestOutput]:
+        kind = group.params.output_kind
+        finished = group.finished
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        delta = kind == RequestOutputKind.DELTA
+        comps = []
+        for s in group.samples:
+            req = s.req
+            done = req.is_finished
+            tokens = req.output_token_ids
+            if delta:
+                text = s.detok.delta(done)
+                new_tokens = tokens[s.sent_tokens:]
+                lps = s.logprobs[s.sent_tokens:] if s.logprobs is not None else None
+                s.sent_tokens = len(tokens)
+            else:
+                text = s.detok.visible_text(done)
+                new_tokens = list(tokens)
+                lps = list(s.logprobs) if s.logprobs is not None else None
+            comps.append(CompletionOutput(
+                index=s.index, text=text, token_ids=new_tokens, cumulative_logprob=s.cumulative_logprob,
+                logprobs=lps, finish_reason=req.finish_reason, stop_reason=req.stop_reason,
+            ))
+        cached = max((s.req.num_cached_tokens for s in group.samples), default=0)
+        return RequestOutput(
+            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_ids,
+            outputs=comps, finished=finished, num_cached_tokens=max(cached, 0), metrics=group.metrics,
+        )
+
+    # ---- introspection ----------------------------------------------------------------------
+    def get_stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=bm.usage(),
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            num_preemptions_total=self.scheduler.num_preemptions,
+            prefix_cache_queries=bm.prefix_queries,
+            prefix_cache_hits=bm.prefix_hits,
+        )

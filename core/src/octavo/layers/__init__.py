@@ -1,0 +1,1 @@
+"""Model building blocks; every kernel call goes through the selected platform."""

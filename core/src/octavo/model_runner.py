@@ -1,0 +1,130 @@
+"""SchedulerOutput -> flat device tensors -> model -> sampler -> StepOutput."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from octavo.config import EngineConfig
+from octavo.loader.source import ModelSource
+from octavo.loader.weights import init_dummy, iter_weights
+from octavo.models import get_model_class
+from octavo.platform import AttentionMetadata, Platform
+from octavo.sampling import Sampler
+from octavo.scheduler import SchedulerOutput
+
+logger = logging.getLogger("octavo")
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Runner -> scheduler: one sampled token per request that reached its end this step."""
+
+    sampled: dict[str, int]
+    logprobs: dict[str, tuple[float, int, list[tuple[int, float]]]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, platform: Platform, source: ModelSource) -> None:
+        self.config = config
+        self.platform = platform
+        self.device = platform.torch_device()
+        self.dtype = config.model.dtype
+        hf = config.model.hf_config
+        t0 = time.perf_counter()
+        cls = get_model_class(hf)
+        with torch.device(self.device):
+            model = cls(platform, hf, config.model.max_model_len)
+        model.to(dtype=self.dtype)
+        model.cos_sin_cache = model.cos_sin_cache.float()  # rotary tables stay in float32
+        if config.model.load_format == "dummy":
+            init_dummy(model, config.model.seed)
+        else:
+            model.load_weights(iter_weights(source, hf, self.dtype))
+        self.model = model.eval()
+        self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        logger.info("loaded %s (%.1f MB, %s) in %.2f s", config.model.model, self.model_bytes / 1e6,
+                    str(self.dtype).replace("torch.", ""), time.perf_counter() - t0)
+        self.sampler = Sampler(self.device)
+        self.kv_caches: list[torch.Tensor] = []
+        self.block_size = config.cache.block_size
+
+    # ---- KV cache ---------------------------------------------------------------------
+    def kv_bytes_per_block(self) -> int:
+        m = self.model
+        per_token = 2 * m.num_kv_heads * m.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        return per_token * self.block_size * len(m.layers)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        m = self.model
+        shape = self.platform.attention.kv_cache_shape(num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in m.layers]
+
+    # ---- one step -----------------------------------------------------------------------
+    def _prepare(self, out: SchedulerOutput):
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        qsl = [0]
+        seq_lens: list[int] = []
+        max_blocks = 0
+        num_decodes = 0
+        counting_decodes = True
+        for s in out.scheduled:
+            n = len(s.token_ids)
+            if counting_decodes and n == 1:
+                num_decodes += 1
+            else:
+                counting_decodes = False
+            input_ids.extend(s.token_ids)
+            start = s.start_pos
+            positions.extend(range(start, start + n))
+            blocks = s.block_ids
+            slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, start + n))
+            qsl.append(qsl[-1] + n)
+            seq_lens.append(start + n)
+            max_blocks = max(max_blocks, len(blocks))
+        tables = [s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in out.scheduled]
+        dev = self.device
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            max_query_len=max(qsl[i + 1] - qsl[i] for i in range(len(seq_lens))),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=qsl,
+            seq_lens_cpu=seq_lens,
+            num_decodes=num_decodes,
+        )
+        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
+        pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        return ids, pos, meta
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None) -> StepOutput:
+        ids, pos, meta = self._prepare(out)
+        hidden = self.model(ids, pos, self.kv_caches, meta)
+        rows = [i for i, s in enumerate(out.scheduled) if s.sample]
+        if not rows:
+            return StepOutput({})
+        last = torch.tensor([meta.query_start_loc_cpu[i + 1] - 1 for i in rows], device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, last))
+        chosen = [out.scheduled[i] for i in rows]
+        rids = [s.request_id for s in chosen]
+        pending = min_tokens_pending or {}
+        result = self.sampler(
+            logits,
+            rids,
+            [s.sampling_params for s in chosen],
+            [(s.all_token_ids, s.num_prompt_tokens) for s in chosen],
+            [pending.get(r, False) for r in rids],
+        )
+        sampled = dict(zip(rids, result.token_ids))
+        lps = {r: lp for r, lp in zip(rids, result.logprobs) if lp is not None}
+        return StepOutput(sampled, lps)

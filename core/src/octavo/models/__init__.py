@@ -1,0 +1,32 @@
+"""Model registry: architecture name (config.architectures[0]) -> model class, one level, lazy."""
+
+from __future__ import annotations
+
+import importlib
+
+_REGISTRY = {
+    "LlamaForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("octavo.models.qwen2", "Qwen2ForCausalLM"),
+    "Qwen3ForCausalLM": ("octavo.models.qwen3", "Qwen3ForCausalLM"),
+}
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model_class(hf_config):
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if not archs and getattr(hf_config, "model_type", None) in _MODEL_TYPES:
+        archs = [_MODEL_TYPES[hf_config.model_type]]
+    for arch in archs:
+        if arch in _REGISTRY:
+            module, name = _REGISTRY[arch]
+            return getattr(importlib.import_module(module), name)
+    raise ValueError(
+        f"model architecture {archs or getattr(hf_config, 'model_type', '?')} is not supported; "
+        f"supported: {', '.join(supported_architectures())}"
+    )

@@ -1,0 +1,155 @@
+"""Batched sampling on the device: logits of each request's last token -> next token.
+
+All rows are processed together; the only per-request Python work is building the
+parameter tensors and drawing the random numbers of seeded requests (each seeded
+request owns a torch.Generator, so its draws do not depend on the rest of the batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from octavo.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    # per row: (logprob of the sampled token, its rank, [(token id, logprob)] top-k) or None
+    logprobs: list[Optional[tuple[float, int, list[tuple[int, float]]]]]
+
+
+def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequence[tuple[list[int], int]]):
+    """Repetition (prompt + output), presence and frequency (output) penalties, batched."""
+    rows = [i for i, p in enumerate(params)
+            if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0]
+    if not rows:
+        return logits
+    dev = logits.device
+    v = logits.shape[1]
+    for i in rows:  # only penalized rows pay; the counts are one scatter each
+        p = params[i]
+        all_ids, n_prompt = histories[i]
+        out_ids = torch.tensor(all_ids[n_prompt:], dtype=torch.long, device=dev)
+        seen = torch.tensor(all_ids, dtype=torch.long, device=dev)
+        row = logits[i]
+        if p.repetition_penalty != 1.0:
+            mask = torch.zeros(v, dtype=torch.bool, device=dev)
+            mask[seen] = True
+            row = torch.where(mask & (row > 0), row / p.repetition_penalty, row)
+            row = torch.where(mask & (row <= 0), row * p.repetition_penalty, row)
+        if out_ids.numel():
+            counts = torch.zeros(v, dtype=logits.dtype, device=dev).scatter_add_(
+                0, out_ids, torch.ones_like(out_ids, dtype=logits.dtype))
+            row = row - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
+        logits[i] = row
+    return logits
+
+
+class Sampler:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.generators: dict[str, torch.Generator] = {}
+
+    def forget(self, request_id: str) -> None:
+        self.generators.pop(request_id, None)
+
+    def _generator(self, request_id: str, seed: int) -> torch.Generator:
+        g = self.generators.get(request_id)
+        if g is None:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            self.generators[request_id] = g
+        return g
+
+    def __call__(
+        self,
+        logits: torch.Tensor,  # [S, V] float32
+        request_ids: Sequence[str],
+        params: Sequence[SamplingParams],
+        histories: Sequence[tuple[list[int], int]],
+        eos_masks: Sequence[bool] = (),
+    ) -> SamplerOutput:
+        raw = logits
+        want_lp = [p.logprobs is not None for p in params]
+        logits = logits.clone() if any(want_lp) else logits
+        # logit bias, min_tokens (ban EOS / stop tokens) and penalties change the distribution
+        for i, p in enumerate(params):
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias.keys()), device=self.device)
+                logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=self.device, dtype=logits.dtype)
+            if eos_masks and eos_masks[i]:
+                ban = list(p._eos_token_ids) + list(p.stop_token_ids)
+                logits[i, ban] = float("-inf")
+        logits = _apply_penalties(logits, params, histories)
+
+        if all(p.greedy for p in params):
+            tokens = logits.argmax(dim=-1)
+        else:
+            tokens = self._sample(logits, request_ids, params)
+        token_list = tokens.tolist()
+        lps: list = [None] * len(params)
+        if any(want_lp):
+            lps = self._logprobs(raw, tokens, params)
+        return SamplerOutput(token_list, lps)
+
+    def _sample(self, logits, request_ids, params) -> torch.Tensor:
+        dev = self.device
+        greedy = torch.tensor([p.greedy for p in params], device=dev)
+        temp = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=dev)
+        logits = logits / temp.unsqueeze(1)
+        top_k = [p.top_k for p in params]
+        top_p = [p.top_p for p in params]
+        min_p = [p.min_p for p in params]
+        if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
+            logits = _top_k_top_p(logits, top_k, top_p)
+        probs = logits.softmax(dim=-1)
+        if any(m > 0 for m in min_p):
+            mp = torch.tensor(min_p, device=dev).unsqueeze(1)
+            probs = torch.where(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0, probs)
+        # exponential race: argmax(p / E) with E ~ Exp(1) draws from p; seeded rows draw
+        # their E from their own generator, so their samples ignore the rest of the batch
+        noise = torch.empty_like(probs).exponential_()
+        for i, p in enumerate(params):
+            if p.seed is not None and not p.greedy:
+                noise[i].exponential_(generator=self._generator(request_ids[i], p.seed))
+        sampled = (probs / noise).argmax(dim=-1)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+    def _logprobs(self, raw, tokens, params):
+        logp = raw.log_softmax(dim=-1)
+        k = max(p.logprobs or 0 for p in params)
+        chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
+        top_v, top_i = logp.topk(k, dim=-1) if k > 0 else (None, None)
+        chosen, ranks = chosen.tolist(), ranks.tolist()
+        top_v = top_v.tolist() if k > 0 else None
+        top_i = top_i.tolist() if k > 0 else None
+        out = []
+        for i, p in enumerate(params):
+            if p.logprobs is None:
+                out.append(None)
+                continue
+            n = p.logprobs
+            alts = list(zip(top_i[i][:n], top_v[i][:n])) if n else []
+            out.append((chosen[i], ranks[i], alts))
+        return out
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    """Mask logits outside each row's top-k and nucleus (top-p), batched over one sort."""
+    v = logits.shape[1]
+    dev = logits.device
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    k = torch.tensor([kk if kk > 0 else v for kk in top_k], device=dev).clamp(max=v)
+    ranks = torch.arange(v, device=dev).unsqueeze(0)
+    drop = ranks >= k.unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    p = torch.tensor(top_p, device=dev).unsqueeze(1)
+    probs = sorted_logits.softmax(dim=-1)
+    # drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
+    before = probs.cumsum(dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(before >= p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, idx, sorted_logits)
