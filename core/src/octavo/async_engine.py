@@ -11,8 +11,7 @@ thread that ever touches it. Everything else talks to that thread through a comm
     abort()    -> drop stream, queue "abort"    engine.abort_request() frees the KV blocks
 
 Requests added while others run join the next step: that is continuous batching, nothing
-queues behind a running generation. `n > 1` is served by fanning out n sub-requests
-(`{id}-{i}`) when the engine does not sample several sequences per request itself.
+queues behind a running generation. (`n > 1` is the engine's: one request, n samples.)
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 from octavo.outputs import CompletionOutput, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -119,7 +118,6 @@ class AsyncLLMEngine:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._dead: Optional[BaseException] = None
         self._stats = EngineStatsSnapshot()
-        self._native_n: Optional[bool] = getattr(engine, "supports_n", None)
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -183,23 +181,8 @@ class AsyncLLMEngine:
         Splitting this from iteration lets a server answer 400/503 before it starts a stream.
         """
         self.start()
-        n = sampling_params.n
-        if n > 1 and not self._native_n:
-            subs = []
-            try:
-                for i in range(n):
-                    p = sampling_params.clone()
-                    p.n = p.best_of = 1
-                    if p.seed is not None:
-                        p.seed = p.seed + i
-                    subs.append(await self._add_one(f"{request_id}-{i}", prompt, p))
-            except BaseException:
-                for s in subs:
-                    self._abort_one(s.request_id)
-                raise
-            return RequestStream(self, request_id, subs, sampling_params.output_kind)
         stream = await self._add_one(request_id, prompt, sampling_params)
-        return RequestStream(self, request_id, [stream], sampling_params.output_kind)
+        return RequestStream(self, stream)
 
     async def _add_one(self, request_id: str, prompt: PromptType, params: SamplingParams) -> _Stream:
         if self._dead is not None:
@@ -233,12 +216,7 @@ class AsyncLLMEngine:
     def abort(self, request_id: str) -> None:
         """Stop a request now: its stream ends with finish_reason "abort" and the engine frees
         its KV blocks before the next step. Unknown or finished ids are ignored."""
-        if request_id in self._streams:
-            self._abort_one(request_id)
-            return
-        prefix = f"{request_id}-"  # the sub-requests of an n > 1 fan-out
-        for rid in [r for r in self._streams if r.startswith(prefix)]:
-            self._abort_one(rid)
+        self._abort_one(request_id)
 
     def _abort_one(self, request_id: str) -> None:
         stream = self._streams.pop(request_id, None)
@@ -323,7 +301,7 @@ class AsyncLLMEngine:
     def _apply(self, commands: list[tuple], live: set[str]) -> None:
         engine = self.engine
         aborts: list[str] = []
-        for i, cmd in enumerate(commands):
+        for cmd in commands:
             if cmd[0] == "abort":
                 if cmd[1] in live:
                     aborts.append(cmd[1])
@@ -410,78 +388,34 @@ class AsyncLLMEngine:
 
 
 class RequestStream:
-    """Async iterator over one request's outputs; merges the sub-streams of an n > 1 fan-out.
+    """Async iterator over one request's outputs. Closing it early (or cancelling the task that
+    iterates it) aborts the request."""
 
-    Closing it early (or cancelling the task iterating it) aborts whatever is unfinished.
-    """
-
-    def __init__(self, engine: AsyncLLMEngine, request_id: str, subs: list[_Stream],
-                 kind: RequestOutputKind) -> None:
+    def __init__(self, engine: AsyncLLMEngine, stream: _Stream) -> None:
         self.engine = engine
-        self.request_id = request_id
-        self._subs = subs
-        self._kind = kind
-        self._done = False
+        self.request_id = stream.request_id
+        self._stream = stream
+
+    @property
+    def finished(self) -> bool:
+        return self._stream.finished
 
     def __aiter__(self) -> AsyncIterator[RequestOutput]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[RequestOutput]:
+        done = False
         try:
-            if len(self._subs) == 1:
-                async for out in _drain(self._subs[0]):
-                    yield out
-            else:
-                async for out in self._merged():
-                    yield out
-            self._done = True
+            async for out in _drain(self._stream):
+                yield out
+            done = True
         finally:
-            if not self._done:
+            if not done:
                 self.abort()
 
     def abort(self) -> None:
-        for s in self._subs:
-            if not s.finished:
-                self.engine._abort_one(s.request_id)
-
-    async def _merged(self) -> AsyncIterator[RequestOutput]:
-        """Interleave n sub-streams as one request whose CompletionOutput.index is the sub's."""
-        merged: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i: int, s: _Stream) -> None:
-            try:
-                async for out in _drain(s):
-                    merged.put_nowait((i, out, None))
-            except BaseException as e:  # noqa: BLE001
-                merged.put_nowait((i, None, e))
-            merged.put_nowait((i, None, None))
-
-        tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(self._subs)]
-        latest: dict[int, CompletionOutput] = {}
-        open_subs = len(self._subs)
-        first: Optional[RequestOutput] = None
-        try:
-            while open_subs:
-                i, out, err = await merged.get()
-                if err is not None:
-                    raise err
-                if out is None:
-                    open_subs -= 1
-                    if open_subs == 0 and self._kind == RequestOutputKind.FINAL_ONLY and first:
-                        yield _merge(self.request_id, first, [latest[k] for k in sorted(latest)], True)
-                    continue
-                first = first or out
-                outs = [dataclasses.replace(c, index=i) for c in out.outputs]
-                for c in outs:
-                    latest[i] = c
-                finished = open_subs == 1 and out.finished
-                if self._kind == RequestOutputKind.DELTA:
-                    yield _merge(self.request_id, out, outs, finished)
-                elif self._kind == RequestOutputKind.CUMULATIVE:
-                    yield _merge(self.request_id, out, [latest[k] for k in sorted(latest)], finished)
-        finally:
-            for t in tasks:
-                t.cancel()
+        if not self._stream.finished:
+            self.engine._abort_one(self.request_id)
 
 
 async def _drain(stream: _Stream) -> AsyncIterator[RequestOutput]:
@@ -494,17 +428,13 @@ async def _drain(stream: _Stream) -> AsyncIterator[RequestOutput]:
         yield item
 
 
-def _merge(request_id: str, base: RequestOutput, outputs: list[CompletionOutput],
-           finished: bool) -> RequestOutput:
-    return dataclasses.replace(base, request_id=request_id, outputs=outputs, finished=finished)
-
-
 def _aborted_output(stream: _Stream) -> RequestOutput:
     """The last output of an aborted request: nothing new, finish_reason "abort"."""
     if stream.last is not None and stream.params.output_kind == RequestOutputKind.CUMULATIVE:
         outs = [dataclasses.replace(c, finish_reason="abort") for c in stream.last.outputs]
     else:
-        outs = [CompletionOutput(index=0, text="", token_ids=[], finish_reason="abort")]
+        outs = [CompletionOutput(index=i, text="", token_ids=[], finish_reason="abort")
+                for i in range(stream.params.n)]
     return RequestOutput(request_id=stream.request_id, prompt=stream.prompt,
                          prompt_token_ids=stream.prompt_token_ids, outputs=outs, finished=True)
 

@@ -14,6 +14,9 @@ from octavo.platform import AttentionBackend, AttentionMetadata
 
 class CpuAttention(AttentionBackend):
     def write_kv(self, k, v, kv_cache, slot_mapping) -> None:
+        keep = slot_mapping >= 0  # slot -1 marks padding, which is not stored
+        if not bool(keep.all()):
+            k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
         _, num_blocks, block_size, hk, d = kv_cache.shape
         flat = kv_cache.view(2, num_blocks * block_size, hk, d)
         flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))

@@ -1,0 +1,176 @@
+"""`octavo bench throughput`: an offline workload through Octavo and, with --compare hf,
+through Hugging Face transformers' generate() on the same weights in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+@dataclass
+class Result:
+    elapsed_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    num_requests: int
+    output_tokens: int
+    prompt_tokens: int
+
+
+def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, output_len: int,
+                  dataset: str, seed: int) -> Workload:
+    """Seeded random token ids, special tokens excluded.
+
+    dataset "random": every prompt has input_len tokens and every request output_len.
+    dataset "uniform:LOW-HIGH": prompt lengths uniform in LOW..HIGH and output lengths
+    uniform in output_len/4..output_len.
+    """
+    rng = random.Random(seed)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    allowed = [t for t in range(min(vocab_size, len(tokenizer))) if t not in special]
+    if dataset == "random":
+        in_lens = [input_len] * num_prompts
+        out_lens = [output_len] * num_prompts
+    elif dataset.startswith("uniform:"):
+        lo, hi = (int(x) for x in dataset.split(":", 1)[1].split("-"))
+        in_lens = [rng.randint(lo, hi) for _ in range(num_prompts)]
+        out_lens = [rng.randint(max(1, output_len // 4), output_len) for _ in range(num_prompts)]
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; use random or uniform:LOW-HIGH")
+    prompts = [[rng.choice(allowed) for _ in range(n)] for n in in_lens]
+    return Workload(prompts, out_lens)
+
+
+def _result(w: Workload, elapsed: float) -> Result:
+    return Result(elapsed, len(w.prompts) / elapsed, w.output_tokens / elapsed,
+                  (w.prompt_tokens + w.output_tokens) / elapsed, len(w.prompts), w.output_tokens, w.prompt_tokens)
+
+
+def run_octavo(llm, w: Workload) -> Result:
+    from octavo import SamplingParams
+
+    params = [SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=n, seed=i)
+              for i, n in enumerate(w.output_lens)]
+    # warm-up (allocator, first-call overheads), not timed
+    llm.generate([{"prompt_token_ids": w.prompts[0][:16]}], SamplingParams(max_tokens=4, ignore_eos=True),
+                 use_tqdm=False)
+    t = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in w.prompts], params, use_tqdm=False)
+    elapsed = time.perf_counter() - t
+    got = sum(len(o.outputs[0].token_ids) for o in outs)
+    assert got == w.output_tokens, f"octavo produced {got} tokens, expected {w.output_tokens}"
+    return _result(w, elapsed)
+
+
+def load_hf_model(engine):
+    """The same weights in Hugging Face transformers (GGUF and HF directories), or the same
+    shapes with transformers' own random init for load_format=dummy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from octavo.loader.source import resolve_model_source
+
+    cfg = engine.model_config
+    dtype = cfg.dtype
+    device = engine.platform.torch_device()
+    if cfg.load_format == "dummy":
+        model = AutoModelForCausalLM.from_config(cfg.hf_config, dtype=dtype)
+    else:
+        src = resolve_model_source(cfg.model)
+        kw = {"gguf_file": src.gguf_file} if src.is_gguf else {}
+        model = AutoModelForCausalLM.from_pretrained(src.directory, dtype=dtype, **kw)
+    return model.to(device).eval(), torch
+
+
+def run_hf(engine, w: Workload, batch_size: int) -> Result:
+    model, torch = load_hf_model(engine)
+    device = next(model.parameters()).device
+    pad = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
+
+    def batches():
+        for i in range(0, len(w.prompts), batch_size):
+            yield w.prompts[i:i + batch_size], w.output_lens[i:i + batch_size]
+
+    def run(prompts, out_lens):
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        n = max(out_lens)  # a batch runs until its longest request is done
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
+                           temperature=1.0, max_new_tokens=n, min_new_tokens=n, pad_token_id=pad)
+
+    run([w.prompts[0][:16]], [4])  # warm-up
+    t = time.perf_counter()
+    for prompts, out_lens in batches():
+        run(prompts, out_lens)
+    elapsed = time.perf_counter() - t
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return _result(w, elapsed)
+
+
+def _print(name: str, r: Result) -> None:
+    print(f"{name:>8}: {r.elapsed_s:8.2f} s  {r.requests_per_s:8.2f} req/s  "
+          f"{r.output_tokens_per_s:9.1f} output tok/s  {r.total_tokens_per_s:9.1f} total tok/s")
+
+
+def main(args: argparse.Namespace) -> int:
+    from octavo import EngineArgs
+    from octavo.entrypoints.llm import LLM
+
+    eargs = EngineArgs.from_cli_args(args)
+    llm = LLM(**vars(eargs))
+    engine = llm.llm_engine
+    w = make_workload(engine.tokenizer, engine.vocab_size, args.num_prompts, args.input_len, args.output_len,
+                      args.dataset, args.seed)
+    print(f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output tokens "
+          f"({args.dataset}); model {eargs.model} on {engine.platform.name}, {str(engine.model_config.dtype)[6:]}")
+    report: dict = {}
+    ours = run_octavo(llm, w)
+    report["octavo"] = asdict(ours)
+    _print("octavo", ours)
+    if args.compare == "hf":
+        hf = run_hf(engine, w, args.hf_batch_size)
+        report["hf"] = asdict(hf)
+        report["ratio"] = ours.output_tokens_per_s / hf.output_tokens_per_s
+        _print("hf", hf)
+        print(f"   ratio: {report['ratio']:.2f}x output tokens/s (octavo / hf, hf in batches of {args.hf_batch_size})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from octavo import EngineArgs
+
+    p = subparsers.add_parser("throughput", help="offline throughput on a seeded random-token workload")
+    EngineArgs.add_cli_args(p)
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=256)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--dataset", default="random", help="random | uniform:LOW-HIGH (prompt lengths)")
+    p.add_argument("--compare", choices=["hf"], default=None)
+    p.add_argument("--hf-batch-size", type=int, default=64)
+    p.add_argument("--json", default=None, help="write results to this file")
+    p.set_defaults(func=main)
+    return p

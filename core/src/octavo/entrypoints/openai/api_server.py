@@ -1,0 +1,230 @@
+"""The OpenAI-compatible HTTP server: a FastAPI app over an AsyncLLMEngine, run by uvicorn.
+
+    octavo serve [MODEL] --device D --host H --port P [engine options] [server options]
+
+Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+GET /version, GET /metrics, POST /tokenize, POST /detokenize. With --api-key every route but
+/health wants `Authorization: Bearer <key>`. Every error has OpenAI's body shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from octavo.async_engine import DEFAULT_MAX_WAITING_REQUESTS, AsyncLLMEngine
+from octavo.entrypoints.openai.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    error_response,
+    validation_message,
+)
+from octavo.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics
+from octavo.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from octavo.entrypoints.openai.serving_chat import OpenAIServingChat, load_chat_template
+from octavo.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from octavo.entrypoints.openai.serving_engine import ClientDisconnected
+
+logger = logging.getLogger("octavo.server")
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def octavo_version() -> str:
+    try:
+        return metadata.version("octavo")
+    except metadata.PackageNotFoundError:
+        import octavo
+
+        return octavo.__version__
+
+
+@dataclass
+class ServerSettings:
+    served_model_names: list[str]
+    api_key: Optional[str] = None
+    chat_template: Optional[str] = None  # the template text (already read from its file)
+    model_root: Optional[str] = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class APIKeyMiddleware:
+    """Pure ASGI: refuse any HTTP request but /health without the right bearer token."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS or scope.get("method") == "OPTIONS":
+            return await self.app(scope, receive, send)
+        auth = dict(scope.get("headers") or ()).get(b"authorization", b"")
+        if hmac.compare_digest(auth, self.expected):
+            return await self.app(scope, receive, send)
+        err = AuthenticationError() if auth else AuthenticationError(
+            "Missing API key: pass it as 'Authorization: Bearer <key>'.")
+        return await err.to_response()(scope, receive, send)
+
+
+def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
+    metrics = ServerMetrics(engine, settings.served_model_names[0])
+    engine.stat_loggers.append(metrics)
+    common = dict(served_model_names=settings.served_model_names, metrics=metrics)
+    completions = OpenAIServingCompletion(engine, **common)
+    chat = OpenAIServingChat(engine, chat_template=settings.chat_template, **common)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        logger.info("serving %s", ", ".join(settings.served_model_names))
+        yield
+        # uvicorn has let in-flight requests finish (or cancelled them after
+        # --shutdown-timeout); abort whatever is left and stop the engine thread
+        await engine.shutdown()
+        logger.info("engine stopped")
+
+    app = FastAPI(title="Octavo OpenAI-compatible server", version=octavo_version(), lifespan=lifespan)
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.state.settings = settings
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+
+    # ---- errors: one body shape for all --------------------------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        return e.to_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(list(e.errors()))
+        return BadRequestError(message, param=param).to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        message = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
+        if e.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return error_response(message, status=e.status_code, type=kind)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _disconnected(request: Request, e: ClientDisconnected) -> Response:
+        return Response(status_code=499)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        return error_response(f"internal error: {type(e).__name__}: {e}", status=500, type="server_error")
+
+    # ---- routes -----------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def create_completion(body: CompletionRequest, request: Request):
+        return await completions.create_completion(body, request)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+        return await chat.create_chat_completion(body, request)
+
+    @app.get("/v1/models")
+    async def list_models() -> JSONResponse:
+        cards = [ModelCard(id=name, created=settings.created, root=settings.model_root or name,
+                           max_model_len=completions.max_model_len) for name in settings.served_model_names]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> JSONResponse:
+        completions.model_name(model_id)  # 404 if unknown
+        card = ModelCard(id=model_id, created=settings.created, root=settings.model_root or model_id,
+                         max_model_len=completions.max_model_len)
+        return JSONResponse(card.model_dump())
+
+    @app.get("/health")
+    async def health() -> Response:
+        if engine.errored:
+            return error_response("the engine is not running", status=503, type="server_error")
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": octavo_version()})
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        completions.model_name(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise BadRequestError("give exactly one of prompt or messages", param="prompt")
+        if body.prompt is not None:
+            add_special = True if body.add_special_tokens is None else body.add_special_tokens
+            ids = completions.encode(body.prompt, add_special)
+        else:
+            text = chat.render(body.messages, add_generation_prompt=body.add_generation_prompt,
+                               continue_final_message=body.continue_final_message,
+                               chat_template=body.chat_template, chat_template_kwargs=body.chat_template_kwargs)
+            ids = chat.encode(text, bool(body.add_special_tokens))
+        resp = TokenizeResponse(count=len(ids), max_model_len=completions.max_model_len, tokens=ids)
+        if body.return_token_strs:
+            resp.token_strs = list(completions.tokenizer.convert_ids_to_tokens(ids))
+        return JSONResponse(resp.model_dump(exclude_none=True))
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        completions.model_name(body.model)
+        completions.check_token_ids(body.tokens, "tokens")
+        return JSONResponse(DetokenizeResponse(prompt=completions.tokenizer.decode(body.tokens)).model_dump())
+
+    return app
+
+
+# ---- the `octavo serve` command ------------------------------------------------------------
+def run_server(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from octavo.engine_args import EngineArgs
+
+    chat_template = load_chat_template(args.chat_template)
+    engine_args = EngineArgs.from_cli_args(args)
+    names = args.served_model_name or [engine_args.model]
+    t0 = time.perf_counter()
+    engine = AsyncLLMEngine.from_engine_args(engine_args, max_waiting_requests=args.max_waiting_requests)
+    logger.info("model %s loaded in %.1f s", engine_args.model, time.perf_counter() - t0)
+    settings = ServerSettings(served_model_names=names, api_key=args.api_key, chat_template=chat_template,
+                              model_root=engine_args.model)
+    app = build_app(engine, settings)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
+        access_log=not args.disable_access_log, timeout_keep_alive=5,
+        timeout_graceful_shutdown=args.shutdown_timeout,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn installs SIGINT/SIGTERM handlers: stop accepting, let requests in flight finish for
+    # up to --shutdown-timeout seconds, cancel the rest; the lifespan then stops the engine
+    asyncio.run(server.serve())
+    return 0

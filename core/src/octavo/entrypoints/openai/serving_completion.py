@@ -1,0 +1,177 @@
+"""POST /v1/completions: text or token-id prompts (one or a batch), streamed or not."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Optional, Union
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from octavo.async_engine import RequestStream
+from octavo.entrypoints.openai.errors import APIError, BadRequestError, error_body
+from octavo.entrypoints.openai.protocol import (
+    CompletionLogProbs,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionStreamResponse,
+    UsageInfo,
+    random_id,
+)
+from octavo.entrypoints.openai.serving_engine import (
+    SSE_DONE,
+    OpenAIServing,
+    cancel_on_disconnect,
+    final_outputs,
+    merge_streams,
+    sampling_error,
+    sse,
+)
+from octavo.outputs import CompletionOutput, PromptLogprobs, SampleLogprobs
+
+
+class OpenAIServingCompletion(OpenAIServing):
+    async def create_completion(self, req: CompletionRequest, raw: Request) -> Union[JSONResponse, StreamingResponse]:
+        model = self.model_name(req.model)
+        if req.suffix:
+            raise BadRequestError("suffix is not supported", param="suffix")
+        prompts = self._prompts(req)
+        submissions = []
+        for _, ids in prompts:
+            max_tokens = self.max_tokens_for(len(ids), req.max_tokens, "prompt")
+            try:
+                submissions.append((ids, req.to_sampling_params(max_tokens)))
+            except ValueError as e:
+                raise sampling_error(e) from None
+        request_id = req.request_id or random_id("cmpl")
+        streams = await self.submit_all(request_id, submissions)
+        n = req.n
+        if req.stream:
+            return StreamingResponse(self._stream(req, request_id, model, prompts, streams, n),
+                                     media_type="text/event-stream")
+        return await cancel_on_disconnect(raw, self._full(req, request_id, model, prompts, streams, n))
+
+    def _prompts(self, req: CompletionRequest) -> list[tuple[Optional[str], list[int]]]:
+        """(text or None, token ids) for each prompt of the request."""
+        p = req.prompt
+        if isinstance(p, str):
+            items: list = [p]
+        elif p and isinstance(p[0], int):
+            items = [p]
+        else:
+            items = list(p)
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                out.append((item, self.encode(item, req.add_special_tokens)))
+            else:
+                ids = list(item)
+                if not ids:
+                    raise BadRequestError("a token-id prompt must not be empty", param="prompt")
+                self.check_token_ids(ids, "prompt")
+                out.append((None, ids))
+        return out
+
+    def _prompt_text(self, text: Optional[str], ids: list[int]) -> str:
+        return text if text is not None else self.tokenizer.decode(ids)
+
+    # ---- non-streaming ----------------------------------------------------------------------
+    async def _full(self, req: CompletionRequest, request_id: str, model: str,
+                    prompts: list[tuple[Optional[str], list[int]]], streams: list[RequestStream],
+                    n: int) -> JSONResponse:
+        finals = await final_outputs(streams)
+        choices: list[CompletionResponseChoice] = []
+        num_generated = 0
+        for p, out in enumerate(finals):
+            text_p, ids = prompts[p]
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                num_generated += len(c.token_ids)
+                text = c.text
+                logprobs = None
+                if req.echo:
+                    prompt_text = self._prompt_text(text_p, ids)
+                    text = prompt_text + text
+                if req.logprobs is not None:
+                    logprobs = self._logprobs(c, req.logprobs, out.prompt_logprobs if req.echo else None,
+                                              ids if req.echo else None)
+                choices.append(CompletionResponseChoice(index=p * n + c.index, text=text, logprobs=logprobs,
+                                                        finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+        num_prompt = sum(len(ids) for _, ids in prompts)
+        resp = CompletionResponse(id=request_id, model=model, choices=choices,
+                                  usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
+                                                  total_tokens=num_prompt + num_generated))
+        return JSONResponse(resp.model_dump())
+
+    # ---- streaming -------------------------------------------------------------------------
+    async def _stream(self, req: CompletionRequest, request_id: str, model: str,
+                      prompts: list[tuple[Optional[str], list[int]]], streams: list[RequestStream],
+                      n: int) -> AsyncIterator[str]:
+        created = int(time.time())
+        num_prompt = sum(len(ids) for _, ids in prompts)
+        num_generated = 0
+        echoed: set[int] = set()
+        offsets: dict[int, int] = {}
+        try:
+            async for p, out in merge_streams(streams):
+                text_p, ids = prompts[p]
+                for c in out.outputs:
+                    index = p * n + c.index
+                    text = c.text
+                    prompt_lp = prompt_ids = None
+                    if req.echo and index not in echoed:
+                        echoed.add(index)
+                        text = self._prompt_text(text_p, ids) + text
+                        prompt_lp, prompt_ids = out.prompt_logprobs, ids
+                    if not text and not c.token_ids and c.finish_reason is None:
+                        continue
+                    num_generated += len(c.token_ids)
+                    logprobs = None
+                    if req.logprobs is not None:
+                        logprobs = self._logprobs(c, req.logprobs, prompt_lp, prompt_ids, offsets.get(index, 0))
+                        if logprobs.text_offset:
+                            offsets[index] = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
+                    chunk = CompletionStreamResponse(
+                        id=request_id, created=created, model=model,
+                        choices=[CompletionResponseChoice(index=index, text=text, logprobs=logprobs,
+                                                          finish_reason=c.finish_reason,
+                                                          stop_reason=c.stop_reason)])
+                    if req.continuous_usage:
+                        chunk.usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
+                                                total_tokens=num_prompt + num_generated)
+                    yield sse(chunk)
+            if req.include_usage:
+                yield sse(CompletionStreamResponse(
+                    id=request_id, created=created, model=model, choices=[],
+                    usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
+                                    total_tokens=num_prompt + num_generated)))
+        except APIError as e:
+            yield sse(error_body(e.message, type=e.type, param=e.param, code=e.code))
+        except Exception as e:  # noqa: BLE001 - the stream has started: report in-band
+            yield sse(error_body(f"generation failed: {e}", type="server_error"))
+        yield SSE_DONE
+
+    # ---- logprobs -------------------------------------------------------------------------
+    def _logprobs(self, c: CompletionOutput, k: int, prompt_logprobs: Optional[PromptLogprobs],
+                  prompt_ids: Optional[list[int]], offset: int = 0) -> CompletionLogProbs:
+        lp = CompletionLogProbs()
+        pieces: list[tuple[list[int], Optional[SampleLogprobs]]] = []
+        if prompt_ids is not None:
+            pieces.append((prompt_ids, prompt_logprobs))
+        pieces.append((c.token_ids, c.logprobs))
+        for ids, entries in pieces:
+            for i, tid in enumerate(ids):
+                entry = entries[i] if entries is not None and i < len(entries) else None
+                chosen = entry.get(tid) if entry else None
+                tok = self.token_str(tid, chosen)
+                lp.tokens.append(tok)
+                lp.text_offset.append(offset)
+                offset += len(tok)
+                lp.token_logprobs.append(max(chosen.logprob, -9999.0) if chosen else None)
+                if entry:
+                    lp.top_logprobs.append({self.token_str(t, l): max(l.logprob, -9999.0)
+                                            for t, l in self.top_logprobs(entry, max(k, 1))})
+                else:
+                    lp.top_logprobs.append(None)
+        return lp

@@ -1,0 +1,216 @@
+"""What both generation endpoints share: model names, tokenizing, context checks, submission,
+SSE framing, logprobs formatting and cancelling a request whose client went away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Optional, TypeVar
+
+from fastapi import Request
+
+from octavo.async_engine import AsyncLLMEngine, QueueFullError, RequestStream
+from octavo.entrypoints.openai.errors import (
+    APIError,
+    BadRequestError,
+    ContextLengthError,
+    InternalServerError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+)
+from octavo.outputs import CompletionOutput, Logprob, RequestOutput
+from octavo.sampling_params import SamplingParams
+
+T = TypeVar("T")
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLMEngine, served_model_names: list[str],
+                 metrics: Any = None) -> None:
+        self.engine = engine
+        self.served_model_names = served_model_names
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = int(engine.model_config.max_model_len)
+        self.metrics = metrics
+        self._vocab_size = len(self.tokenizer)
+
+    # ---- checks ------------------------------------------------------------------------
+    def model_name(self, requested: Optional[str]) -> str:
+        """The name to answer with; 404 for a model this server does not serve."""
+        if requested is None or requested == "":
+            return self.served_model_names[0]
+        if requested not in self.served_model_names:
+            raise ModelNotFoundError(requested, self.served_model_names)
+        return requested
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        for t in ids:
+            if not isinstance(t, int) or not 0 <= t < self._vocab_size:
+                raise BadRequestError(f"token id {t!r} in {param} is out of the vocabulary "
+                                      f"[0, {self._vocab_size})", param=param)
+
+    def max_tokens_for(self, num_prompt_tokens: int, requested: Optional[int], param: str) -> int:
+        """Check prompt + max_tokens against the context; None means "the rest of it"."""
+        if num_prompt_tokens == 0:
+            raise BadRequestError(f"the {param} is empty", param=param)
+        if requested is not None and (not isinstance(requested, int) or requested < 1):
+            name = "max_tokens"
+            raise BadRequestError(f"invalid sampling parameter {name}={requested!r}: must be an "
+                                  "integer >= 1 or null", param=name)
+        if num_prompt_tokens >= self.max_model_len:
+            raise ContextLengthError(self.max_model_len, num_prompt_tokens, requested, param)
+        if requested is None:
+            return self.max_model_len - num_prompt_tokens
+        if num_prompt_tokens + requested > self.max_model_len:
+            raise ContextLengthError(self.max_model_len, num_prompt_tokens, requested, param)
+        return requested
+
+    # ---- submission --------------------------------------------------------------------
+    async def submit(self, request_id: str, prompt_token_ids: list[int],
+                     params: SamplingParams) -> RequestStream:
+        """Hand a request to the engine; engine-side rejections become OpenAI errors."""
+        try:
+            return await self.engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids},
+                                                 params)
+        except QueueFullError as e:
+            if self.metrics is not None:
+                self.metrics.rejected.inc()
+            raise ServiceUnavailableError(str(e), code="server_overloaded") from None
+        except ValueError as e:
+            raise BadRequestError(str(e)) from None
+        except APIError:
+            raise
+        except RuntimeError as e:  # EngineDeadError and friends
+            raise InternalServerError(str(e)) from None
+
+    async def submit_all(self, request_id: str,
+                         requests: list[tuple[list[int], SamplingParams]]) -> list[RequestStream]:
+        """Submit one request per prompt; if any is refused, abort those already accepted."""
+        if len(requests) == 1:
+            return [await self.submit(request_id, *requests[0])]
+        streams: list[RequestStream] = []
+        try:
+            for i, (ids, params) in enumerate(requests):
+                streams.append(await self.submit(f"{request_id}-{i}", ids, params))
+        except BaseException:
+            for s in streams:
+                s.abort()
+            raise
+        return streams
+
+    # ---- helpers for the response ------------------------------------------------------
+    def token_str(self, token_id: int, lp: Optional[Logprob]) -> str:
+        if lp is not None and lp.decoded_token is not None:
+            return lp.decoded_token
+        return self.tokenizer.decode([token_id])
+
+    def top_logprobs(self, entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+        items = sorted(entry.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30,
+                                                      -kv[1].logprob))
+        return items[:k]
+
+
+def sampling_error(e: ValueError) -> BadRequestError:
+    """A SamplingParams ValueError as a 400 that names the field."""
+    m = re.match(r"invalid sampling parameter (\w+)=", str(e))
+    return BadRequestError(str(e), param=m.group(1) if m else None)
+
+
+async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several requests' outputs as they come, tagged with the stream's position."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, s: RequestStream) -> None:
+        try:
+            async for out in s:
+                queue.put_nowait((i, out))
+        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
+            queue.put_nowait((i, e))
+        queue.put_nowait((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            s.abort()
+
+
+async def final_outputs(streams: list[RequestStream]) -> list[RequestOutput]:
+    """The last output of each stream (FINAL_ONLY requests yield exactly one)."""
+    async def last(s: RequestStream) -> RequestOutput:
+        out = None
+        async for out in s:
+            pass
+        assert out is not None, "a request ended without any output"
+        return out
+
+    return list(await asyncio.gather(*(last(s) for s in streams)))
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run a non-streaming handler's work; cancel it (aborting its requests) if the client leaves.
+
+    (Streaming responses need no help: Starlette cancels the body iterator on disconnect.)
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            pass
+        raise ClientDisconnected()
+    return task.result()
+
+
+class ClientDisconnected(Exception):
+    """The client of a non-streaming request went away; its requests were aborted."""
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event carrying a JSON object (a pydantic model or a dict)."""
+    data = obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    return f"data: {data}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def num_output_tokens(outputs: list[CompletionOutput]) -> int:
+    return sum(len(c.token_ids) for c in outputs)
