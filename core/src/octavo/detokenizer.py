@@ -50,6 +50,15 @@ class IncrementalDetokenizer:
             return self._check_stop(before)
         return None
 
+    def flush(self) -> None:
+        """At the end: emit what was held back waiting for more bytes of a character, so
+        the final text equals decoding the whole list."""
+        if self.read_offset < len(self.ids):
+            prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
+            full = self._decode(self.ids[self.prefix_offset:])
+            self.text += full[len(prefix):]
+            self.prefix_offset = self.read_offset = len(self.ids)
+
     def _check_stop(self, before: int) -> Optional[str]:
         for stop in self.params.stop:
             # only look where the new text could have completed a stop string

@@ -240,6 +240,8 @@ class LLMEngine:
             stop = sample.detok.add_token(token)
             if stop is not None and not req.is_finished:
                 self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED, stop)
+            elif req.is_finished:
+                sample.detok.flush()
             touched[group.request_id] = group
         outputs = []
         for group in touched.values():

@@ -69,11 +69,57 @@ def resolve_model_source(model: str) -> ModelSource:
     )
 
 
+def _gguf_cache_dir(source: ModelSource) -> str:
+    """Where the config and tokenizer converted from a GGUF's metadata are kept.
+
+    Converting them takes seconds (transformers parses the whole vocabulary from the
+    GGUF each time); the converted files load in a fraction of that. The key covers the
+    file's identity and the transformers version that converted it.
+    """
+    import hashlib
+
+    import transformers
+
+    st = os.stat(source.weights_path)
+    ident = f"{os.path.abspath(source.weights_path)}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+    root = os.environ.get("OCTAVO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "octavo")
+    return os.path.join(root, "gguf", hashlib.sha256(ident.encode()).hexdigest()[:16])
+
+
+def _converted_gguf(source: ModelSource) -> str | None:
+    """A directory with config.json and tokenizer files for a GGUF model (None if the
+    cache cannot be written: then callers convert in memory each time)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    target = _gguf_cache_dir(source)
+    if os.path.exists(os.path.join(target, "config.json")):
+        return target
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(target))
+        AutoConfig.from_pretrained(source.directory, gguf_file=source.gguf_file).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file).save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic: concurrent starts never see half a directory
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        return target
+    except OSError:
+        return None
+
+
 def load_hf_config(source: ModelSource):
     from transformers import AutoConfig
 
     if source.is_gguf:
-        return AutoConfig.from_pretrained(source.directory, gguf_file=source.gguf_file)
+        converted = _converted_gguf(source)
+        if converted is None:
+            return AutoConfig.from_pretrained(source.directory, gguf_file=source.gguf_file)
+        return AutoConfig.from_pretrained(converted)
     return AutoConfig.from_pretrained(source.directory)
 
 
@@ -84,5 +130,8 @@ def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
     if tokenizer:
         return AutoTokenizer.from_pretrained(tokenizer)
     if source.is_gguf:
-        return AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+        converted = _converted_gguf(source)
+        if converted is None:
+            return AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+        return AutoTokenizer.from_pretrained(converted)
     return AutoTokenizer.from_pretrained(source.directory)

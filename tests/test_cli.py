@@ -1,0 +1,50 @@
+"""The `octavo` command line: plugins, generate, bench throughput."""
+
+import json
+import subprocess
+import sys
+
+
+def octavo(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "octavo.entrypoints.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_plugins_lists_cpu_with_score_and_reason():
+    r = octavo("plugins")
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("cpu"))
+    assert "octavo-cpu" in line and "yes" in line and "usable cores" in line
+    data = json.loads(octavo("plugins", "--json").stdout)
+    cpu = next(d for d in data if d["name"] == "cpu")
+    assert cpu["usable"] and cpu["score"] > 0 and cpu["api_version"] == "1.0"
+
+
+def test_generate_with_the_default_model():
+    r = octavo("generate", "The capital of France is", "--dtype", "float32", "--max-tokens", "4",
+               "--max-model-len", "256", "--kv-cache-memory", "64MiB")
+    assert r.returncode == 0, r.stderr
+    assert "The capital of France is Paris." in r.stdout
+
+
+def test_unknown_device_is_one_clear_line():
+    r = octavo("generate", "hi", "--device", "rocm")
+    assert r.returncode == 2
+    assert "no plugin provides device 'rocm'" in r.stderr and "pip install octavo-rocm" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_throughput_json_on_dummy_weights(tmp_path, tiny_model_dirs):
+    out = tmp_path / "bench.json"
+    r = octavo("bench", "throughput", "--model", tiny_model_dirs["qwen3"], "--load-format", "dummy",
+               "--device", "cpu", "--dtype", "float32", "--num-prompts", "6", "--input-len", "20",
+               "--output-len", "8", "--compare", "hf", "--hf-batch-size", "4", "--kv-cache-memory", "32MiB",
+               "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    for side in ("octavo", "hf"):
+        for key in ("elapsed_s", "requests_per_s", "output_tokens_per_s", "total_tokens_per_s"):
+            assert data[side][key] > 0
+        assert data[side]["output_tokens"] == 6 * 8
+    assert abs(data["ratio"] - data["octavo"]["output_tokens_per_s"] / data["hf"]["output_tokens_per_s"]) < 1e-9
+    assert "ratio:" in r.stdout
