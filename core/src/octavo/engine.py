@@ -32,6 +32,7 @@ class EngineStats:
     num_preemptions_total: int
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of which found cached
+    kv_slot_utilization: float  # allocated KV slots holding real tokens, 0..1 (see get_kv_cache_utilization)
 
 
 class _Sample:
@@ -286,6 +287,23 @@ class LLMEngine:
         )
 
     # ---- introspection ----------------------------------------------------------------------
+    def get_kv_cache_utilization(self) -> float:
+        """Fraction of allocated KV slots that hold (or are about to hold) real tokens.
+
+        A block shared by several requests counts once, filled as far as its fullest
+        owner; 1.0 when nothing is allocated. The unused rest is paging's internal
+        fragmentation: the empty tail of each request's last block.
+        """
+        bs = self.block_manager.block_size
+        filled: dict[int, int] = {}
+        for req in self.scheduler.running:
+            for i, b in enumerate(req.block_ids):
+                n = min(bs, req.num_tokens - i * bs)
+                if n > filled.get(b, 0):
+                    filled[b] = n
+        allocated = len(filled) * bs
+        return sum(filled.values()) / allocated if allocated else 1.0
+
     def get_stats(self) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
@@ -297,4 +315,5 @@ class LLMEngine:
             num_preemptions_total=self.scheduler.num_preemptions,
             prefix_cache_queries=bm.prefix_queries,
             prefix_cache_hits=bm.prefix_hits,
+            kv_slot_utilization=self.get_kv_cache_utilization(),
         )

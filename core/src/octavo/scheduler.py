@@ -178,6 +178,12 @@ class Scheduler:
 
     def _scheduled(self, req: Request, n: int) -> ScheduledRequest:
         start = req.num_computed_tokens
+        # Index the blocks this step fills as soon as it is scheduled: a request admitted
+        # later in the same step may reuse them, because every layer writes the whole
+        # batch's KV before any of the batch attends. Every scheduled token is computed
+        # (aborts and preemptions happen between steps), so the index never points at
+        # KV that will not exist.
+        self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, start + n)
         return ScheduledRequest(
             request_id=req.request_id,
             token_ids=req.token_ids[start:start + n],
@@ -201,7 +207,6 @@ class Scheduler:
             if req is None:  # aborted while the step ran
                 continue
             req.num_computed_tokens += len(s.token_ids)
-            self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, req.num_computed_tokens)
             token = sampled.get(s.request_id)
             if token is None:
                 continue

@@ -42,6 +42,7 @@ def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, 
     dataset "random": every prompt has input_len tokens and every request output_len.
     dataset "uniform:LOW-HIGH": prompt lengths uniform in LOW..HIGH and output lengths
     uniform in output_len/4..output_len.
+    dataset "prefix:LEN": every prompt is one shared LEN-token prefix + input_len unique tokens.
     """
     rng = random.Random(seed)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -53,8 +54,12 @@ def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, 
         lo, hi = (int(x) for x in dataset.split(":", 1)[1].split("-"))
         in_lens = [rng.randint(lo, hi) for _ in range(num_prompts)]
         out_lens = [rng.randint(max(1, output_len // 4), output_len) for _ in range(num_prompts)]
+    elif dataset.startswith("prefix:"):
+        shared = [rng.choice(allowed) for _ in range(int(dataset.split(":", 1)[1]))]
+        prompts = [shared + [rng.choice(allowed) for _ in range(input_len)] for _ in range(num_prompts)]
+        return Workload(prompts, [output_len] * num_prompts)
     else:
-        raise ValueError(f"unknown dataset {dataset!r}; use random or uniform:LOW-HIGH")
+        raise ValueError(f"unknown dataset {dataset!r}; use random, uniform:LOW-HIGH or prefix:LEN")
     prompts = [[rng.choice(allowed) for _ in range(n)] for n in in_lens]
     return Workload(prompts, out_lens)
 
@@ -168,7 +173,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--dataset", default="random", help="random | uniform:LOW-HIGH (prompt lengths)")
+    p.add_argument("--dataset", default="random",
+                   help="random | uniform:LOW-HIGH (prompt lengths) | prefix:LEN (shared prefix + input-len tokens)")
     p.add_argument("--compare", choices=["hf"], default=None)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--json", default=None, help="write results to this file")
