@@ -206,7 +206,7 @@ def test_attend_batches(batch, dtype):
 
 
 @kernels
-@pytest.mark.parametrize("head_dim", [32, 64, 128, 256] if FULL else [32, 128, 256])
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128, 256] if FULL else [16, 128, 256])
 @pytest.mark.parametrize("heads", [(4, 4), (8, 2), (14, 2)] + ([(32, 8), (64, 8), (16, 1)] if FULL else []))
 def test_attend_shapes(head_dim, heads):
     """Head sizes and GQA ratios (1, 4, 7, 8, 16); 7 is not a power of two."""

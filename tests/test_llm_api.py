@@ -50,3 +50,15 @@ def test_n_samples(llm):
     out = llm.generate("Tell me a story", SamplingParams(n=3, temperature=1.0, seed=3, max_tokens=6), use_tqdm=False)
     assert [c.index for c in out[0].outputs] == [0, 1, 2]
     assert all(len(c.token_ids) == 6 for c in out[0].outputs)
+
+
+def test_best_of_returns_the_n_highest_cumulative_logprobs(llm):
+    p = SamplingParams(n=2, best_of=5, temperature=1.0, seed=11, max_tokens=5, ignore_eos=True)
+    out = llm.generate("Once upon a time", p, use_tqdm=False)[0]
+    assert [c.index for c in out.outputs] == [0, 1]
+    assert out.outputs[0].logprobs is None  # ranked internally, not asked for by the user
+    # the same five samples, all returned: the two best must be the top of them
+    all5 = llm.generate("Once upon a time", SamplingParams(n=5, temperature=1.0, seed=11, max_tokens=5,
+                                                           ignore_eos=True, logprobs=0), use_tqdm=False)[0]
+    ranked = sorted(all5.outputs, key=lambda c: c.cumulative_logprob, reverse=True)
+    assert [c.token_ids for c in out.outputs] == [c.token_ids for c in ranked[:2]]

@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 from octavo.platform import Platform
-
 from octavo_plugin_kit import reference
 from octavo_plugin_kit.inputs import (
     context_slot_mapping,

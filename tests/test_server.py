@@ -285,6 +285,21 @@ def test_tokenize_detokenize_version(server, tokenizer):
     assert v["version"]
 
 
+def test_bench_serve_against_the_server(server, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", "bench", "serve", "--base-url", server["base"],
+           "--api-key", KEY, "--num-prompts", "6", "--input-len", "16", "--output-len", "4",
+           "--request-rate", "20", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Output token throughput" in proc.stdout and "P99 ITL" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["completed"] == 6 and report["failed"] == 0
+    assert report["total_input_tokens"] == 6 * 16 and report["total_output_tokens"] == 6 * 4
+    assert report["ttft_ms"]["p50"] > 0 and report["tpot_ms"]["p90"] > 0
+    assert report["config"]["request_rate"] == 20.0
+
+
 # ---- last: shutdown --------------------------------------------------------------------------------
 def test_zz_sigterm_finishes_requests_in_flight_then_exits(server):
     """Runs last in this module: it stops the shared server."""

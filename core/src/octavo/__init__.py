@@ -1,5 +1,6 @@
 """Octavo: a fast, device-agnostic LLM inference and serving engine."""
 
+from octavo.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from octavo.engine_args import EngineArgs
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -7,7 +8,7 @@ from octavo.sampling_params import RequestOutputKind, SamplingParams
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "AsyncLLMEngine", "LLMEngine", "EngineArgs", "SamplingParams", "RequestOutput",
-           "RequestOutputKind", "CompletionOutput", "Logprob", "__version__"]
+           "RequestOutputKind", "CompletionOutput", "Logprob", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "__version__"]
 
 
 def __getattr__(name):

@@ -60,6 +60,8 @@ class _Group:
         self.params = params
         self.samples: list[_Sample] = []
         self.metrics = RequestMetrics(arrival_time=arrival)
+        # vLLM's shape: None for the first prompt token, then {token: Logprob} per position
+        self.prompt_logprobs: Optional[list] = [None] if params.prompt_logprobs is not None else None
 
     @property
     def finished(self) -> bool:
@@ -144,8 +146,8 @@ class LLMEngine:
                     arrival_time: Optional[float] = None) -> None:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
-        if params.best_of != params.n:
-            raise ValueError("best_of > n is not supported yet; leave best_of unset")
+        if params.best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
+            raise ValueError("best_of > n cannot stream: the best samples are known only at the end")
         text, ids = self._tokenize(prompt)
         if not ids:
             raise ValueError("the prompt is empty; give at least one token")
@@ -172,13 +174,15 @@ class LLMEngine:
         params._eos_token_ids = self.eos_token_ids
         arrival = time.monotonic() if arrival_time is None else arrival_time
         group = _Group(request_id, text, ids, params, arrival)
-        for i in range(params.n):
+        for i in range(params.best_of):
             p = params
-            if params.n > 1:
+            if params.best_of > 1:
                 p = params.clone()
                 if p.seed is not None:
                     p.seed += i  # distinct but reproducible samples
-            rid = request_id if params.n == 1 else f"{request_id}#{i}"
+                if params.best_of > params.n and p.logprobs is None:
+                    p.logprobs = 0  # ranking needs each sample's cumulative logprob
+            rid = request_id if params.best_of == 1 else f"{request_id}#{i}"
             req = Request(rid, ids, p, arrival, max_len)
             group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
         self.groups[request_id] = group
@@ -220,6 +224,17 @@ class LLMEngine:
                 p = s.sampling_params
                 pending[s.request_id] = (len(s.all_token_ids) - s.num_prompt_tokens) < p.min_tokens
         step_out = self.runner.execute(sched_out, pending)
+        for rid, (first, entries) in step_out.prompt_logprobs.items():
+            group = self.group_of.get(rid)
+            # n > 1 samples share one prompt: take the first sample's
+            if group is None or group.samples[0].req.request_id != rid:
+                continue
+            for j, (chosen, rank, alts) in enumerate(entries):
+                if first + j != len(group.prompt_logprobs):
+                    continue  # a position already filled before a preemption
+                entry = {tid: Logprob(v, r + 1) for r, (tid, v) in enumerate(alts)}
+                entry[group.prompt_ids[first + j]] = Logprob(chosen, rank)
+                group.prompt_logprobs.append(entry)
         changed = self.scheduler.update(sched_out, step_out.sampled)
         now = time.monotonic()
         touched: dict[str, _Group] = {}
@@ -259,11 +274,16 @@ class LLMEngine:
     def _make_output(self, group: _Group) -> Optional[RequestOutput]:
         kind = group.params.output_kind
         finished = group.finished
-        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+        params = group.params
+        ranked = params.best_of > params.n
+        if (kind == RequestOutputKind.FINAL_ONLY or ranked) and not finished:
             return None
+        samples = group.samples
+        if ranked:  # best_of: the n samples with the highest cumulative logprob
+            samples = sorted(samples, key=lambda s: s.cumulative_logprob, reverse=True)[: params.n]
         delta = kind == RequestOutputKind.DELTA
         comps = []
-        for s in group.samples:
+        for index, s in enumerate(samples):
             req = s.req
             done = req.is_finished
             tokens = req.output_token_ids
@@ -276,14 +296,17 @@ class LLMEngine:
                 text = s.detok.visible_text(done)
                 new_tokens = list(tokens)
                 lps = list(s.logprobs) if s.logprobs is not None else None
+            if ranked and params.logprobs is None:
+                lps = None  # asked for internally, not by the user
             comps.append(CompletionOutput(
-                index=s.index, text=text, token_ids=new_tokens, cumulative_logprob=s.cumulative_logprob,
+                index=index, text=text, token_ids=new_tokens, cumulative_logprob=s.cumulative_logprob,
                 logprobs=lps, finish_reason=req.finish_reason, stop_reason=req.stop_reason,
             ))
         cached = max((s.req.num_cached_tokens for s in group.samples), default=0)
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_ids,
             outputs=comps, finished=finished, num_cached_tokens=max(cached, 0), metrics=group.metrics,
+            prompt_logprobs=group.prompt_logprobs,
         )
 
     # ---- introspection ----------------------------------------------------------------------

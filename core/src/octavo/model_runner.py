@@ -26,6 +26,9 @@ class StepOutput:
 
     sampled: dict[str, int]
     logprobs: dict[str, tuple[float, int, list[tuple[int, float]]]] = field(default_factory=dict)
+    # per request: (first prompt position predicted, [(logprob, rank, top-k)] per position)
+    prompt_logprobs: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = field(
+        default_factory=dict)
 
 
 class ModelRunner:
@@ -106,13 +109,39 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         return ids, pos, meta
 
+    def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int]):
+        """For requests that asked for prompt_logprobs: the logprob of each prompt token
+        given the tokens before it (and the top-k alternatives), for this chunk's rows."""
+        result: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = {}
+        for i, s in enumerate(out.scheduled):
+            k = s.sampling_params.prompt_logprobs
+            if k is None or s.start_pos >= s.num_prompt_tokens:
+                continue
+            # row j predicts the token at position start_pos + j + 1, while that is a prompt token
+            n = min(len(s.token_ids), s.num_prompt_tokens - 1 - s.start_pos)
+            if n <= 0:
+                continue
+            logp = self.model.compute_logits(hidden[qsl[i]:qsl[i] + n]).log_softmax(dim=-1)
+            targets = torch.tensor(s.all_token_ids[s.start_pos + 1:s.start_pos + 1 + n], device=self.device)
+            chosen = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+            ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
+            top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+            result[s.request_id] = (s.start_pos + 1, [
+                (c, r, list(zip(ti, tv)))
+                for c, r, ti, tv in zip(chosen.tolist(), ranks.tolist(), top_i.tolist(), top_v.tolist())
+            ])
+        return result
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None) -> StepOutput:
         ids, pos, meta = self._prepare(out)
         hidden = self.model(ids, pos, self.kv_caches, meta)
+        prompt_lps = {}
+        if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
+            prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu)
         rows = [i for i, s in enumerate(out.scheduled) if s.sample]
         if not rows:
-            return StepOutput({})
+            return StepOutput({}, prompt_logprobs=prompt_lps)
         last = torch.tensor([meta.query_start_loc_cpu[i + 1] - 1 for i in rows], device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, last))
         chosen = [out.scheduled[i] for i in rows]
@@ -127,4 +156,4 @@ class ModelRunner:
         )
         sampled = dict(zip(rids, result.token_ids))
         lps = {r: lp for r, lp in zip(rids, result.logprobs) if lp is not None}
-        return StepOutput(sampled, lps)
+        return StepOutput(sampled, lps, prompt_lps)

@@ -143,8 +143,11 @@ class Scheduler:
     def _admit(self, req: Request, budget: int) -> int:
         """Reserve blocks for a waiting request; return the tokens scheduled (0 = cannot)."""
         assert req.num_computed_tokens == 0 and not req.block_ids
-        # the last token is always recomputed, to get its logits
-        hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, req.num_tokens - 1)
+        # the last token is always recomputed, to get its logits; prompt logprobs need the
+        # logits of every prompt position, so those requests compute the whole prompt
+        wants_prompt_logits = req.sampling_params.prompt_logprobs is not None and req.num_output_tokens == 0
+        limit = 0 if wants_prompt_logits else req.num_tokens - 1
+        hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, limit)
         num_hit = len(hit_blocks) * self.bm.block_size
         n = min(req.num_tokens - num_hit, budget)
         total = num_hit + n

@@ -234,7 +234,9 @@ def main(args: argparse.Namespace) -> int:
     summary = summarize(results, duration)
     print_report(summary, args, peak)
     if args.json:
-        report = {"config": {k: v for k, v in vars(args).items() if k != "func" and k != "api_key"},
+        config = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+                  for k, v in vars(args).items() if k not in ("func", "api_key")}
+        report = {"config": config,
                   "model": model, "peak_running_requests": peak, **summary}
         if args.save_requests:
             report["requests"] = [asdict(r) for r in results]

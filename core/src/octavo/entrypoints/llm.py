@@ -60,6 +60,15 @@ class LLM:
             raise
         return self._run(ids, use_tqdm)
 
+    def beam_search(self, prompts, params):
+        """Beam search over one or more prompts (vLLM's API): a BeamSearchOutput per prompt,
+        whose `sequences` are the beam_width best, best first."""
+        from octavo.beam_search import beam_search
+
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        return beam_search(self, list(prompts), params)
+
     def chat(self, messages, sampling_params: Optional[SamplingParams] = None, use_tqdm: bool = True,
              chat_template: Optional[str] = None) -> list[RequestOutput]:
         """One conversation (a list of {"role", "content"}) or a list of them."""

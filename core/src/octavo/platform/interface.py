@@ -207,7 +207,7 @@ class Platform:
     device_type: ClassVar[str] = "cpu"
     #: dtypes this platform computes in
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.bfloat16, torch.float16)
-    #: the distribution that provides it (for messages); filled by discovery if empty
+    #: the distribution that provides it (for messages; discovery reports the real one in PlatformInfo)
     package: ClassVar[str] = ""
     #: the torch.distributed backend for multi-process runs
     dist_backend: ClassVar[str] = "gloo"

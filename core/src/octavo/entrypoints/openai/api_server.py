@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from octavo.async_engine import DEFAULT_MAX_WAITING_REQUESTS, AsyncLLMEngine
+from octavo.async_engine import AsyncLLMEngine
 from octavo.entrypoints.openai.errors import (
     APIError,
     AuthenticationError,
@@ -39,6 +39,7 @@ from octavo.entrypoints.openai.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     DetokenizeResponse,
+    ErrorResponse,
     ModelCard,
     ModelList,
     TokenizeRequest,
@@ -141,11 +142,13 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         return error_response(f"internal error: {type(e).__name__}: {e}", status=500, type="server_error")
 
     # ---- routes -----------------------------------------------------------------------------
-    @app.post("/v1/completions")
+    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 500, 503)}
+
+    @app.post("/v1/completions", responses=errors)
     async def create_completion(body: CompletionRequest, request: Request):
         return await completions.create_completion(body, request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=errors)
     async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         return await chat.create_chat_completion(body, request)
 

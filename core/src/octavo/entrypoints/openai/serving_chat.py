@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from octavo.async_engine import RequestStream
 from octavo.entrypoints.openai.errors import APIError, BadRequestError, error_body
@@ -29,6 +29,7 @@ from octavo.entrypoints.openai.protocol import (
 )
 from octavo.entrypoints.openai.serving_engine import (
     SSE_DONE,
+    EventStreamResponse,
     OpenAIServing,
     cancel_on_disconnect,
     final_outputs,
@@ -87,7 +88,7 @@ class OpenAIServingChat(OpenAIServing):
         return text if isinstance(text, str) else str(text)
 
     async def create_chat_completion(self, req: ChatCompletionRequest,
-                                     raw: Request) -> Union[JSONResponse, StreamingResponse]:
+                                     raw: Request) -> Union[JSONResponse, EventStreamResponse]:
         model = self.model_name(req.model)
         if req.tools and req.tool_choice not in (None, "none"):
             raise BadRequestError("tool calling is not supported by this server", param="tools")
@@ -106,9 +107,12 @@ class OpenAIServingChat(OpenAIServing):
         if req.echo and req.messages[-1].role == ROLE:
             echo = req.messages[-1].text()
         if req.stream:
-            return StreamingResponse(self._stream(req, request_id, model, ids, streams, echo),
-                                     media_type="text/event-stream")
-        return await cancel_on_disconnect(raw, self._full(req, request_id, model, ids, streams, echo))
+            return EventStreamResponse(self._stream(req, request_id, model, ids, streams, echo), streams)
+        try:
+            return await cancel_on_disconnect(raw, self._full(req, request_id, model, ids, streams, echo))
+        finally:
+            for s in streams:  # no-op once finished; frees the KV of a request nobody awaits
+                s.abort()
 
     # ---- non-streaming ----------------------------------------------------------------------
     async def _full(self, req: ChatCompletionRequest, request_id: str, model: str, ids: list[int],

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Optional, Union
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from octavo.async_engine import RequestStream
 from octavo.entrypoints.openai.errors import APIError, BadRequestError, error_body
@@ -22,6 +22,7 @@ from octavo.entrypoints.openai.protocol import (
 )
 from octavo.entrypoints.openai.serving_engine import (
     SSE_DONE,
+    EventStreamResponse,
     OpenAIServing,
     cancel_on_disconnect,
     final_outputs,
@@ -33,7 +34,7 @@ from octavo.outputs import CompletionOutput, PromptLogprobs, SampleLogprobs
 
 
 class OpenAIServingCompletion(OpenAIServing):
-    async def create_completion(self, req: CompletionRequest, raw: Request) -> Union[JSONResponse, StreamingResponse]:
+    async def create_completion(self, req: CompletionRequest, raw: Request) -> Union[JSONResponse, EventStreamResponse]:
         model = self.model_name(req.model)
         if req.suffix:
             raise BadRequestError("suffix is not supported", param="suffix")
@@ -49,9 +50,12 @@ class OpenAIServingCompletion(OpenAIServing):
         streams = await self.submit_all(request_id, submissions)
         n = req.n
         if req.stream:
-            return StreamingResponse(self._stream(req, request_id, model, prompts, streams, n),
-                                     media_type="text/event-stream")
-        return await cancel_on_disconnect(raw, self._full(req, request_id, model, prompts, streams, n))
+            return EventStreamResponse(self._stream(req, request_id, model, prompts, streams, n), streams)
+        try:
+            return await cancel_on_disconnect(raw, self._full(req, request_id, model, prompts, streams, n))
+        finally:
+            for s in streams:  # no-op once finished; frees the KV of a request nobody awaits
+                s.abort()
 
     def _prompts(self, req: CompletionRequest) -> list[tuple[Optional[str], list[int]]]:
         """(text or None, token ids) for each prompt of the request."""

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Optional, TypeVar
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from octavo.async_engine import AsyncLLMEngine, QueueFullError, RequestStream
 from octavo.entrypoints.openai.errors import (
@@ -201,6 +202,26 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 class ClientDisconnected(Exception):
     """The client of a non-streaming request went away; its requests were aborted."""
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events whose requests are aborted however the response ends.
+
+    The body generator's own `finally` covers a client that leaves mid-stream; this also covers
+    one that leaves before the generator first ran (a never-started generator runs no finally).
+    """
+
+    def __init__(self, content: AsyncIterator[str], streams: list[RequestStream]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._streams = streams
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for s in self._streams:
+                s.abort()
 
 
 def sse(obj: Any) -> str:

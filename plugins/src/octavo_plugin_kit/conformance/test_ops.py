@@ -1,0 +1,117 @@
+"""Conformance of the dense kernels: linear, rms_norm, rotary, silu_and_mul.
+
+These have core defaults, so a platform that keeps them passes trivially; the
+checks matter once a vendor swaps in a fused kernel. Shapes cover a decode (one
+token), an odd token count, and the head-shaped inputs the layers pass (q/k norm).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from octavo_plugin_kit import reference
+from octavo_plugin_kit.conformance.checks import (
+    DTYPE_NAMES,
+    DTYPES,
+    assert_close,
+    call,
+    generator_for,
+    label,
+    require_dtype,
+)
+from octavo_plugin_kit.inputs import make_cos_sin_cache
+
+dtype_param = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_NAMES.get)
+
+
+def _randn(*shape, generator, dtype, dev, scale=1.0):
+    return (torch.randn(*shape, generator=generator) * scale).to(dtype).to(dev)
+
+
+@pytest.mark.octavo_kernel("linear")
+@dtype_param
+@pytest.mark.parametrize("tokens,in_features,out_features,bias", [
+    (1, 64, 128, True),
+    (37, 256, 96, False),
+    (128, 896, 1152, True),
+], ids=["decode", "odd", "large"])
+def test_linear(octavo_platform, tokens, in_features, out_features, bias, dtype):
+    p = octavo_platform
+    require_dtype(p, dtype)
+    case = label("linear", tokens=tokens, in_features=in_features, out_features=out_features,
+                 bias=bias, dtype=dtype)
+    g, dev = generator_for(case), p.torch_device()
+    x = _randn(tokens, in_features, generator=g, dtype=dtype, dev=dev)
+    # weights scaled like a trained layer, so outputs stay O(1) at every width
+    w = _randn(out_features, in_features, generator=g, dtype=dtype, dev=dev, scale=in_features**-0.5)
+    b = _randn(out_features, generator=g, dtype=dtype, dev=dev) if bias else None
+    out = call("linear", case, p.linear, x, w, b)
+    ref = reference.linear(x.float().cpu(), w.float().cpu(), None if b is None else b.float().cpu())
+    assert_close(case, out, ref, dtype)
+
+
+@pytest.mark.octavo_kernel("rms_norm")
+@dtype_param
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("shape", [(1, 64), (37, 896), (16, 4096), (5, 8, 128)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_rms_norm(octavo_platform, shape, with_residual, dtype):
+    p = octavo_platform
+    require_dtype(p, dtype)
+    eps = 1e-6
+    case = label("rms_norm", shape=list(shape), residual=with_residual, dtype=dtype)
+    g, dev = generator_for(case), p.torch_device()
+    x = _randn(*shape, generator=g, dtype=dtype, dev=dev, scale=2.0)
+    weight = (1 + 0.2 * torch.randn(shape[-1], generator=g)).to(dtype).to(dev)
+    residual = _randn(*shape, generator=g, dtype=dtype, dev=dev) if with_residual else None
+    # inputs are cloned: a fused kernel may update x or residual in place
+    args = (x.clone(), weight, eps) + ((residual.clone(),) if with_residual else ())
+    out = call("rms_norm", case, p.rms_norm, *args)
+    ref = reference.rms_norm(x.float().cpu(), weight.float().cpu(), eps,
+                             residual.float().cpu() if with_residual else None)
+    if not with_residual:
+        assert_close(case, out, ref, dtype)
+        return
+    if not (isinstance(out, tuple) and len(out) == 2):
+        pytest.fail(f"{case}: with a residual, must return (normed, x + residual), got {type(out).__name__}",
+                    pytrace=False)
+    assert_close(case + " normed", out[0], ref[0], dtype)
+    assert_close(case + " residual", out[1], ref[1], dtype)
+
+
+@pytest.mark.octavo_kernel("rotary")
+@dtype_param
+@pytest.mark.parametrize("rotary_fraction", [1.0, 0.5], ids=["full", "partial"])
+@pytest.mark.parametrize("head_dim", (64, 128, 80), ids=lambda d: f"hd{d}")
+def test_rotary(octavo_platform, head_dim, rotary_fraction, dtype):
+    p = octavo_platform
+    require_dtype(p, dtype)
+    rot_dim = int(head_dim * rotary_fraction)
+    tokens, num_heads, num_kv_heads, max_pos = 37, 8, 2, 4096
+    case = label("rotary", head_dim=head_dim, rot_dim=rot_dim, tokens=tokens, dtype=dtype)
+    g, dev = generator_for(case), p.torch_device()
+    q = _randn(tokens, num_heads, head_dim, generator=g, dtype=dtype, dev=dev)
+    k = _randn(tokens, num_kv_heads, head_dim, generator=g, dtype=dtype, dev=dev)
+    positions = torch.randint(0, max_pos, (tokens,), generator=g)
+    positions[:3] = torch.tensor([0, 1, max_pos - 1])  # the ends of the table
+    cache = make_cos_sin_cache(rot_dim, max_pos, base=500000.0)
+    out = call("rotary", case, p.rotary, q.clone(), k.clone(), positions.to(dev), cache.to(dev))
+    if not (isinstance(out, tuple) and len(out) == 2):
+        pytest.fail(f"{case}: must return (q, k), got {type(out).__name__}", pytrace=False)
+    ref_q, ref_k = reference.rotary(q.float().cpu(), k.float().cpu(), positions, cache)
+    assert_close(case + " q", out[0], ref_q, dtype)
+    assert_close(case + " k", out[1], ref_k, dtype)
+
+
+@pytest.mark.octavo_kernel("silu_and_mul")
+@dtype_param
+@pytest.mark.parametrize("shape", [(1, 128), (37, 2816), (3, 5, 192)], ids=lambda s: "x".join(map(str, s)))
+def test_silu_and_mul(octavo_platform, shape, dtype):
+    p = octavo_platform
+    require_dtype(p, dtype)
+    case = label("silu_and_mul", shape=list(shape), dtype=dtype)
+    g, dev = generator_for(case), p.torch_device()
+    x = _randn(*shape, generator=g, dtype=dtype, dev=dev, scale=3.0)
+    out = call("silu_and_mul", case, p.silu_and_mul, x.clone())
+    assert_close(case, out, reference.silu_and_mul(x.float().cpu()), dtype)
