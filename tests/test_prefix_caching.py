@@ -90,3 +90,20 @@ def test_kv_slot_utilization_counts_only_real_tokens(tiny_model_dirs):
     # of the first request gets its block at the next schedule) + 18 + 41 = 75 of 96 slots
     assert engine.get_kv_cache_utilization() == pytest.approx(75 / 96)
     assert engine.get_stats().kv_slot_utilization == pytest.approx(75 / 96)
+
+
+def test_n_samples_allocate_the_prompt_blocks_once(tiny_model_dirs):
+    llm = _llm(tiny_model_dirs["llama"], True, block_size=16, kv_cache_memory="32MiB")
+    engine = llm.llm_engine
+    prompt = _prompts(100, 1, 0, seed=12)[0]  # 6 full blocks + 4 tokens
+    engine.add_request("r", {"prompt_token_ids": prompt}, SamplingParams(n=4, temperature=1.0, max_tokens=3))
+    engine.step()
+    bm = engine.block_manager
+    # the 6 full prompt blocks once (shared, 4 references each), plus each sample's own last block
+    assert bm.num_used_blocks == 6 + 4
+    tables = [r.block_ids for r in engine.scheduler.running]
+    assert len(tables) == 4 and all(t[:6] == tables[0][:6] for t in tables)
+    assert all(bm.ref_counts[b] == 4 for b in tables[0][:6])
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert bm.num_free_blocks == bm.num_blocks

@@ -86,3 +86,56 @@ def test_seeded_generation_is_reproducible_end_to_end(seed, tiny_model_dirs):
         use_tqdm=False,
     )[1].outputs[0].token_ids
     assert alone == mixed
+
+
+def _reference_processed(logits, p: SamplingParams, prompt, output):
+    """Penalties, temperature, top-k, top-p and min-p applied the textbook way, one row."""
+    row = logits.clone().double()
+    for t in set(prompt + output):  # repetition: divide positive logits, multiply negative ones
+        row[t] = row[t] / p.repetition_penalty if row[t] > 0 else row[t] * p.repetition_penalty
+    for t in set(output):
+        row[t] -= p.frequency_penalty * output.count(t) + p.presence_penalty
+    probs = torch.softmax(row / p.temperature, dim=0)
+    order = torch.argsort(probs, descending=True).tolist()
+    keep, mass = [], 0.0
+    for rank, t in enumerate(order):
+        if (p.top_k and rank >= p.top_k) or mass >= p.top_p:
+            break
+        keep.append(t)
+        mass += probs[t].item()
+    kept = torch.zeros_like(probs)
+    kept[keep] = probs[keep]
+    kept /= kept.sum()
+    kept[kept < p.min_p * kept.max()] = 0.0
+    return kept / kept.sum()
+
+
+def test_penalties_min_p_top_k_top_p_distribution_matches_reference():
+    torch.manual_seed(3)
+    v = 12
+    logits = torch.randn(1, v) * 2
+    prompt, output = [1, 2, 2, 5], [5, 5, 7, 1]
+    p = SamplingParams(temperature=0.7, top_k=8, top_p=0.9, min_p=0.1, repetition_penalty=1.3,
+                       presence_penalty=0.4, frequency_penalty=0.3)
+    expected = _reference_processed(logits[0], p, prompt, output)
+    n = 6000
+    s = Sampler(torch.device("cpu"))
+    out = s(logits.expand(n, -1).clone(), [str(i) for i in range(n)], [p] * n, [(prompt + output, len(prompt))] * n)
+    freq = torch.bincount(torch.tensor(out.token_ids), minlength=v).double() / n
+    # tokens the reference removes must never appear; the others within 5 standard errors
+    assert (freq[expected == 0] == 0).all(), (freq, expected)
+    se = (expected * (1 - expected) / n).sqrt()
+    assert ((freq - expected).abs() <= 5 * se + 1e-3).all(), (freq, expected)
+
+
+def test_logit_bias_and_min_tokens_ban():
+    logits = torch.zeros(2, 10)
+    s = Sampler(torch.device("cpu"))
+    p = SamplingParams(temperature=0, logit_bias={7: 50.0})
+    banned = SamplingParams(temperature=0, stop_token_ids=[3])
+    banned._eos_token_ids = (2,)
+    logits[1, 2] = 9.0
+    logits[1, 3] = 8.0
+    logits[1, 4] = 1.0
+    out = s(logits, ["a", "b"], [p, banned], [([], 0), ([], 0)], [False, True])
+    assert out.token_ids == [7, 4]  # min_tokens pending: EOS (2) and stop token (3) are banned

@@ -18,6 +18,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:  # only under the CPU interpreter, see octavo_cuda.kernels.interpreting
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def attend_tile(
     acc, m_i, l_i,  # running state: [M, HEAD_DIM] f32, [M] f32, [M] f32
     q,  # [M, HEAD_DIM], the cache's dtype
@@ -33,7 +41,7 @@ def attend_tile(
     BOUND: tl.constexpr,  # the tile may reach key_end; without it loads go unmasked
     CAUSAL: tl.constexpr,  # the tile may cross the diagonal of some row
     WINDOW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, TILE_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -50,7 +58,7 @@ def attend_tile(
         k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs)
-    s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2
+    s = _dot(q, k, None, DOT_PRECISION, UPCAST) * scale_log2
     if BOUND:
         s = tl.where(n_ok[None, :], s, float("-inf"))
     if CAUSAL:
@@ -71,5 +79,6 @@ def attend_tile(
         v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
     else:
         v = tl.load(v_ptrs)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    # accumulate in place (the matrix unit adds into acc) rather than add a fresh product
+    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST)
     return acc, m_new, l_i

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_cuda.kernels import interpreting
 from octavo_cuda.kernels.paged_tile import attend_tile
 
 LOG2E = 1.4426950408889634
@@ -26,8 +27,9 @@ LOG2E = 1.4426950408889634
 def _find_request(query_start_loc, block_idx, num_seqs, BLOCK_Q: tl.constexpr):
     """Largest i with (qsl[i] - qsl[0]) // BLOCK_Q + i <= block_idx."""
     q0 = tl.load(query_start_loc)
-    lo = 0
-    hi = num_seqs
+    # typed, so that the loop-carried bounds stay int32 tensors in compiled code
+    lo: tl.int32 = 0
+    hi: tl.int32 = num_seqs
     while lo < hi:
         mid = (lo + hi) // 2
         first_block = (tl.load(query_start_loc + mid) - q0) // BLOCK_Q + mid
@@ -38,7 +40,8 @@ def _find_request(query_start_loc, block_idx, num_seqs, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+# num_seqs is a loop bound: Triton would specialise a value of 1 into a constant
+@triton.jit(do_not_specialize=["num_seqs"])
 def _prefill_kernel(
     out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
     num_seqs, scale_log2, window,
@@ -46,9 +49,11 @@ def _prefill_kernel(
     stride_block, stride_slot, stride_kvh, stride_bt,
     QPK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    block_idx = tl.program_id(0)
+    # heavy first: the last q-blocks of a request see the most keys; starting them
+    # first leaves the light ones to fill the final wave
+    block_idx = tl.num_programs(0) - 1 - tl.program_id(0)
     kvh = tl.program_id(1)
     seq = _find_request(query_start_loc, block_idx, num_seqs, BLOCK_Q)
     q_base = tl.load(query_start_loc)
@@ -89,13 +94,13 @@ def _prefill_kernel(
         acc, m_i, l_i = attend_tile(
             acc, m_i, l_i, qv, k_cache, v_cache, bt, start_n, hi, q_pos, window, scale_log2,
             stride_block, stride_slot, BLOCK_SIZE, TILE_N, HEAD_DIM,
-            False, False, WINDOW, DOT_PRECISION,
+            False, False, WINDOW, DOT_PRECISION, UPCAST,
         )
     for start_n in range(mid, hi, TILE_N):
         acc, m_i, l_i = attend_tile(
             acc, m_i, l_i, qv, k_cache, v_cache, bt, start_n, hi, q_pos, window, scale_log2,
             stride_block, stride_slot, BLOCK_SIZE, TILE_N, HEAD_DIM,
-            True, True, WINDOW, DOT_PRECISION,
+            True, True, WINDOW, DOT_PRECISION, UPCAST,
         )
     # every valid row sees at least its own position, so l > 0 there
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -104,14 +109,18 @@ def _prefill_kernel(
 
 
 def prefill_config(head_dim: int, dtype: torch.dtype, qpk: int, max_query_len: int) -> dict:
-    """Tile shapes. BLOCK_M shrinks for short chunks so a batch of 2-token chunks does
-    not pay for 128 rows; tl.dot needs at least 16 rows and columns."""
-    big = 64 if head_dim > 128 or dtype == torch.float32 else 128
+    """Tile shapes, from sweeps on an H100 (docs/cuda.md). BLOCK_M shrinks for short
+    chunks so a batch of 2-token chunks does not pay for 128 rows; tl.dot needs at
+    least 16 rows and columns."""
+    if dtype == torch.float32:  # 4-byte tiles: keep shared memory in bounds
+        big, tile_n, num_warps, num_stages = 64, 32, 4, 2
+    elif head_dim in (64, 256):
+        big, tile_n, num_warps, num_stages = 128, 64, 8, 2
+    else:  # 128 measured; 16 and 32 share its shape
+        big, tile_n, num_warps, num_stages = 128, 64, 4, 3
     block_m = max(16, triton.next_power_of_2(qpk))
     block_m = max(block_m, min(big, triton.next_power_of_2(max(1, max_query_len) * qpk)))
-    tile_n = 32 if head_dim > 128 else 64
-    num_warps = 8 if block_m * head_dim >= 128 * 128 else 4
-    return dict(BLOCK_M=block_m, TILE_N=tile_n, num_warps=num_warps, num_stages=2)
+    return dict(BLOCK_M=block_m, TILE_N=tile_n, num_warps=num_warps, num_stages=num_stages)
 
 
 def prefill_attention(
@@ -145,6 +154,6 @@ def prefill_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         QPK=qpk, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_SIZE=block_size, HEAD_DIM=d,
-        WINDOW=bool(sliding_window), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        WINDOW=bool(sliding_window), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=interpreting(),
         **cfg,
     )
