@@ -159,6 +159,18 @@ def test_n_choices(client):
     assert sorted(c.index for c in chat.choices) == [0, 1]
 
 
+def test_beam_search_over_the_api_equals_offline_beam_search(client):
+    from octavo import LLM, BeamSearchParams
+
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, n=3,
+                                  extra_body={"use_beam_search": True, "ignore_eos": True})
+    llm = LLM(model=MODEL, device="cpu", dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_memory="128MiB")
+    ref = llm.beam_search([prompt], BeamSearchParams(beam_width=3, max_tokens=5, ignore_eos=True))[0]
+    assert [c.text for c in sorted(r.choices, key=lambda c: c.index)] == [s.text for s in ref.sequences]
+    assert r.usage.completion_tokens == 15
+
+
 def test_token_id_prompt_and_extra_sampling_fields(client):
     r = client.completions.create(model=MODEL, prompt=[504, 3575, 282, 4649, 314], max_tokens=5, temperature=0.7,
                                   extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "seed": 3,

@@ -209,6 +209,33 @@ class AsyncLLMEngine:
             raise
         return stream
 
+    async def beam_search(self, prompt_ids: list[int], params: Any, request_id: str) -> RequestOutput:
+        """Beam search for one prompt: the beams' one-token steps run as ordinary requests
+        (batched with everything else in flight), sharing KV blocks through the prefix cache.
+        Returns one RequestOutput whose outputs are the beam_width best beams, best first."""
+        from octavo.beam_search import BeamSearcher
+
+        searcher = BeamSearcher([list(prompt_ids)], params, self.engine.eos_token_ids, self.tokenizer)
+        step = 0
+        while not searcher.done:
+            streams = []
+            try:
+                for j, p in enumerate(searcher.pending()):
+                    streams.append(await self.add_request(f"{request_id}-beam{step}-{j}", p, searcher.step_params))
+                outs = await asyncio.gather(*(_last_output(s) for s in streams))
+            finally:
+                for st in streams:  # no-op once finished; frees blocks if we were cancelled
+                    st.abort()
+            searcher.advance(outs)
+            step += 1
+        best = searcher.results()[0].sequences
+        n = len(prompt_ids)
+        return RequestOutput(
+            request_id=request_id, prompt=None, prompt_token_ids=list(prompt_ids), finished=True,
+            outputs=[CompletionOutput(index=i, text=b.text or "", token_ids=b.tokens[n:], cumulative_logprob=b.cum_logprob,
+                                      finish_reason=b.finish_reason, stop_reason=b.stop_reason)
+                     for i, b in enumerate(best)])
+
     def _queue_full_message(self) -> str:
         return (f"the server is overloaded: {self.max_waiting_requests} requests are already waiting "
                 "(--max-waiting-requests); retry later")
@@ -447,3 +474,11 @@ def _set_result(fut: asyncio.Future) -> None:
 def _set_exception(fut: asyncio.Future, e: BaseException) -> None:
     if not fut.done():
         fut.set_exception(e)
+
+
+async def _last_output(stream: "RequestStream") -> RequestOutput:
+    out = None
+    async for out in stream:
+        pass
+    assert out is not None, "a request ended without any output"
+    return out

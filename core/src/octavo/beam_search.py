@@ -51,56 +51,85 @@ def _score(seq: BeamSearchSequence, num_generated: int, length_penalty: float) -
     return seq.cum_logprob / (max(num_generated, 1) ** length_penalty)
 
 
-def beam_search(llm, prompts: list, params: BeamSearchParams) -> list[BeamSearchOutput]:
-    engine = llm.llm_engine
-    eos = set(engine.eos_token_ids)
-    width = params.beam_width
-    step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=2 * width, ignore_eos=True)
-    starts = [engine._tokenize(p)[1] for p in prompts]
-    live = [[BeamSearchSequence(tokens=list(ids))] for ids in starts]
-    done: list[list[BeamSearchSequence]] = [[] for _ in prompts]
-    finished_prompt = [False] * len(prompts)
-    for step in range(params.max_tokens):
-        todo = [(i, b) for i in range(len(prompts)) if not finished_prompt[i] for b in live[i]]
-        if not todo:
-            break
-        outs = llm.generate([{"prompt_token_ids": b.tokens} for _, b in todo], step_params, use_tqdm=False)
-        candidates: list[list[BeamSearchSequence]] = [[] for _ in prompts]
-        for (i, beam), out in zip(todo, outs):
+class BeamSearcher:
+    """The beam bookkeeping, independent of how the one-token steps are run.
+
+    Loop: `pending()` lists the beams to extend (as token-id prompts), the caller runs
+    each with `step_params` and hands the outputs to `advance()`, until `done`.
+    """
+
+    def __init__(self, prompt_ids: list[list[int]], params: BeamSearchParams, eos_token_ids, tokenizer) -> None:
+        self.params = params
+        self.starts = prompt_ids
+        self.eos = set(eos_token_ids)
+        self.tokenizer = tokenizer
+        self.step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=2 * params.beam_width,
+                                          ignore_eos=True)
+        self.live = [[BeamSearchSequence(tokens=list(ids))] for ids in prompt_ids]
+        self.finished = [[] for _ in prompt_ids]  # type: list[list[BeamSearchSequence]]
+        self.closed = [False] * len(prompt_ids)
+        self.steps = 0
+        self._todo: list[tuple[int, BeamSearchSequence]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.steps >= self.params.max_tokens or all(
+            c or not live for c, live in zip(self.closed, self.live))
+
+    def pending(self) -> list[dict]:
+        self._todo = [(i, b) for i in range(len(self.starts)) if not self.closed[i] for b in self.live[i]]
+        return [{"prompt_token_ids": b.tokens} for _, b in self._todo]
+
+    def advance(self, outputs) -> None:
+        """`outputs`: one RequestOutput per pending beam, in order."""
+        width, lp_pen = self.params.beam_width, self.params.length_penalty
+        candidates: list[list[BeamSearchSequence]] = [[] for _ in self.starts]
+        for (i, beam), out in zip(self._todo, outputs):
             for tid, lp in out.outputs[0].logprobs[0].items():
                 candidates[i].append(BeamSearchSequence(
                     tokens=beam.tokens + [tid], logprobs=beam.logprobs + [lp.logprob],
                     cum_logprob=beam.cum_logprob + lp.logprob))
-        generated = step + 1
+        self.steps += 1
         for i, cands in enumerate(candidates):
-            if finished_prompt[i]:
+            if self.closed[i]:
                 continue
             cands.sort(key=lambda s: s.cum_logprob, reverse=True)
             nxt = []
             for rank, c in enumerate(cands[: 2 * width]):
-                if c.tokens[-1] in eos and not params.ignore_eos:
+                if c.tokens[-1] in self.eos and not self.params.ignore_eos:
                     if rank < width:  # an EOS outside the top beam_width is not a finished beam
                         c.finish_reason, c.stop_reason = "stop", c.tokens[-1]
-                        done[i].append(c)
+                        self.finished[i].append(c)
                 else:
                     nxt.append(c)
                 if len(nxt) == width:
                     break
-            live[i] = nxt
-            # stop once no live beam can beat the worst of beam_width finished ones
-            if len(done[i]) >= width:
-                worst = min(_score(s, len(s.tokens) - len(starts[i]), params.length_penalty) for s in done[i])
-                best_live = max((_score(s, generated, params.length_penalty) for s in nxt), default=float("-inf"))
-                finished_prompt[i] = best_live < worst
-    results = []
-    tok = engine.tokenizer
-    for i in range(len(prompts)):
-        for s in live[i]:
-            s.finish_reason = "length"
-        pool = done[i] + (live[i] if not finished_prompt[i] else [])
-        pool.sort(key=lambda s: _score(s, len(s.tokens) - len(starts[i]), params.length_penalty), reverse=True)
-        best = pool[:width]
-        for s in best:
-            s.text = tok.decode(s.tokens[len(starts[i]):], skip_special_tokens=True)
-        results.append(BeamSearchOutput(best))
-    return results
+            self.live[i] = nxt
+            # close once no live beam can beat the worst of beam_width finished ones
+            if len(self.finished[i]) >= width:
+                worst = min(_score(s, len(s.tokens) - len(self.starts[i]), lp_pen) for s in self.finished[i])
+                best_live = max((_score(s, self.steps, lp_pen) for s in nxt), default=float("-inf"))
+                self.closed[i] = best_live < worst
+
+    def results(self) -> list[BeamSearchOutput]:
+        out = []
+        for i, start in enumerate(self.starts):
+            live = [] if self.closed[i] else self.live[i]
+            for s in live:
+                s.finish_reason = "length"
+            pool = self.finished[i] + live
+            pool.sort(key=lambda s: _score(s, len(s.tokens) - len(start), self.params.length_penalty), reverse=True)
+            best = pool[: self.params.beam_width]
+            for s in best:
+                s.text = self.tokenizer.decode(s.tokens[len(start):], skip_special_tokens=True)
+            out.append(BeamSearchOutput(best))
+        return out
+
+
+def beam_search(llm, prompts: list, params: BeamSearchParams) -> list[BeamSearchOutput]:
+    engine = llm.llm_engine
+    searcher = BeamSearcher([engine._tokenize(p)[1] for p in prompts], params, engine.eos_token_ids,
+                            engine.tokenizer)
+    while not searcher.done:
+        searcher.advance(llm.generate(searcher.pending(), searcher.step_params, use_tqdm=False))
+    return searcher.results()

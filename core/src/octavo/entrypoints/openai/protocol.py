@@ -77,6 +77,8 @@ class _SamplingFields(OpenAIModel):
     spaces_between_special_tokens: bool = True
     prompt_logprobs: Optional[int] = None
     request_id: Optional[str] = None  # vLLM: the id the server logs and returns
+    use_beam_search: bool = False  # vLLM: beam search with n beams (completions only)
+    length_penalty: float = 1.0
 
     def _logit_bias(self) -> Optional[dict[int, float]]:
         if not self.logit_bias:

@@ -90,6 +90,8 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, req: ChatCompletionRequest,
                                      raw: Request) -> Union[JSONResponse, EventStreamResponse]:
         model = self.model_name(req.model)
+        if req.use_beam_search:
+            raise BadRequestError("use_beam_search is supported on /v1/completions only", param="use_beam_search")
         if req.tools and req.tool_choice not in (None, "none"):
             raise BadRequestError("tool calling is not supported by this server", param="tools")
         text = self.render(req.messages, add_generation_prompt=req.add_generation_prompt,

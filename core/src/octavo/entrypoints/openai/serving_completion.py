@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Optional, Union
@@ -47,8 +48,10 @@ class OpenAIServingCompletion(OpenAIServing):
             except ValueError as e:
                 raise sampling_error(e) from None
         request_id = req.request_id or random_id("cmpl")
-        streams = await self.submit_all(request_id, submissions)
         n = req.n
+        if req.use_beam_search:
+            return await cancel_on_disconnect(raw, self._beam_search(req, request_id, model, prompts, submissions))
+        streams = await self.submit_all(request_id, submissions)
         if req.stream:
             return EventStreamResponse(self._stream(req, request_id, model, prompts, streams, n), streams)
         try:
@@ -82,10 +85,31 @@ class OpenAIServingCompletion(OpenAIServing):
         return text if text is not None else self.tokenizer.decode(ids)
 
     # ---- non-streaming ----------------------------------------------------------------------
+    async def _beam_search(self, req: CompletionRequest, request_id: str, model: str,
+                           prompts: list[tuple[Optional[str], list[int]]], submissions) -> JSONResponse:
+        from octavo.beam_search import BeamSearchParams
+
+        if req.stream:
+            raise BadRequestError("use_beam_search cannot stream: the best beams are known only at the end",
+                                  param="stream")
+        if req.logprobs is not None or req.echo:
+            raise BadRequestError("use_beam_search does not return logprobs or echo", param="use_beam_search")
+        try:
+            params = [BeamSearchParams(beam_width=req.n, max_tokens=sp.max_tokens, ignore_eos=req.ignore_eos,
+                                       length_penalty=req.length_penalty) for _, sp in submissions]
+        except ValueError as e:
+            raise BadRequestError(str(e), param="n") from None
+        finals = await asyncio.gather(*(self.engine.beam_search(ids, p, f"{request_id}-{i}")
+                                        for i, ((ids, _), p) in enumerate(zip(submissions, params))))
+        return self._respond(req, request_id, model, prompts, list(finals), req.n)
+
     async def _full(self, req: CompletionRequest, request_id: str, model: str,
                     prompts: list[tuple[Optional[str], list[int]]], streams: list[RequestStream],
                     n: int) -> JSONResponse:
-        finals = await final_outputs(streams)
+        return self._respond(req, request_id, model, prompts, await final_outputs(streams), n)
+
+    def _respond(self, req: CompletionRequest, request_id: str, model: str,
+                 prompts: list[tuple[Optional[str], list[int]]], finals, n: int) -> JSONResponse:
         choices: list[CompletionResponseChoice] = []
         num_generated = 0
         for p, out in enumerate(finals):
