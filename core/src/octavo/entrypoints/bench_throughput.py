@@ -69,20 +69,40 @@ def _result(w: Workload, elapsed: float) -> Result:
                   (w.prompt_tokens + w.output_tokens) / elapsed, len(w.prompts), w.output_tokens, w.prompt_tokens)
 
 
-def run_octavo(llm, w: Workload) -> Result:
+def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
+    """Drive the engine directly (what LLM.generate does), sampling KV-cache figures each step."""
     from octavo import SamplingParams
+    from octavo.sampling_params import RequestOutputKind
 
-    params = [SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=n, seed=i)
-              for i, n in enumerate(w.output_lens)]
+    engine = llm.llm_engine
     # warm-up (allocator, first-call overheads), not timed
     llm.generate([{"prompt_token_ids": w.prompts[0][:16]}], SamplingParams(max_tokens=4, ignore_eos=True),
                  use_tqdm=False)
+    before = engine.get_stats()
     t = time.perf_counter()
-    outs = llm.generate([{"prompt_token_ids": p} for p in w.prompts], params, use_tqdm=False)
+    for i, (p, n) in enumerate(zip(w.prompts, w.output_lens)):
+        engine.add_request(f"bench-{i}", {"prompt_token_ids": p},
+                           SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=n, seed=i,
+                                          output_kind=RequestOutputKind.FINAL_ONLY))
+    got = steps = 0
+    util_sum = 0.0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            got += len(out.outputs[0].token_ids)
+        steps += 1
+        util_sum += engine.get_kv_cache_utilization()
     elapsed = time.perf_counter() - t
-    got = sum(len(o.outputs[0].token_ids) for o in outs)
     assert got == w.output_tokens, f"octavo produced {got} tokens, expected {w.output_tokens}"
-    return _result(w, elapsed)
+    after = engine.get_stats()
+    queries = after.prefix_cache_queries - before.prefix_cache_queries
+    hits = after.prefix_cache_hits - before.prefix_cache_hits
+    extra = {
+        "steps": steps,
+        "kv_slot_utilization_mean": util_sum / max(steps, 1),
+        "prefix_cache_hit_rate": hits / queries if queries else 0.0,
+        "num_preemptions": after.num_preemptions_total - before.num_preemptions_total,
+    }
+    return _result(w, elapsed), extra
 
 
 def load_hf_model(engine):
@@ -150,9 +170,12 @@ def main(args: argparse.Namespace) -> int:
     print(f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output tokens "
           f"({args.dataset}); model {eargs.model} on {engine.platform.name}, {str(engine.model_config.dtype)[6:]}")
     report: dict = {}
-    ours = run_octavo(llm, w)
-    report["octavo"] = asdict(ours)
+    ours, extra = run_octavo(llm, w)
+    report["octavo"] = {**asdict(ours), **extra}
     _print("octavo", ours)
+    print(f"          {extra['steps']} steps, KV slots holding tokens: {100 * extra['kv_slot_utilization_mean']:.1f}% "
+          f"(mean over steps), prefix-cache hit rate {100 * extra['prefix_cache_hit_rate']:.1f}%, "
+          f"{extra['num_preemptions']} preemptions")
     if args.compare == "hf":
         hf = run_hf(engine, w, args.hf_batch_size)
         report["hf"] = asdict(hf)
