@@ -138,13 +138,14 @@ class FakeEngine:
         return RequestOutput(request_id=r.rid, prompt=None, prompt_token_ids=r.prompt_ids, outputs=comps,
                              finished=done)
 
-    def get_stats(self):
+    def get_stats(self, with_utilization: bool = False):
         self._touch()
         held = sum(len(r.prompt_ids) + len(o) for r in self.running for o in r.outs)
         return SimpleNamespace(num_running=len(self.running), num_waiting=len(self.waiting),
                                kv_cache_usage=held / self.capacity, prompt_tokens_total=self.prompt_tokens,
                                generation_tokens_total=self.generation_tokens, num_preemptions_total=0,
-                               prefix_cache_queries=0, prefix_cache_hits=0)
+                               prefix_cache_queries=0, prefix_cache_hits=0,
+                               kv_slot_utilization=1.0 if with_utilization else None)
 
 
 def delta(max_tokens: int = 8, **kw) -> SamplingParams:

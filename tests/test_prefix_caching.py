@@ -89,7 +89,8 @@ def test_kv_slot_utilization_counts_only_real_tokens(tiny_model_dirs):
     # each now holds prompt + 1 tokens, counted where a slot exists for them: 16 (the 17th token
     # of the first request gets its block at the next schedule) + 18 + 41 = 75 of 96 slots
     assert engine.get_kv_cache_utilization() == pytest.approx(75 / 96)
-    assert engine.get_stats().kv_slot_utilization == pytest.approx(75 / 96)
+    assert engine.get_stats(with_utilization=True).kv_slot_utilization == pytest.approx(75 / 96)
+    assert engine.get_stats().kv_slot_utilization is None  # not walked unless asked
 
 
 def test_n_samples_allocate_the_prompt_blocks_once(tiny_model_dirs):

@@ -72,6 +72,7 @@ class EngineStatsSnapshot:
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
     max_num_running_seen: int = 0  # high-water mark of num_running since start
+    kv_slot_utilization: float = 1.0  # allocated KV slots holding tokens (refreshed every few steps)
     num_steps: int = 0  # loop iterations of the engine thread
 
 
@@ -354,8 +355,9 @@ class AsyncLLMEngine:
         return int(self.engine.get_stats().num_waiting)
 
     def _snapshot(self) -> EngineStatsSnapshot:
-        s = self.engine.get_stats()
         prev = self._stats
+        # the utilisation walks every block table: refresh it every 32 steps, not every step
+        s = self.engine.get_stats(with_utilization=prev.num_steps % 32 == 0)
         return EngineStatsSnapshot(
             num_running=s.num_running,
             num_waiting=s.num_waiting,
@@ -366,6 +368,7 @@ class AsyncLLMEngine:
             prefix_cache_queries=s.prefix_cache_queries,
             prefix_cache_hits=s.prefix_cache_hits,
             max_num_running_seen=max(prev.max_num_running_seen, s.num_running),
+            kv_slot_utilization=prev.kv_slot_utilization if s.kv_slot_utilization is None else s.kv_slot_utilization,
             num_steps=prev.num_steps + 1,
         )
 

@@ -32,7 +32,9 @@ class EngineStats:
     num_preemptions_total: int
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of which found cached
-    kv_slot_utilization: float  # allocated KV slots holding real tokens, 0..1 (see get_kv_cache_utilization)
+    # allocated KV slots holding real tokens, 0..1; walks every block table, so only computed
+    # when asked for (get_stats(with_utilization=True) or get_kv_cache_utilization())
+    kv_slot_utilization: Optional[float] = None
 
 
 class _Sample:
@@ -327,7 +329,7 @@ class LLMEngine:
         allocated = len(filled) * bs
         return sum(filled.values()) / allocated if allocated else 1.0
 
-    def get_stats(self) -> EngineStats:
+    def get_stats(self, with_utilization: bool = False) -> EngineStats:
         bm = self.block_manager
         return EngineStats(
             num_running=len(self.scheduler.running),
@@ -338,5 +340,5 @@ class LLMEngine:
             num_preemptions_total=self.scheduler.num_preemptions,
             prefix_cache_queries=bm.prefix_queries,
             prefix_cache_hits=bm.prefix_hits,
-            kv_slot_utilization=self.get_kv_cache_utilization(),
+            kv_slot_utilization=self.get_kv_cache_utilization() if with_utilization else None,
         )

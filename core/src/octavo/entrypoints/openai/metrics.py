@@ -56,6 +56,9 @@ class _EngineCollector(Collector):
         yield gauge("octavo:num_requests_running", "Number of requests in the running batch.", s.num_running)
         yield gauge("octavo:num_requests_waiting", "Number of requests waiting to be scheduled.", s.num_waiting)
         yield gauge("octavo:kv_cache_usage_perc", "KV-cache usage: 0 is empty, 1 is full.", s.kv_cache_usage)
+        yield gauge("octavo:kv_cache_slot_utilization",
+                    "Fraction of allocated KV slots that hold tokens (1 - internal fragmentation).",
+                    getattr(s, "kv_slot_utilization", 1.0))
         yield gauge("octavo:num_requests_running_max", "Most requests seen running in one step since start.",
                     s.max_num_running_seen)
         yield counter("octavo:prompt_tokens", "Prompt tokens processed.", s.prompt_tokens_total)
