@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from octavo.config import EngineConfig
+from octavo.graph_runner import GraphRunner
 from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
 from octavo.models import get_model_class
@@ -55,6 +56,10 @@ class ModelRunner:
         self.sampler = Sampler(self.device)
         self.kv_caches: list[torch.Tensor] = []
         self.block_size = config.cache.block_size
+        self.graph_runner: Optional[GraphRunner] = None
+        # accelerators measure a forward at the largest token budget before the KV cache is
+        # sized (the default platform hook does not run it)
+        self.platform.profile_memory(self.profile_run)
 
     # ---- KV cache ---------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
@@ -66,6 +71,52 @@ class ModelRunner:
         m = self.model
         shape = self.platform.attention.kv_cache_shape(num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in m.layers]
+        self.graph_runner = None
+        if not self.config.enforce_eager and self.platform.graph_capture_supported():
+            self.graph_runner = GraphRunner(
+                m, self.platform, self.kv_caches, self.config.scheduler.max_num_seqs,
+                self.config.model.max_model_len, self.block_size, self.device)
+            self.graph_runner.capture()
+
+    # ---- memory profiling ---------------------------------------------------------------
+    @torch.inference_mode()
+    def profile_run(self) -> None:
+        """One dummy forward of max_num_batched_tokens prompt tokens (split into sequences of
+        at most max_model_len) and the sampler at max_num_seqs rows: the activation peak the
+        KV cache must leave room for. KV writes are skipped (slot -1) and every page points
+        at the one block of a temporary cache, so the run needs no real cache."""
+        sc = self.config.scheduler
+        max_len = self.config.model.max_model_len
+        total = sc.max_num_batched_tokens
+        lens = []
+        while total > 0:
+            lens.append(min(max_len, total))
+            total -= lens[-1]
+        m, dev, bs = self.model, self.device, self.block_size
+        shape = self.platform.attention.kv_cache_shape(1, bs, m.num_kv_heads, m.head_dim)
+        kv = torch.zeros(shape, dtype=self.dtype, device=dev)
+        qsl = [0]
+        for n in lens:
+            qsl.append(qsl[-1] + n)
+        t = qsl[-1]
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
+            block_tables=torch.zeros((len(lens), -(-max(lens) // bs)), dtype=torch.int32, device=dev),
+            slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
+            max_query_len=max(lens), max_seq_len=max(lens),
+            query_start_loc_cpu=qsl, seq_lens_cpu=lens, num_decodes=0,
+        )
+        ids = torch.zeros(t, dtype=torch.long, device=dev)
+        pos = torch.cat([torch.arange(n, device=dev) for n in lens])
+        hidden = self.model(ids, pos, [kv] * len(m.layers), meta)
+        rows = min(sc.max_num_seqs, t)
+        logits = self.model.compute_logits(hidden[:rows])
+        from octavo.sampling_params import SamplingParams
+
+        params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50)] * rows
+        self.sampler(logits, [f"profile-{i}" for i in range(rows)], params, [([0], 1)] * rows)
+        del hidden, logits, kv
 
     # ---- one step -----------------------------------------------------------------------
     def _prepare(self, out: SchedulerOutput):
@@ -135,7 +186,9 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None) -> StepOutput:
         ids, pos, meta = self._prepare(out)
-        hidden = self.model(ids, pos, self.kv_caches, meta)
+        hidden = self.graph_runner.run(ids, pos, meta) if self.graph_runner is not None else None
+        if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
+            hidden = self.model(ids, pos, self.kv_caches, meta)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu)

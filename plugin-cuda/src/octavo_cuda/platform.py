@@ -94,12 +94,43 @@ class CudaPlatform(Platform):
         return silu_and_mul(x)
 
     # ---- memory and collectives ---------------------------------------------------
+    #: peak bytes allocated by the profiling forward above what was allocated before it
+    #: (None until `profile_memory` ran; the budget then falls back to an estimate)
+    profiled_activation_bytes: int | None = None
+
+    def profile_memory(self, forward) -> None:
+        """Run the runner's profiling forward and keep torch's peak allocation over it."""
+        from octavo_cuda.memory import profile_peak_bytes
+
+        self.profiled_activation_bytes = profile_peak_bytes(
+            forward, torch.device("cuda", torch.cuda.current_device()))
+
     def kv_cache_budget_bytes(self, config, model_bytes: int) -> int:
         """See octavo_cuda.memory for the formula; model_bytes is already in the
         device's used memory once the weights are loaded, so it is not subtracted again."""
         from octavo_cuda.memory import kv_cache_budget_bytes
 
-        return kv_cache_budget_bytes(config, torch.device("cuda", torch.cuda.current_device()))
+        return kv_cache_budget_bytes(config, torch.device("cuda", torch.cuda.current_device()),
+                                     self.profiled_activation_bytes)
+
+    # ---- CUDA graphs (decode steps; see octavo.graph_runner) ------------------------------
+    def graph_capture_supported(self) -> bool:
+        return True
+
+    def capture_graph(self, fn):
+        """torch.cuda.CUDAGraph over one memory pool shared by all of this platform's graphs
+        (captured largest first, the smaller ones reuse its blocks)."""
+        if getattr(self, "_graph_pool", None) is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            out = fn()
+        torch.cuda.synchronize()
+        if not hasattr(self, "_graphs"):
+            self._graphs = []
+        self._graphs.append(graph)  # keep them alive with the platform
+        return out, graph.replay
 
     def init_communicator(self, world_size: int, rank: int, init_method: str):
         # NCCL binds a communicator to the current device: pick ours before init

@@ -40,7 +40,7 @@ def build_cos_sin_cache(hf_config, head_dim: int, max_positions: int) -> torch.T
                 + ", ".join(k for k in ROPE_INIT_FUNCTIONS if k != "dynamic")
             )
         inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, torch.device("cpu"))
-        inv_freq = inv_freq.float()
+        inv_freq = inv_freq.float().to(torch.empty(0).device)  # the ambient torch.device(...) of the caller
     t = torch.arange(max_positions, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)
     return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)

@@ -28,7 +28,7 @@ KV-cache layout and attention semantics (the part a kernel author must get right
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -319,6 +319,28 @@ class Platform:
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on synchronous devices)."""
+
+    # ---- optional: memory profiling and graph capture ------------------------------
+    def profile_memory(self, forward: Callable[[], Any]) -> None:
+        """Called once by the runner before the KV cache is sized, with a callable that runs
+        one forward pass at the largest token budget. A platform that sizes its cache from
+        device memory runs it while watching its own peak-memory counter and uses the peak in
+        `kv_cache_budget_bytes`. The default does not call it (fixed-size caches)."""
+
+    def graph_capture_supported(self) -> bool:
+        """Whether `capture_graph` works here. The runner then captures decode steps
+        (see octavo.graph_runner) unless enforce_eager is set."""
+        return False
+
+    def capture_graph(self, fn: Callable[[], Any]) -> tuple[Any, Callable[[], None]]:
+        """Capture the device work of `fn()` into a replayable graph.
+
+        Returns (output, replay): `output` is what `fn` returned during capture (tensors
+        at fixed addresses that each `replay()` rewrites); `replay()` re-executes the
+        captured work reading the same input addresses. Host-side Python in `fn` runs only
+        at capture. Graphs of one platform should share one memory pool, captured
+        largest first. The caller has run `fn` once before (warm-up)."""
+        raise NotImplementedError(f"platform {self.name!r} does not capture graphs")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "api_version": self.api_version, "device_type": self.device_type}
