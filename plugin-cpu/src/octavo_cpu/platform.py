@@ -1,4 +1,8 @@
-"""The CPU platform: torch ops for now (native kernels arrive with their own issue)."""
+"""The CPU platform: native C++ kernels (csrc/, see `_native`) where they apply, torch ops elsewhere.
+
+Native: paged attention and KV writes (`attention.py`), RMSNorm with the fused residual
+add, for float32 and bfloat16. GEMMs stay with torch (oneDNN / MKL do them well).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import torch
 from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 
+from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
 
 
@@ -43,6 +48,14 @@ class CpuPlatform(Platform):
 
     def make_attention_backend(self) -> CpuAttention:
         return CpuAttention()
+
+    def rms_norm(self, x, weight, eps, residual=None):
+        # one pass per row instead of ~6 torch ops; other dtypes (and a weight whose dtype
+        # differs from x's, which promotes the result) keep the default
+        if (_native.available() and x.dtype in _native.SUPPORTED_DTYPES and weight.dtype == x.dtype
+                and (residual is None or residual.dtype == x.dtype)):
+            return _native.rms_norm(x, weight, eps, residual)
+        return super().rms_norm(x, weight, eps, residual)
 
     def device_props(self) -> DeviceProps:
         total = free = 0

@@ -1,0 +1,78 @@
+// Kernel entry points shared by ops.cpp (the Python binding) and the per-ISA files.
+//
+// Every tensor arrives as a raw pointer plus element strides: the extension links no
+// torch C++ API, so one build serves any torch version. Strides count elements, the
+// last dimension (head_dim) is always contiguous.
+#pragma once
+
+#include <cstdint>
+
+namespace octavo_cpu {
+
+enum DType : int { kF32 = 0, kBF16 = 1 };
+
+// Paged varlen causal GQA attention, the semantics of octavo.platform.interface:
+// request i owns query rows query_start_loc[i]..query_start_loc[i+1] and attends to the
+// seq_lens[i] positions of context stored through block_tables[i].
+struct AttnArgs {
+  void* out;  // [T, num_heads, head_dim], q's dtype
+  const void* q;  // [T, num_heads, head_dim]
+  const void* kv;  // [2, num_blocks, block_size, num_kv_heads, head_dim] (any strides)
+  int64_t q_stride_t, q_stride_h;
+  int64_t o_stride_t, o_stride_h;
+  int64_t kv_stride_kv, kv_stride_block, kv_stride_tok, kv_stride_head;
+  const int32_t* block_tables;  // [num_seqs, max_blocks]
+  int64_t bt_stride;
+  const int32_t* seq_lens;  // [num_seqs]
+  const int32_t* query_start_loc;  // [num_seqs + 1]
+  int first_seq, num_seqs;  // requests first_seq .. first_seq + num_seqs - 1
+  int num_heads, num_kv_heads, head_dim, block_size;
+  float scale;
+  int sliding_window;  // <= 0: none
+  int q_dtype, kv_dtype;
+  int q_tile;  // query tokens of one request handled together (prefill)
+  int num_threads;
+};
+
+// slot_mapping[t] < 0 = padding, not stored
+struct WriteKvArgs {
+  const void* k;  // [T, num_kv_heads, head_dim]
+  const void* v;
+  int64_t k_stride_t, k_stride_h, v_stride_t, v_stride_h;
+  void* kv;  // the cache, strides as in AttnArgs
+  int64_t kv_stride_kv, kv_stride_block, kv_stride_tok, kv_stride_head;
+  const int64_t* slot_mapping;
+  int64_t num_tokens;
+  int num_kv_heads, head_dim, block_size;
+  int src_dtype, kv_dtype;
+  int num_threads;
+};
+
+// RMSNorm over rows of `hidden` elements, as the core's default Platform.rms_norm (and
+// Hugging Face's Llama): with residual, x = x + residual is rounded to the dtype and
+// written to res_out (the new residual stream); the normed row is rounded to the dtype
+// before the weight multiplies.
+struct RmsNormArgs {
+  void* out;  // [rows, hidden], contiguous rows
+  const void* x;
+  const void* residual;  // nullptr: no residual
+  void* res_out;  // [rows, hidden], contiguous rows; may alias residual
+  const void* weight;  // [hidden]
+  int64_t rows, hidden;
+  int64_t x_stride, out_stride, res_stride;
+  float eps;
+  int dtype, weight_dtype;
+  int num_threads;
+};
+
+#define OCTAVO_DECLARE_KERNELS(ns)               \
+  namespace ns {                                 \
+  void paged_attention(const AttnArgs& a);       \
+  void write_kv(const WriteKvArgs& a);           \
+  void rms_norm(const RmsNormArgs& a);           \
+  }
+
+OCTAVO_DECLARE_KERNELS(generic)
+OCTAVO_DECLARE_KERNELS(avx512)
+
+}  // namespace octavo_cpu

@@ -1,0 +1,152 @@
+// Python binding of the CPU kernels. Tensors cross as (data pointer, strides) integers
+// taken from torch on the Python side (octavo_cpu/_native.py), so the extension needs
+// no torch headers. The GIL is released while a kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace py = pybind11;
+using namespace octavo_cpu;
+
+namespace {
+
+bool has_avx512() {
+#if defined(OCTAVO_HAVE_AVX512) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// chosen once at import; OCTAVO_CPU_ISA=generic in the Python layer forces the portable path
+bool g_use_avx512 = has_avx512();
+
+// the AVX-512 file is compiled on x86-64 only (CMakeLists.txt)
+#ifdef OCTAVO_HAVE_AVX512
+#define OCTAVO_DISPATCH(fn, args) \
+  (g_use_avx512 ? avx512::fn(args) : generic::fn(args))
+#else
+#define OCTAVO_DISPATCH(fn, args) generic::fn(args)
+#endif
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "octavo-cpu native kernels (see csrc/kernels.h)";
+
+  m.def("isa", []() { return g_use_avx512 ? "avx512" : "generic"; });
+  m.def("set_isa", [](const std::string& isa) {
+    if (isa == "generic") g_use_avx512 = false;
+    else if (isa == "avx512") {
+      if (!has_avx512()) throw py::value_error("this CPU lacks AVX-512 (F, BW, VL, DQ)");
+      g_use_avx512 = true;
+    } else throw py::value_error("isa must be 'generic' or 'avx512', got '" + isa + "'");
+  });
+
+  m.def(
+      "paged_attention",
+      [](uintptr_t out, int64_t o_stride_t, int64_t o_stride_h, uintptr_t q, int64_t q_stride_t,
+         int64_t q_stride_h, int q_dtype, uintptr_t kv, int64_t kv_stride_kv, int64_t kv_stride_block,
+         int64_t kv_stride_tok, int64_t kv_stride_head, int kv_dtype, uintptr_t block_tables,
+         int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int first_seq, int num_seqs,
+         int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
+         int q_tile, int num_threads) {
+        AttnArgs a{};
+        a.out = ptr<void>(out);
+        a.o_stride_t = o_stride_t;
+        a.o_stride_h = o_stride_h;
+        a.q = ptr<const void>(q);
+        a.q_stride_t = q_stride_t;
+        a.q_stride_h = q_stride_h;
+        a.q_dtype = q_dtype;
+        a.kv = ptr<const void>(kv);
+        a.kv_stride_kv = kv_stride_kv;
+        a.kv_stride_block = kv_stride_block;
+        a.kv_stride_tok = kv_stride_tok;
+        a.kv_stride_head = kv_stride_head;
+        a.kv_dtype = kv_dtype;
+        a.block_tables = ptr<const int32_t>(block_tables);
+        a.bt_stride = bt_stride;
+        a.seq_lens = ptr<const int32_t>(seq_lens);
+        a.query_start_loc = ptr<const int32_t>(query_start_loc);
+        a.first_seq = first_seq;
+        a.num_seqs = num_seqs;
+        a.num_heads = num_heads;
+        a.num_kv_heads = num_kv_heads;
+        a.head_dim = head_dim;
+        a.block_size = block_size;
+        a.scale = scale;
+        a.sliding_window = sliding_window;
+        a.q_tile = q_tile;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(paged_attention, a);
+      },
+      "Paged varlen causal GQA attention over block tables (see kernels.h)");
+
+  m.def(
+      "write_kv",
+      [](uintptr_t k, int64_t k_stride_t, int64_t k_stride_h, uintptr_t v, int64_t v_stride_t,
+         int64_t v_stride_h, int src_dtype, uintptr_t kv, int64_t kv_stride_kv, int64_t kv_stride_block,
+         int64_t kv_stride_tok, int64_t kv_stride_head, int kv_dtype, uintptr_t slot_mapping,
+         int64_t num_tokens, int num_kv_heads, int head_dim, int block_size, int num_threads) {
+        WriteKvArgs a{};
+        a.k = ptr<const void>(k);
+        a.k_stride_t = k_stride_t;
+        a.k_stride_h = k_stride_h;
+        a.v = ptr<const void>(v);
+        a.v_stride_t = v_stride_t;
+        a.v_stride_h = v_stride_h;
+        a.src_dtype = src_dtype;
+        a.kv = ptr<void>(kv);
+        a.kv_stride_kv = kv_stride_kv;
+        a.kv_stride_block = kv_stride_block;
+        a.kv_stride_tok = kv_stride_tok;
+        a.kv_stride_head = kv_stride_head;
+        a.kv_dtype = kv_dtype;
+        a.slot_mapping = ptr<const int64_t>(slot_mapping);
+        a.num_tokens = num_tokens;
+        a.num_kv_heads = num_kv_heads;
+        a.head_dim = head_dim;
+        a.block_size = block_size;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(write_kv, a);
+      },
+      "Store k/v rows at their slots of the paged cache (slot < 0 = skip)");
+
+  m.def(
+      "rms_norm",
+      [](uintptr_t out, int64_t out_stride, uintptr_t x, int64_t x_stride, uintptr_t residual,
+         uintptr_t res_out, int64_t res_stride, uintptr_t weight, int weight_dtype, int64_t rows, int64_t hidden, float eps,
+         int dtype, int num_threads) {
+        RmsNormArgs a{};
+        a.out = ptr<void>(out);
+        a.out_stride = out_stride;
+        a.x = ptr<const void>(x);
+        a.x_stride = x_stride;
+        a.residual = ptr<const void>(residual);
+        a.res_out = ptr<void>(res_out);
+        a.res_stride = res_stride;
+        a.weight = ptr<const void>(weight);
+        a.weight_dtype = weight_dtype;
+        a.rows = rows;
+        a.hidden = hidden;
+        a.eps = eps;
+        a.dtype = dtype;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(rms_norm, a);
+      },
+      "RMSNorm over rows, optionally fused with the residual add (sum written to res_out)");
+}

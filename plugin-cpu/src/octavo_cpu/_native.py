@@ -1,0 +1,138 @@
+"""Torch-facing wrappers of the compiled kernels in `octavo_cpu._C` (csrc/).
+
+Tensors cross to C++ as data pointers and element strides; this module checks what the
+kernels assume (dtypes, a contiguous last dimension, int32 metadata on the CPU) so the
+C++ side can trust its arguments. `available()` is False when the extension did not
+build or import; callers then keep their torch path.
+
+Debugging switches (read once, at import):
+  OCTAVO_CPU_NATIVE=0      run the torch paths only, as if the extension were missing
+  OCTAVO_CPU_ISA=generic   force the portable kernels (the default picks AVX-512 when
+                           the CPU has F, BW, VL and DQ)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    if os.environ.get("OCTAVO_CPU_NATIVE", "1") == "0":
+        raise ImportError("disabled by OCTAVO_CPU_NATIVE=0")
+    from octavo_cpu import _C
+except ImportError as e:  # a source tree without a build, or a broken build
+    _C = None
+    IMPORT_ERROR: ImportError | None = e
+else:
+    IMPORT_ERROR = None
+    if os.environ.get("OCTAVO_CPU_ISA"):
+        _C.set_isa(os.environ["OCTAVO_CPU_ISA"])
+
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+#: dtypes the kernels read and write (fp16 stays on the torch path)
+SUPPORTED_DTYPES = tuple(_DTYPES)
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def isa() -> str:
+    """Which kernel build runs: "avx512" or "generic"."""
+    return _C.isa() if _C is not None else "none"
+
+
+def set_isa(name: str) -> None:
+    _C.set_isa(name)
+
+
+def _code(t: torch.Tensor, what: str) -> int:
+    try:
+        return _DTYPES[t.dtype]
+    except KeyError:
+        raise TypeError(f"{what}: dtype {t.dtype} is not supported by the native CPU kernels "
+                        f"(supported: {list(SUPPORTED_DTYPES)})") from None
+
+
+def _int32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.int32 and t.is_contiguous() else t.to(torch.int32).contiguous()
+
+
+def paged_attention(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    first_seq: int = 0,
+    num_seqs: int | None = None,
+    q_tile: int = 16,
+) -> torch.Tensor:
+    """Attention of requests first_seq..first_seq+num_seqs-1 of a flat batch into `out`.
+
+    q, out: [T, num_heads, head_dim] (same dtype); kv_cache: [2, num_blocks, block_size,
+    num_kv_heads, head_dim]; block_tables [B, max_blocks], seq_lens [B], query_start_loc
+    [B + 1] (int32, indexed by request). Semantics: `octavo.platform.interface`.
+    `q_tile` query tokens of one request share a pass over its KV (prefill only).
+    """
+    assert q.dtype == out.dtype and q.shape == out.shape and q.dim() == 3
+    assert q.device.type == out.device.type == kv_cache.device.type == "cpu"
+    assert q.stride(-1) == 1 and out.stride(-1) == 1 and kv_cache.stride(-1) == 1
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    num_heads = q.shape[1]
+    assert q.shape[2] == head_dim and num_heads % num_kv_heads == 0
+    block_tables, seq_lens, query_start_loc = _int32(block_tables), _int32(seq_lens), _int32(query_start_loc)
+    if num_seqs is None:
+        num_seqs = seq_lens.shape[0] - first_seq
+    _C.paged_attention(
+        out.data_ptr(), out.stride(0), out.stride(1),
+        q.data_ptr(), q.stride(0), q.stride(1), _code(q, "q"),
+        kv_cache.data_ptr(), *kv_cache.stride()[:4], _code(kv_cache, "kv_cache"),
+        block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(), query_start_loc.data_ptr(),
+        first_seq, num_seqs, num_heads, num_kv_heads, head_dim, block_size,
+        float(scale), int(sliding_window or 0), q_tile, torch.get_num_threads(),
+    )
+    return out
+
+
+def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store k, v ([T, num_kv_heads, head_dim]) at their slots; slot -1 = padding."""
+    assert k.stride(-1) == 1 and v.stride(-1) == 1 and kv_cache.stride(-1) == 1
+    assert k.dtype == v.dtype and k.shape == v.shape
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    slots = slot_mapping if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous() \
+        else slot_mapping.to(torch.int64).contiguous()
+    _C.write_kv(
+        k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0), v.stride(1), _code(k, "k"),
+        kv_cache.data_ptr(), *kv_cache.stride()[:4], _code(kv_cache, "kv_cache"),
+        slots.data_ptr(), slots.shape[0], num_kv_heads, head_dim, block_size, torch.get_num_threads(),
+    )
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """`Platform.rms_norm`'s semantics in one pass over each row: with `residual`,
+    returns (normed, x + residual); without, normed. Rows must have a contiguous last dim."""
+    hidden = x.shape[-1]
+    x2 = x.reshape(-1, hidden)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    weight = weight.contiguous()
+    out = torch.empty(x2.shape, dtype=x.dtype)
+    res_ptr = res_out_ptr = 0
+    res_out = None
+    if residual is not None:
+        assert residual.dtype == x.dtype and residual.shape == x.shape
+        residual = residual.reshape(-1, hidden).contiguous()
+        res_out = torch.empty_like(residual)
+        res_ptr, res_out_ptr = residual.data_ptr(), res_out.data_ptr()
+    _C.rms_norm(
+        out.data_ptr(), hidden, x2.data_ptr(), x2.stride(0), res_ptr, res_out_ptr, hidden,
+        weight.data_ptr(), _code(weight, "weight"), x2.shape[0], hidden, float(eps), _code(x, "x"),
+        torch.get_num_threads(),
+    )
+    out = out.view(x.shape)
+    return out if res_out is None else (out, res_out.view(x.shape))
