@@ -15,6 +15,7 @@ def test_plugins_lists_cpu_with_score_and_reason():
     assert r.returncode == 0, r.stderr
     line = next(l for l in r.stdout.splitlines() if l.startswith("cpu"))
     assert "octavo-cpu" in line and "yes" in line and "usable cores" in line
+    assert "native kernels (" in line, "octavo-cpu's compiled kernels did not build or import"
     data = json.loads(octavo("plugins", "--json").stdout)
     cpu = next(d for d in data if d["name"] == "cpu")
     assert cpu["usable"] and cpu["score"] > 0 and cpu["api_version"] == "1.0"

@@ -44,7 +44,11 @@ class CpuPlatform(Platform):
     @classmethod
     def availability(cls) -> Availability:
         # always usable, but any accelerator should win "auto"
-        return Availability(score=10, reason=f"{_usable_cores()} usable cores")
+        if _native.available():
+            kernels = f"native kernels ({_native.isa()})"
+        else:  # say so: a broken build must not pass for a slow machine
+            kernels = f"torch ops only, native kernels unavailable: {_native.IMPORT_ERROR}"
+        return Availability(score=10, reason=f"{_usable_cores()} usable cores, {kernels}")
 
     def make_attention_backend(self) -> CpuAttention:
         return CpuAttention()
