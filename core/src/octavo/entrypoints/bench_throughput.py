@@ -117,7 +117,9 @@ def load_hf_model(engine):
     dtype = cfg.dtype
     device = engine.platform.torch_device()
     if cfg.load_format == "dummy":
-        model = AutoModelForCausalLM.from_config(cfg.hf_config, dtype=dtype)
+        # built on the device: initialising 8B random parameters on the CPU takes minutes
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg.hf_config, dtype=dtype)
     else:
         src = resolve_model_source(cfg.model)
         kw = {"gguf_file": src.gguf_file} if src.is_gguf else {}
