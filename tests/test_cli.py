@@ -49,3 +49,18 @@ def test_bench_throughput_json_on_dummy_weights(tmp_path, tiny_model_dirs):
         assert data[side]["output_tokens"] == 6 * 8
     assert abs(data["ratio"] - data["octavo"]["output_tokens_per_s"] / data["hf"]["output_tokens_per_s"]) < 1e-9
     assert "ratio:" in r.stdout
+
+
+def test_cpu_kv_cache_is_zero_and_costs_no_memory_until_used():
+    import resource
+
+    import torch
+    from octavo.platform import resolve_platform
+
+    p = resolve_platform("cpu")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kv = p.allocate_kv_cache((2, 4096, 16, 8, 64), torch.bfloat16)  # 128 MiB
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert kv.shape == (2, 4096, 16, 8, 64) and kv.dtype == torch.bfloat16
+    assert (after - before) * 1024 < 32 * 2**20  # not written at allocation (ru_maxrss is in KiB)
+    assert not kv[:, ::97].any()  # and reads back as zeros

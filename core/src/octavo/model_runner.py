@@ -70,7 +70,7 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         m = self.model
         shape = self.platform.attention.kv_cache_shape(num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in m.layers]
+        self.kv_caches = [self.platform.allocate_kv_cache(shape, self.dtype) for _ in m.layers]
         self.graph_runner = None
         if not self.config.enforce_eager and self.platform.graph_capture_supported():
             self.graph_runner = GraphRunner(

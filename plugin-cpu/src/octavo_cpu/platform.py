@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 
@@ -49,6 +50,13 @@ class CpuPlatform(Platform):
         else:  # say so: a broken build must not pass for a slow machine
             kernels = f"torch ops only, native kernels unavailable: {_native.IMPORT_ERROR}"
         return Availability(score=10, reason=f"{_usable_cores()} usable cores, {kernels}")
+
+    def allocate_kv_cache(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        # calloc-backed (numpy's zeros): the OS maps zero pages on first touch, so start-up
+        # writes no gigabytes of zeros and resident memory grows only as the cache fills
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        raw = np.zeros((*shape[:-1], shape[-1] * itemsize), dtype=np.uint8)
+        return torch.from_numpy(raw).view(dtype)
 
     def make_attention_backend(self) -> CpuAttention:
         return CpuAttention()

@@ -300,6 +300,11 @@ class Platform:
         return torch.nn.functional.silu(gate) * up
 
     # ---- memory and collectives ---------------------------------------------------
+    def allocate_kv_cache(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """One layer's KV cache of `attention.kv_cache_shape(...)`, zero-filled (kernels may
+        read, and mask, slots no token has written yet)."""
+        return torch.zeros(shape, dtype=dtype, device=self.torch_device())
+
     def kv_cache_budget_bytes(self, config: Any, model_bytes: int) -> int:
         """How many bytes the KV cache may take. CPU-like platforms read
         config.cache.kv_cache_memory; accelerators profile and apply
