@@ -223,7 +223,7 @@ class AsyncLLMEngine:
             try:
                 for j, p in enumerate(searcher.pending()):
                     streams.append(await self.add_request(f"{request_id}-beam{step}-{j}", p, searcher.step_params))
-                outs = await asyncio.gather(*(_last_output(s) for s in streams))
+                outs = await asyncio.gather(*(last_output(s) for s in streams))
             finally:
                 for st in streams:  # no-op once finished; frees blocks if we were cancelled
                     st.abort()
@@ -479,7 +479,8 @@ def _set_exception(fut: asyncio.Future, e: BaseException) -> None:
         fut.set_exception(e)
 
 
-async def _last_output(stream: "RequestStream") -> RequestOutput:
+async def last_output(stream: "RequestStream") -> RequestOutput:
+    """The final output of a stream (drains it)."""
     out = None
     async for out in stream:
         pass

@@ -112,15 +112,21 @@ def _converted_gguf(source: ModelSource) -> str | None:
         return None
 
 
+def _load(auto_cls, source: ModelSource):
+    """`auto_cls.from_pretrained` on the model's folder, or on the cached conversion of its GGUF
+    metadata (converting in memory when the cache cannot be written)."""
+    if not source.is_gguf:
+        return auto_cls.from_pretrained(source.directory)
+    converted = _converted_gguf(source)
+    if converted is None:
+        return auto_cls.from_pretrained(source.directory, gguf_file=source.gguf_file)
+    return auto_cls.from_pretrained(converted)
+
+
 def load_hf_config(source: ModelSource):
     from transformers import AutoConfig
 
-    if source.is_gguf:
-        converted = _converted_gguf(source)
-        if converted is None:
-            return AutoConfig.from_pretrained(source.directory, gguf_file=source.gguf_file)
-        return AutoConfig.from_pretrained(converted)
-    return AutoConfig.from_pretrained(source.directory)
+    return _load(AutoConfig, source)
 
 
 def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
@@ -129,9 +135,4 @@ def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
 
     if tokenizer:
         return AutoTokenizer.from_pretrained(tokenizer)
-    if source.is_gguf:
-        converted = _converted_gguf(source)
-        if converted is None:
-            return AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
-        return AutoTokenizer.from_pretrained(converted)
-    return AutoTokenizer.from_pretrained(source.directory)
+    return _load(AutoTokenizer, source)

@@ -12,7 +12,7 @@ from typing import Any, Optional, TypeVar
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from octavo.async_engine import AsyncLLMEngine, QueueFullError, RequestStream
+from octavo.async_engine import AsyncLLMEngine, QueueFullError, RequestStream, last_output
 from octavo.entrypoints.openai.errors import (
     APIError,
     BadRequestError,
@@ -159,14 +159,7 @@ async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int
 
 async def final_outputs(streams: list[RequestStream]) -> list[RequestOutput]:
     """The last output of each stream (FINAL_ONLY requests yield exactly one)."""
-    async def last(s: RequestStream) -> RequestOutput:
-        out = None
-        async for out in s:
-            pass
-        assert out is not None, "a request ended without any output"
-        return out
-
-    return list(await asyncio.gather(*(last(s) for s in streams)))
+    return list(await asyncio.gather(*(last_output(s) for s in streams)))
 
 
 async def _wait_for_disconnect(request: Request) -> None:
