@@ -73,6 +73,8 @@ struct RmsNormArgs {
   }
 
 OCTAVO_DECLARE_KERNELS(generic)
+OCTAVO_DECLARE_KERNELS(avx2)
 OCTAVO_DECLARE_KERNELS(avx512)
+OCTAVO_DECLARE_KERNELS(avx512bf16)
 
 }  // namespace octavo_cpu

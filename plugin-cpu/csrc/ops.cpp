@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "kernels.h"
 
@@ -12,24 +13,36 @@ using namespace octavo_cpu;
 
 namespace {
 
-bool has_avx512() {
-#if defined(OCTAVO_HAVE_AVX512) && (defined(__x86_64__) || defined(__i386__))
+// Instruction-set levels, each a superset of the one before; every kernel file is
+// compiled for one of them (CMakeLists.txt) and the best one the CPU has runs.
+enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+const char* const kIsaNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
+
+Isa best_isa() {
+#if defined(OCTAVO_HAVE_X86) && (defined(__x86_64__) || defined(__i386__))
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("fma");
-#else
-  return false;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512 && __builtin_cpu_supports("avx512bf16")) return kAvx512Bf16;
+  if (avx512) return kAvx512;
+  if (avx2) return kAvx2;
 #endif
+  return kGeneric;
 }
 
-// chosen once at import; OCTAVO_CPU_ISA=generic in the Python layer forces the portable path
-bool g_use_avx512 = has_avx512();
+// chosen once at import; OCTAVO_CPU_ISA in the Python layer may pick a lower level
+Isa g_isa = best_isa();
 
-// the AVX-512 file is compiled on x86-64 only (CMakeLists.txt)
-#ifdef OCTAVO_HAVE_AVX512
-#define OCTAVO_DISPATCH(fn, args) \
-  (g_use_avx512 ? avx512::fn(args) : generic::fn(args))
+// the x86 files are compiled on x86-64 only (CMakeLists.txt)
+#ifdef OCTAVO_HAVE_X86
+#define OCTAVO_DISPATCH(fn, args)                     \
+  switch (g_isa) {                                    \
+    case kAvx512Bf16: avx512bf16::fn(args); break;    \
+    case kAvx512: avx512::fn(args); break;            \
+    case kAvx2: avx2::fn(args); break;                \
+    default: generic::fn(args);                       \
+  }
 #else
 #define OCTAVO_DISPATCH(fn, args) generic::fn(args)
 #endif
@@ -44,13 +57,21 @@ T* ptr(uintptr_t p) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "octavo-cpu native kernels (see csrc/kernels.h)";
 
-  m.def("isa", []() { return g_use_avx512 ? "avx512" : "generic"; });
+  m.def("isa", []() { return std::string(kIsaNames[g_isa]); });
+  m.def("supported_isas", []() {
+    py::list out;
+    for (int i = 0; i <= best_isa(); ++i) out.append(kIsaNames[i]);
+    return out;
+  });
   m.def("set_isa", [](const std::string& isa) {
-    if (isa == "generic") g_use_avx512 = false;
-    else if (isa == "avx512") {
-      if (!has_avx512()) throw py::value_error("this CPU lacks AVX-512 (F, BW, VL, DQ)");
-      g_use_avx512 = true;
-    } else throw py::value_error("isa must be 'generic' or 'avx512', got '" + isa + "'");
+    for (int i = 0; i < 4; ++i) {
+      if (isa != kIsaNames[i]) continue;
+      if (i > best_isa())
+        throw py::value_error("this CPU lacks " + isa + "; it supports up to " + kIsaNames[best_isa()]);
+      g_isa = static_cast<Isa>(i);
+      return;
+    }
+    throw py::value_error("isa must be one of generic, avx2, avx512, avx512_bf16; got '" + isa + "'");
   });
 
   m.def(

@@ -7,8 +7,9 @@ build or import; callers then keep their torch path.
 
 Debugging switches (read once, at import):
   OCTAVO_CPU_NATIVE=0      run the torch paths only, as if the extension were missing
-  OCTAVO_CPU_ISA=generic   force the portable kernels (the default picks AVX-512 when
-                           the CPU has F, BW, VL and DQ)
+  OCTAVO_CPU_ISA=NAME      run a lower instruction-set level than the best the CPU has:
+                           generic (portable), avx2 (AVX2 + FMA), avx512 (F, BW, VL, DQ)
+                           or avx512_bf16 (adds the BF16 dot-product instructions)
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def available() -> bool:
 
 
 def isa() -> str:
-    """Which kernel build runs: "avx512" or "generic"."""
+    """Which kernel build runs: "generic", "avx2", "avx512" or "avx512_bf16"."""
     return _C.isa() if _C is not None else "none"
+
+
+def supported_isas() -> list[str]:
+    """The levels this CPU can run, lowest first (the last is the default)."""
+    return list(_C.supported_isas()) if _C is not None else []
 
 
 def set_isa(name: str) -> None:
