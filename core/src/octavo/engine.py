@@ -91,6 +91,8 @@ class LLMEngine:
         self.group_of: dict[str, _Group] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        # the last step's new tokens, turned into outputs during the next step
+        self._unprocessed: Optional[tuple[list[tuple[Request, int]], dict, float]] = None
         logger.info("engine ready on %s in %.2f s", self.platform.name, time.perf_counter() - t0)
 
     @classmethod
@@ -217,15 +219,31 @@ class LLMEngine:
 
     # ---- the step -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Schedule and run one step; return the outputs of the step before it.
+
+        Turning sampled tokens into outputs (detokenizing, stop strings, RequestOutputs)
+        runs while the device computes the next step, so it costs an accelerator no idle
+        time. Token-level stops (EOS, stop token ids, max_tokens) still apply at once, so
+        no finished request is scheduled again; a stop string ends its request one step
+        late, and the token computed for it in that step is dropped.
+        """
         sched_out = self.scheduler.schedule()
+        previous, self._unprocessed = self._unprocessed, None
+        outputs: list[RequestOutput] = []
+
+        def process_previous() -> None:
+            if previous is not None:
+                outputs.extend(self._process_tokens(*previous))
+
         if sched_out.is_empty:
-            return []
+            process_previous()
+            return outputs
         pending = {}
         for s in sched_out.scheduled:
             if s.sample:
                 p = s.sampling_params
                 pending[s.request_id] = (len(s.all_token_ids) - s.num_prompt_tokens) < p.min_tokens
-        step_out = self.runner.execute(sched_out, pending)
+        step_out = self.runner.execute(sched_out, pending, before_sync=process_previous)
         for rid, (first, entries) in step_out.prompt_logprobs.items():
             group = self.group_of.get(rid)
             # n > 1 samples share one prompt: take the first sample's
@@ -238,17 +256,23 @@ class LLMEngine:
                 entry[group.prompt_ids[first + j]] = Logprob(chosen, rank)
                 group.prompt_logprobs.append(entry)
         changed = self.scheduler.update(sched_out, step_out.sampled)
-        now = time.monotonic()
+        if changed:
+            self._unprocessed = ([(req, req.token_ids[-1]) for req in changed], step_out.logprobs, time.monotonic())
+        return outputs
+
+    def _process_tokens(self, tokens: list[tuple[Request, int]], logprobs: dict, now: float) -> list[RequestOutput]:
+        """Detokenize one step's new tokens, apply stop strings, build the outputs."""
         touched: dict[str, _Group] = {}
-        for req in changed:
-            sample = self.sample_of[req.request_id]
+        for req, token in tokens:
+            sample = self.sample_of.get(req.request_id)
+            if sample is None:  # aborted since
+                continue
             group = self.group_of[req.request_id]
-            token = req.token_ids[-1]
             self.generation_tokens_total += 1
             if group.metrics.first_token_time is None:
                 group.metrics.first_token_time = now
                 self.prompt_tokens_total += len(group.prompt_ids)
-            lp = step_out.logprobs.get(req.request_id)
+            lp = logprobs.get(req.request_id)
             if lp is not None and sample.logprobs is not None:
                 chosen, rank, alts = lp
                 entry = {tid: Logprob(v, r + 1, None) for r, (tid, v) in enumerate(alts)}
@@ -257,6 +281,8 @@ class LLMEngine:
                 sample.cumulative_logprob += chosen
             stop = sample.detok.add_token(token)
             if stop is not None and not req.is_finished:
+                # a step already queued may compute one more token for it: the scheduler
+                # no longer knows the request, so its update drops that token
                 self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED, stop)
             elif req.is_finished:
                 sample.detok.flush()

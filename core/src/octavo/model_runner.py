@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -17,6 +17,7 @@ from octavo.models import get_model_class
 from octavo.platform import AttentionMetadata, Platform
 from octavo.sampling import Sampler
 from octavo.scheduler import SchedulerOutput
+from octavo.transfer import to_device
 
 logger = logging.getLogger("octavo")
 
@@ -146,18 +147,18 @@ class ModelRunner:
         tables = [s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in out.scheduled]
         dev = self.device
         meta = AttentionMetadata(
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            query_start_loc=to_device(qsl, torch.int32, dev),
+            seq_lens=to_device(seq_lens, torch.int32, dev),
+            block_tables=to_device(tables, torch.int32, dev),
+            slot_mapping=to_device(slots, torch.int64, dev),
             max_query_len=max(qsl[i + 1] - qsl[i] for i in range(len(seq_lens))),
             max_seq_len=max(seq_lens),
             query_start_loc_cpu=qsl,
             seq_lens_cpu=seq_lens,
             num_decodes=num_decodes,
         )
-        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        ids = to_device(input_ids, torch.long, dev)
+        pos = to_device(positions, torch.long, dev)
         return ids, pos, meta
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int]):
@@ -173,7 +174,7 @@ class ModelRunner:
             if n <= 0:
                 continue
             logp = self.model.compute_logits(hidden[qsl[i]:qsl[i] + n]).log_softmax(dim=-1)
-            targets = torch.tensor(s.all_token_ids[s.start_pos + 1:s.start_pos + 1 + n], device=self.device)
+            targets = to_device(s.all_token_ids[s.start_pos + 1:s.start_pos + 1 + n], torch.long, self.device)
             chosen = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
             ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
             top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
@@ -184,18 +185,24 @@ class ModelRunner:
         return result
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None) -> StepOutput:
+    def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None,
+                before_sync: Optional[Callable[[], None]] = None) -> StepOutput:
+        """Run one step. `before_sync` (the engine's bookkeeping of the previous step) runs
+        while the device computes this one, before the host waits for the sampled tokens."""
         ids, pos, meta = self._prepare(out)
+        rows = [i for i, s in enumerate(out.scheduled) if s.sample]
+        # uploaded before the forward is queued: an upload behind it would wait for it
+        last = to_device([meta.query_start_loc_cpu[i + 1] - 1 for i in rows], torch.long, self.device)
         hidden = self.graph_runner.run(ids, pos, meta) if self.graph_runner is not None else None
         if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
             hidden = self.model(ids, pos, self.kv_caches, meta)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu)
-        rows = [i for i, s in enumerate(out.scheduled) if s.sample]
         if not rows:
+            if before_sync is not None:
+                before_sync()
             return StepOutput({}, prompt_logprobs=prompt_lps)
-        last = torch.tensor([meta.query_start_loc_cpu[i + 1] - 1 for i in rows], device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, last))
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
@@ -206,6 +213,7 @@ class ModelRunner:
             [s.sampling_params for s in chosen],
             [(s.all_token_ids, s.num_prompt_tokens) for s in chosen],
             [pending.get(r, False) for r in rids],
+            before_sync=before_sync,
         )
         sampled = dict(zip(rids, result.token_ids))
         lps = {r: lp for r, lp in zip(rids, result.logprobs) if lp is not None}

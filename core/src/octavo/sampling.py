@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from octavo.sampling_params import SamplingParams
+from octavo.transfer import to_device
 
 
 @dataclass
@@ -40,8 +41,8 @@ def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequen
     for i in rows:  # only penalized rows pay; the counts are one scatter each
         p = params[i]
         all_ids, n_prompt = histories[i]
-        out_ids = torch.tensor(all_ids[n_prompt:], dtype=torch.long, device=dev)
-        seen = torch.tensor(all_ids, dtype=torch.long, device=dev)
+        out_ids = to_device(all_ids[n_prompt:], torch.long, dev)
+        seen = to_device(all_ids, torch.long, dev)
         row = logits[i]
         if p.repetition_penalty != 1.0:
             mask = torch.zeros(v, dtype=torch.bool, device=dev)
@@ -74,11 +75,11 @@ class Sampler:
     def _uniforms(self, request_ids, params) -> torch.Tensor:
         """One U[0, 1) per row: seeded rows from their request's generator, the others from
         torch's global generator (so torch.manual_seed makes a whole run repeatable)."""
-        u = torch.rand(len(params), dtype=torch.float64)
+        u = torch.rand(len(params), dtype=torch.float64).tolist()
         for i, p in enumerate(params):
             if p.seed is not None and not p.greedy:
                 u[i] = self._generator(request_ids[i], p.seed).random()
-        return u.to(self.device, dtype=torch.float32, non_blocking=True)
+        return to_device(u, torch.float32, self.device)
 
     def __call__(
         self,
@@ -87,15 +88,18 @@ class Sampler:
         params: Sequence[SamplingParams],
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
+        before_sync: Optional[Callable[[], None]] = None,
     ) -> SamplerOutput:
+        """`before_sync` runs once every kernel of the step is queued and before the host
+        first waits for the device: host work placed there overlaps the device's."""
         raw = logits
         want_lp = [p.logprobs is not None for p in params]
         logits = logits.clone() if any(want_lp) else logits
         # logit bias, min_tokens (ban EOS / stop tokens) and penalties change the distribution
         for i, p in enumerate(params):
             if p.logit_bias:
-                ids = torch.tensor(list(p.logit_bias.keys()), device=self.device)
-                logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=self.device, dtype=logits.dtype)
+                ids = to_device(list(p.logit_bias.keys()), torch.long, self.device)
+                logits[i, ids] += to_device(list(p.logit_bias.values()), logits.dtype, self.device)
             if eos_masks and eos_masks[i]:
                 ban = list(p._eos_token_ids) + list(p.stop_token_ids)
                 logits[i, ban] = float("-inf")
@@ -105,16 +109,17 @@ class Sampler:
             tokens = logits.argmax(dim=-1)
         else:
             tokens = self._sample(logits, request_ids, params)
-        token_list = tokens.tolist()
         lps: list = [None] * len(params)
         if any(want_lp):
             lps = self._logprobs(raw, tokens, params)
-        return SamplerOutput(token_list, lps)
+        if before_sync is not None:
+            before_sync()
+        return SamplerOutput(tokens.tolist(), lps)
 
     def _sample(self, logits, request_ids, params) -> torch.Tensor:
         dev = self.device
-        greedy = torch.tensor([p.greedy for p in params], device=dev)
-        temp = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=dev)
+        temp = to_device([1.0 if p.greedy else p.temperature for p in params], logits.dtype, dev)
+        raw = logits
         logits = logits / temp.unsqueeze(1)
         top_k = [p.top_k for p in params]
         top_p = [p.top_p for p in params]
@@ -123,7 +128,7 @@ class Sampler:
             logits = _top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
         if any(m > 0 for m in min_p):
-            mp = torch.tensor(min_p, device=dev).unsqueeze(1)
+            mp = to_device(min_p, probs.dtype, dev).unsqueeze(1)
             probs = torch.where(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0, probs)
         # inverse CDF: the first token whose cumulative mass exceeds u * total. Zero-probability
         # tokens add nothing to the sum, so `right=True` can never land on one; the clamp
@@ -132,7 +137,10 @@ class Sampler:
         u = self._uniforms(request_ids, params)
         target = (u * cdf[:, -1]).unsqueeze(1)
         sampled = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
-        return torch.where(greedy, logits.argmax(dim=-1), sampled)
+        if not any(p.greedy for p in params):
+            return sampled
+        greedy = to_device([p.greedy for p in params], torch.bool, dev)
+        return torch.where(greedy, raw.argmax(dim=-1), sampled)
 
     def _logprobs(self, raw, tokens, params):
         logp = raw.log_softmax(dim=-1)
@@ -159,11 +167,11 @@ def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
     v = logits.shape[1]
     dev = logits.device
     sorted_logits, idx = logits.sort(dim=-1, descending=True)
-    k = torch.tensor([kk if kk > 0 else v for kk in top_k], device=dev).clamp(max=v)
+    k = to_device([kk if kk > 0 else v for kk in top_k], torch.long, dev).clamp(max=v)
     ranks = torch.arange(v, device=dev).unsqueeze(0)
     drop = ranks >= k.unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    p = torch.tensor(top_p, device=dev).unsqueeze(1)
+    p = to_device(top_p, logits.dtype, dev).unsqueeze(1)
     probs = sorted_logits.softmax(dim=-1)
     # drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
     before = probs.cumsum(dim=-1) - probs

@@ -1,0 +1,29 @@
+"""Host values -> device tensors without stalling the host.
+
+A copy from ordinary (pageable) host memory to an accelerator waits until the device has
+finished the work queued before it, so one such copy issued after a forward has been
+launched holds the host until the forward is done: its later launches and bookkeeping
+then run while the device idles. Copies from pinned (page-locked) memory are queued
+like kernels instead. Pinned buffers come from torch's caching host allocator, which
+keeps a buffer until its copy has run, so reusing them is safe and cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+_pinning_works: dict[str, bool] = {}
+
+
+def to_device(data: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.tensor(data, dtype) on `device`, copied asynchronously where the device allows."""
+    if device.type == "cpu":
+        return torch.tensor(data, dtype=dtype)
+    if _pinning_works.get(device.type, True):
+        try:
+            return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+        except RuntimeError:  # a backend without pinned host memory: plain copies, once decided
+            _pinning_works[device.type] = False
+    return torch.tensor(data, dtype=dtype, device=device)
