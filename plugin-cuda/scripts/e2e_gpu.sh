@@ -1,14 +1,16 @@
 #!/bin/bash
 # End-to-end on the lent GPU (issue 7): decode graphs correctness + benchmarks G1-G3.
-#   bash plugin-cuda/scripts/e2e_gpu.sh check   # install, graph_check.py, start-up, G2 (+eager), G3
+#   bash plugin-cuda/scripts/e2e_gpu.sh check   # install, SmolLM2 + graph checks, start-up, G2 (+eager), G3
 #   bash plugin-cuda/scripts/e2e_gpu.sh g1      # install, G1 (1000 requests, Octavo only)
 #   bash plugin-cuda/scripts/e2e_gpu.sh g3g1    # install, G3, G1
-# Carry .whl (importlib_metadata, lazy_importer wheels) and .gpu/tok (SmolLM2 tokenizer,
-# saved with save_pretrained). Logs and JSON land in $OUT.
+# Carry .whl (importlib_metadata, lazy_importer, gguf wheels) and .gpu/tok (SmolLM2 tokenizer,
+# saved with save_pretrained). SmolLM2's GGUF (98 MB) is over one call's 64 MiB transfer: an
+# earlier call leaves its first half in /tmp/smol/a (`cp .smolA/part /tmp/smol/a`), this one
+# carries the second half in .smolB. Logs and JSON land in $OUT.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LOG="$OUT/e2e_$1.log"
-python3 -m pip install -q --no-index --no-deps .whl/importlib_metadata-*.whl .whl/lazy_importer-*.whl 2>&1 | tail -2
+python3 -m pip install -q --no-index --no-deps .whl/importlib_metadata-*.whl .whl/lazy_importer-*.whl .whl/gguf-*.whl 2>&1 | tail -2
 python3 -m pip install -q --no-deps --no-build-isolation -e ./core -e ./plugins -e ./plugin-cuda 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader | tee -a "$LOG"
 python3 plugin-cuda/scripts/make_llama8b_dir.py .gpu/tok /tmp/llama8b
@@ -16,6 +18,9 @@ M="--model /tmp/llama8b --load-format dummy --dtype bfloat16 --max-model-len 409
 B="python3 plugin-cuda/scripts/bench_gpu.py bench throughput $M"
 step() { echo "== $1 ($(date -u +%T))" | tee -a "$LOG"; shift; timeout 420 "$@" 2>&1 | grep -v "it/s\]" | tee -a "$LOG"; }
 if [ "$1" = check ]; then
+  SMOL=/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf
+  [ -f /tmp/smol/a ] && [ -f .smolB/part ] && cat /tmp/smol/a .smolB/part > $SMOL && sha256sum $SMOL | tee -a "$LOG"
+  [ -f $SMOL ] && step smollm2 python3 plugin-cuda/scripts/smollm2_check.py $SMOL "$OUT/smollm2.json"
   step graph_check python3 plugin-cuda/scripts/graph_check.py .gpu/tok "$OUT/graph_check.json"
   export T0=$(date +%s.%N); step startup python3 plugin-cuda/scripts/startup_time.py $M
   step G2 $B --num-prompts 1 --input-len 128 --output-len 512 --compare hf --gpu-memory-utilization 0.6 --json "$OUT/g2.json"
