@@ -33,6 +33,21 @@ class StepOutput:
         default_factory=dict)
 
 
+def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Several int lists in one host-to-device copy, returned as views. Each part starts on a
+    64-byte boundary: kernels compiled for aligned pointers (Triton specializes on 16-byte
+    alignment) would otherwise be compiled again for every new misalignment."""
+    per_line = 64 // torch.empty((), dtype=dtype).element_size()
+    flat: list[int] = []
+    starts = []
+    for part in parts:
+        starts.append(len(flat))
+        flat += part
+        flat += [0] * (-len(flat) % per_line)
+    buf = to_device(flat, dtype, device)
+    return [buf[s:s + len(p)] for s, p in zip(starts, parts)]
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, platform: Platform, source: ModelSource) -> None:
         self.config = config
@@ -147,26 +162,26 @@ class ModelRunner:
             qsl.append(qsl[-1] + n)
             seq_lens.append(start + n)
             max_blocks = max(max_blocks, len(blocks))
-        t, b = len(input_ids), len(seq_lens)
-        last = [qsl[i + 1] - 1 for i in rows]
-        longs = to_device(input_ids + positions + slots + last, torch.int64, self.device)
-        ints = [*qsl, *seq_lens]
+        b = len(seq_lens)
+        tables: list[int] = []
         for s in out.scheduled:
-            ints += s.block_ids
-            ints += [0] * (max_blocks - len(s.block_ids))
-        ints = to_device(ints, torch.int32, self.device)
+            tables += s.block_ids
+            tables += [0] * (max_blocks - len(s.block_ids))
+        ids, pos, slot_mapping, last = _upload([input_ids, positions, slots, [qsl[i + 1] - 1 for i in rows]],
+                                               torch.int64, self.device)
+        qsl_t, seq_lens_t, tables_t = _upload([qsl, seq_lens, tables], torch.int32, self.device)
         meta = AttentionMetadata(
-            query_start_loc=ints[:b + 1],
-            seq_lens=ints[b + 1:2 * b + 1],
-            block_tables=ints[2 * b + 1:].view(b, max_blocks),
-            slot_mapping=longs[2 * t:3 * t],
+            query_start_loc=qsl_t,
+            seq_lens=seq_lens_t,
+            block_tables=tables_t.view(b, max_blocks),
+            slot_mapping=slot_mapping,
             max_query_len=max(qsl[i + 1] - qsl[i] for i in range(b)),
             max_seq_len=max(seq_lens),
             query_start_loc_cpu=qsl,
             seq_lens_cpu=seq_lens,
             num_decodes=num_decodes,
         )
-        return longs[:t], longs[t:2 * t], meta, longs[3 * t:]
+        return ids, pos, meta, last
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int]):
         """For requests that asked for prompt_logprobs: the logprob of each prompt token
