@@ -31,7 +31,9 @@ PROGRAMS_PER_SM = 3
 MAX_SPLITS = 32
 
 
-@triton.jit
+# ints that change from step to step are not specialized on (Triton would compile a new
+# variant whenever one turns divisible by 16 or equal to 1, mid-run)
+@triton.jit(do_not_specialize=["window", "num_splits", "stride_bt"])
 def _decode_kernel(
     out, part_out, part_lse, q, k_cache, v_cache, block_tables, seq_lens,
     scale_log2, window, num_splits,
@@ -87,7 +89,7 @@ def _decode_kernel(
         tl.store(out + o_off[:, None] + offs_d[None, :], acc.to(out.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _combine_kernel(
     out, part_out, part_lse, num_splits, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
