@@ -87,6 +87,7 @@ class ModelRunner:
         m = self.model
         shape = self.platform.attention.kv_cache_shape(num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
         self.kv_caches = [self.platform.allocate_kv_cache(shape, self.dtype) for _ in m.layers]
+        self.warmup()
         self.graph_runner = None
         if not self.config.enforce_eager and self.platform.graph_capture_supported():
             self.graph_runner = GraphRunner(
@@ -133,6 +134,39 @@ class ModelRunner:
         params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50)] * rows
         self.sampler(logits, [f"profile-{i}" for i in range(rows)], params, [([0], 1)] * rows)
         del hidden, logits, kv
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """A few small eager forwards that take the kernels through the batch shapes serving
+        meets: one long decode (split over its context), many short decodes, prefill chunks
+        of each length class. Platforms that compile kernels on first use (Triton) then
+        compile at start-up instead of in the middle of the first requests. Nothing is
+        stored (slot -1); every page points at block 0, which holds no one's tokens yet."""
+        bs, max_len = self.block_size, self.config.model.max_model_len
+        max_seqs = self.config.scheduler.max_num_seqs
+        budget = self.config.scheduler.max_num_batched_tokens
+        # (decode context lengths, prefill chunk lengths); all under the token budget
+        batches = [([max_len], [2]), ([1] * min(max_seqs, max(1, budget - 128)), [5]), ([64], [9]), ([64], [128])]
+        for decode_lens, chunk_lens in batches:
+            decode_lens = [min(n, max_len) for n in decode_lens]
+            chunk_lens = [min(n, max_len) for n in chunk_lens if len(decode_lens) + n <= budget]
+            q_lens = [1] * len(decode_lens) + chunk_lens
+            seq_lens = list(decode_lens) + chunk_lens
+            qsl = [0]
+            for n in q_lens:
+                qsl.append(qsl[-1] + n)
+            t, dev = qsl[-1], self.device
+            meta = AttentionMetadata(
+                query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
+                seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+                block_tables=torch.zeros((len(seq_lens), -(-max(seq_lens) // bs)), dtype=torch.int32, device=dev),
+                slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
+                max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+                query_start_loc_cpu=qsl, seq_lens_cpu=seq_lens, num_decodes=len(decode_lens),
+            )
+            pos = torch.tensor([p for n, s in zip(q_lens, seq_lens) for p in range(s - n, s)], device=dev)
+            self.model(torch.zeros(t, dtype=torch.long, device=dev), pos, self.kv_caches, meta)
+        self.platform.synchronize()
 
     # ---- one step -----------------------------------------------------------------------
     def _prepare(self, out: SchedulerOutput, rows: list[int]):

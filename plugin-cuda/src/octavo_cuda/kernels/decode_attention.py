@@ -168,5 +168,6 @@ def decode_attention(
     if splits > 1:
         _combine_kernel[(num_decodes, hq)](
             out, part_out, part_lse, splits, out.stride(0), out.stride(1),
-            HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(splits), num_warps=4,
+            # one padded width for every split count: one compiled variant, not one per power of two
+            HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(max(splits, MAX_SPLITS)), num_warps=4,
         )
