@@ -16,7 +16,7 @@ class EngineArgs:
     tokenizer: Optional[str] = None
     max_model_len: Optional[int] = None
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: Optional[int] = None  # None: the platform's default
     block_size: int = 16
     kv_cache_memory: Union[int, str] = "4GiB"
     gpu_memory_utilization: float = 0.9
@@ -39,7 +39,9 @@ class EngineArgs:
         parser.add_argument("--tokenizer", default=d.tokenizer, help="tokenizer directory (default: the model's)")
         parser.add_argument("--max-model-len", type=int, default=d.max_model_len)
         parser.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
-        parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
+        parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+                            help="tokens per step (prefill chunks + decodes); default: the device's "
+                                 "(2048 on CPUs, 8192 on GPUs)")
         parser.add_argument("--block-size", type=int, default=d.block_size)
         parser.add_argument("--kv-cache-memory", default=d.kv_cache_memory,
                             help="KV cache size on CPU-like devices, e.g. 4GiB")

@@ -44,7 +44,8 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings ({limit})")
     if args.block_size < 1 or args.block_size & (args.block_size - 1):
         raise ValueError(f"block_size must be a power of two, got {args.block_size}")
-    if args.max_num_seqs < 1 or args.max_num_batched_tokens < 1:
+    batched_tokens = args.max_num_batched_tokens or platform.default_max_num_batched_tokens
+    if args.max_num_seqs < 1 or batched_tokens < 1:
         raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
     if args.tensor_parallel_size != 1:
         raise ValueError("tensor_parallel_size > 1 is not supported yet; use 1")
@@ -66,7 +67,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             enable_prefix_caching=args.enable_prefix_caching, num_blocks=args.num_gpu_blocks_override,
         ),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
-                                  max_num_batched_tokens=args.max_num_batched_tokens),
+                                  max_num_batched_tokens=batched_tokens),
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
         device=platform.name,
         enforce_eager=args.enforce_eager,

@@ -26,6 +26,9 @@ class CudaPlatform(Platform):
     package = "octavo-cuda"
     supported_dtypes = (torch.bfloat16, torch.float16, torch.float32)
     dist_backend = "nccl"
+    # G3 on an H100 (8B, 64 x 1024-token prompts): 5.01 s with 2048-token steps, 3.17 s with
+    # 8192 (docs/benchmarks.md): 2048-row GEMMs leave the tensor cores under-used
+    default_max_num_batched_tokens = 8192
 
     @classmethod
     def availability(cls) -> Availability:

@@ -211,6 +211,10 @@ class Platform:
     package: ClassVar[str] = ""
     #: the torch.distributed backend for multi-process runs
     dist_backend: ClassVar[str] = "gloo"
+    #: tokens per step when the user sets no --max-num-batched-tokens: big enough that
+    #: prefill GEMMs run at the device's full rate, small enough that decodes sharing a
+    #: step with a prefill chunk are not held up long
+    default_max_num_batched_tokens: ClassVar[int] = 2048
 
     def __init__(self) -> None:
         self.attention: AttentionBackend = self.make_attention_backend()
