@@ -36,9 +36,9 @@ if [ "$1" = bench ]; then  # the results table: G2 and G3 beside HF, G3 with 819
   step G3 $B --num-prompts 64 --input-len 1024 --output-len 128 --compare hf --gpu-memory-utilization 0.5 --json "$OUT/g3.json"
   step G3-2048 $B --num-prompts 64 --input-len 1024 --output-len 128 --max-num-batched-tokens 2048 --gpu-memory-utilization 0.5 --json "$OUT/g3_2048.json"
   # HF on all of G1 would outlast a call: G1's distribution, first 128 requests, both engines
-  step G1-128 $B --num-prompts 128 --dataset uniform:128-2048 --output-len 512 --compare hf --json "$OUT/g1_128.json"
+  step G1-128 $B --num-prompts 128 --dataset uniform:128-2048:32-512 --output-len 512 --compare hf --json "$OUT/g1_128.json"
 fi
 if [ "$1" = g1 ] || [ "$1" = g3g1 ] || [ "$1" = bench ]; then
-  step G1 $B --num-prompts 1000 --dataset uniform:128-2048 --output-len 512 --json "$OUT/g1.json"
+  step G1 $B --num-prompts 1000 --dataset uniform:128-2048:32-512 --output-len 512 --json "$OUT/g1.json"
 fi
 echo "== done $(date -u +%T)" | tee -a "$LOG"

@@ -260,7 +260,7 @@ def add_bench_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--dataset", default="random",
-                   help="random (every prompt --input-len tokens) | uniform:LOW-HIGH (prompt lengths)")
+                   help="random (every prompt --input-len tokens) | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths)")
     p.add_argument("--request-rate", type=float, default=float("inf"),
                    help="Poisson arrival rate in requests/s (default inf: all at once)")
     p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight at once")

@@ -40,8 +40,9 @@ def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, 
     """Seeded random token ids, special tokens excluded.
 
     dataset "random": every prompt has input_len tokens and every request output_len.
-    dataset "uniform:LOW-HIGH": prompt lengths uniform in LOW..HIGH and output lengths
-    uniform in output_len/4..output_len.
+    dataset "uniform:LOW-HIGH[:OLOW-OHIGH]": prompt lengths uniform in LOW..HIGH, output
+    lengths uniform in OLOW..OHIGH (default output_len/4..output_len). G1 of
+    BENCHMARKS.md is "uniform:128-2048:32-512".
     dataset "prefix:LEN": every prompt is one shared LEN-token prefix + input_len unique tokens.
     """
     rng = random.Random(seed)
@@ -51,9 +52,14 @@ def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, 
         in_lens = [input_len] * num_prompts
         out_lens = [output_len] * num_prompts
     elif dataset.startswith("uniform:"):
-        lo, hi = (int(x) for x in dataset.split(":", 1)[1].split("-"))
+        ranges = dataset.split(":")[1:]
+        try:
+            lo, hi = (int(x) for x in ranges[0].split("-"))
+            olo, ohi = (int(x) for x in ranges[1].split("-")) if len(ranges) > 1 else (max(1, output_len // 4), output_len)
+        except ValueError:
+            raise ValueError(f"bad dataset {dataset!r}; use uniform:LOW-HIGH or uniform:LOW-HIGH:OUTLOW-OUTHIGH") from None
         in_lens = [rng.randint(lo, hi) for _ in range(num_prompts)]
-        out_lens = [rng.randint(max(1, output_len // 4), output_len) for _ in range(num_prompts)]
+        out_lens = [rng.randint(olo, ohi) for _ in range(num_prompts)]
     elif dataset.startswith("prefix:"):
         shared = [rng.choice(allowed) for _ in range(int(dataset.split(":", 1)[1]))]
         prompts = [shared + [rng.choice(allowed) for _ in range(input_len)] for _ in range(num_prompts)]
@@ -202,7 +208,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--dataset", default="random",
-                   help="random | uniform:LOW-HIGH (prompt lengths) | prefix:LEN (shared prefix + input-len tokens)")
+                   help="random | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths) | "
+                        "prefix:LEN (shared prefix + input-len tokens)")
     p.add_argument("--compare", choices=["hf"], default=None)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--json", default=None, help="write results to this file")
