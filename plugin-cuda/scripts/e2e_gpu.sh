@@ -1,7 +1,8 @@
 #!/bin/bash
 # End-to-end on the lent GPU (issue 7): decode graphs correctness + benchmarks G1-G3.
 #   bash plugin-cuda/scripts/e2e_gpu.sh check   # install, SmolLM2 + graph checks, start-up, G2 (+eager), G3
-#   bash plugin-cuda/scripts/e2e_gpu.sh g1      # install, G1 (1000 requests, Octavo only)
+#   bash plugin-cuda/scripts/e2e_gpu.sh bench   # install, start-up, G2 and G3 beside HF, G3 with 2048-token steps
+#   bash plugin-cuda/scripts/e2e_gpu.sh g1      # install, G1's first 128 requests beside HF, G1 (1000 requests)
 #   bash plugin-cuda/scripts/e2e_gpu.sh g3g1    # install, G3, G1
 # Carry .whl (importlib_metadata, lazy_importer, gguf wheels) and .gpu/tok (SmolLM2 tokenizer,
 # saved with save_pretrained). SmolLM2's GGUF (98 MB) is over one call's 64 MiB transfer: an
@@ -35,10 +36,12 @@ if [ "$1" = bench ]; then  # the results table: G2 and G3 beside HF, G3 with 819
   step G2 $B --num-prompts 1 --input-len 128 --output-len 512 --compare hf --gpu-memory-utilization 0.6 --json "$OUT/g2.json"
   step G3 $B --num-prompts 64 --input-len 1024 --output-len 128 --compare hf --gpu-memory-utilization 0.5 --json "$OUT/g3.json"
   step G3-2048 $B --num-prompts 64 --input-len 1024 --output-len 128 --max-num-batched-tokens 2048 --gpu-memory-utilization 0.5 --json "$OUT/g3_2048.json"
+fi
+if [ "$1" = g1 ]; then
   # HF on all of G1 would outlast a call: G1's distribution, first 128 requests, both engines
   step G1-128 $B --num-prompts 128 --dataset uniform:128-2048:32-512 --output-len 512 --compare hf --json "$OUT/g1_128.json"
 fi
-if [ "$1" = g1 ] || [ "$1" = g3g1 ] || [ "$1" = bench ]; then
+if [ "$1" = g1 ] || [ "$1" = g3g1 ]; then
   step G1 $B --num-prompts 1000 --dataset uniform:128-2048:32-512 --output-len 512 --json "$OUT/g1.json"
 fi
 echo "== done $(date -u +%T)" | tee -a "$LOG"
