@@ -31,9 +31,10 @@ PROGRAMS_PER_SM = 3
 MAX_SPLITS = 32
 
 
-# ints that change from step to step are not specialized on (Triton would compile a new
-# variant whenever one turns divisible by 16 or equal to 1, mid-run)
-@triton.jit(do_not_specialize=["window", "num_splits", "stride_bt"])
+# arguments that change from step to step are not specialized on (Triton would compile a new
+# variant whenever an int turns divisible by 16 or equal to 1, or a metadata pointer, a
+# view past the batch's decode rows, changes its 16-byte alignment, mid-run)
+@triton.jit(do_not_specialize=["window", "num_splits", "stride_bt", "block_tables", "seq_lens"])
 def _decode_kernel(
     out, part_out, part_lse, q, k_cache, v_cache, block_tables, seq_lens,
     scale_log2, window, num_splits,

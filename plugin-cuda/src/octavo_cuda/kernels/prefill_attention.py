@@ -41,9 +41,10 @@ def _find_request(query_start_loc, block_idx, num_seqs, BLOCK_Q: tl.constexpr):
 
 
 # num_seqs is a loop bound: Triton would specialise a value of 1 into a constant
-# ints that change from step to step are not specialized on (a new compile each time one
-# turns divisible by 16 or equal to 1)
-@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt"])
+# arguments that change from step to step are not specialized on (a new compile each time
+# an int turns divisible by 16 or equal to 1, or a metadata pointer, a view past the batch's
+# decode rows, changes its 16-byte alignment)
+@triton.jit(do_not_specialize=["num_seqs", "window", "stride_bt", "block_tables", "seq_lens", "query_start_loc"])
 def _prefill_kernel(
     out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
     num_seqs, scale_log2, window,
