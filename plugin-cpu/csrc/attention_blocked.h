@@ -1,0 +1,484 @@
+// The blocked paged-attention kernel for AVX-512 (the avx512 and avx512bf16 files), included
+// by kernels_impl.h inside its ISA namespace, after AttnUnit, finish_rows and Ops; it
+// includes no headers itself. A unit (kernels_impl.h) is R query rows against a key range.
+//
+// Keys go 16 at a time, a chunk: one zmm holds a row's 16 scores. A chunk is 16
+// consecutive positions (aligned to 16), its rows found one by one through the block
+// table, so any block size works and a chunk may straddle blocks. Per chunk:
+//  1. K is transposed in registers so that one vector holds the same head-dim element
+//     (bf16 cache: the same pair of elements) of all 16 keys. A row's 16 scores are then
+//     D FMAs (D/2 vdpbf16ps) against broadcast q elements: no horizontal sum per key, and
+//     the transpose is paid once per chunk for all R rows.
+//  2. Online softmax on each row's score vector (fp32).
+//  3. P @ V: the output accumulators of a group of rows stay in registers while the 16 V
+//     rows stream past; across chunks they live in L1 (acc, [R, D] fp32).
+// With AVX512_BF16 and bf16 q and cache (the model's case), q and K enter vdpbf16ps as
+// stored: products of bf16 are exact in fp32, and the scale multiplies the fp32 scores,
+// so scores match an fp32 computation up to summation order. P @ V then takes P rounded to
+// bf16 (as PyTorch's CPU flash attention does for bf16) against V with rows interleaved in
+// pairs, so one vdpbf16ps does two keys; the accumulators come out in a permuted head-dim
+// order (see unpermute) that is undone once per unit.
+
+namespace blocked {
+
+#ifdef __AVX512BF16__
+constexpr bool kHaveDpBf16 = true;
+#else
+constexpr bool kHaveDpBf16 = false;
+#endif
+
+constexpr int kChunk = 16;
+constexpr int kQkRows = 8;  // rows per register block of QK^T: 8 score accumulators
+
+// Transpose a 16x16 matrix of 32-bit elements held one row per register.
+static inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + k], lane L: rows 4i..4i+3 of column 4L + k
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {  // a 4x4 transpose of 128-bit lanes across r[k], r[4+k], r[8+k], r[12+k]
+    const __m512i ab_lo = _mm512_shuffle_i32x4(r[k], r[4 + k], 0x44);
+    const __m512i ab_hi = _mm512_shuffle_i32x4(r[k], r[4 + k], 0xEE);
+    const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0x44);
+    const __m512i cd_hi = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0xEE);
+    t[k] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
+    t[4 + k] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xDD);
+    t[8 + k] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
+    t[12 + k] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+static inline unsigned bit_range(int lo, int hi) {  // bits lo..hi, 0 <= lo <= hi <= 15
+  return ((2u << hi) - 1u) & ~((1u << lo) - 1u);
+}
+
+// Scratch of one thread, carved from the workspace kernels_impl.h allocates (64-byte aligned).
+static size_t ws_bytes(int R, int D) {
+  const size_t f = 2 * (size_t)R * D  // acc, qf
+                   + 4 * (size_t)R  // m, l, alpha, spare
+                   + 2 * (size_t)R * kChunk  // scores, probabilities
+                   + (size_t)kChunk * D  // V rows as fp32
+                   + 64;
+  return sizeof(float) * f + sizeof(int) * 2 * (size_t)R + sizeof(void*) * (size_t)R + 4 * 64;
+}
+
+// ---- 1. QK^T: scores s[r][0..15] of RB rows --------------------------------------------
+
+// fp32: kt[d] = element d of the 16 keys; q rows scaled fp32 (qf + r * D).
+template <int D, int RB>
+static inline void qk_f32(const float* qf, const __m512* kt, float* s) {
+  constexpr int NA = RB <= 4 ? 2 : 1;  // independent FMA chains per row, to cover latency
+  __m512 acc[RB][NA];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
+    for (int c = 0; c < NA; ++c) acc[r][c] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int d = 0; d < D; d += NA) {
+#pragma GCC unroll 2
+    for (int c = 0; c < NA; ++c) {
+      const __m512 k = kt[d + c];
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(qf[r * D + d + c]), k, acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) _mm512_storeu_ps(s + r * kChunk, NA == 2 ? _mm512_add_ps(acc[r][0], acc[r][NA - 1]) : acc[r][0]);
+}
+
+#ifdef __AVX512BF16__
+// bf16: kt[i] = elements (2i, 2i+1) of the 16 keys; q rows as stored (qrows[r]), unscaled.
+template <int D, int RB>
+static inline void qk_dp(const bf16* const* qrows, const __m512i* kt, float scale, float* s) {
+  constexpr int NA = RB <= 4 ? 2 : 1;
+  const bf16* qp[RB];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) qp[r] = qrows[r];
+  __m512 acc[RB][NA];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
+    for (int c = 0; c < NA; ++c) acc[r][c] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int i = 0; i < D / 2; i += NA) {
+#pragma GCC unroll 2
+    for (int c = 0; c < NA; ++c) {
+      const __m512bh k = (__m512bh)kt[i + c];
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) {
+        int32_t pair;
+        memcpy(&pair, qp[r] + 2 * (i + c), sizeof(pair));
+        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)_mm512_set1_epi32(pair), k);
+      }
+    }
+  }
+  const __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r)
+    _mm512_storeu_ps(s + r * kChunk, _mm512_mul_ps(NA == 2 ? _mm512_add_ps(acc[r][0], acc[r][NA - 1]) : acc[r][0], sc));
+}
+#endif
+
+template <int D, bool kDp, int RB>
+static inline void qk_block(int r, const float* qf, const bf16* const* qrows, const __m512* ktf, const __m512i* kt,
+                            float scale, float* s) {
+  if constexpr (kDp) {
+#ifdef __AVX512BF16__
+    qk_dp<D, RB>(qrows + r, kt, scale, s + r * kChunk);
+#endif
+  } else {
+    (void)qrows, (void)kt, (void)scale;
+    qk_f32<D, RB>(qf + (size_t)r * D, ktf, s + r * kChunk);
+  }
+}
+
+// the last R % kQkRows rows, as one block of exactly that many
+template <int D, bool kDp, int N>
+static inline void qk_tail(int n, int r, const float* qf, const bf16* const* qrows, const __m512* ktf,
+                           const __m512i* kt, float scale, float* s) {
+  if constexpr (N > 0) {
+    if (n == N)
+      qk_block<D, kDp, N>(r, qf, qrows, ktf, kt, scale, s);
+    else
+      qk_tail<D, kDp, N - 1>(n, r, qf, qrows, ktf, kt, scale, s);
+  }
+}
+
+template <int D, bool kDp>
+static void qk_rows(int R, const float* qf, const bf16* const* qrows, const __m512* ktf, const __m512i* kt,
+                    float scale, float* s) {
+  int r = 0;
+  for (; r + kQkRows <= R; r += kQkRows) qk_block<D, kDp, kQkRows>(r, qf, qrows, ktf, kt, scale, s);
+  qk_tail<D, kDp, kQkRows - 1>(R - r, r, qf, qrows, ktf, kt, scale, s);
+}
+
+// ---- 3. P @ V for RG rows, accumulators in registers --------------------------------------
+
+// rows whose accumulators fit in 24 of the 32 zmm registers
+template <int D>
+constexpr int pv_rows_per_block() {
+  return D / 16 >= 24 ? 1 : 24 / (D / 16);
+}
+
+// acc = acc * alpha + P V; P fp32 [RG][16]; vrows[j] = V row j as fp32, keys j0..j1-1.
+template <int D, int RG>
+static inline void pv_f32(float* acc, const float* alpha, const float* p, const float* const* vrows, int j0, int j1) {
+  constexpr int NV = D / 16;
+  __m512 o[RG][NV];
+#pragma GCC unroll 24
+  for (int r = 0; r < RG; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) o[r][v] = _mm512_mul_ps(_mm512_loadu_ps(acc + r * D + 16 * v), al);
+  }
+  for (int j = j0; j < j1; ++j) {
+    const float* vr = vrows[j];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      const __m512 x = _mm512_loadu_ps(vr + 16 * v);
+#pragma GCC unroll 24
+      for (int r = 0; r < RG; ++r) o[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * kChunk + j]), x, o[r][v]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < RG; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * D + 16 * v, o[r][v]);
+}
+
+#ifdef __AVX512BF16__
+// acc = acc * alpha + P V in the permuted order; pp[r][t] = P[r][2t], P[r][2t+1] as bf16;
+// vp[t * NV + v] = V rows 2t and 2t+1 interleaved (stage_v_pairs).
+template <int D, int RG>
+static inline void pv_dp(float* acc, const float* alpha, const uint32_t* pp, const __m512i* vp) {
+  constexpr int NV = D / 16;
+  __m512 o[RG][NV];
+#pragma GCC unroll 24
+  for (int r = 0; r < RG; ++r) {
+    const __m512 al = _mm512_set1_ps(alpha[r]);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) o[r][v] = _mm512_mul_ps(_mm512_loadu_ps(acc + r * D + 16 * v), al);
+  }
+#pragma GCC unroll 2
+  for (int t = 0; t < kChunk / 2; ++t) {
+#pragma GCC unroll 24
+    for (int r = 0; r < RG; ++r) {
+      const __m512bh b = (__m512bh)_mm512_set1_epi32((int)pp[r * (kChunk / 2) + t]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) o[r][v] = _mm512_dpbf16_ps(o[r][v], b, (__m512bh)vp[t * NV + v]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < RG; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * D + 16 * v, o[r][v]);
+}
+#endif
+
+template <int D, bool kDp, int RG>
+static inline void pv_block(int r, float* acc, const float* alpha, const float* p, const uint32_t* pp,
+                            const float* const* vrows, const __m512i* vp, int j0, int j1) {
+  if constexpr (kDp) {
+#ifdef __AVX512BF16__
+    pv_dp<D, RG>(acc + (size_t)r * D, alpha + r, pp + r * (kChunk / 2), vp);
+#endif
+  } else {
+    (void)pp, (void)vp;
+    pv_f32<D, RG>(acc + (size_t)r * D, alpha + r, p + r * kChunk, vrows, j0, j1);
+  }
+}
+
+template <int D, bool kDp, int N>
+static inline void pv_tail(int n, int r, float* acc, const float* alpha, const float* p, const uint32_t* pp,
+                           const float* const* vrows, const __m512i* vp, int j0, int j1) {
+  if constexpr (N > 0) {
+    if (n == N)
+      pv_block<D, kDp, N>(r, acc, alpha, p, pp, vrows, vp, j0, j1);
+    else
+      pv_tail<D, kDp, N - 1>(n, r, acc, alpha, p, pp, vrows, vp, j0, j1);
+  }
+}
+
+template <int D, bool kDp>
+static void pv_rows(int R, float* acc, const float* alpha, const float* p, const uint32_t* pp,
+                    const float* const* vrows, const __m512i* vp, int j0, int j1) {
+  constexpr int RG = pv_rows_per_block<D>();
+  int r = 0;
+  for (; r + RG <= R; r += RG) pv_block<D, kDp, RG>(r, acc, alpha, p, pp, vrows, vp, j0, j1);
+  pv_tail<D, kDp, RG - 1>(R - r, r, acc, alpha, p, pp, vrows, vp, j0, j1);
+}
+
+// ---- staging of one chunk's K and V rows (keys j0..j1-1 present, the rest read as zeros) ----
+
+template <int D>
+static inline void stage_k_pairs(const bf16* const* rows, int j0, int j1, __m512i* kt) {
+#pragma GCC unroll 1
+  for (int s = 0; s < D / 32; ++s) {
+    __m512i r[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j)
+      r[j] = j >= j0 && j < j1 ? _mm512_loadu_si512(rows[j] + 32 * s) : _mm512_setzero_si512();
+    transpose16(r);
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) kt[16 * s + c] = r[c];
+  }
+}
+
+template <int D>
+static inline void stage_k_f32(const float* const* rows, int j0, int j1, __m512* kt) {
+#pragma GCC unroll 1
+  for (int g = 0; g < D / 16; ++g) {
+    __m512i r[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j)
+      r[j] = j >= j0 && j < j1 ? _mm512_loadu_si512(rows[j] + 16 * g) : _mm512_setzero_si512();
+    transpose16(r);
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) kt[16 * g + c] = _mm512_castsi512_ps(r[c]);
+  }
+}
+
+// bf16 pairs -> fp32 elements: the low half of each pair is element 2i, the high half 2i+1
+template <int D>
+static inline void pairs_to_f32(const __m512i* kt, __m512* ktf) {
+  const __m512i hi_mask = _mm512_set1_epi32((int)0xffff0000u);
+#pragma GCC unroll 4
+  for (int i = 0; i < D / 2; ++i) {
+    ktf[2 * i] = _mm512_castsi512_ps(_mm512_slli_epi32(kt[i], 16));
+    ktf[2 * i + 1] = _mm512_castsi512_ps(_mm512_and_si512(kt[i], hi_mask));
+  }
+}
+
+#ifdef __AVX512BF16__
+// vp[t * NV + v]: dword i holds (V[2t][d], V[2t+1][d]) for the d the unpack puts in lane i
+// (see unpermute)
+template <int D>
+static inline void stage_v_pairs(const bf16* const* rows, int j0, int j1, __m512i* vp) {
+  constexpr int NV = D / 16;
+#pragma GCC unroll 2
+  for (int t = 0; t < kChunk / 2; ++t) {
+    const bool has0 = 2 * t >= j0 && 2 * t < j1, has1 = 2 * t + 1 >= j0 && 2 * t + 1 < j1;
+#pragma GCC unroll 8
+    for (int s = 0; s < D / 32; ++s) {
+      const __m512i x = has0 ? _mm512_loadu_si512(rows[2 * t] + 32 * s) : _mm512_setzero_si512();
+      const __m512i y = has1 ? _mm512_loadu_si512(rows[2 * t + 1] + 32 * s) : _mm512_setzero_si512();
+      vp[t * NV + 2 * s] = _mm512_unpacklo_epi16(x, y);
+      vp[t * NV + 2 * s + 1] = _mm512_unpackhi_epi16(x, y);
+    }
+  }
+}
+
+// The pair-interleaved accumulators hold, per 32 head-dim elements, two vectors: the unpack
+// "lo" one has elements 0-3, 8-11, 16-19, 24-27 (one group per 128-bit lane), the "hi" one
+// 4-7, 12-15, 20-23, 28-31. Put a row back in order, in place.
+template <int D>
+static inline void unpermute(float* row) {
+  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int s = 0; s < D / 32; ++s) {
+    const __m512 lo = _mm512_loadu_ps(row + 32 * s), hi = _mm512_loadu_ps(row + 32 * s + 16);
+    _mm512_storeu_ps(row + 32 * s, _mm512_permutex2var_ps(lo, i0, hi));
+    _mm512_storeu_ps(row + 32 * s + 16, _mm512_permutex2var_ps(lo, i1, hi));
+  }
+}
+#endif
+
+// Pointers to the K (and V) rows of positions p0..p0+n-1 of a request, in rows[0..n-1].
+template <typename TKV>
+static inline void chunk_rows(const AttnArgs& a, const int32_t* table, int kvh, int p0, int n, const TKV** krows,
+                              const TKV** vrows) {
+  const TKV* kv = static_cast<const TKV*>(a.kv) + (int64_t)kvh * a.kv_stride_head;
+  int b = p0 / a.block_size, o = p0 % a.block_size;
+  for (int j = 0; j < n; ++j) {
+    krows[j] = kv + (int64_t)table[b] * a.kv_stride_block + (int64_t)o * a.kv_stride_tok;
+    if (vrows) vrows[j] = krows[j] + a.kv_stride_kv;
+    if (++o == a.block_size) {
+      o = 0;
+      ++b;
+    }
+  }
+}
+
+template <int D, typename TQ, typename TKV>
+static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const PartialSlots& ps) {
+  constexpr bool kDp = kHaveDpBf16 && std::is_same_v<TQ, bf16> && std::is_same_v<TKV, bf16>;
+  constexpr bool kBf16Cache = std::is_same_v<TKV, bf16>;
+  const int G = a.num_heads / a.num_kv_heads;
+  const int kvh = u.kvh;
+  const int qs = a.query_start_loc[u.seq];
+  const int R = (u.q1 - u.q0) * G;
+
+  float* acc = reinterpret_cast<float*>(ws);  // [R, D]
+  float* qf = acc + (size_t)R * D;  // [R, D] scaled queries (fp32 path)
+  float* m = qf + (size_t)R * D;  // [R] running max
+  float* l = m + R;  // [R] running sum
+  float* alpha = l + R;  // [R] this chunk's rescale of acc
+  float* s = alpha + 2 * (size_t)R;  // [R, 16] scores
+  float* p = s + (size_t)R * kChunk;  // [R, 16] probabilities (fp32 path) or [R, 8] bf16 pairs
+  uint32_t* pp = reinterpret_cast<uint32_t*>(p);
+  float* vf = p + (size_t)R * kChunk;  // [16, D] V rows as fp32 (bf16 cache, fp32 path)
+  int* lo = reinterpret_cast<int*>(vf + (size_t)kChunk * D);  // [R] first visible position
+  int* hi = lo + R;  // [R] last visible position (the query's own)
+  const bf16** qrows = reinterpret_cast<const bf16**>(hi + R + (R & 1));  // [R] q rows (bf16 path)
+
+  const TQ* q = static_cast<const TQ*>(a.q);
+  for (int r = 0; r < R; ++r) {
+    const int64_t t = qs + u.q0 + r / G;
+    const int h = kvh * G + r % G;
+    const TQ* qr = q + t * a.q_stride_t + h * a.q_stride_h;
+    if constexpr (kDp)
+      qrows[r] = qr;
+    else
+      Ops::load(qr, qf + (size_t)r * D, D, a.scale);
+    memset(acc + (size_t)r * D, 0, sizeof(float) * D);
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    row_span(a, u.seq, u.q0, r, G, lo + r, hi + r);
+  }
+  const int kstart = lo[0] > u.kb ? lo[0] : u.kb;  // the unit's key range
+  const int kend = hi[R - 1] + 1 < u.ke ? hi[R - 1] + 1 : u.ke;
+  const int32_t* table = a.block_tables + (int64_t)u.seq * a.bt_stride;
+
+  alignas(64) __m512i kt[kBf16Cache ? D / 2 : 1];  // K pairs, transposed
+  alignas(64) __m512 ktf[D];  // K elements, transposed (fp32 path)
+  alignas(64) __m512i vp[kDp ? D / 2 : 1];  // V row pairs, interleaved
+  const TKV* krows[kChunk];
+  const TKV* vrows[kChunk];
+  const float* vrows_f[kChunk];
+  constexpr int kPf = OCTAVO_PF;  // prefetch distance in chunks
+  constexpr int kRowBytes = D * (int)sizeof(TKV);
+
+  for (int c0 = kstart - kstart % kChunk; kstart < kend && c0 < kend; c0 += kChunk) {
+    const int j0 = kstart > c0 ? kstart - c0 : 0;
+    const int j1 = kend - c0 < kChunk ? kend - c0 : kChunk;
+    chunk_rows(a, table, kvh, c0 + j0, j1 - j0, krows + j0, vrows + j0);
+    const int pf0 = c0 + kPf * kChunk;
+    if (pf0 < kend) {
+      // blocks lie anywhere in memory, out of the hardware prefetcher's sight: fetch the
+      // rows of a chunk a little ahead while this one computes
+      const TKV* pk[kChunk];
+      const TKV* pv[kChunk];
+      const int n = kend - pf0 < kChunk ? kend - pf0 : kChunk;
+      chunk_rows(a, table, kvh, pf0, n, pk, pv);
+      for (int j = 0; j < n; ++j) {
+#pragma GCC unroll 8
+        for (int off = 0; off < kRowBytes; off += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(pk[j]) + off, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pv[j]) + off, _MM_HINT_T0);
+        }
+      }
+    }
+
+    // 1. scores
+    if constexpr (kBf16Cache) {
+      stage_k_pairs<D>(reinterpret_cast<const bf16* const*>(krows), j0, j1, kt);
+      if constexpr (!kDp) pairs_to_f32<D>(kt, ktf);
+    } else {
+      stage_k_f32<D>(reinterpret_cast<const float* const*>(krows), j0, j1, ktf);
+    }
+    qk_rows<D, kDp>(R, qf, qrows, ktf, kt, a.scale, s);
+
+    // 2. online softmax per row
+    for (int r = 0; r < R; ++r) {
+      int v0 = (lo[r] > kstart ? lo[r] : kstart) - c0;
+      int v1 = (hi[r] < kend - 1 ? hi[r] : kend - 1) - c0;
+      v0 = v0 > j0 ? v0 : j0;
+      v1 = v1 < j1 - 1 ? v1 : j1 - 1;
+      if (v0 > v1) {  // nothing of this chunk is visible to row r
+        alpha[r] = 1.0f;
+        if constexpr (kDp)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(pp + r * (kChunk / 2)), _mm256_setzero_si256());
+        else
+          _mm512_storeu_ps(p + r * kChunk, _mm512_setzero_ps());
+        continue;
+      }
+      const __mmask16 vis = (__mmask16)bit_range(v0, v1);
+      const __m512 sv = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), vis, _mm512_loadu_ps(s + r * kChunk));
+      const float bmax = _mm512_reduce_max_ps(sv);
+      const float mnew = m[r] > bmax ? m[r] : bmax;
+      alpha[r] = expf(m[r] - mnew);  // 0 on the first visible chunk
+      const __m512 e = _mm512_maskz_mov_ps(vis, Ops::exp(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
+      l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(e);
+      m[r] = mnew;
+      if constexpr (kDp) {
+#ifdef __AVX512BF16__
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(pp + r * (kChunk / 2)), (__m256i)_mm512_cvtneps_pbh(e));
+#endif
+      } else {
+        _mm512_storeu_ps(p + r * kChunk, e);
+      }
+    }
+
+    // 3. acc = acc * alpha + P V
+    if constexpr (kDp) {
+#ifdef __AVX512BF16__
+      stage_v_pairs<D>(reinterpret_cast<const bf16* const*>(vrows), j0, j1, vp);
+#endif
+    } else {
+      for (int j = j0; j < j1; ++j) {
+        if constexpr (kBf16Cache) {
+          Ops::load(vrows[j], vf + (size_t)j * D, D, 1.0f);
+          vrows_f[j] = vf + (size_t)j * D;
+        } else {
+          vrows_f[j] = reinterpret_cast<const float*>(vrows[j]);
+        }
+      }
+    }
+    pv_rows<D, kDp>(R, acc, alpha, p, pp, vrows_f, vp, j0, j1);
+  }
+#ifdef __AVX512BF16__
+  if constexpr (kDp)
+    for (int r = 0; r < R; ++r) unpermute<D>(acc + (size_t)r * D);
+#endif
+  finish_rows<TQ>(a, u, R, acc, m, l, ps);
+}
+
+}  // namespace blocked
