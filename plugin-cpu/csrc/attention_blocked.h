@@ -116,7 +116,7 @@ static inline void qk_dp(const bf16* const* qrows, const __m512i* kt, float scal
       for (int r = 0; r < RB; ++r) {
         int32_t pair;
         memcpy(&pair, qp[r] + 2 * (i + c), sizeof(pair));
-        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)_mm512_set1_epi32(pair), k);
+        acc[r][c] = _mm512_dpbf16_ps(acc[r][c], k, (__m512bh)_mm512_set1_epi32(pair));
       }
     }
   }
@@ -337,6 +337,14 @@ static inline void chunk_rows(const AttnArgs& a, const int32_t* table, int kvh, 
                               const TKV** vrows) {
   const TKV* kv = static_cast<const TKV*>(a.kv) + (int64_t)kvh * a.kv_stride_head;
   int b = p0 / a.block_size, o = p0 % a.block_size;
+  if (o + n <= a.block_size) {  // one block (always, when block_size is a multiple of 16)
+    const TKV* k = kv + (int64_t)table[b] * a.kv_stride_block + (int64_t)o * a.kv_stride_tok;
+    for (int j = 0; j < n; ++j) {
+      krows[j] = k + j * a.kv_stride_tok;
+      if (vrows) vrows[j] = krows[j] + a.kv_stride_kv;
+    }
+    return;
+  }
   for (int j = 0; j < n; ++j) {
     krows[j] = kv + (int64_t)table[b] * a.kv_stride_block + (int64_t)o * a.kv_stride_tok;
     if (vrows) vrows[j] = krows[j] + a.kv_stride_kv;
@@ -403,7 +411,9 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
     const int pf0 = c0 + kPf * kChunk;
     if (pf0 < kend) {
       // blocks lie anywhere in memory, out of the hardware prefetcher's sight: fetch the
-      // rows of a chunk a little ahead while this one computes
+      // rows of a chunk a little ahead while this one computes. Into L2, not L1: a chunk
+      // is 64 lines (D = 64, bf16), and as many L1 prefetches in flight stall the loads
+      // this chunk needs (measured on Zen 4: decode 1.7 ms with L1 hints, 0.95 with L2)
       const TKV* pk[kChunk];
       const TKV* pv[kChunk];
       const int n = kend - pf0 < kChunk ? kend - pf0 : kChunk;
@@ -411,8 +421,8 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
       for (int j = 0; j < n; ++j) {
 #pragma GCC unroll 8
         for (int off = 0; off < kRowBytes; off += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(pk[j]) + off, _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(pv[j]) + off, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pk[j]) + off, _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(pv[j]) + off, _MM_HINT_T1);
         }
       }
     }
