@@ -284,6 +284,7 @@ static void attention_impl(const AttnArgs& a) {
     want = (int)((4 * (int64_t)nt + items - 1) / items);
   }
   constexpr int kMinSplitKeys = 64;  // below this a split's merge costs more than it saves
+  constexpr int kSplitAlign = 32;  // split points at multiples of the blocked kernel's chunk
 
   // units tile-major, then KV head, then split; called once to count (null arrays), once to fill
   int64_t num_units = 0, num_parts = 0, num_merges = 0;
@@ -300,10 +301,9 @@ static void attention_impl(const AttnArgs& a) {
         const int span = kend > lo0 ? kend - lo0 : 0;
         int ns = want;
         if (a.kv_splits <= 0 && ns > span / kMinSplitKeys) ns = span / kMinSplitKeys;
-        if (ns > (span + 15) / 16) ns = (span + 15) / 16;  // at least a chunk of 16 keys each
+        const int c0 = lo0 / kSplitAlign, nc = (kend + kSplitAlign - 1) / kSplitAlign - c0;
+        if (ns > nc) ns = nc;  // at least a chunk each
         if (ns < 1) ns = 1;
-        // split at multiples of 16 keys, the blocked kernel's chunks
-        const int c0 = lo0 / 16, nc = (kend + 15) / 16 - c0;
         for (int kvh = 0; kvh < nkv; ++kvh) {
           if (ns > 1) {
             if (merges) merges[im] = iu;
@@ -318,8 +318,8 @@ static void attention_impl(const AttnArgs& a) {
             u.q0 = q0;
             u.q1 = q1;
             u.nsplit = ns;
-            const int b = (c0 + (int)((int64_t)k * nc / ns)) * 16;
-            const int e = (c0 + (int)((int64_t)(k + 1) * nc / ns)) * 16;
+            const int b = (c0 + (int)((int64_t)k * nc / ns)) * kSplitAlign;
+            const int e = (c0 + (int)((int64_t)(k + 1) * nc / ns)) * kSplitAlign;
             u.kb = k == 0 ? lo0 : b;
             u.ke = k == ns - 1 ? kend : e;
             u.part = part;
