@@ -31,6 +31,10 @@ constexpr bool kHaveDpBf16 = false;
 
 constexpr int kChunk = 32;  // keys per chunk (kernels_impl.h splits key ranges at multiples of it)
 constexpr int kQkRows = 8;  // rows per register block of QK^T: 8 x 2 score accumulators
+// Online softmax keeps a reference m per row and moves it only when a score exceeds it by
+// more than this (natural log units): probabilities up to e^8 ~ 3000, sums far from fp32
+// overflow. The result is the same softmax; only the rescaling steps are fewer.
+constexpr float kRescaleSlack = 8.0f;
 
 // Transpose a 16x16 matrix of 32-bit elements held one row per register.
 static inline void transpose16(__m512i r[16]) {
@@ -67,6 +71,7 @@ static size_t ws_bytes(int R, int D) {
   const size_t f = 2 * (size_t)R * D  // acc, qf
                    + 4 * (size_t)R  // m, l, alpha, spare
                    + 2 * (size_t)R * kChunk  // scores, probabilities
+                   + 16 * (size_t)R  // lane-wise sums
                    + (size_t)kChunk * D  // V rows as fp32
                    + 16 * (2 * (size_t)D + 2 * (size_t)D + (size_t)D)  // kt, ktf, vp
                    + 64;
@@ -361,13 +366,14 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
 
   float* acc = reinterpret_cast<float*>(ws);  // [R, D]
   float* qf = acc + (size_t)R * D;  // [R, D] scaled queries (fp32 path)
-  float* m = qf + (size_t)R * D;  // [R] running max
-  float* l = m + R;  // [R] running sum
+  float* m = qf + (size_t)R * D;  // [R] the reference of the exponentials (see kRescaleSlack)
+  float* l = m + R;  // [R] running sum, at the end
   float* alpha = l + R;  // [R] this chunk's rescale of acc
   float* s = alpha + 2 * (size_t)R;  // [R, 32] scores
   float* p = s + (size_t)R * kChunk;  // [R, 32] probabilities (fp32 path) or [R, 16] bf16 pairs
   uint32_t* pp = reinterpret_cast<uint32_t*>(p);
-  float* vf = p + (size_t)R * kChunk;  // [32, D] V rows as fp32 (bf16 cache, fp32 path)
+  float* lv = p + (size_t)R * kChunk;  // [R, 16] running sum, lane-wise (reduced once, at the end)
+  float* vf = lv + (size_t)R * 16;  // [32, D] V rows as fp32 (bf16 cache, fp32 path)
   // [2D] K transposed (see stage_k); vector-aligned, as the compiler's accesses to it are
   __m512i* kt = reinterpret_cast<__m512i*>((reinterpret_cast<uintptr_t>(vf + (size_t)kChunk * D) + 63) & ~(uintptr_t)63);
   __m512* ktf = reinterpret_cast<__m512*>(kt + 2 * D);  // [2D] bf16 K pairs split to fp32 (fp32 path)
@@ -387,7 +393,7 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
       Ops::load(qr, qf + (size_t)r * D, D, a.scale);
     memset(acc + (size_t)r * D, 0, sizeof(float) * D);
     m[r] = -INFINITY;
-    l[r] = 0.0f;
+    _mm512_storeu_ps(lv + (size_t)r * 16, _mm512_setzero_ps());
     row_span(a, u.seq, u.q0, r, G, lo + r, hi + r);
   }
   const int kstart = lo[0] > u.kb ? lo[0] : u.kb;  // the unit's key range
@@ -451,18 +457,25 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
         continue;
       }
       const uint32_t vis = bit_range(v0, v1);
-      const __mmask16 vis0 = (__mmask16)vis, vis1 = (__mmask16)(vis >> 16);
       const __m512 ninf = _mm512_set1_ps(-INFINITY);
-      const __m512 s0 = _mm512_mask_mov_ps(ninf, vis0, _mm512_loadu_ps(s + r * kChunk));
-      const __m512 s1 = _mm512_mask_mov_ps(ninf, vis1, _mm512_loadu_ps(s + r * kChunk + 16));
-      const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(s0, s1));
-      const float mnew = m[r] > bmax ? m[r] : bmax;
-      alpha[r] = expf(m[r] - mnew);  // 0 on the first visible chunk
-      const __m512 mv = _mm512_set1_ps(mnew);
-      const __m512 e0 = _mm512_maskz_mov_ps(vis0, Ops::exp(_mm512_sub_ps(s0, mv)));
-      const __m512 e1 = _mm512_maskz_mov_ps(vis1, Ops::exp(_mm512_sub_ps(s1, mv)));
-      l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
-      m[r] = mnew;
+      const __m512 s0 = _mm512_mask_mov_ps(ninf, (__mmask16)vis, _mm512_loadu_ps(s + r * kChunk));
+      const __m512 s1 = _mm512_mask_mov_ps(ninf, (__mmask16)(vis >> 16), _mm512_loadu_ps(s + r * kChunk + 16));
+      const __m512 mx = _mm512_max_ps(s0, s1);
+      __m512 sum = _mm512_loadu_ps(lv + (size_t)r * 16);
+      alpha[r] = 1.0f;
+      // A new reference only when a score exceeds the old one by more than the slack (on
+      // the first visible chunk, where m = -inf, always): most chunks skip the horizontal
+      // max and the rescale. Exponentials then reach e^slack at most, far from overflow.
+      if (_mm512_cmp_ps_mask(mx, _mm512_set1_ps(m[r] + kRescaleSlack), _CMP_GT_OQ)) {
+        const float mnew = _mm512_reduce_max_ps(mx);
+        alpha[r] = expf(m[r] - mnew);  // 0 on the first visible chunk
+        sum = _mm512_mul_ps(sum, _mm512_set1_ps(alpha[r]));
+        m[r] = mnew;
+      }
+      const __m512 mv = _mm512_set1_ps(m[r]);
+      const __m512 e0 = Ops::exp(_mm512_sub_ps(s0, mv));  // exp(-inf) = 0: hidden keys drop out
+      const __m512 e1 = Ops::exp(_mm512_sub_ps(s1, mv));
+      _mm512_storeu_ps(lv + (size_t)r * 16, _mm512_add_ps(sum, _mm512_add_ps(e0, e1)));
       if constexpr (kDp) {
 #ifdef __AVX512BF16__
         // keys 0-15 in the low half, 16-31 in the high: dword t = keys 2t, 2t+1
@@ -495,6 +508,7 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
   if constexpr (kDp)
     for (int r = 0; r < R; ++r) unpermute<D>(acc + (size_t)r * D);
 #endif
+  for (int r = 0; r < R; ++r) l[r] = _mm512_reduce_add_ps(_mm512_loadu_ps(lv + (size_t)r * 16));
   finish_rows<TQ>(a, u, R, acc, m, l, ps);
 }
 
