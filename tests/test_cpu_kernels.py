@@ -224,7 +224,7 @@ def test_torch_path_matches_native():
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("seqs", [RAGGED * 3, [(700, 1)], [(900, 1), (20, 1)], [(1, 1)]],
+@pytest.mark.parametrize("seqs", [RAGGED * 3, [(2000, 1)], [(3000, 1), (20, 1)], [(1, 1)]],
                          ids=["ragged", "one-decode", "two-decodes", "tiny"])
 def test_threads(isa, threads, seqs):
     """Work split over threads (more items than threads, and a thread count above the

@@ -272,10 +272,18 @@ static void attention_impl(const AttnArgs& a) {
   int nt = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
 
   // items: (tile, KV head); how many units each item's key range is split into
-  int64_t num_tiles = 0;
-  for (int s = a.first_seq; s < a.first_seq + a.num_seqs; ++s)
-    num_tiles += (a.query_start_loc[s + 1] - a.query_start_loc[s] + tile - 1) / tile;
+  int64_t num_tiles = 0, work = 0;  // work: query rows x keys they see, summed
+  for (int s = a.first_seq; s < a.first_seq + a.num_seqs; ++s) {
+    const int q_len = a.query_start_loc[s + 1] - a.query_start_loc[s];
+    num_tiles += (q_len + tile - 1) / tile;
+    const int64_t ctx = a.seq_lens[s] > 0 ? a.seq_lens[s] : 0;
+    work += (int64_t)q_len * ctx * a.num_heads;
+  }
   const int64_t items = num_tiles * nkv;
+  // Waking a second thread costs microseconds on a quiet machine and far more on a busy
+  // one: work of a few tens of microseconds (one short decode) runs on one thread.
+  constexpr int64_t kWorkPerThread = 8192;  // rows x keys, about 20 us of the blocked kernel
+  if (nt > 1 && work / kWorkPerThread < nt) nt = (int)(work / kWorkPerThread > 1 ? work / kWorkPerThread : 1);
   int want = 1;
   if (a.kv_splits > 0) {
     want = a.kv_splits;
