@@ -6,7 +6,8 @@
 runs with its KV blocks scattered through the cache (a random permutation of block ids,
 as a long-running server's block pool hands them out). With several kernels named, each
 case runs them back to back in one process, round-robin, and reports the median of
-`--reps` rounds for each, so the ratio holds on a noisy shared machine.
+`--reps` rounds for each, so the ratio holds on a noisy shared machine. Times are medians of
+single calls.
 """
 
 from __future__ import annotations
@@ -55,11 +56,15 @@ def make_case(lens_q, lens_ctx, dtype, head_dim, scatter: bool, gen: torch.Gener
     return q, kv, meta
 
 
-def time_calls(fn, calls: int, clock) -> float:
-    t = clock()
+def time_calls(fn, calls: int, clock) -> list[float]:
+    """Each call timed on its own: on a shared machine a call that loses a core to a
+    neighbour for a scheduler slice (milliseconds) would swamp a mean."""
+    out = []
     for _ in range(calls):
+        t = clock()
         fn()
-    return (clock() - t) / calls
+        out.append(clock() - t)
+    return out
 
 
 def main() -> None:
@@ -70,8 +75,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cpu-time", action="store_true",
-                    help="time by the process's CPU time, not wall time: steadier on a busy machine "
-                         "with --threads 1 (with more threads it counts waiting threads' spinning too)")
+                    help="time by the process's CPU time, not wall time (with --threads 1; with more "
+                         "it counts waiting threads' spinning too); coarse for calls under ~1 ms")
+    ap.add_argument("--stat", default="median", choices=["median", "min"],
+                    help="of the single-call times: min shows what the kernel does when no neighbour "
+                         "takes a core away mid-call")
     ap.add_argument("--contiguous", action="store_true", help="blocks in table order instead of scattered")
     args = ap.parse_args()
     if args.threads:
@@ -81,7 +89,8 @@ def main() -> None:
     clock = time.process_time if args.cpu_time else time.perf_counter
     gen = torch.Generator().manual_seed(0)
     print(f"{torch.get_num_threads()} threads, isa {_native.isa()}, {args.dtype}, head_dim {args.head_dim}, "
-          f"{'contiguous' if args.contiguous else 'scattered'} blocks, {'CPU' if args.cpu_time else 'wall'} time")
+          f"{'contiguous' if args.contiguous else 'scattered'} blocks, {args.stat} {'CPU' if args.cpu_time else 'wall'} "
+          "time of single calls")
     backend = CpuAttention()
     for lens_q, lens_ctx, calls in CASES:
         q, kv, meta = make_case(lens_q, lens_ctx, dtype, args.head_dim, not args.contiguous, gen)
@@ -91,12 +100,13 @@ def main() -> None:
             for k in kernels:
                 _native.ATTENTION_KERNEL = k
                 backend.attend(q, kv, meta, 0.125)  # warm
-                times[k].append(time_calls(lambda: backend.attend(q, kv, meta, 0.125), calls, clock))
+                times[k] += time_calls(lambda: backend.attend(q, kv, meta, 0.125), calls, clock)
         _native.ATTENTION_KERNEL = "auto"
         row = f"q={lens_q[0]:>3} x{len(lens_q):<3} ctx={lens_ctx[0]:<4}"
-        base = statistics.median(times[kernels[0]])
+        stat = statistics.median if args.stat == "median" else min
+        base = stat(times[kernels[0]])
         for k in kernels:
-            t = statistics.median(times[k])
+            t = stat(times[k])
             row += f" | {k}: {t * 1e3:7.3f} ms {flop / t / 1e9:6.1f} GFLOP/s"
             if k != kernels[0]:
                 row += f" ({t / base:.2f}x of {kernels[0]})"

@@ -258,6 +258,8 @@ static AttnKernelFn pick_kernel(const AttnArgs& a) {
       default: break;
     }
   }
+#else
+  (void)a;
 #endif
   return &attend_rows<TQ, TKV>;
 }
