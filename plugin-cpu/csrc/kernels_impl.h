@@ -246,6 +246,25 @@ static void attend_rows(const AttnArgs& a, const AttnUnit& u, char* ws_bytes, co
 #include "attention_blocked.h"
 #endif
 
+// A thread's attention scratch, kept from call to call (OpenMP's threads persist) and grown
+// as needed: no allocation or zeroing per call. 64-byte aligned. The kernels write every
+// scratch element before reading it.
+static char* thread_scratch(size_t bytes) {
+  struct Scratch {
+    char* p = nullptr;
+    size_t n = 0;
+    ~Scratch() { free(p); }
+  };
+  static thread_local Scratch s;
+  if (s.n < bytes) {
+    free(s.p);
+    s.n = (bytes + 63) & ~(size_t)63;
+    s.p = static_cast<char*>(aligned_alloc(64, s.n));
+    memset(s.p, 0xff, s.n);  // NaNs: a read before a write would show in the tests' results
+  }
+  return s.p;
+}
+
 template <typename TQ, typename TKV>
 static AttnKernelFn pick_kernel(const AttnArgs& a) {
 #ifdef __AVX512F__
@@ -358,8 +377,7 @@ static void attention_impl(const AttnArgs& a) {
 
 #pragma omp parallel num_threads(nt)
   {
-    Buf<char> ws(ws_bytes + 64);
-    char* w64 = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ws.data()) + 63) & ~(uintptr_t)63);
+    char* w64 = thread_scratch(ws_bytes);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < num_units; ++w) kernel(a, units[w], w64, ps);
     if (num_merges > 0) {
