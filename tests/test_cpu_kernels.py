@@ -1,8 +1,11 @@
 """octavo-cpu's native kernels (plugin-cpu/csrc) against the reference ops.
 
-Every kernel runs in both builds the extension carries, the AVX-512 one (where the CPU
-has it) and the portable one, over head sizes, GQA ratios, block sizes, ragged batches
-that mix decodes, whole prompts and prefill chunks, and both dtypes.
+Every kernel runs at every instruction-set level the CPU supports (generic, AVX2,
+AVX-512, AVX-512 + BF16), over head sizes, GQA ratios, block sizes, ragged batches
+that mix decodes, whole prompts and prefill chunks, and both dtypes. Paged attention
+runs both of its kernels: "auto" (the blocked AVX-512 kernel where it applies, which
+on the lower levels is the per-row one) and "rows" (the per-row kernel everywhere),
+whole and with each item's keys split across units (split-K) and merged.
 """
 
 from __future__ import annotations
@@ -63,49 +66,97 @@ def _batch(seqs, block_size, num_heads, num_kv_heads, head_dim, dtype, seed=0):
     return q, kv, meta
 
 
+KERNELS = ["auto", "rows"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("block_size", [8, 16, 32])
+@pytest.mark.parametrize("block_size", [8, 16, 32])  # 8: the blocked kernel's 32-key chunks span 4 blocks
 @pytest.mark.parametrize("heads", [(8, 8), (8, 2), (16, 2), (9, 3)], ids=["mha", "gqa4", "gqa8", "smollm2"])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_paged_attention(isa, head_dim, heads, block_size, dtype):
+def test_paged_attention(isa, head_dim, heads, block_size, dtype, kernel):
     num_heads, num_kv_heads = heads
     q, kv, meta = _batch(RAGGED, block_size, num_heads, num_kv_heads, head_dim, dtype)
     scale = head_dim**-0.5
     out = torch.full_like(q, float("nan"))
-    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, q_tile=8)
+    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, q_tile=8,
+                            kernel=kernel)
     want = ref.attend(q.float(), kv.float(), meta, scale)
     torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("window", [1, 5, 16, 1000])
-def test_paged_attention_sliding_window(isa, window, dtype):
+@pytest.mark.parametrize("window", [1, 5, 16, 40, 1000])
+def test_paged_attention_sliding_window(isa, window, dtype, kernel):
     q, kv, meta = _batch(RAGGED, 16, 8, 2, 64, dtype, seed=1)
     out = torch.empty_like(q)
     _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125, window,
-                            q_tile=4)
+                            q_tile=4, kernel=kernel)
     want = ref.attend(q.float(), kv.float(), meta, 0.125, window)
     torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("q_tile", [1, 3, 16, 64])
-@pytest.mark.parametrize("head_dim", [80, 96])  # tails of the vector loops
-def test_paged_attention_tiles_and_odd_head_dims(isa, q_tile, head_dim):
+@pytest.mark.parametrize("head_dim", [80, 96, 256])  # tails of the vector loops; 96 and 256 run blocked
+def test_paged_attention_tiles_and_odd_head_dims(isa, q_tile, head_dim, kernel):
     q, kv, meta = _batch(RAGGED, 16, 6, 2, head_dim, torch.float32, seed=2)
     out = torch.empty_like(q)
     _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.1,
-                            q_tile=q_tile)
+                            q_tile=q_tile, kernel=kernel)
     torch.testing.assert_close(out, ref.attend(q, kv, meta, 0.1), atol=1e-5, rtol=1e-5)
 
 
-def test_paged_attention_strided_q_and_mixed_dtypes(isa):
-    """q as a view of a fused qkv tensor (row stride > heads * head_dim); fp32 q on a bf16 cache."""
-    _, kv, meta = _batch(RAGGED, 16, 8, 2, 64, torch.bfloat16, seed=3)
-    qkv = torch.randn(meta.query_start_loc_cpu[-1], 12 * 64)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kv_splits", [2, 3, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("window", [None, 50])
+def test_paged_attention_kv_splits(isa, kv_splits, dtype, window, kernel):
+    """Split-K: every item's keys split into up to kv_splits units whose partial softmax
+    states are merged; long decodes, chunks behind a long context, and items too short
+    to split as many ways (and, with a window, splits that see nothing for some rows)."""
+    seqs = RAGGED + [(700, 1), (333, 1), (500, 37), (97, 97)]
+    q, kv, meta = _batch(seqs, 16, 9, 3, 64, dtype, seed=10)
+    out = torch.full_like(q, float("nan"))
+    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125, window,
+                            q_tile=16, kv_splits=kv_splits, kernel=kernel)
+    want = ref.attend(q.float(), kv.float(), meta, 0.125, window)
+    torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_paged_attention_large_scores(isa, dtype, kernel):
+    """Scores of std up to 8 (a peaked softmax) that jump from block to block (keys
+    scaled 1-4x per block), so the running max keeps moving: the blocked kernel's
+    rescaling steps. (fp32 tolerance 1e-4: scores this large carry rounding of ~1e-5
+    into the exponentials whichever order sums them; a wrong rescale is off by O(1).)"""
+    q, kv, meta = _batch(RAGGED + [(600, 1), (300, 45)], 16, 8, 2, 64, dtype, seed=11)
+    g = torch.Generator().manual_seed(12)
+    kv = kv.float()
+    kv[0] *= 1 + 3 * torch.rand(kv.shape[1], 1, 1, 1, generator=g)
+    kv = kv.to(dtype)
+    out = torch.empty_like(q)
+    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.25, kernel=kernel)
+    want = ref.attend(q.float(), kv.float(), meta, 0.25)
+    tol = max(TOL[dtype], 1e-4)
+    torch.testing.assert_close(out.float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("q_dtype, kv_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)],
+                         ids=["fp32-q-bf16-kv", "bf16-q-fp32-kv"])
+def test_paged_attention_strided_q_and_mixed_dtypes(isa, q_dtype, kv_dtype, kernel):
+    """q as a view of a fused qkv tensor (row stride > heads * head_dim); q and cache of
+    different dtypes."""
+    _, kv, meta = _batch(RAGGED, 16, 8, 2, 64, kv_dtype, seed=3)
+    qkv = torch.randn(meta.query_start_loc_cpu[-1], 12 * 64).to(q_dtype)
     q = qkv[:, : 8 * 64].unflatten(1, (8, 64))
-    out = torch.empty(q.shape)
-    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125)
-    torch.testing.assert_close(out, ref.attend(q, kv.float(), meta, 0.125), atol=1e-5, rtol=1e-5)
+    out = torch.empty(q.shape, dtype=q_dtype)
+    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125, kernel=kernel)
+    tol = TOL[q_dtype]
+    torch.testing.assert_close(out.float(), ref.attend(q.float(), kv.float(), meta, 0.125), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("src, cache", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
@@ -173,9 +224,13 @@ def test_torch_path_matches_native():
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads(isa, threads):
-    """Work split over threads (more items than threads, and a thread count above the cores)."""
-    q, kv, meta = _batch(RAGGED * 3, 16, 9, 3, 64, torch.bfloat16, seed=9)
+@pytest.mark.parametrize("seqs", [RAGGED * 3, [(2000, 1)], [(3000, 1), (20, 1)], [(1, 1)]],
+                         ids=["ragged", "one-decode", "two-decodes", "tiny"])
+def test_threads(isa, threads, seqs):
+    """Work split over threads (more items than threads, and a thread count above the
+    cores); fewer items than threads, where long items' keys are split across threads
+    on their own (split-K), or too short to be."""
+    q, kv, meta = _batch(seqs, 16, 9, 3, 64, torch.bfloat16, seed=9)
     want = ref.attend(q.float(), kv.float(), meta, 0.125)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)

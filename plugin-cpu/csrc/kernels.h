@@ -11,6 +11,12 @@ namespace octavo_cpu {
 
 enum DType : int { kF32 = 0, kBF16 = 1 };
 
+// AttnArgs::kernel
+enum AttnKernel : int {
+  kAttnAuto = 0,  // the blocked kernel where it applies (AVX-512, head_dim 64/96/128/256), else rows
+  kAttnRows = 1,  // the per-row kernel everywhere: the portable path, kept as a baseline
+};
+
 // Paged varlen causal GQA attention, the semantics of octavo.platform.interface:
 // request i owns query rows query_start_loc[i]..query_start_loc[i+1] and attends to the
 // seq_lens[i] positions of context stored through block_tables[i].
@@ -32,6 +38,8 @@ struct AttnArgs {
   int q_dtype, kv_dtype;
   int q_tile;  // query tokens of one request handled together (prefill)
   int num_threads;
+  int kv_splits;  // split each (tile, KV head) item's keys this many ways; 0 = when threads would idle
+  int kernel;  // AttnKernel
 };
 
 // slot_mapping[t] < 0 = padding, not stored

@@ -81,7 +81,7 @@ PYBIND11_MODULE(_C, m) {
          int64_t kv_stride_tok, int64_t kv_stride_head, int kv_dtype, uintptr_t block_tables,
          int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int first_seq, int num_seqs,
          int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
-         int q_tile, int num_threads) {
+         int q_tile, int num_threads, int kv_splits, int kernel) {
         AttnArgs a{};
         a.out = ptr<void>(out);
         a.o_stride_t = o_stride_t;
@@ -110,6 +110,8 @@ PYBIND11_MODULE(_C, m) {
         a.sliding_window = sliding_window;
         a.q_tile = q_tile;
         a.num_threads = num_threads;
+        a.kv_splits = kv_splits;
+        a.kernel = kernel;
         py::gil_scoped_release nogil;
         OCTAVO_DISPATCH(paged_attention, a);
       },

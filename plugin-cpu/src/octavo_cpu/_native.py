@@ -10,6 +10,10 @@ Debugging switches (read once, at import):
   OCTAVO_CPU_ISA=NAME      run a lower instruction-set level than the best the CPU has:
                            generic (portable), avx2 (AVX2 + FMA), avx512 (F, BW, VL, DQ)
                            or avx512_bf16 (adds the BF16 dot-product instructions)
+  OCTAVO_CPU_ATTN_KERNEL=rows
+                           paged attention on the per-row kernel everywhere (the portable
+                           one) instead of the blocked AVX-512 kernel; `ATTENTION_KERNEL`
+                           below holds the choice and may be set at run time (benchmarks)
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ else:
         _C.set_isa(os.environ["OCTAVO_CPU_ISA"])
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_ATTN_KERNELS = {"auto": 0, "rows": 1}  # csrc/kernels.h AttnKernel
+#: "auto" (blocked kernel where it applies) or "rows"; the default of paged_attention(kernel=)
+ATTENTION_KERNEL = os.environ.get("OCTAVO_CPU_ATTN_KERNEL", "auto")
+if ATTENTION_KERNEL not in _ATTN_KERNELS:
+    raise ValueError(f"OCTAVO_CPU_ATTN_KERNEL must be one of {sorted(_ATTN_KERNELS)}; got {ATTENTION_KERNEL!r}")
 #: dtypes the kernels read and write (fp16 stays on the torch path)
 SUPPORTED_DTYPES = tuple(_DTYPES)
 
@@ -77,6 +86,8 @@ def paged_attention(
     first_seq: int = 0,
     num_seqs: int | None = None,
     q_tile: int = 16,
+    kv_splits: int = 0,
+    kernel: str | None = None,
 ) -> torch.Tensor:
     """Attention of requests first_seq..first_seq+num_seqs-1 of a flat batch into `out`.
 
@@ -84,6 +95,9 @@ def paged_attention(
     num_kv_heads, head_dim]; block_tables [B, max_blocks], seq_lens [B], query_start_loc
     [B + 1] (int32, indexed by request). Semantics: `octavo.platform.interface`.
     `q_tile` query tokens of one request share a pass over its KV (prefill only).
+    `kv_splits` > 0 splits every (tile, KV head) item's keys that many ways, merged after
+    (tests); 0 splits only when there are too few items for the threads. `kernel`: "auto"
+    or "rows" (None: `ATTENTION_KERNEL`).
     """
     assert q.dtype == out.dtype and q.shape == out.shape and q.dim() == 3
     assert q.device.type == out.device.type == kv_cache.device.type == "cpu"
@@ -101,6 +115,7 @@ def paged_attention(
         block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(), query_start_loc.data_ptr(),
         first_seq, num_seqs, num_heads, num_kv_heads, head_dim, block_size,
         float(scale), int(sliding_window or 0), q_tile, torch.get_num_threads(),
+        kv_splits, _ATTN_KERNELS[kernel or ATTENTION_KERNEL],
     )
     return out
 

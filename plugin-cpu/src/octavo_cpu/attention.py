@@ -4,9 +4,12 @@ The native kernels (csrc/, through `_native`) serve the default KV layout whenev
 q and the cache are float32 or bfloat16:
 
 * attend: one native call for the whole batch, decodes and prefill chunks alike,
-  parallel over (request, KV head, tile of 16 query tokens); each query-head group
-  reads its K/V blocks once, online softmax, fp32 accumulation. (The native prefill
-  beat the torch path below by 1.4-3x on SmolLM2 shapes, so no row kind stays on it.)
+  parallel over (request, KV head, tile of 16 query tokens), long decodes split across
+  threads when there are too few of those; each query-head group reads its K/V blocks
+  once, online softmax, fp32 accumulation. On AVX-512 a blocked kernel takes 32 keys at
+  a time (vdpbf16ps on bf16 where the CPU has it); docs/cpu.md has the details and
+  figures. (The native prefill beat the torch path below by 1.4-3x on SmolLM2 shapes
+  before the blocked kernel, so no row kind stays on it.)
 * write_kv: a native scatter into the slots.
 
 The torch path below stays for what the native kernels do not cover: float16 (or any
