@@ -273,6 +273,8 @@ class AsyncLLMEngine:
             self._cv.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread is None or not self._thread.is_alive():  # the thread no longer steps it
+            self.engine.shutdown()  # stops tensor-parallel workers
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight (graceful drain); False on timeout."""

@@ -1,4 +1,9 @@
-"""Self-attention over the paged KV cache (q/k/v projection, rotary, platform attention)."""
+"""Self-attention over the paged KV cache (q/k/v projection, rotary, platform attention).
+
+With tensor parallelism (Megatron style) each rank holds a slice of the heads: qkv_proj is
+column-parallel (its q heads and the kv heads they read), o_proj row-parallel, and the
+partial o_proj outputs are summed by the communicator's all_reduce.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,22 @@ import torch
 from torch import nn
 
 from octavo.platform import AttentionMetadata, Platform
+
+
+def split_heads(num_heads: int, num_kv_heads: int, tp_size: int) -> tuple[int, int]:
+    """(q heads, kv heads) per rank, or ValueError saying which sizes would work.
+
+    KV heads are split like q heads when there are at least as many as ranks; with fewer,
+    each kv head is replicated on tp_size // num_kv_heads consecutive ranks (vLLM's scheme),
+    so every rank still holds exactly the kv heads its q heads read.
+    """
+    ok = [t for t in range(1, num_heads + 1)
+          if num_heads % t == 0 and (num_kv_heads % t == 0 or t % num_kv_heads == 0)]
+    if num_heads % tp_size or (num_kv_heads % tp_size and tp_size % num_kv_heads):
+        raise ValueError(
+            f"tensor_parallel_size={tp_size} cannot split this model's {num_heads} attention heads and "
+            f"{num_kv_heads} key/value heads evenly; use one of {ok}")
+    return num_heads // tp_size, max(1, num_kv_heads // tp_size)
 
 
 class Attention(nn.Module):
@@ -19,14 +40,19 @@ class Attention(nn.Module):
         qkv_bias: bool = False,
         qk_norm_eps: float | None = None,
         sliding_window: int | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
     ) -> None:
         super().__init__()
         self.platform = platform
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
+        # this rank's heads: q heads [tp_rank * num_heads, +num_heads) of the checkpoint's,
+        # kv heads from kv_head_start (shared by several ranks when replicated)
+        self.num_heads, self.num_kv_heads = split_heads(num_heads, num_kv_heads, tp_size)
+        self.kv_head_start = tp_rank * num_kv_heads // tp_size
+        self.total_num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        self.q_size = num_heads * head_dim
-        self.kv_size = num_kv_heads * head_dim
+        self.q_size = self.num_heads * head_dim
+        self.kv_size = self.num_kv_heads * head_dim
         self.scale = head_dim**-0.5
         self.sliding_window = sliding_window
         # q, k and v in one GEMM: [q; k; v] rows, loaded shard by shard
