@@ -8,7 +8,7 @@ import torch
 
 from octavo.config import (CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
                            parse_dtype, parse_size)
-from octavo.layers.attention import split_heads
+from octavo.layers.attention import shard_heads
 from octavo.loader.source import ModelSource, load_hf_config, resolve_model_source
 from octavo.platform import Platform, resolve_platform
 
@@ -29,11 +29,7 @@ def _check_tensor_parallel(tp: int, hf_config, platform: Platform) -> None:
     if tp == 1:
         return
     heads = hf_config.num_attention_heads
-    split_heads(heads, getattr(hf_config, "num_key_value_heads", None) or heads, tp)
-    inter = hf_config.intermediate_size
-    if inter % tp:
-        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's intermediate_size={inter}; "
-                         "choose a size that divides it")
+    shard_heads(heads, getattr(hf_config, "num_key_value_heads", None) or heads, tp, 0)
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_backend_available(platform.dist_backend):

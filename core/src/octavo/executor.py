@@ -167,8 +167,7 @@ class Workers:
         for rank, (proc, conn) in enumerate(zip(self._procs, self._conns), start=1):
             while not conn.poll(0.1):
                 if not proc.is_alive():
-                    self._fail(f"tensor-parallel worker rank {rank} exited with code {proc.exitcode} "
-                               f"during start-up")
+                    self._fail(f"tensor-parallel worker rank {rank} {_exit_status(proc.exitcode)} during start-up")
                 if time.monotonic() > deadline:
                     self._fail(f"tensor-parallel worker rank {rank} did not report {expected!r} within "
                                f"{STARTUP_TIMEOUT_S:.0f} s")
@@ -176,7 +175,7 @@ class Workers:
                 kind, payload = conn.recv()
             except EOFError:
                 proc.join(1.0)
-                self._fail(f"tensor-parallel worker rank {rank} exited with code {proc.exitcode} during start-up")
+                self._fail(f"tensor-parallel worker rank {rank} {_exit_status(proc.exitcode)} during start-up")
             if kind == "error":
                 self._fail(f"tensor-parallel worker rank {rank} failed during start-up:\n{payload}")
             assert kind == expected, (kind, expected)
@@ -215,7 +214,7 @@ class Workers:
                     pass
                 if detail is not None or not proc.is_alive():
                     proc.join(1.0)
-                    reasons.append(f"rank {rank} (exit code {proc.exitcode})" + (f":\n{detail}" if detail else ""))
+                    reasons.append(f"rank {rank} ({_exit_status(proc.exitcode)})" + (f":\n{detail}" if detail else ""))
             if reasons or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -234,6 +233,14 @@ class Workers:
     def shutdown(self) -> None:
         """Stop the workers and leave the process group (idempotent)."""
         self._finalizer()
+
+
+def _exit_status(code: Optional[int]) -> str:
+    if code is None:
+        return "still exiting"
+    if code < 0:  # SIGKILL without a traceback is most often the kernel's out-of-memory killer
+        return f"killed by signal {-code}" + (", perhaps out of memory" if code == -9 else "")
+    return f"exited with code {code}"
 
 
 def _stop_workers(procs: list, conns: list) -> None:

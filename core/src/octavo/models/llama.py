@@ -1,7 +1,8 @@
 """Llama family: Llama 2/3/3.1, SmolLM2, Mistral; Qwen2 and Qwen3 subclass it.
 
-Tensor parallelism (world size and rank from `platform.communicator`): attention heads and
-the MLP's intermediate features are split across ranks (see layers/attention.py); the
+Tensor parallelism (world size and rank from `platform.communicator`): attention heads (by
+kv-head group, see layers/attention.py) and the MLP's intermediate features are split across
+ranks, as evenly as the counts allow; the
 embedding, lm_head and norms are replicated, so every rank holds the whole residual stream
 and only rank 0's logits are used. `load_weights` slices each rank's shard out of the
 full checkpoint tensors.
@@ -14,7 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from octavo.layers.attention import Attention
+from octavo.layers.attention import Attention, even_split
 from octavo.layers.rotary import build_cos_sin_cache
 from octavo.platform import AttentionMetadata, Platform
 
@@ -24,12 +25,14 @@ def _param(*shape: int) -> nn.Parameter:
 
 
 class MLP(nn.Module):
-    def __init__(self, platform: Platform, hidden: int, intermediate: int, tp_size: int = 1) -> None:
+    def __init__(self, platform: Platform, hidden: int, intermediate: int, tp_rank: int = 0,
+                 tp_size: int = 1) -> None:
         super().__init__()
         self.platform = platform
         # column-parallel gate/up and row-parallel down: a rank's slice of the intermediate
         # features needs no communication until down_proj's partial sums are all-reduced
-        self.intermediate = intermediate // tp_size
+        self.total_intermediate = intermediate
+        self.inter_start, self.intermediate = even_split(intermediate, tp_size, tp_rank)
         self.gate_up_proj = _param(2 * self.intermediate, hidden)  # [gate; up] in one GEMM
         self.down_proj = _param(hidden, self.intermediate)
 
@@ -54,7 +57,7 @@ class DecoderLayer(nn.Module):
             qkv_bias=qkv_bias, qk_norm_eps=cfg.rms_norm_eps if qk_norm else None, sliding_window=window,
             tp_rank=tp_rank, tp_size=tp_size,
         )
-        self.mlp = MLP(platform, cfg.hidden_size, cfg.intermediate_size, tp_size)
+        self.mlp = MLP(platform, cfg.hidden_size, cfg.intermediate_size, tp_rank, tp_size)
         self.input_layernorm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
         self.post_attention_layernorm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
 
@@ -82,9 +85,6 @@ class LlamaForCausalLM(nn.Module):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.qkv_bias = bool(getattr(cfg, "attention_bias", self.qkv_bias)) or self.qkv_bias
         self.tp_size, self.tp_rank = platform.communicator.world_size, platform.communicator.rank
-        if cfg.intermediate_size % self.tp_size:
-            raise ValueError(f"tensor_parallel_size={self.tp_size} does not divide intermediate_size="
-                             f"{cfg.intermediate_size}; choose a divisor of it")
         self.embed_tokens = _param(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
             DecoderLayer(platform, cfg, self.head_dim, self.qkv_bias, self.qk_norm, self.tp_rank, self.tp_size)
@@ -134,13 +134,11 @@ class LlamaForCausalLM(nn.Module):
         layer = self.layers[int(parts[1])]
         attn = layer.self_attn
         rest = ".".join(parts[2:])
-        q, kv, inter, tp = attn.q_size, attn.kv_size, layer.mlp.intermediate, self.tp_size
-        hd = attn.head_dim
-        # slices of the full tensors: q heads and intermediate features in rank order; kv heads
-        # from kv_head_start, since ranks may share (replicate) them
-        q_src = (0, self.tp_rank * q, q * tp)
-        kv_src = (0, attn.kv_head_start * hd, attn.total_num_kv_heads * hd)
-        inter_src = (0, self.tp_rank * inter, inter * tp)
+        q, kv, inter, hd = attn.q_size, attn.kv_size, layer.mlp.intermediate, attn.head_dim
+        # this rank's slices of the full tensors (the whole tensors without tensor parallelism)
+        q_src = (0, attn.shard.q_start * hd, attn.total_num_heads * hd)
+        kv_src = (0, attn.shard.kv_start * hd, attn.total_num_kv_heads * hd)
+        inter_src = (0, layer.mlp.inter_start, layer.mlp.total_intermediate)
         table = {
             "self_attn.q_proj.weight": (attn.qkv_proj, (0, q), q_src),
             "self_attn.k_proj.weight": (attn.qkv_proj, (q, kv), kv_src),
