@@ -13,9 +13,10 @@ heads only), then loops:
 
 Why a pipe and not a broadcast over the process group: a worker waits for the next step
 for as long as the engine is idle (a server may idle for hours), and a collective would
-time out; a pipe blocks without a deadline, costs ~15 us a step for a decode batch and
-~60 us for a 2048-token prefill (see docs/architecture.md), and its end-of-file is how a
-worker learns that rank 0 is gone. The collectives inside the forward keep the process
+time out; a pipe blocks without a deadline, its end-of-file tells a worker that rank 0 is
+gone, and it was the cheaper of the two on a 2-core host (median ~0.25 ms a step against
+~1.1 ms for two gloo broadcasts, decode and 2048-token prefill alike; plugin-cpu/bench/
+tp_handoff.py, figures in docs/architecture.md). The collectives inside the forward keep the process
 group's timeout (`Platform.dist_timeout_s`), so a hung rank raises instead of hanging.
 
 Failure handling, the invariant being "no orphans, no silent hangs":
