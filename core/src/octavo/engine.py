@@ -86,7 +86,9 @@ class LLMEngine:
             if self.workers is not None:
                 self.workers.allocate_kv_cache(num_blocks)
                 self.runner.send_inputs = self.workers.send_step
-        except BaseException:
+        except BaseException as e:
+            if self.workers is not None:
+                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
             self.shutdown()
             raise
         cache = self.config.cache

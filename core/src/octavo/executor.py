@@ -202,7 +202,8 @@ class Workers:
         raise. Returns (for the caller to re-raise `cause`) when no worker failed."""
         if self._error is not None:
             raise self._error from cause
-        deadline = time.monotonic() + 2.0  # a crashing worker sends its traceback, then exits
+        # a crashing worker sends its traceback, then exits: give it a moment (not after ^C)
+        deadline = time.monotonic() + (2.0 if isinstance(cause, Exception) else 0.0)
         while True:
             reasons = []
             for rank, (proc, conn) in enumerate(zip(self._procs, self._conns), start=1):
@@ -224,12 +225,20 @@ class Workers:
                        + "; ".join(reasons), cause)
         self._error = WorkerError(f"an earlier step failed on rank 0 ({cause!r}) and left the tensor-parallel "
                                   "ranks out of step; restart the engine")
-        self.shutdown()
+        self._kill()
 
     def _fail(self, message: str, cause: Optional[BaseException] = None) -> None:
         self._error = WorkerError(message)
-        self.shutdown()
+        self._kill()
         raise self._error from cause
+
+    def _kill(self) -> None:
+        """Stop the workers without asking: after a failure they may be waiting in a
+        collective for a rank that will never join it, and would not read a stop message."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        self.shutdown()
 
     def shutdown(self) -> None:
         """Stop the workers and leave the process group (idempotent)."""
