@@ -85,6 +85,9 @@ class FakeEngine:
             raise ValueError(f"{len(ids)} + {params.max_tokens} tokens exceed {self.model_config.max_model_len}")
         self.waiting.append(_FakeReq(request_id, ids, params))
 
+    def shutdown(self) -> None:
+        self._touch()
+
     def abort_request(self, request_ids) -> None:
         self._touch()
         ids = set([request_ids] if isinstance(request_ids, str) else request_ids)

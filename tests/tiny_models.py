@@ -44,11 +44,12 @@ def tiny_config(arch: str):
     raise ValueError(arch)
 
 
-def make_tiny_model(arch: str, path: str) -> str:
+def make_tiny_model(arch: str, path: str, config=None) -> str:
+    """Save a random-weight model of `arch` (or of `config`, a variant of tiny_config(arch))."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(hash(arch) % 1000)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config or tiny_config(arch), dtype=torch.float32)
     with torch.no_grad():  # give norms some spread too, so a misplaced norm weight shows
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -272,7 +272,9 @@ class AsyncLLMEngine:
             self._stop = True
             self._cv.notify()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, timeout)
+            await asyncio.to_thread(self._thread.join, timeout)  # the thread shuts the engine down
+        else:
+            self.engine.shutdown()  # stops tensor-parallel workers
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight (graceful drain); False on timeout."""
@@ -325,6 +327,8 @@ class AsyncLLMEngine:
                 self._loop.call_soon_threadsafe(self._on_dead, e, futs)
             except RuntimeError:  # the loop is closed: nobody left to tell
                 pass
+        finally:
+            engine.shutdown()  # stopped or dead, it steps no more: stop tensor-parallel workers
 
     def _apply(self, commands: list[tuple], live: set[str]) -> None:
         engine = self.engine

@@ -10,6 +10,7 @@ from typing import Optional, Union
 from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.engine_args import EngineArgs
+from octavo.executor import start_workers
 from octavo.loader.source import load_tokenizer
 from octavo.model_runner import ModelRunner
 from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
@@ -76,9 +77,20 @@ class LLMEngine:
         self.config, self.platform, source = args.create_config()
         self.model_config = self.config.model
         self.tokenizer = load_tokenizer(source, args.tokenizer)
-        self.runner = ModelRunner(self.config, self.platform, source)
-        num_blocks = self._num_kv_blocks()
-        self.runner.allocate_kv_cache(num_blocks)
+        # tensor parallelism: ranks 1.. start and load their shards while this process loads rank 0's
+        self.workers = start_workers(self.config, self.platform, source)
+        try:
+            self.runner = ModelRunner(self.config, self.platform, source)
+            num_blocks = self._num_kv_blocks()  # every rank holds its share of the heads in as many blocks
+            self.runner.allocate_kv_cache(num_blocks)
+            if self.workers is not None:
+                self.workers.allocate_kv_cache(num_blocks)
+                self.runner.send_inputs = self.workers.send_step
+        except BaseException as e:
+            if self.workers is not None:
+                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
+            self.shutdown()
+            raise
         cache = self.config.cache
         self.block_manager = BlockManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         sc = self.config.scheduler
@@ -98,6 +110,12 @@ class LLMEngine:
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
         return cls(args)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (idempotent; garbage collection and
+        interpreter exit do it too). The engine cannot step afterwards."""
+        if getattr(self, "workers", None) is not None:
+            self.workers.shutdown()
 
     def _num_kv_blocks(self) -> int:
         cache = self.config.cache
@@ -243,7 +261,12 @@ class LLMEngine:
             if s.sample:
                 p = s.sampling_params
                 pending[s.request_id] = (len(s.all_token_ids) - s.num_prompt_tokens) < p.min_tokens
-        step_out = self.runner.execute(sched_out, pending, before_sync=process_previous)
+        try:
+            step_out = self.runner.execute(sched_out, pending, before_sync=process_previous)
+        except BaseException as e:
+            if self.workers is not None:
+                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
+            raise
         for rid, (first, entries) in step_out.prompt_logprobs.items():
             group = self.group_of.get(rid)
             # n > 1 samples share one prompt: take the first sample's

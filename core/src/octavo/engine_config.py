@@ -8,6 +8,7 @@ import torch
 
 from octavo.config import (CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
                            parse_dtype, parse_size)
+from octavo.layers.attention import shard_heads
 from octavo.loader.source import ModelSource, load_hf_config, resolve_model_source
 from octavo.platform import Platform, resolve_platform
 
@@ -19,6 +20,22 @@ def _checkpoint_dtype(hf_config) -> torch.dtype | None:
     if isinstance(d, str):
         return parse_dtype(d) if d != "auto" else None
     return d if isinstance(d, torch.dtype) else None
+
+
+def _check_tensor_parallel(tp: int, hf_config, platform: Platform) -> None:
+    """Refuse, before any worker starts, a tensor-parallel size the model or host cannot take."""
+    if tp < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {tp}")
+    if tp == 1:
+        return
+    heads = hf_config.num_attention_heads
+    shard_heads(heads, getattr(hf_config, "num_key_value_heads", None) or heads, tp, 0)
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_backend_available(platform.dist_backend):
+        raise ValueError(f"tensor_parallel_size={tp} needs torch.distributed with the {platform.dist_backend!r} "
+                         f"backend (device {platform.name!r}), which this torch build lacks; use "
+                         "tensor_parallel_size=1")
 
 
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
@@ -47,8 +64,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     batched_tokens = args.max_num_batched_tokens or platform.default_max_num_batched_tokens
     if args.max_num_seqs < 1 or batched_tokens < 1:
         raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
-    if args.tensor_parallel_size != 1:
-        raise ValueError("tensor_parallel_size > 1 is not supported yet; use 1")
+    _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
     err = platform.attention.check_config(
         head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads,
         block_size=args.block_size, dtype=dtype)

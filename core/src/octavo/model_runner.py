@@ -73,6 +73,8 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.block_size = config.cache.block_size
         self.graph_runner: Optional[GraphRunner] = None
+        # tensor parallelism: hands each step's inputs to the other ranks (octavo.executor)
+        self.send_inputs: Optional[Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], None]] = None
         # accelerators measure a forward at the largest token budget before the KV cache is
         # sized (the default platform hook does not run it)
         self.platform.profile_memory(self.profile_run)
@@ -240,6 +242,14 @@ class ModelRunner:
             ])
         return result
 
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Hidden states of one flat batch (every tensor-parallel rank runs it; call it in
+        inference mode)."""
+        hidden = self.graph_runner.run(ids, pos, meta) if self.graph_runner is not None else None
+        if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
+            hidden = self.model(ids, pos, self.kv_caches, meta)
+        return hidden
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None,
                 before_sync: Optional[Callable[[], None]] = None) -> StepOutput:
@@ -248,9 +258,9 @@ class ModelRunner:
         rows = [i for i, s in enumerate(out.scheduled) if s.sample]
         # `last` is uploaded with the inputs: an upload queued behind the forward would wait for it
         ids, pos, meta, last = self._prepare(out, rows)
-        hidden = self.graph_runner.run(ids, pos, meta) if self.graph_runner is not None else None
-        if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
-            hidden = self.model(ids, pos, self.kv_caches, meta)
+        if self.send_inputs is not None:
+            self.send_inputs(ids, pos, meta)
+        hidden = self.forward(ids, pos, meta)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu)

@@ -1,11 +1,80 @@
-"""Self-attention over the paged KV cache (q/k/v projection, rotary, platform attention)."""
+"""Self-attention over the paged KV cache (q/k/v projection, rotary, platform attention).
+
+With tensor parallelism (Megatron style) each rank holds a slice of the heads: qkv_proj is
+column-parallel (its q heads and the kv heads they read), o_proj row-parallel, and the
+partial o_proj outputs are summed by the communicator's all_reduce.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from octavo.platform import AttentionMetadata, Platform
+
+
+@dataclass(frozen=True)
+class HeadShard:
+    """One rank's heads: q heads [q_start, q_start + num_heads), kv heads
+    [kv_start, kv_start + num_kv_heads) of the checkpoint's."""
+
+    q_start: int
+    num_heads: int
+    kv_start: int
+    num_kv_heads: int
+
+
+def even_split(n: int, parts: int, index: int) -> tuple[int, int]:
+    """(start, count) of part `index` when n items are cut into `parts` near-equal runs,
+    the first n % parts runs one longer."""
+    base, extra = divmod(n, parts)
+    return index * base + min(index, extra), base + (index < extra)
+
+
+def valid_tp_sizes(num_heads: int, num_kv_heads: int) -> list[int]:
+    return [t for t in range(1, num_heads + 1) if _shard_error(num_heads, num_kv_heads, t) is None]
+
+
+def _shard_error(num_heads: int, num_kv_heads: int, tp_size: int) -> str | None:
+    group = num_heads // num_kv_heads
+    if tp_size <= num_kv_heads:
+        return None
+    if tp_size % num_kv_heads:
+        return f"{tp_size} ranks cannot share {num_kv_heads} key/value heads evenly"
+    if group % (tp_size // num_kv_heads):
+        return (f"the {group} query heads of each key/value head cannot be split over "
+                f"{tp_size // num_kv_heads} ranks")
+    return None
+
+
+def shard_heads(num_heads: int, num_kv_heads: int, tp_size: int, tp_rank: int) -> HeadShard:
+    """Which heads rank `tp_rank` of `tp_size` holds, or ValueError naming the sizes that work.
+
+    A kv head and the q heads that read it (GQA) always stay on one rank. With at least as
+    many kv heads as ranks, the kv heads are dealt out in near-equal runs: an uneven count
+    (SmolLM2: 3 kv heads over 2 ranks) gives the first ranks one more, and more attention
+    work; the all_reduce of o_proj's partial sums does not care. With fewer kv heads than
+    ranks, each kv head is replicated on tp_size // num_kv_heads consecutive ranks (vLLM's
+    scheme), which split its q heads evenly.
+    """
+    if num_heads % num_kv_heads:
+        raise ValueError(f"the model has {num_heads} attention heads, not a multiple of its "
+                         f"{num_kv_heads} key/value heads")
+    why = _shard_error(num_heads, num_kv_heads, tp_size)
+    if why is not None:
+        raise ValueError(
+            f"tensor_parallel_size={tp_size} cannot split this model's {num_heads} attention heads and "
+            f"{num_kv_heads} key/value heads: {why}; use one of {valid_tp_sizes(num_heads, num_kv_heads)}")
+    group = num_heads // num_kv_heads
+    if tp_size <= num_kv_heads:
+        kv_start, kv_count = even_split(num_kv_heads, tp_size, tp_rank)
+        return HeadShard(kv_start * group, kv_count * group, kv_start, kv_count)
+    per_head = tp_size // num_kv_heads  # ranks sharing one kv head
+    kv_start = tp_rank // per_head
+    q_count = group // per_head
+    return HeadShard(kv_start * group + (tp_rank % per_head) * q_count, q_count, kv_start, 1)
 
 
 class Attention(nn.Module):
@@ -19,14 +88,19 @@ class Attention(nn.Module):
         qkv_bias: bool = False,
         qk_norm_eps: float | None = None,
         sliding_window: int | None = None,
+        tp_rank: int = 0,
+        tp_size: int = 1,
     ) -> None:
         super().__init__()
         self.platform = platform
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
+        # this rank's heads (all of them without tensor parallelism); load_weights reads
+        # `shard` to slice them out of the checkpoint's q/k/v/o tensors
+        self.shard = shard_heads(num_heads, num_kv_heads, tp_size, tp_rank)
+        self.total_num_heads, self.total_num_kv_heads = num_heads, num_kv_heads
+        self.num_heads, self.num_kv_heads = self.shard.num_heads, self.shard.num_kv_heads
         self.head_dim = head_dim
-        self.q_size = num_heads * head_dim
-        self.kv_size = num_kv_heads * head_dim
+        self.q_size = self.num_heads * head_dim
+        self.kv_size = self.num_kv_heads * head_dim
         self.scale = head_dim**-0.5
         self.sliding_window = sliding_window
         # q, k and v in one GEMM: [q; k; v] rows, loaded shard by shard

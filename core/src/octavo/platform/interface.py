@@ -215,10 +215,14 @@ class Platform:
     #: prefill GEMMs run at the device's full rate, small enough that decodes sharing a
     #: step with a prefill chunk are not held up long
     default_max_num_batched_tokens: ClassVar[int] = 2048
+    #: how long a collective waits for a peer before raising (a hung rank must not hang all)
+    dist_timeout_s: float = 600.0
 
     def __init__(self) -> None:
         self.attention: AttentionBackend = self.make_attention_backend()
         self.communicator: Communicator = Communicator()
+        #: this process's device index on the host (its tensor-parallel rank; set by init_communicator)
+        self.local_rank = 0
 
     # ---- identity and fitness -------------------------------------------------
     @classmethod
@@ -229,7 +233,10 @@ class Platform:
     def device_props(self) -> DeviceProps:
         return DeviceProps(name=self.name, memory_total_bytes=0, memory_free_bytes=0)
 
-    def torch_device(self, local_rank: int = 0) -> torch.device:
+    def torch_device(self, local_rank: int | None = None) -> torch.device:
+        """The device of rank `local_rank` (default: this process's, `self.local_rank`)."""
+        if local_rank is None:
+            local_rank = self.local_rank
         if self.device_type == "cpu":
             return torch.device("cpu")
         return torch.device(self.device_type, local_rank)
@@ -316,13 +323,21 @@ class Platform:
         return int(config.cache.kv_cache_memory)
 
     def init_communicator(self, world_size: int, rank: int, init_method: str) -> Communicator:
+        """Join the process group of a tensor-parallel run (one process per rank, all on this
+        host, so rank = local_rank = device index). A collective that waits longer than
+        `dist_timeout_s` for a peer raises instead of hanging. Plugins that override this (to
+        pick the device first, or to split host cores between ranks) call super()."""
+        self.local_rank = rank
         if world_size == 1:
             self.communicator = Communicator()
             return self.communicator
+        import datetime
+
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group(self.dist_backend, init_method=init_method, world_size=world_size, rank=rank)
+            dist.init_process_group(self.dist_backend, init_method=init_method, world_size=world_size, rank=rank,
+                                    timeout=datetime.timedelta(seconds=self.dist_timeout_s))
         self.communicator = TorchDistributedCommunicator()
         return self.communicator
 

@@ -1,0 +1,329 @@
+"""Tensor parallelism on one host: worker processes for ranks 1..tp-1, driven by rank 0.
+
+Rank 0 is the engine's own process: it schedules, prepares each step's inputs, samples and
+detokenizes. Every other rank is a process started here (torch.multiprocessing, spawn) that
+builds the same `ModelRunner` over its shard of the weights and its own KV cache (its kv
+heads only), then loops:
+
+    rank 0                                   worker (rank r)
+    ModelRunner._prepare(SchedulerOutput)
+    send StepInputs over the rank's pipe  -> recv StepInputs, rebuild the tensors
+    ModelRunner.forward  <-- all_reduce over the process group -->  ModelRunner.forward
+    sample (rank 0 only)                     (its hidden states are dropped)
+
+Why a pipe and not a broadcast over the process group: a worker waits for the next step
+for as long as the engine is idle (a server may idle for hours), and a collective would
+time out; a pipe blocks without a deadline, its end-of-file tells a worker that rank 0 is
+gone, and it was the cheaper of the two on a 2-core host (median ~0.25 ms a step against
+~1.1 ms for two gloo broadcasts, decode and 2048-token prefill alike; plugin-cpu/bench/
+tp_handoff.py, figures in docs/architecture.md). The collectives inside the forward keep the process
+group's timeout (`Platform.dist_timeout_s`), so a hung rank raises instead of hanging.
+
+Failure handling, the invariant being "no orphans, no silent hangs":
+* a worker exits when its pipe reports end-of-file or multiprocessing's parent sentinel
+  fires (rank 0 exited or was killed), and is a daemon process (reaped at normal exit);
+* a worker's exception is sent back over its pipe before it exits; rank 0 checks the
+  workers after any failed step (a dead peer makes the all_reduce raise) and raises
+  `WorkerError` with the worker's traceback; the engine is unusable from then on;
+* start-up waits for each worker with a deadline and watches that it is still alive.
+
+A user script that creates an engine with tensor_parallel_size > 1 must guard its entry
+point with `if __name__ == "__main__":`: spawn re-imports the main module in each worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from octavo.platform import AttentionMetadata
+
+logger = logging.getLogger("octavo")
+
+#: how long start-up waits for a worker to load its shard and allocate its KV cache
+STARTUP_TIMEOUT_S = 600.0
+#: how long shutdown waits for a worker to exit before killing it
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class WorkerError(RuntimeError):
+    """A tensor-parallel worker failed or exited; the engine cannot go on."""
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """Rank 0 -> workers: one step's forward inputs on the host (what `ModelRunner._prepare`
+    built: token ids, positions and the attention metadata)."""
+
+    input_ids: np.ndarray  # int64 [T]
+    positions: np.ndarray  # int64 [T]
+    slot_mapping: np.ndarray  # int64 [T]
+    query_start_loc: np.ndarray  # int32 [B + 1]
+    seq_lens: np.ndarray  # int32 [B]
+    block_tables: np.ndarray  # int32 [B, max_blocks]
+    max_query_len: int
+    max_seq_len: int
+    num_decodes: int
+
+    @classmethod
+    def from_tensors(cls, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> "StepInputs":
+        def host(t: torch.Tensor) -> np.ndarray:
+            return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
+
+        return cls(host(ids), host(pos), host(meta.slot_mapping), host(meta.query_start_loc),
+                   host(meta.seq_lens), host(meta.block_tables), meta.max_query_len, meta.max_seq_len,
+                   meta.num_decodes)
+
+    def to_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device)
+
+        meta = AttentionMetadata(
+            query_start_loc=dev(self.query_start_loc), seq_lens=dev(self.seq_lens),
+            block_tables=dev(self.block_tables), slot_mapping=dev(self.slot_mapping),
+            max_query_len=self.max_query_len, max_seq_len=self.max_seq_len,
+            query_start_loc_cpu=self.query_start_loc.tolist(), seq_lens_cpu=self.seq_lens.tolist(),
+            num_decodes=self.num_decodes,
+        )
+        return dev(self.input_ids), dev(self.positions), meta
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_workers(config, platform, source) -> Optional["Workers"]:
+    """Start ranks 1..tp-1 and join the process group with them as rank 0; None when
+    tensor_parallel_size is 1. Call before building rank 0's ModelRunner: the workers load
+    their shards meanwhile."""
+    tp_size = config.parallel.tensor_parallel_size
+    if tp_size == 1:
+        return None
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise RuntimeError(
+            "torch.distributed is already initialized in this process (another tensor-parallel engine, or "
+            "the caller's own process group); shut the other engine down first (LLM.shutdown()), or run this "
+            "one in its own process")
+    workers = Workers(platform, tp_size)
+    try:
+        workers.start(config, source)
+    except BaseException:
+        workers.shutdown()
+        raise
+    return workers
+
+
+class Workers:
+    """Rank 0's handle on the worker processes: start, hand out steps, check, stop."""
+
+    def __init__(self, platform, tp_size: int) -> None:
+        self.tp_size = tp_size
+        self._platform = platform
+        self._error: Optional[WorkerError] = None
+        self._procs: list[Any] = []
+        self._conns: list[Any] = []
+        # whatever happens to this object (shutdown, garbage collection, interpreter exit), the
+        # workers and the process group go with it; the finalizer holds no reference to self
+        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns)
+
+    def start(self, config, source) -> None:
+        """Spawn the workers and join the process group with them."""
+        ctx = torch.multiprocessing.get_context("spawn")
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        for rank in range(1, self.tp_size):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, name=f"octavo-tp{rank}", daemon=True,
+                               args=(rank, self.tp_size, init_method, config, source, there))
+            proc.start()
+            there.close()  # the worker holds that end: its exit makes our reads hit EOF
+            self._procs.append(proc)
+            self._conns.append(here)
+        self._wait_all("joining")  # each worker is about to join: now rank 0 may block in init
+        self._platform.init_communicator(self.tp_size, 0, init_method)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Size the workers' KV caches like rank 0's and wait until they are ready to step."""
+        for conn in self._conns:
+            conn.send(("kv", num_blocks))
+        self._wait_all("ready")
+        logger.info("tensor parallel: %d ranks ready", self.tp_size)
+
+    def _wait_all(self, expected: str) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        for rank, (proc, conn) in enumerate(zip(self._procs, self._conns), start=1):
+            while not conn.poll(0.1):
+                if not proc.is_alive():
+                    self._fail(f"tensor-parallel worker rank {rank} {_exit_status(proc.exitcode)} during start-up")
+                if time.monotonic() > deadline:
+                    self._fail(f"tensor-parallel worker rank {rank} did not report {expected!r} within "
+                               f"{STARTUP_TIMEOUT_S:.0f} s")
+            try:
+                kind, payload = conn.recv()
+            except EOFError:
+                proc.join(1.0)
+                self._fail(f"tensor-parallel worker rank {rank} {_exit_status(proc.exitcode)} during start-up")
+            if kind == "error":
+                self._fail(f"tensor-parallel worker rank {rank} failed during start-up:\n{payload}")
+            assert kind == expected, (kind, expected)
+
+    # ---- per step ---------------------------------------------------------------------------
+    def send_step(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> None:
+        """Hand this step's inputs to every worker (ModelRunner calls it before its forward)."""
+        if self._error is not None:
+            raise self._error
+        msg = StepInputs.from_tensors(ids, pos, meta)
+        try:
+            for conn in self._conns:
+                conn.send(msg)
+        except OSError as e:  # BrokenPipeError: the worker is gone
+            self.step_failed(e)
+            raise
+
+    def step_failed(self, cause: BaseException) -> None:
+        """A step raised on rank 0 (`cause`). A dead or failing worker makes rank 0's
+        all_reduce raise, so look for one (its traceback comes over its pipe) and raise
+        WorkerError naming it. Either way the ranks may now be at different points of the
+        forward, so the engine cannot step again: the workers are stopped and later steps
+        raise. Returns (for the caller to re-raise `cause`) when no worker failed."""
+        if self._error is not None:
+            raise self._error from cause
+        # a crashing worker sends its traceback, then exits: give it a moment (not after ^C)
+        deadline = time.monotonic() + (2.0 if isinstance(cause, Exception) else 0.0)
+        while True:
+            reasons = []
+            for rank, (proc, conn) in enumerate(zip(self._procs, self._conns), start=1):
+                detail = None
+                try:
+                    if conn.poll(0):
+                        kind, payload = conn.recv()
+                        detail = payload if kind == "error" else None
+                except (EOFError, OSError):
+                    pass
+                if detail is not None or not proc.is_alive():
+                    proc.join(1.0)
+                    reasons.append(f"rank {rank} ({_exit_status(proc.exitcode)})" + (f":\n{detail}" if detail else ""))
+            if reasons or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if reasons:
+            self._fail("a tensor-parallel worker failed, the engine cannot continue; restart it. Worker "
+                       + "; ".join(reasons), cause)
+        self._error = WorkerError(f"an earlier step failed on rank 0 ({cause!r}) and left the tensor-parallel "
+                                  "ranks out of step; restart the engine")
+        self._kill()
+
+    def _fail(self, message: str, cause: Optional[BaseException] = None) -> None:
+        self._error = WorkerError(message)
+        self._kill()
+        raise self._error from cause
+
+    def _kill(self) -> None:
+        """Stop the workers without asking: after a failure they may be waiting in a
+        collective for a rank that will never join it, and would not read a stop message."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the workers and leave the process group (idempotent)."""
+        self._finalizer()
+
+
+def _exit_status(code: Optional[int]) -> str:
+    if code is None:
+        return "still exiting"
+    if code < 0:  # SIGKILL without a traceback is most often the kernel's out-of-memory killer
+        return f"killed by signal {-code}" + (", perhaps out of memory" if code == -9 else "")
+    return f"exited with code {code}"
+
+
+def _stop_workers(procs: list, conns: list) -> None:
+    for conn in conns:
+        try:
+            conn.send(None)  # the stop message
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+    for conn in conns:
+        conn.close()
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # the group of these workers: one tensor-parallel engine per process
+        dist.destroy_process_group()
+
+
+# ---- the worker process ------------------------------------------------------------------------
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as rank 0's process is gone, even mid-collective (where a
+    pipe's end-of-file would go unseen)."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="octavo-parent-watch", daemon=True).start()
+
+
+def _worker_main(rank: int, tp_size: int, init_method: str, config, source, conn) -> None:
+    # ^C in a terminal reaches every process of the group; rank 0 alone decides what it means
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    try:
+        from octavo.model_runner import ModelRunner
+        from octavo.platform import resolve_platform
+
+        platform = resolve_platform(config.device)
+        platform.check_and_update_config(config)
+        conn.send(("joining", None))
+        platform.init_communicator(tp_size, rank, init_method)
+        runner = ModelRunner(config, platform, source)
+        kind, num_blocks = conn.recv()
+        assert kind == "kv", kind
+        runner.allocate_kv_cache(num_blocks)
+        conn.send(("ready", None))
+        with torch.inference_mode():
+            while True:
+                msg = conn.recv()
+                if msg is None:
+                    break
+                runner.forward(*msg.to_tensors(runner.device))
+    except EOFError:
+        pass  # rank 0 is gone
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+        raise SystemExit(1)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
