@@ -82,9 +82,10 @@ class LLMEngine:
         try:
             self.runner = ModelRunner(self.config, self.platform, source)
             num_blocks = self._num_kv_blocks()  # every rank holds its share of the heads in as many blocks
-            self.runner.allocate_kv_cache(num_blocks)
-            if self.workers is not None:
-                self.workers.allocate_kv_cache(num_blocks)
+            if self.workers is None:
+                self.runner.allocate_kv_cache(num_blocks)
+            else:
+                self.workers.allocate_kv_cache(num_blocks, self.runner.allocate_kv_cache)
                 self.runner.send_inputs = self.workers.send_step
         except BaseException as e:
             if self.workers is not None:

@@ -42,7 +42,7 @@ import time
 import traceback
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -156,10 +156,13 @@ class Workers:
         self._wait_all("joining")  # each worker is about to join: now rank 0 may block in init
         self._platform.init_communicator(self.tp_size, 0, init_method)
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Size the workers' KV caches like rank 0's and wait until they are ready to step."""
+    def allocate_kv_cache(self, num_blocks: int, allocate_here: Callable[[int], None]) -> None:
+        """Size every rank's KV cache alike and wait until the workers are ready to step.
+        Rank 0 allocates (`allocate_here`) while the workers do: start-up warm-up and graph
+        capture run forwards whose all-reduces need every rank."""
         for conn in self._conns:
             conn.send(("kv", num_blocks))
+        allocate_here(num_blocks)
         self._wait_all("ready")
         logger.info("tensor parallel: %d ranks ready", self.tp_size)
 

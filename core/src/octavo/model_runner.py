@@ -89,7 +89,7 @@ class ModelRunner:
         m = self.model
         shape = self.platform.attention.kv_cache_shape(num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
         self.kv_caches = [self.platform.allocate_kv_cache(shape, self.dtype) for _ in m.layers]
-        self.warmup()
+        self.platform.warm_up(self.warmup)
         self.graph_runner = None
         if not self.config.enforce_eager and self.platform.graph_capture_supported():
             self.graph_runner = GraphRunner(

@@ -116,6 +116,10 @@ class CudaPlatform(Platform):
         return kv_cache_budget_bytes(config, torch.device("cuda", torch.cuda.current_device()),
                                      self.profiled_activation_bytes)
 
+    def warm_up(self, forward) -> None:
+        """Triton compiles each kernel variant on first use (seconds each): do it now."""
+        forward()
+
     # ---- CUDA graphs (decode steps; see octavo.graph_runner) ------------------------------
     def graph_capture_supported(self) -> bool:
         return True

@@ -351,6 +351,14 @@ class Platform:
         device memory runs it while watching its own peak-memory counter and uses the peak in
         `kv_cache_budget_bytes`. The default does not call it (fixed-size caches)."""
 
+    def warm_up(self, forward: Callable[[], Any]) -> None:
+        """Called once after the KV cache is allocated, with a callable that runs a few small
+        forwards over the batch shapes serving meets (long and short decodes, prefill chunks).
+        A platform whose kernels compile on first use (Triton, other JITs) runs it, so the
+        compiles happen at start-up rather than in the middle of the first requests. The
+        default does not call it. Under tensor parallelism every rank must decide alike:
+        the forwards run collectives."""
+
     def graph_capture_supported(self) -> bool:
         """Whether `capture_graph` works here. The runner then captures decode steps
         (see octavo.graph_runner) unless enforce_eager is set."""
