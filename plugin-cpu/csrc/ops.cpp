@@ -196,7 +196,14 @@ PYBIND11_MODULE(_C, m) {
       "rotary",
       [](uintptr_t q, int64_t q_stride_t, int64_t q_stride_h, int num_q_heads, uintptr_t k, int64_t k_stride_t,
          int64_t k_stride_h, int num_k_heads, uintptr_t positions, int64_t num_tokens, uintptr_t cos_sin,
-         int64_t cs_stride, int rot_dim, int dtype, int num_threads) {
+         int64_t cs_stride, int64_t max_pos, int rot_dim, int dtype, int num_threads) {
+        // the kernel indexes the table with these: a bad position must raise, not read
+        // past the table (index_select raises too)
+        const int64_t* pos = ptr<const int64_t>(positions);
+        for (int64_t t = 0; t < num_tokens; ++t)
+          if (pos[t] < 0 || pos[t] >= max_pos)
+            throw py::index_error("rotary: position " + std::to_string(pos[t]) + " is outside the cos/sin table of " +
+                                  std::to_string(max_pos) + " positions");
         RotaryArgs a{};
         a.q = ptr<void>(q);
         a.q_stride_t = q_stride_t;

@@ -184,7 +184,7 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_ca
         else positions.to(torch.int64).contiguous()
     _C.rotary(q.data_ptr(), q.stride(0), q.stride(1), q.shape[1], k.data_ptr(), k.stride(0), k.stride(1),
               k.shape[1], pos.data_ptr(), pos.shape[0], cos_sin_cache.data_ptr(), cos_sin_cache.stride(0),
-              rot_dim, _code(q, "q"), torch.get_num_threads())
+              cos_sin_cache.shape[0], rot_dim, _code(q, "q"), torch.get_num_threads())
     return q, k
 
 
