@@ -148,7 +148,7 @@ constexpr int kR = 4, kMB = 2;  // 8 + 2 + 1 of 16 ymm
 constexpr int kR = 2, kMB = 2;  // each V is two SSE registers
 #endif
 #ifndef OCTAVO_GEMV_PF
-#define OCTAVO_GEMV_PF 0  // software prefetch distance in row tiles (0: the hardware's alone)
+#define OCTAVO_GEMV_PF 4  // software prefetch distance in row tiles (0: the hardware's alone)
 #endif
 
 // R rows of w times MB rows of x (fp32, row stride xs), the fp32 sums into out[m * R + r].

@@ -155,7 +155,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     n = weight.shape[0]
     assert weight.dim() == 2 and weight.shape[1] == k, f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}"
     assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype), "x, weight and bias share one dtype"
-    x2 = x.reshape(-1, k)
+    # called ~120 times a decode step: 2-D x (what the layers pass) skips the reshapes
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     if weight.stride(-1) != 1:
@@ -165,10 +166,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         assert bias.shape == (n,)
         bias = bias.contiguous()
         bias_ptr = bias.data_ptr()
-    y = torch.empty(x2.shape[0], n, dtype=x.dtype)
+    m = x2.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype)
     _C.linear(y.data_ptr(), n, x2.data_ptr(), x2.stride(0), weight.data_ptr(), weight.stride(0), bias_ptr,
-              x2.shape[0], n, k, _code(x, "x"), torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+              m, n, k, _code(x, "x"), torch.get_num_threads())
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor):

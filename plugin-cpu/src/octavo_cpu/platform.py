@@ -19,7 +19,7 @@ from octavo_cpu.attention import CpuAttention
 
 
 # Rows of x up to which CpuPlatform.linear takes the native GEMV, per dtype.
-_LINEAR_MAX_ROWS = {torch.bfloat16: 8, torch.float32: 4}
+_LINEAR_MAX_ROWS = {torch.bfloat16: 8, torch.float32: 8}
 
 
 def _cpu_flags() -> set[str]:
