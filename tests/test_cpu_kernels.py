@@ -244,3 +244,134 @@ def test_threads(isa, threads, seqs):
         torch.set_num_threads(saved)
     torch.testing.assert_close(out.float(), want, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(normed.float(), ref.rms_norm(x, w, 1e-6).float(), atol=2e-2, rtol=2e-2)
+
+
+# ---- dense per-token kernels: linear (small M), rotary, silu_and_mul ----------------------
+
+def _bf16_tol(ref: torch.Tensor, dtype) -> dict:
+    """Tolerance for one rounding of the output to dtype (bf16: 8 significant bits, so
+    relative 2^-8), plus a little for summation order; fp32 sums of a few hundred terms
+    differ from torch's by ~1e-6 relative."""
+    if dtype == torch.bfloat16:
+        return dict(atol=1e-2, rtol=2**-7)
+    return dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16])
+@pytest.mark.parametrize("k, n", [(576, 960), (64, 33), (37, 13), (1536, 7), (100, 129)],
+                         ids=["qkv", "n33", "odd", "down-tail", "k100"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_linear(isa, dtype, m, k, n, bias):
+    """fp32 math on the same (bf16-rounded) inputs is the reference; tails over N (tiles of
+    rows), K (vector width, odd for the bf16 pairs) and M (token groups)."""
+    g = torch.Generator().manual_seed(10 + m)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    w = (torch.randn(n, k, generator=g) * k**-0.5).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    got = _native.linear(x, w, b)
+    want = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    assert got.dtype == dtype and got.shape == (m, n)
+    torch.testing.assert_close(got.float(), want, **_bf16_tol(want, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_linear_strided_rows_and_batch_dims(isa, dtype):
+    """x as a view whose rows are strided (a slice of a wider tensor), and [B, T, K] input."""
+    g = torch.Generator().manual_seed(11)
+    wide = torch.randn(6, 200, generator=g).to(dtype)
+    x = wide[:, 10:110]  # row stride 200
+    w = (torch.randn(70, 100, generator=g) * 0.1).to(dtype)
+    want = torch.nn.functional.linear(x.float(), w.float())
+    torch.testing.assert_close(_native.linear(x, w).float(), want, **_bf16_tol(want, dtype))
+    x3 = torch.randn(2, 3, 100, generator=g).to(dtype)
+    got = _native.linear(x3, w)
+    assert got.shape == (2, 3, 70)
+    want = torch.nn.functional.linear(x3.float(), w.float())
+    torch.testing.assert_close(got.float(), want, **_bf16_tol(want, dtype))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_linear_threads(isa, threads):
+    """Rows split over threads, with a count that leaves the last range short."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 96, generator=g).to(torch.bfloat16)
+    w = (torch.randn(1001, 96, generator=g) * 0.1).to(torch.bfloat16)
+    want = torch.nn.functional.linear(x.float(), w.float())
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = _native.linear(x, w)
+    finally:
+        torch.set_num_threads(saved)
+    torch.testing.assert_close(got.float(), want, **_bf16_tol(want, torch.bfloat16))
+
+
+def _qkv_views(tokens, num_heads, num_kv_heads, head_dim, dtype, seed):
+    """q, k as the attention layer makes them: views into one fused qkv row per token."""
+    g = torch.Generator().manual_seed(seed)
+    qs, kvs = num_heads * head_dim, num_kv_heads * head_dim
+    qkv = torch.randn(tokens, qs + 2 * kvs, generator=g).to(dtype)
+    q, k, v = qkv.split([qs, kvs, kvs], dim=-1)
+    return qkv, q.reshape(tokens, num_heads, head_dim), k.reshape(tokens, num_kv_heads, head_dim), v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("head_dim, rot_dim", [(64, 64), (128, 128), (80, 80), (64, 32), (128, 64), (96, 24)],
+                         ids=["64", "128", "80", "64-partial", "128-partial", "96-partial-tail"])
+@pytest.mark.parametrize("tokens", [1, 7, 300])  # 300: enough work for threads
+def test_rotary_in_place(isa, dtype, head_dim, rot_dim, tokens):
+    """Bit-exact with the core's default (same fp32 products and sums, one rounding), in place
+    through the strided views of a fused qkv tensor; v and the unrotated tail stay as they were."""
+    from octavo_plugin_kit.inputs import make_cos_sin_cache
+
+    qkv, q, k, v = _qkv_views(tokens, 9, 3, head_dim, dtype, seed=13)
+    max_pos = 4096
+    cache = make_cos_sin_cache(rot_dim, max_pos, base=10000.0)
+    positions = torch.randint(0, max_pos, (tokens,), generator=torch.Generator().manual_seed(14))
+    positions[0] = max_pos - 1
+    want_q, want_k = Platform.rotary(CpuPlatform(), q.clone(), k.clone(), positions, cache)
+    spec_q, spec_k = ref.rotary(q.float(), k.float(), positions, cache)
+    v_before = v.clone()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got_q, got_k = _native.rotary(q, k, positions, cache)
+    finally:
+        torch.set_num_threads(saved)
+    assert got_q.data_ptr() == q.data_ptr() and got_k.data_ptr() == k.data_ptr(), "must rotate in place"
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    tol = TOL[dtype]
+    torch.testing.assert_close(got_q.float(), spec_q.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(got_k.float(), spec_k.float(), atol=tol, rtol=tol)
+    assert torch.equal(v, v_before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 3072), (5, 2 * 37), (300, 1536), (2, 3, 40)],
+                         ids=["decode", "tail", "threads", "3d"])
+def test_silu_and_mul(isa, dtype, shape):
+    """Against fp32 math rounded once (the reference op), inputs spanning silu's range
+    (large |x| exercises the exp clamp: silu(-100) ~ 0, silu(100) = 100)."""
+    g = torch.Generator().manual_seed(15)
+    x = (torch.randn(*shape, generator=g) * 4).to(dtype)
+    x.view(-1)[:4] = torch.tensor([-100.0, 100.0, -90.0, 0.0]).to(dtype)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = _native.silu_and_mul(x)
+    finally:
+        torch.set_num_threads(saved)
+    want = ref.silu_and_mul(x.float())
+    assert got.dtype == dtype and got.shape == (*shape[:-1], shape[-1] // 2)
+    if dtype == torch.bfloat16:
+        torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=2**-7)
+    else:
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_silu_and_mul_strided_rows(isa):
+    g = torch.Generator().manual_seed(16)
+    wide = torch.randn(4, 300, generator=g)
+    x = wide[:, :200]
+    torch.testing.assert_close(_native.silu_and_mul(x), ref.silu_and_mul(x), atol=1e-6, rtol=1e-5)

@@ -73,11 +73,52 @@ struct RmsNormArgs {
   int num_threads;
 };
 
+// y = x @ w^T (+ bias) for few rows of x (decode batches): x [M, K] with row stride, w [N, K]
+// rows as stored in checkpoints, y [M, N]. x, w, bias and y share one dtype; fp32 sums.
+struct LinearArgs {
+  void* y;
+  const void* x;
+  const void* w;
+  const void* bias;  // [N] or nullptr
+  int64_t M, N, K;
+  int64_t x_stride, y_stride, w_stride;  // rows; the last dimension is contiguous
+  int dtype;
+  int num_threads;
+};
+
+// Neox (rotate-half) rotary embedding, in place, as the core's default Platform.rotary:
+// q [T, num_q_heads, head_dim] and k [T, num_k_heads, head_dim] with any token and head
+// strides (views of the fused qkv output); only the first rot_dim features of a head turn.
+struct RotaryArgs {
+  void* q;
+  void* k;
+  int64_t q_stride_t, q_stride_h, k_stride_t, k_stride_h;
+  const int64_t* positions;  // [T]
+  const float* cos_sin;  // [max_pos, rot_dim]: cos of each frequency, then sin
+  int64_t cs_stride;
+  int64_t num_tokens;
+  int num_q_heads, num_k_heads, rot_dim;
+  int dtype;
+  int num_threads;
+};
+
+// out [rows, d] = silu(x[:, :d]) * x[:, d:], x rows [2d] with a row stride.
+struct SiluMulArgs {
+  void* out;
+  const void* x;
+  int64_t rows, d, x_stride, out_stride;
+  int dtype;
+  int num_threads;
+};
+
 #define OCTAVO_DECLARE_KERNELS(ns)               \
   namespace ns {                                 \
   void paged_attention(const AttnArgs& a);       \
   void write_kv(const WriteKvArgs& a);           \
   void rms_norm(const RmsNormArgs& a);           \
+  void linear(const LinearArgs& a);              \
+  void rotary(const RotaryArgs& a);              \
+  void silu_and_mul(const SiluMulArgs& a);       \
   }
 
 OCTAVO_DECLARE_KERNELS(generic)

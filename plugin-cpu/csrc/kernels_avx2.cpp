@@ -149,3 +149,4 @@ struct Ops {
 
 #define OCTAVO_ISA avx2
 #include "kernels_impl.h"
+#include "dense_impl.h"

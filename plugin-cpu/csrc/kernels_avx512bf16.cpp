@@ -14,3 +14,4 @@ namespace avx512bf16 {
 
 #define OCTAVO_ISA avx512bf16
 #include "kernels_impl.h"
+#include "dense_impl.h"

@@ -69,3 +69,4 @@ struct Ops {
 
 #define OCTAVO_ISA generic
 #include "kernels_impl.h"
+#include "dense_impl.h"

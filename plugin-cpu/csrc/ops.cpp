@@ -172,4 +172,76 @@ PYBIND11_MODULE(_C, m) {
         OCTAVO_DISPATCH(rms_norm, a);
       },
       "RMSNorm over rows, optionally fused with the residual add (sum written to res_out)");
+  m.def(
+      "linear",
+      [](uintptr_t y, int64_t y_stride, uintptr_t x, int64_t x_stride, uintptr_t w, int64_t w_stride,
+         uintptr_t bias, int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
+        LinearArgs a{};
+        a.y = ptr<void>(y);
+        a.y_stride = y_stride;
+        a.x = ptr<const void>(x);
+        a.x_stride = x_stride;
+        a.w = ptr<const void>(w);
+        a.w_stride = w_stride;
+        a.bias = ptr<const void>(bias);
+        a.M = M;
+        a.N = N;
+        a.K = K;
+        a.dtype = dtype;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(linear, a);
+      },
+      "y = x @ w^T (+ bias) for few rows of x, fp32 accumulation (see kernels.h)");
+
+  m.def(
+      "rotary",
+      [](uintptr_t q, int64_t q_stride_t, int64_t q_stride_h, int num_q_heads, uintptr_t k, int64_t k_stride_t,
+         int64_t k_stride_h, int num_k_heads, uintptr_t positions, int64_t num_tokens, uintptr_t cos_sin,
+         int64_t cs_stride, int64_t max_pos, int rot_dim, int dtype, int num_threads) {
+        // the kernel indexes the table with these: a bad position must raise, not read
+        // past the table (index_select raises too)
+        const int64_t* pos = ptr<const int64_t>(positions);
+        for (int64_t t = 0; t < num_tokens; ++t)
+          if (pos[t] < 0 || pos[t] >= max_pos)
+            throw py::index_error("rotary: position " + std::to_string(pos[t]) + " is outside the cos/sin table of " +
+                                  std::to_string(max_pos) + " positions");
+        RotaryArgs a{};
+        a.q = ptr<void>(q);
+        a.q_stride_t = q_stride_t;
+        a.q_stride_h = q_stride_h;
+        a.num_q_heads = num_q_heads;
+        a.k = ptr<void>(k);
+        a.k_stride_t = k_stride_t;
+        a.k_stride_h = k_stride_h;
+        a.num_k_heads = num_k_heads;
+        a.positions = ptr<const int64_t>(positions);
+        a.num_tokens = num_tokens;
+        a.cos_sin = ptr<const float>(cos_sin);
+        a.cs_stride = cs_stride;
+        a.rot_dim = rot_dim;
+        a.dtype = dtype;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(rotary, a);
+      },
+      "Neox rotary embedding of q and k in place (see kernels.h)");
+
+  m.def(
+      "silu_and_mul",
+      [](uintptr_t out, int64_t out_stride, uintptr_t x, int64_t x_stride, int64_t rows, int64_t d, int dtype,
+         int num_threads) {
+        SiluMulArgs a{};
+        a.out = ptr<void>(out);
+        a.out_stride = out_stride;
+        a.x = ptr<const void>(x);
+        a.x_stride = x_stride;
+        a.rows = rows;
+        a.d = d;
+        a.dtype = dtype;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(silu_and_mul, a);
+      },
+      "out = silu(x[:, :d]) * x[:, d:] over rows, fp32 math (see kernels.h)");
 }

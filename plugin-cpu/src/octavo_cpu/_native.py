@@ -157,3 +157,62 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     )
     out = out.view(x.shape)
     return out if res_out is None else (out, res_out.view(x.shape))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias) for few rows of x (the decode GEMV), fp32 accumulation.
+
+    x [..., K] (rows may be strided), weight [N, K] with contiguous rows, bias [N]; all one
+    dtype. The kernel streams weight once whatever the row count, but its compute grows
+    with it: callers keep it to small row counts (`CpuPlatform.linear`).
+    """
+    k = x.shape[-1]
+    n = weight.shape[0]
+    assert weight.dim() == 2 and weight.shape[1] == k, f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}"
+    assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype), "x, weight and bias share one dtype"
+    # called ~120 times a decode step: 2-D x (what the layers pass) skips the reshapes
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    bias_ptr = 0
+    if bias is not None:
+        assert bias.shape == (n,)
+        bias = bias.contiguous()
+        bias_ptr = bias.data_ptr()
+    m = x2.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype)
+    _C.linear(y.data_ptr(), n, x2.data_ptr(), x2.stride(0), weight.data_ptr(), weight.stride(0), bias_ptr,
+              m, n, k, _code(x, "x"), torch.get_num_threads())
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor):
+    """`Platform.rotary` (neox rotate-half) IN PLACE on q [T, Hq, D] and k [T, Hk, D], which
+    may be strided views (e.g. of the fused qkv output); returns (q, k), the same tensors.
+    cos_sin_cache: float32 [max_pos, rot_dim]; positions: [T] integers < max_pos."""
+    assert q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] == positions.shape[0]
+    assert q.dtype == k.dtype and q.stride(-1) == 1 and k.stride(-1) == 1
+    assert cos_sin_cache.dtype == torch.float32 and cos_sin_cache.stride(-1) == 1
+    rot_dim = cos_sin_cache.shape[-1]
+    assert rot_dim % 2 == 0 and rot_dim <= q.shape[-1] and rot_dim <= k.shape[-1]
+    pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() \
+        else positions.to(torch.int64).contiguous()
+    _C.rotary(q.data_ptr(), q.stride(0), q.stride(1), q.shape[1], k.data_ptr(), k.stride(0), k.stride(1),
+              k.shape[1], pos.data_ptr(), pos.shape[0], cos_sin_cache.data_ptr(), cos_sin_cache.stride(0),
+              cos_sin_cache.shape[0], rot_dim, _code(q, "q"), torch.get_num_threads())
+    return q, k
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 2d] -> silu(x[..., :d]) * x[..., d:], computed in fp32 and rounded once."""
+    d = x.shape[-1] // 2
+    assert x.shape[-1] == 2 * d
+    x2 = x.reshape(-1, 2 * d)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], d, dtype=x.dtype)
+    _C.silu_and_mul(out.data_ptr(), d, x2.data_ptr(), x2.stride(0), x2.shape[0], d, _code(x, "x"),
+                    torch.get_num_threads())
+    return out.view(*x.shape[:-1], d)

@@ -1,7 +1,9 @@
 """The CPU platform: native C++ kernels (csrc/, see `_native`) where they apply, torch ops elsewhere.
 
-Native: paged attention and KV writes (`attention.py`), RMSNorm with the fused residual
-add, for float32 and bfloat16. GEMMs stay with torch (oneDNN / MKL do them well).
+Native, for float32 and bfloat16: paged attention and KV writes (`attention.py`), RMSNorm
+with the fused residual add, rotary (in place), SiLU-and-mul, and linear for decode-sized
+row counts (a GEMV that streams the weights near memory bandwidth). Larger GEMMs (prefill)
+stay with torch (oneDNN / MKL do them well).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
+
+
+# Rows of x up to which CpuPlatform.linear takes the native GEMV, per dtype.
+_LINEAR_MAX_ROWS = {torch.bfloat16: 8, torch.float32: 8}
 
 
 def _cpu_flags() -> set[str]:
@@ -68,6 +74,28 @@ class CpuPlatform(Platform):
                 and (residual is None or residual.dtype == x.dtype)):
             return _native.rms_norm(x, weight, eps, residual)
         return super().rms_norm(x, weight, eps, residual)
+
+    def linear(self, x, weight, bias=None):
+        # few rows (decode): the native GEMV, which streams the weights at ~2x torch's rate;
+        # more rows: oneDNN's blocked GEMM wins. Limits measured with bench/dense_linear.py.
+        max_rows = _LINEAR_MAX_ROWS.get(x.dtype, 0) if _native.available() else 0
+        if (max_rows and x.numel() <= max_rows * x.shape[-1] and weight.dtype == x.dtype
+                and (bias is None or bias.dtype == x.dtype)):
+            return _native.linear(x, weight, bias)
+        return torch.nn.functional.linear(x, weight, bias)
+
+    def rotary(self, q, k, positions, cos_sin_cache):
+        # in place through the views of the fused qkv output: no copies, no cat
+        if (_native.available() and q.dtype in _native.SUPPORTED_DTYPES and k.dtype == q.dtype
+                and q.dim() == 3 and k.dim() == 3 and q.stride(-1) == 1 and k.stride(-1) == 1
+                and cos_sin_cache.dtype == torch.float32 and cos_sin_cache.stride(-1) == 1):
+            return _native.rotary(q, k, positions, cos_sin_cache)
+        return super().rotary(q, k, positions, cos_sin_cache)
+
+    def silu_and_mul(self, x):
+        if _native.available() and x.dtype in _native.SUPPORTED_DTYPES:
+            return _native.silu_and_mul(x)
+        return super().silu_and_mul(x)
 
     def device_props(self) -> DeviceProps:
         total = free = 0

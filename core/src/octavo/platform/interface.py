@@ -287,7 +287,8 @@ class Platform:
 
         q: [T, Hq, D], k: [T, Hk, D]; cos_sin_cache: [max_pos, rot_dim] float32 whose first
         half is cos and second half sin of each frequency; rot_dim <= D (partial rotary
-        rotates the first rot_dim features). Returns new (q, k) in their dtype.
+        rotates the first rot_dim features). Returns (q, k) in their dtype; a platform may
+        rotate the given tensors in place and return them (the layer uses only the results).
         """
         cos_sin = cos_sin_cache.index_select(0, positions)
         rot = cos_sin.shape[-1]

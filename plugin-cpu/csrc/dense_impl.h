@@ -1,0 +1,410 @@
+// The per-token dense kernels: linear for small M (decode GEMV), neox rotary in place, and
+// SiLU-and-mul. Written once here and compiled per ISA like kernels_impl.h: each per-ISA
+// file includes this header last, after its `Ops` and kernels_impl.h. No include guard.
+//
+// The ISA of the including file decides the vector type below (__AVX512F__, __AVX2__, or
+// neither); __AVX512BF16__ adds the vdpbf16ps path for bf16 x bf16 linears.
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "kernels.h"
+
+namespace octavo_cpu {
+namespace OCTAVO_ISA {
+
+// ---- one vector of fp32 lanes, per ISA -------------------------------------------------
+// ld/st convert from/to the storage dtype (bf16 rounds to nearest even on store); the `n`
+// overloads touch only the first n < L lanes (the rest load as 0).
+#if defined(__AVX512F__)
+struct DV {
+  using V = __m512;
+  static constexpr int L = 16;
+  static inline V zero() { return _mm512_setzero_ps(); }
+  static inline V set1(float a) { return _mm512_set1_ps(a); }
+  static inline V ld(const float* p) { return Ops::ld(p); }
+  static inline V ld(const bf16* p) { return Ops::ld(p); }
+  static inline V ld(const float* p, int n) { return Ops::ld(p, Ops::tail(n)); }
+  static inline V ld(const bf16* p, int n) { return Ops::ld(p, Ops::tail(n)); }
+  static inline void st(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static inline void st(bf16* p, V v) { _mm256_storeu_si256((__m256i*)p, Ops::to_bf16(v)); }
+  static inline void st(float* p, V v, int n) { _mm512_mask_storeu_ps(p, Ops::tail(n), v); }
+  static inline void st(bf16* p, V v, int n) { _mm256_mask_storeu_epi16(p, Ops::tail(n), Ops::to_bf16(v)); }
+  static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static inline V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static inline V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static inline V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static inline V exp(V a) { return Ops::exp(a); }
+  static inline float sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+#elif defined(__AVX2__)
+struct DV {
+  using V = __m256;
+  static constexpr int L = 8;
+  static inline __m256i mask(int n) {  // lanes < n set, for the 32-bit masked moves
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static inline V zero() { return _mm256_setzero_ps(); }
+  static inline V set1(float a) { return _mm256_set1_ps(a); }
+  static inline V ld(const float* p) { return Ops::ld(p); }
+  static inline V ld(const bf16* p) { return Ops::ld(p); }
+  static inline V ld(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static inline V ld(const bf16* p, int n) {  // no 16-bit masked loads in AVX2
+    bf16 b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(b, p, sizeof(bf16) * n);
+    return Ops::ld(b);
+  }
+  static inline void st(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static inline void st(bf16* p, V v) { _mm_storeu_si128((__m128i*)p, Ops::to_bf16(v)); }
+  static inline void st(float* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static inline void st(bf16* p, V v, int n) {
+    bf16 b[8];
+    _mm_storeu_si128((__m128i*)b, Ops::to_bf16(v));
+    memcpy(p, b, sizeof(bf16) * n);
+  }
+  static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static inline V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static inline V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static inline V exp(V a) { return Ops::exp(a); }
+  static inline float sum(V v) { return Ops::hsum(v); }
+};
+#else
+// Portable: eight lanes as a plain array; the loops are short and fixed, so the compiler
+// keeps them in SSE registers where it can.
+struct DV {
+  struct V {
+    float v[8];
+  };
+  static constexpr int L = 8;
+  static inline float f(float a) { return a; }
+  static inline float f(bf16 a) { return Ops::bf16_to_f32(a); }
+  static inline void put(float* p, float a) { *p = a; }
+  static inline void put(bf16* p, float a) { *p = Ops::f32_to_bf16(a); }
+  static inline V zero() { return set1(0.0f); }
+  static inline V set1(float a) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = a;
+    return r;
+  }
+  template <typename T>
+  static inline V ld(const T* p, int n = L) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = i < n ? f(p[i]) : 0.0f;
+    return r;
+  }
+  template <typename T>
+  static inline void st(T* p, V v, int n = L) {
+    for (int i = 0; i < n; ++i) put(p + i, v.v[i]);
+  }
+#define OCTAVO_DV_BINOP(name, expr)          \
+  static inline V name(V a, V b) {           \
+    V r;                                     \
+    for (int i = 0; i < L; ++i) r.v[i] = expr; \
+    return r;                                \
+  }
+  OCTAVO_DV_BINOP(add, a.v[i] + b.v[i])
+  OCTAVO_DV_BINOP(sub, a.v[i] - b.v[i])
+  OCTAVO_DV_BINOP(mul, a.v[i] * b.v[i])
+  OCTAVO_DV_BINOP(div, a.v[i] / b.v[i])
+  OCTAVO_DV_BINOP(min, a.v[i] < b.v[i] ? a.v[i] : b.v[i])
+#undef OCTAVO_DV_BINOP
+  static inline V fma(V a, V b, V c) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+    return r;
+  }
+  static inline V exp(V a) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = expf(a.v[i]);
+    return r;
+  }
+  static inline float sum(V v) {
+    return ((v.v[0] + v.v[4]) + (v.v[1] + v.v[5])) + ((v.v[2] + v.v[6]) + (v.v[3] + v.v[7]));
+  }
+};
+#endif
+
+// ---- linear for small M: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) -----------------
+//
+// Decode-sized M makes this a GEMV: every weight byte is used M times, so the kernel's job
+// is to stream W from memory at full bandwidth. Each thread takes one contiguous range of
+// W's rows (one sequential stream the hardware prefetcher follows) and walks it in tiles of
+// kR rows; a tile stays in L1 while it meets every kMB-token group of x, so W is read from
+// memory once whatever M is. Accumulation is fp32; each output rounds once.
+#if defined(__AVX512F__)
+constexpr int kR = 4, kMB = 4;  // 16 accumulators + 4 x vectors + 1 w of 32 zmm
+#elif defined(__AVX2__)
+constexpr int kR = 4, kMB = 2;  // 8 + 2 + 1 of 16 ymm
+#else
+constexpr int kR = 2, kMB = 2;  // each V is two SSE registers
+#endif
+#ifndef OCTAVO_GEMV_PF
+#define OCTAVO_GEMV_PF 4  // software prefetch distance in row tiles (0: the hardware's alone)
+#endif
+
+// R rows of w times MB rows of x (fp32, row stride xs), the fp32 sums into out[m * R + r].
+template <typename TW, int R, int MB>
+static inline void gemv_tile(const TW* w, int64_t ws, const float* x, int64_t xs, int K, float* out) {
+  using V = typename DV::V;
+  V acc[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = DV::zero();
+  int k = 0;
+  for (; k + DV::L <= K; k += DV::L) {
+    V xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = DV::ld(x + m * xs + k);
+    for (int r = 0; r < R; ++r) {
+      if (OCTAVO_GEMV_PF > 0) __builtin_prefetch(w + (r + OCTAVO_GEMV_PF * R) * ws + k);
+      const V wv = DV::ld(w + r * ws + k);
+      for (int m = 0; m < MB; ++m) acc[m][r] = DV::fma(wv, xv[m], acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const int n = K - k;
+    V xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = DV::ld(x + m * xs + k, n);
+    for (int r = 0; r < R; ++r) {
+      const V wv = DV::ld(w + r * ws + k, n);
+      for (int m = 0; m < MB; ++m) acc[m][r] = DV::fma(wv, xv[m], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) out[m * R + r] = DV::sum(acc[m][r]);
+}
+
+#ifdef __AVX512BF16__
+// bf16 x bf16 with vdpbf16ps: 32 products per instruction, pairs summed into 16 fp32 lanes,
+// straight from the stored bf16 rows of w and x (no conversion; bf16 products are exact in
+// fp32). K tails load as zeros, which add nothing, so odd K needs no special pairing.
+template <int R, int MB>
+static inline void gemv_tile_dp(const bf16* w, int64_t ws, const bf16* x, int64_t xs, int K, float* out) {
+  __m512 acc[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * xs + k);
+    for (int r = 0; r < R; ++r) {
+      if (OCTAVO_GEMV_PF > 0) __builtin_prefetch(w + (r + OCTAVO_GEMV_PF * R) * ws + k);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * ws + k);
+      for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
+    }
+  }
+  if (k < K) {
+    const __mmask32 t = (__mmask32)((1ull << (K - k)) - 1ull);
+    __m512bh xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(t, x + m * xs + k);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(t, w + r * ws + k);
+      for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) out[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+#endif
+
+// One tile of R rows times mb <= kMB tokens: the token count picks the unrolled kernel.
+// With kDp, x is the bf16 input itself; otherwise an fp32 copy.
+template <typename TW, typename TX, bool kDp, int R, int MB>
+static inline void tile_call(const TW* w, int64_t ws, const TX* x, int64_t xs, int K, float* out) {
+#ifdef __AVX512BF16__
+  if constexpr (kDp) {
+    gemv_tile_dp<R, MB>(w, ws, x, xs, K, out);
+    return;
+  }
+#endif
+  if constexpr (!kDp) gemv_tile<TW, R, MB>(w, ws, x, xs, K, out);
+}
+
+template <typename TW, typename TX, bool kDp, int R>
+static inline void tile_any_m(int mb, const TW* w, int64_t ws, const TX* x, int64_t xs, int K, float* out) {
+  static_assert(kMB == 2 || kMB == 4, "token groups of 2 or 4");
+  switch (mb) {
+    case 1: return tile_call<TW, TX, kDp, R, 1>(w, ws, x, xs, K, out);
+    case 2: return tile_call<TW, TX, kDp, R, 2>(w, ws, x, xs, K, out);
+  }
+  if constexpr (kMB == 4) {
+    if (mb == 3) return tile_call<TW, TX, kDp, R, 3>(w, ws, x, xs, K, out);
+    return tile_call<TW, TX, kDp, R, 4>(w, ws, x, xs, K, out);
+  }
+}
+
+template <typename T>
+static inline float to_f32(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    const uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+  }
+}
+template <typename T>
+static inline T from_f32(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {  // round to nearest even, as torch does (no NaN expected from a dot product)
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    return (bf16)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+}
+
+template <typename T, typename TX, bool kDp>
+static void linear_rows(const LinearArgs& a, const TX* x, int64_t xs, int64_t n0, int64_t n1) {
+  const T* w = static_cast<const T*>(a.w);
+  const T* bias = static_cast<const T*>(a.bias);
+  T* y = static_cast<T*>(a.y);
+  const int K = (int)a.K;
+  float out[kMB * kR];
+  for (int64_t n = n0; n < n1; n += kR) {
+    const int rows = n1 - n < kR ? (int)(n1 - n) : kR;
+    const T* wt = w + n * a.w_stride;
+    for (int64_t m0 = 0; m0 < a.M; m0 += kMB) {
+      const int mb = a.M - m0 < kMB ? (int)(a.M - m0) : kMB;
+      const TX* xt = x + m0 * xs;
+      if (rows == kR) {
+        tile_any_m<T, TX, kDp, kR>(mb, wt, a.w_stride, xt, xs, K, out);
+      } else {  // the range's last rows, one at a time
+        for (int r = 0; r < rows; ++r) tile_any_m<T, TX, kDp, 1>(mb, wt + r * a.w_stride, a.w_stride, xt, xs, K, out + r * kMB);
+      }
+      for (int m = 0; m < mb; ++m) {
+        T* yr = y + (m0 + m) * a.y_stride + n;
+        for (int r = 0; r < rows; ++r) {
+          // full tiles lay sums out [m][r], single-row ones [r][m]
+          float s = rows == kR ? out[m * kR + r] : out[r * kMB + m];
+          if (bias) s += to_f32(bias[n + r]);
+          yr[r] = from_f32<T>(s);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename TX, bool kDp>
+static void linear_run(const LinearArgs& a, const TX* x, int64_t xs) {
+  // threads get whole tiles; below ~64 rows each, waking another thread costs more than it saves
+  const int64_t tiles = (a.N + kR - 1) / kR;
+  int nt = a.num_threads > 0 ? a.num_threads : 1;
+  if (nt > a.N / 64) nt = a.N / 64 > 0 ? (int)(a.N / 64) : 1;
+  if (nt == 1) return linear_rows<T, TX, kDp>(a, x, xs, 0, a.N);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int64_t n0 = tiles * t / nth * kR;
+    int64_t n1 = tiles * (t + 1) / nth * kR;
+    if (n1 > a.N) n1 = a.N;
+    linear_rows<T, TX, kDp>(a, x, xs, n0, n1);
+  }
+}
+
+template <typename T>
+static void linear_impl(const LinearArgs& a) {
+#ifdef __AVX512BF16__
+  if constexpr (std::is_same_v<T, bf16>) {
+    return linear_run<T, bf16, true>(a, static_cast<const bf16*>(a.x), a.x_stride);
+  }
+#endif
+  // x as fp32 rows, converted once for all of W's rows
+  const int K = (int)a.K;
+  Buf<float> xf((size_t)a.M * K);
+  const T* x = static_cast<const T*>(a.x);
+  for (int64_t m = 0; m < a.M; ++m) Ops::load(x + m * a.x_stride, xf.data() + m * K, K, 1.0f);
+  linear_run<T, float, false>(a, xf.data(), K);
+}
+
+void linear(const LinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  if (a.dtype == kF32) return linear_impl<float>(a);
+  return linear_impl<bf16>(a);
+}
+
+// ---- rotary (neox, rotate-half), in place -----------------------------------------------
+// As Platform.rotary: features i and i + rot/2 of each head turn by the position's angle,
+// x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, in fp32 with the products and the sum
+// rounded separately (the build passes -ffp-contract=off so no FMA merges them), rounded
+// once to the dtype. Features past rot_dim stay as they are.
+template <typename T>
+static inline void rotate_head(T* x, const float* cs, int half) {
+  using V = typename DV::V;
+  int i = 0;
+  for (; i + DV::L <= half; i += DV::L) {
+    const V c = DV::ld(cs + i), s = DV::ld(cs + half + i);
+    const V x1 = DV::ld(x + i), x2 = DV::ld(x + half + i);
+    DV::st(x + i, DV::sub(DV::mul(x1, c), DV::mul(x2, s)));
+    DV::st(x + half + i, DV::add(DV::mul(x2, c), DV::mul(x1, s)));
+  }
+  if (i < half) {
+    const int n = half - i;
+    const V c = DV::ld(cs + i, n), s = DV::ld(cs + half + i, n);
+    const V x1 = DV::ld(x + i, n), x2 = DV::ld(x + half + i, n);
+    DV::st(x + i, DV::sub(DV::mul(x1, c), DV::mul(x2, s)), n);
+    DV::st(x + half + i, DV::add(DV::mul(x2, c), DV::mul(x1, s)), n);
+  }
+}
+
+template <typename T>
+static void rotary_impl(const RotaryArgs& a) {
+  T* q = static_cast<T*>(a.q);
+  T* k = static_cast<T*>(a.k);
+  const int half = a.rot_dim / 2;
+  const int64_t work = a.num_tokens * (a.num_q_heads + a.num_k_heads) * (int64_t)a.rot_dim;
+  const int nt = a.num_threads > 0 ? a.num_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (work > 65536)
+  for (int64_t t = 0; t < a.num_tokens; ++t) {
+    const float* cs = a.cos_sin + a.positions[t] * a.cs_stride;
+    for (int h = 0; h < a.num_q_heads; ++h) rotate_head(q + t * a.q_stride_t + h * a.q_stride_h, cs, half);
+    for (int h = 0; h < a.num_k_heads; ++h) rotate_head(k + t * a.k_stride_t + h * a.k_stride_h, cs, half);
+  }
+}
+
+void rotary(const RotaryArgs& a) {
+  if (a.dtype == kF32) return rotary_impl<float>(a);
+  return rotary_impl<bf16>(a);
+}
+
+// ---- SiLU-and-mul: out = silu(x[:, :d]) * x[:, d:] ---------------------------------------
+// fp32 math, one rounding, as the reference op (gate * sigmoid(gate) * up) does. The exp
+// argument is capped at 88 (exp stays finite); below that cap silu(g) is already ~ -0.
+template <typename T>
+static void silu_and_mul_impl(const SiluMulArgs& a) {
+  using V = typename DV::V;
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  const int64_t d = a.d;
+  const int nt = a.num_threads > 0 ? a.num_threads : 1;
+  const V one = DV::set1(1.0f), cap = DV::set1(88.0f), neg = DV::set1(-1.0f);
+  auto silu_mul = [&](V g, V u) { return DV::mul(DV::div(g, DV::add(one, DV::exp(DV::min(DV::mul(g, neg), cap)))), u); };
+#pragma omp parallel for num_threads(nt) schedule(static) if (a.rows * d > 65536)
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const T* g = x + r * a.x_stride;
+    const T* u = g + d;
+    T* o = out + r * a.out_stride;
+    int64_t i = 0;
+    for (; i + DV::L <= d; i += DV::L) DV::st(o + i, silu_mul(DV::ld(g + i), DV::ld(u + i)));
+    if (i < d) {
+      const int n = (int)(d - i);
+      DV::st(o + i, silu_mul(DV::ld(g + i, n), DV::ld(u + i, n)), n);
+    }
+  }
+}
+
+void silu_and_mul(const SiluMulArgs& a) {
+  if (a.dtype == kF32) return silu_and_mul_impl<float>(a);
+  return silu_and_mul_impl<bf16>(a);
+}
+
+}  // namespace OCTAVO_ISA
+}  // namespace octavo_cpu
