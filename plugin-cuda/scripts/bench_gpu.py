@@ -15,7 +15,7 @@ import octavo.entrypoints.bench_throughput as bt
 _load = bt.load_hf_model
 
 
-def load_hf_model(engine):
+def load_hf_model(engine):  # an octavo.entrypoints.bench_throughput.HfTarget
     cfg = engine.model_config
     if cfg.load_format != "dummy" or engine.platform.device_type != "cuda":
         return _load(engine)

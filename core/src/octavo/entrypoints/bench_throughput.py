@@ -4,10 +4,12 @@ through Hugging Face transformers' generate() on the same weights in the same ru
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass
@@ -22,6 +24,16 @@ class Workload:
     @property
     def output_tokens(self) -> int:
         return sum(self.output_lens)
+
+
+@dataclass(frozen=True)
+class HfTarget:
+    """What --compare hf needs of the engine; kept while the engine itself is released, so
+    generate() gets the device memory Octavo's weights and KV cache held."""
+
+    model_config: Any
+    platform: Any
+    tokenizer: Any
 
 
 @dataclass
@@ -114,7 +126,7 @@ def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
     return _result(w, elapsed), extra
 
 
-def load_hf_model(engine):
+def load_hf_model(target: HfTarget):
     """The same weights in Hugging Face transformers (GGUF and HF directories), or the same
     shapes with transformers' own random init for load_format=dummy."""
     import torch
@@ -122,9 +134,9 @@ def load_hf_model(engine):
 
     from octavo.loader.source import resolve_model_source
 
-    cfg = engine.model_config
+    cfg = target.model_config
     dtype = cfg.dtype
-    device = engine.platform.torch_device()
+    device = target.platform.torch_device()
     if cfg.load_format == "dummy":
         # built on the device: initialising 8B random parameters on the CPU takes minutes
         with torch.device(device):
@@ -136,10 +148,10 @@ def load_hf_model(engine):
     return model.to(device).eval(), torch
 
 
-def run_hf(engine, w: Workload, batch_size: int) -> Result:
-    model, torch = load_hf_model(engine)
+def run_hf(target: HfTarget, w: Workload, batch_size: int) -> Result:
+    model, torch = load_hf_model(target)
     device = next(model.parameters()).device
-    pad = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
+    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
 
     def batches():
         for i in range(0, len(w.prompts), batch_size):
@@ -188,7 +200,11 @@ def main(args: argparse.Namespace) -> int:
           f"(mean over every 16th step), prefix-cache hit rate {100 * extra['prefix_cache_hit_rate']:.1f}%, "
           f"{extra['num_preemptions']} preemptions")
     if args.compare == "hf":
-        hf = run_hf(engine, w, args.hf_batch_size)
+        target = HfTarget(engine.model_config, engine.platform, engine.tokenizer)
+        llm.shutdown()
+        del llm, engine
+        gc.collect()  # the caching allocator reuses the freed blocks for transformers' model
+        hf = run_hf(target, w, args.hf_batch_size)
         report["hf"] = asdict(hf)
         report["ratio"] = ours.output_tokens_per_s / hf.output_tokens_per_s
         _print("hf", hf)
