@@ -1,6 +1,7 @@
 """Single-stream decode time per token, native dense kernels vs the core's torch defaults.
 
     python plugin-cpu/bench/decode_step.py [--rounds 3] [--output-len 64] [--profile cprofile|torch]
+        [--modes native,native-noprefetch,torch,torch-linear]
 
 One engine (SmolLM2-135M, the platform's default dtype), one request of --input-len random
 prompt tokens at a time; each decode step is timed. The modes swap CpuPlatform's linear,
@@ -14,6 +15,7 @@ or torch.profiler (ops by self CPU time, per token).
 from __future__ import annotations
 
 import argparse
+import os
 import cProfile
 import io
 import pstats
@@ -29,10 +31,14 @@ MODES = {  # which dense ops fall back to the core defaults
     "native": (),
     "torch": ("linear", "rotary", "silu_and_mul"),
     "torch-linear": ("linear",),
+    "native-noprefetch": (),  # native, without the GEMV's software prefetch
 }
 
 
 def set_mode(platform, mode: str) -> None:
+    from octavo_cpu import _C
+
+    _C.set_linear_prefetch(0 if mode == "native-noprefetch" else 2048)
     for op in ("linear", "rotary", "silu_and_mul"):
         if op in MODES[mode]:
             setattr(platform, op, types.MethodType(getattr(Platform, op), platform))
@@ -91,7 +97,9 @@ def main() -> None:
             decode_steps(engine, prompt, tokens + 1, "profile")
             pr.disable()
             s = io.StringIO()
-            pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
+            # SORT=cumulative NSTATS=50 for the call tree's shares
+            pstats.Stats(pr, stream=s).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+                int(os.environ.get("NSTATS", "25")))
             print(f"cProfile over {tokens} decode steps (+1 prefill); divide times by {tokens} for per token")
             print(s.getvalue())
         else:

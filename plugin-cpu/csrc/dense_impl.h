@@ -147,9 +147,18 @@ constexpr int kR = 4, kMB = 2;  // 8 + 2 + 1 of 16 ymm
 #else
 constexpr int kR = 2, kMB = 2;  // each V is two SSE registers
 #endif
-#ifndef OCTAVO_GEMV_PF
-#define OCTAVO_GEMV_PF 4  // software prefetch distance in row tiles (0: the hardware's alone)
-#endif
+// Software prefetch: before each tile, one prefetch per cache line of the tile's bytes,
+// LinearArgs::prefetch_ahead bytes further on (2048 unless set_linear_prefetch changed it).
+// The hardware prefetchers stop at 4 KiB page boundaries and follow four interleaved row
+// streams poorly: on the 2-core Zen 4 development machine a 226 MB bf16 GEMV streamed 10.9 GB/s
+// per thread without it, 11.7 with one prefetch per load (a fixed distance ahead in each row)
+// and 25.5 with this burst 2 KiB ahead (2 threads: 20.1 -> 30.4 GB/s; 1-16 KiB ahead all came
+// within 10%).
+static inline void prefetch_range(const void* p, int64_t bytes, int64_t ahead) {
+  if (ahead <= 0) return;
+  const char* c = static_cast<const char*>(p) + ahead;
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+}
 
 // R rows of w times MB rows of x (fp32, row stride xs), the fp32 sums into out[m * R + r].
 template <typename TW, int R, int MB>
@@ -163,7 +172,6 @@ static inline void gemv_tile(const TW* w, int64_t ws, const float* x, int64_t xs
     V xv[MB];
     for (int m = 0; m < MB; ++m) xv[m] = DV::ld(x + m * xs + k);
     for (int r = 0; r < R; ++r) {
-      if (OCTAVO_GEMV_PF > 0) __builtin_prefetch(w + (r + OCTAVO_GEMV_PF * R) * ws + k);
       const V wv = DV::ld(w + r * ws + k);
       for (int m = 0; m < MB; ++m) acc[m][r] = DV::fma(wv, xv[m], acc[m][r]);
     }
@@ -195,7 +203,6 @@ static inline void gemv_tile_dp(const bf16* w, int64_t ws, const bf16* x, int64_
     __m512bh xv[MB];
     for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * xs + k);
     for (int r = 0; r < R; ++r) {
-      if (OCTAVO_GEMV_PF > 0) __builtin_prefetch(w + (r + OCTAVO_GEMV_PF * R) * ws + k);
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * ws + k);
       for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
     }
@@ -272,6 +279,7 @@ static void linear_rows(const LinearArgs& a, const TX* x, int64_t xs, int64_t n0
   for (int64_t n = n0; n < n1; n += kR) {
     const int rows = n1 - n < kR ? (int)(n1 - n) : kR;
     const T* wt = w + n * a.w_stride;
+    prefetch_range(wt, (int64_t)rows * a.w_stride * (int64_t)sizeof(T), a.prefetch_ahead);
     for (int64_t m0 = 0; m0 < a.M; m0 += kMB) {
       const int mb = a.M - m0 < kMB ? (int)(a.M - m0) : kMB;
       const TX* xt = x + m0 * xs;

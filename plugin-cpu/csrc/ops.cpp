@@ -47,6 +47,9 @@ Isa g_isa = best_isa();
 #define OCTAVO_DISPATCH(fn, args) generic::fn(args)
 #endif
 
+// linear's software prefetch distance (dense_impl.h); settable for measurements
+int64_t g_linear_prefetch = 2048;
+
 template <typename T>
 T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
@@ -189,10 +192,21 @@ PYBIND11_MODULE(_C, m) {
         a.K = K;
         a.dtype = dtype;
         a.num_threads = num_threads;
+        a.prefetch_ahead = g_linear_prefetch;
         py::gil_scoped_release nogil;
         OCTAVO_DISPATCH(linear, a);
       },
       "y = x @ w^T (+ bias) for few rows of x, fp32 accumulation (see kernels.h)");
+
+  m.def(
+      "set_linear_prefetch",
+      [](int64_t bytes) {
+        if (bytes < 0) throw py::value_error("prefetch distance must be >= 0 bytes");
+        const int64_t old = g_linear_prefetch;
+        g_linear_prefetch = bytes;
+        return old;
+      },
+      "Set linear's software prefetch distance in bytes (0 turns it off); returns the old one. For measurements.");
 
   m.def(
       "rotary",
