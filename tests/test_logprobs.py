@@ -44,7 +44,10 @@ def test_sample_and_prompt_logprobs_match_transformers(setup):
             row = ref[len(prompt) + j - 1]
             entry = c.logprobs[j]
             assert entry[tok].logprob == pytest.approx(row[tok].item(), abs=1e-4)
-            assert entry[tok].rank == int((row > row[tok]).sum()) + 1
+            # the rank counts tokens above the sampled one in Octavo's own logits, which match
+            # transformers' to 1e-4: tokens closer than that to it may rank either way
+            above_surely, above_maybe = int((row > row[tok] + 1e-4).sum()), int((row > row[tok] - 1e-4).sum())
+            assert above_surely + 1 <= entry[tok].rank <= above_maybe, (entry[tok].rank, above_surely, above_maybe)
             top = row.topk(5)
             assert len(entry) in (5, 6)  # the top 5, plus the sampled token when outside them
             for tid, v in zip(top.indices.tolist(), top.values.tolist()):

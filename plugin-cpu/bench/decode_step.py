@@ -1,11 +1,12 @@
 """Single-stream decode time per token, native dense kernels vs the core's torch defaults.
 
     python plugin-cpu/bench/decode_step.py [--rounds 3] [--output-len 64] [--profile cprofile|torch]
-        [--modes native,native-noprefetch,torch,torch-linear]
+        [--modes native,native-ops,native-noprefetch,torch,torch-linear]
 
 One engine (SmolLM2-135M, the platform's default dtype), one request of --input-len random
 prompt tokens at a time; each decode step is timed. The modes swap CpuPlatform's linear,
-rotary and silu_and_mul on the live platform object between rounds, so both run in one
+rotary and silu_and_mul (and the one-call decode step, `run_model`) on the live platform
+object between rounds, so both run in one
 process, alternating, on the same weights: the ratio holds on a noisy machine. Medians.
 
 --profile runs one more native round under cProfile (top functions by own time, per token)
@@ -31,7 +32,8 @@ MODES = {  # which dense ops fall back to the core defaults
     "native": (),
     "torch": ("linear", "rotary", "silu_and_mul"),
     "torch-linear": ("linear",),
-    "native-noprefetch": (),  # native, without the GEMV's software prefetch
+    "native-ops": (),  # native kernels called op by op from Python (no one-call decode step)
+    "native-noprefetch": (),  # native op by op, without the GEMV's software prefetch
 }
 
 
@@ -39,6 +41,12 @@ def set_mode(platform, mode: str) -> None:
     from octavo_cpu import _C
 
     _C.set_linear_prefetch(0 if mode == "native-noprefetch" else 2048)
+    # the one-call decode step (CpuPlatform.run_model) only in "native": the other modes time
+    # the model's op-by-op path
+    if mode == "native":
+        vars(platform).pop("run_model", None)
+    else:
+        platform.run_model = lambda *args: None
     for op in ("linear", "rotary", "silu_and_mul"):
         if op in MODES[mode]:
             setattr(platform, op, types.MethodType(getattr(Platform, op), platform))

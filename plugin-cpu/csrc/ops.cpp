@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "kernels.h"
@@ -53,6 +54,175 @@ int64_t g_linear_prefetch = 2048;
 template <typename T>
 T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
+}
+
+
+// ---- a whole decode step's layers in one call (octavo_cpu/decode_forward.py) ----------
+// The per-layer sequence of octavo.models.llama (RMSNorm, qkv, rotary, KV write, attention,
+// o_proj, RMSNorm, gate_up, SiLU-and-mul, down) over the same kernels with the same arguments
+// as the op-by-op path, so the values are identical; only the ~12 Python calls per layer go.
+
+// One layer's row of the plan (int64 each): weight pointers (0 = absent) and its window.
+enum PlanCol : int {
+  kInNorm, kQkvW, kQkvB, kOW, kPostNorm, kGateUpW, kDownW, kKvCache, kWindow, kPlanCols
+};
+
+struct DecodeStep {
+  const int64_t* plan;  // [layers, kPlanCols]
+  int layers, hidden, num_heads, num_kv_heads, head_dim, inter;
+  float eps, scale;
+  int dtype, kv_dtype, block_size, attn_kernel, num_threads;
+  int64_t kv_stride_kv, kv_stride_block, kv_stride_tok, kv_stride_head;
+  const void* final_norm;
+  const void* x_in;  // [M, hidden] embeddings
+  void* out;  // [M, hidden] the final norm's output
+  void* scratch;  // M * (3 hidden + 2 q + 2 kv + 3 inter) elements of dtype
+  int64_t M;
+  const int64_t* positions;
+  const int64_t* slot_mapping;
+  const float* cos_sin;
+  int64_t cs_stride;
+  int rot_dim;
+  const int32_t* block_tables;
+  int64_t bt_stride;
+  const int32_t* seq_lens;
+  const int32_t* query_start_loc;
+  int num_seqs;
+};
+
+void rms_rows(const DecodeStep& d, void* out, const void* x, void* res, const void* weight, bool with_residual) {
+  RmsNormArgs a{};
+  a.out = out;
+  a.x = x;
+  a.residual = with_residual ? res : nullptr;
+  a.res_out = with_residual ? res : nullptr;  // the kernel allows res_out to alias residual
+  a.weight = weight;
+  a.rows = d.M;
+  a.hidden = d.hidden;
+  a.x_stride = a.out_stride = a.res_stride = d.hidden;
+  a.eps = d.eps;
+  a.dtype = a.weight_dtype = d.dtype;
+  a.num_threads = d.num_threads;
+  OCTAVO_DISPATCH(rms_norm, a);
+}
+
+void linear_rows(const DecodeStep& d, void* y, const void* x, int64_t K, int64_t N, int64_t plan_w, int64_t plan_b) {
+  LinearArgs a{};
+  a.y = y;
+  a.x = x;
+  a.w = ptr<const void>((uintptr_t)plan_w);
+  a.bias = plan_b ? ptr<const void>((uintptr_t)plan_b) : nullptr;
+  a.M = d.M;
+  a.N = N;
+  a.K = K;
+  a.x_stride = K;
+  a.y_stride = N;
+  a.w_stride = K;
+  a.dtype = d.dtype;
+  a.num_threads = d.num_threads;
+  a.prefetch_ahead = g_linear_prefetch;
+  OCTAVO_DISPATCH(linear, a);
+}
+
+void decode_step(const DecodeStep& d) {
+  const int64_t H = d.hidden, D = d.head_dim;
+  const int64_t Q = (int64_t)d.num_heads * D, KV = (int64_t)d.num_kv_heads * D, QKV = Q + 2 * KV, I = d.inter;
+  const size_t es = d.dtype == kF32 ? 4 : 2;
+  char* s = static_cast<char*>(d.scratch);
+  char* res = s;
+  char* h = res + d.M * H * es;
+  char* xb = h + d.M * H * es;
+  char* qkv = xb + d.M * H * es;
+  char* ao = qkv + d.M * QKV * es;
+  char* gu = ao + d.M * Q * es;
+  char* act = gu + d.M * 2 * I * es;
+  std::memcpy(res, d.x_in, d.M * H * es);  // layer 0: the residual stream starts as the embeddings
+  for (int l = 0; l < d.layers; ++l) {
+    const int64_t* p = d.plan + (int64_t)l * kPlanCols;
+    rms_rows(d, h, l == 0 ? d.x_in : xb, res, ptr<const void>((uintptr_t)p[kInNorm]), l > 0);
+    linear_rows(d, qkv, h, H, QKV, p[kQkvW], p[kQkvB]);
+    RotaryArgs r{};
+    r.q = qkv;
+    r.k = qkv + Q * es;
+    r.q_stride_t = r.k_stride_t = QKV;
+    r.q_stride_h = r.k_stride_h = D;
+    r.positions = d.positions;
+    r.cos_sin = d.cos_sin;
+    r.cs_stride = d.cs_stride;
+    r.num_tokens = d.M;
+    r.num_q_heads = d.num_heads;
+    r.num_k_heads = d.num_kv_heads;
+    r.rot_dim = d.rot_dim;
+    r.dtype = d.dtype;
+    r.num_threads = d.num_threads;
+    OCTAVO_DISPATCH(rotary, r);
+    void* kv = ptr<void>((uintptr_t)p[kKvCache]);
+    WriteKvArgs w{};
+    w.k = qkv + Q * es;
+    w.v = qkv + (Q + KV) * es;
+    w.k_stride_t = w.v_stride_t = QKV;
+    w.k_stride_h = w.v_stride_h = D;
+    w.src_dtype = d.dtype;
+    w.kv = kv;
+    w.kv_stride_kv = d.kv_stride_kv;
+    w.kv_stride_block = d.kv_stride_block;
+    w.kv_stride_tok = d.kv_stride_tok;
+    w.kv_stride_head = d.kv_stride_head;
+    w.kv_dtype = d.kv_dtype;
+    w.slot_mapping = d.slot_mapping;
+    w.num_tokens = d.M;
+    w.num_kv_heads = d.num_kv_heads;
+    w.head_dim = d.head_dim;
+    w.block_size = d.block_size;
+    w.num_threads = d.num_threads;
+    OCTAVO_DISPATCH(write_kv, w);
+    AttnArgs a{};
+    a.out = ao;
+    a.o_stride_t = Q;
+    a.o_stride_h = D;
+    a.q = qkv;
+    a.q_stride_t = QKV;
+    a.q_stride_h = D;
+    a.q_dtype = d.dtype;
+    a.kv = kv;
+    a.kv_stride_kv = d.kv_stride_kv;
+    a.kv_stride_block = d.kv_stride_block;
+    a.kv_stride_tok = d.kv_stride_tok;
+    a.kv_stride_head = d.kv_stride_head;
+    a.kv_dtype = d.kv_dtype;
+    a.block_tables = d.block_tables;
+    a.bt_stride = d.bt_stride;
+    a.seq_lens = d.seq_lens;
+    a.query_start_loc = d.query_start_loc;
+    a.first_seq = 0;
+    a.num_seqs = d.num_seqs;
+    a.num_heads = d.num_heads;
+    a.num_kv_heads = d.num_kv_heads;
+    a.head_dim = d.head_dim;
+    a.block_size = d.block_size;
+    a.scale = d.scale;
+    a.sliding_window = (int)p[kWindow];
+    a.q_tile = 16;  // _native.paged_attention's default (decode rows: one token per request)
+    a.num_threads = d.num_threads;
+    a.kv_splits = 0;
+    a.kernel = d.attn_kernel;
+    OCTAVO_DISPATCH(paged_attention, a);
+    linear_rows(d, xb, ao, Q, H, p[kOW], 0);
+    rms_rows(d, h, xb, res, ptr<const void>((uintptr_t)p[kPostNorm]), true);
+    linear_rows(d, gu, h, H, 2 * I, p[kGateUpW], 0);
+    SiluMulArgs m{};
+    m.out = act;
+    m.x = gu;
+    m.rows = d.M;
+    m.d = I;
+    m.x_stride = 2 * I;
+    m.out_stride = I;
+    m.dtype = d.dtype;
+    m.num_threads = d.num_threads;
+    OCTAVO_DISPATCH(silu_and_mul, m);
+    linear_rows(d, xb, act, I, H, p[kDownW], 0);
+  }
+  rms_rows(d, d.out, xb, res, d.final_norm, true);
 }
 
 }  // namespace
@@ -258,4 +428,56 @@ PYBIND11_MODULE(_C, m) {
         OCTAVO_DISPATCH(silu_and_mul, a);
       },
       "out = silu(x[:, :d]) * x[:, d:] over rows, fp32 math (see kernels.h)");
+
+  m.def(
+      "decode_step",
+      [](uintptr_t plan, int layers, int hidden, int num_heads, int num_kv_heads, int head_dim, int inter,
+         float eps, float scale, int dtype, int kv_dtype, int block_size, int attn_kernel, int num_threads,
+         int64_t kv_stride_kv, int64_t kv_stride_block, int64_t kv_stride_tok, int64_t kv_stride_head,
+         uintptr_t final_norm, uintptr_t x_in, uintptr_t out, uintptr_t scratch, int64_t M, uintptr_t positions,
+         uintptr_t slot_mapping, uintptr_t cos_sin, int64_t cs_stride, int64_t max_pos, int rot_dim,
+         uintptr_t block_tables, int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int num_seqs) {
+        const int64_t* pos = ptr<const int64_t>(positions);
+        for (int64_t t = 0; t < M; ++t)  // as the rotary binding: a bad position raises, not reads
+          if (pos[t] < 0 || pos[t] >= max_pos)
+            throw py::index_error("decode_step: position " + std::to_string(pos[t]) +
+                                  " is outside the cos/sin table of " + std::to_string(max_pos) + " positions");
+        DecodeStep d{};
+        d.plan = ptr<const int64_t>(plan);
+        d.layers = layers;
+        d.hidden = hidden;
+        d.num_heads = num_heads;
+        d.num_kv_heads = num_kv_heads;
+        d.head_dim = head_dim;
+        d.inter = inter;
+        d.eps = eps;
+        d.scale = scale;
+        d.dtype = dtype;
+        d.kv_dtype = kv_dtype;
+        d.block_size = block_size;
+        d.attn_kernel = attn_kernel;
+        d.num_threads = num_threads;
+        d.kv_stride_kv = kv_stride_kv;
+        d.kv_stride_block = kv_stride_block;
+        d.kv_stride_tok = kv_stride_tok;
+        d.kv_stride_head = kv_stride_head;
+        d.final_norm = ptr<const void>(final_norm);
+        d.x_in = ptr<const void>(x_in);
+        d.out = ptr<void>(out);
+        d.scratch = ptr<void>(scratch);
+        d.M = M;
+        d.positions = pos;
+        d.slot_mapping = ptr<const int64_t>(slot_mapping);
+        d.cos_sin = ptr<const float>(cos_sin);
+        d.cs_stride = cs_stride;
+        d.rot_dim = rot_dim;
+        d.block_tables = ptr<const int32_t>(block_tables);
+        d.bt_stride = bt_stride;
+        d.seq_lens = ptr<const int32_t>(seq_lens);
+        d.query_start_loc = ptr<const int32_t>(query_start_loc);
+        d.num_seqs = num_seqs;
+        py::gil_scoped_release nogil;
+        decode_step(d);
+      },
+      "Every layer of a decode step plus the final norm, in one call (see decode_forward.py)");
 }

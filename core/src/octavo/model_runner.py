@@ -247,6 +247,8 @@ class ModelRunner:
         inference mode)."""
         hidden = self.graph_runner.run(ids, pos, meta) if self.graph_runner is not None else None
         if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
+            hidden = self.platform.run_model(self.model, ids, pos, self.kv_caches, meta)
+        if hidden is None:
             hidden = self.model(ids, pos, self.kv_caches, meta)
         return hidden
 

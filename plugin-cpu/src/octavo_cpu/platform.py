@@ -97,6 +97,12 @@ class CpuPlatform(Platform):
             return _native.silu_and_mul(x)
         return super().silu_and_mul(x)
 
+    def run_model(self, model, input_ids, positions, kv_caches, meta):
+        # decode steps of up to 8 requests: every layer in one native call (decode_forward.py)
+        from octavo_cpu.decode_forward import run_decode
+
+        return run_decode(model, input_ids, positions, kv_caches, meta)
+
     def device_props(self) -> DeviceProps:
         total = free = 0
         try:

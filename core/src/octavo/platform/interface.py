@@ -352,6 +352,14 @@ class Platform:
         device memory runs it while watching its own peak-memory counter and uses the peak in
         `kv_cache_budget_bytes`. The default does not call it (fixed-size caches)."""
 
+    def run_model(self, model: Any, input_ids: Any, positions: Any, kv_caches: list, meta: "AttentionMetadata") -> Any:
+        """Optionally run a whole forward of `model` (one of octavo.models) your own way, e.g.
+        a decode step in one native call instead of a few hundred op calls from Python.
+        Return the hidden states `model(input_ids, positions, kv_caches, meta)` would return
+        (the same values: greedy equivalence is tested through it), or None to let the model
+        run op by op. Called for eager steps only (replayed graphs bypass it). Default: None."""
+        return None
+
     def warm_up(self, forward: Callable[[], Any]) -> None:
         """Called once after the KV cache is allocated, with a callable that runs a few small
         forwards over the batch shapes serving meets (long and short decodes, prefill chunks).
