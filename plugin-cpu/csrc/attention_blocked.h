@@ -406,6 +406,24 @@ static void attend_blocked(const AttnArgs& a, const AttnUnit& u, char* ws, const
   constexpr int kPf = OCTAVO_PF;  // prefetch distance in chunks
   constexpr int kRowBytes = D * (int)sizeof(TKV);
 
+  // the chunk loop below prefetches kPf chunks ahead, so a unit's first kPf chunks would be
+  // demand misses, issued a row at a time: fetch them all now. Decode units are only ~10
+  // chunks (64 requests x 320 keys, SmolLM2), so this is a fifth of their rows; one layer's
+  // decode attention from memory, alternating builds: 0.93-0.99 ms against 1.03-1.19 ms.
+  if (kstart < kend) {
+    const int pend = kstart + kPf * kChunk < kend ? kstart + kPf * kChunk : kend;
+    for (int p = kstart; p < pend; p += kChunk) {
+      const TKV* pk[kChunk];
+      const TKV* pv[kChunk];
+      const int n = pend - p < kChunk ? pend - p : kChunk;
+      chunk_rows(a, table, kvh, p, n, pk, pv);
+      for (int j = 0; j < n; ++j)
+        for (int off = 0; off < kRowBytes; off += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(pk[j]) + off, _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(pv[j]) + off, _MM_HINT_T1);
+        }
+    }
+  }
   for (int c0 = kstart - kstart % kChunk; kstart < kend && c0 < kend; c0 += kChunk) {
     const int j0 = kstart > c0 ? kstart - c0 : 0;
     const int j1 = kend - c0 < kChunk ? kend - c0 : kChunk;
