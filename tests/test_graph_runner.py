@@ -131,3 +131,20 @@ def test_profile_run(tiny_model_dirs, monkeypatch):
     # the default hook does not run the forward
     Platform.profile_memory(llm.llm_engine.platform, lambda: pytest.fail("ran"))
     assert torch.isfinite(llm.llm_engine.runner.kv_caches[0]).all()
+
+
+def test_warm_up_forwards_store_nothing(tiny_model_dirs, monkeypatch):
+    """The start-up warm-up (run by platforms that compile kernels on first use) goes through
+    long and short decodes and prefill chunks without touching any request's KV blocks."""
+    kw = dict(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="64MiB",
+              max_model_len=256, max_num_batched_tokens=96, max_num_seqs=8)
+    cold = LLM(**kw)
+    calls = []
+    monkeypatch.setattr(CpuPlatform, "warm_up", lambda self, fwd: (calls.append(1), fwd()))
+    warm = LLM(**kw)
+    assert calls == [1]
+    assert all(int(torch.count_nonzero(kv)) == 0 for kv in warm.llm_engine.runner.kv_caches)
+    prompts, lens = _prompts()[:4], [5, 9, 3, 7]
+    assert _generate(warm, prompts, lens) == _generate(cold, prompts, lens)
+    # the default hook does not run the forwards
+    Platform.warm_up(warm.llm_engine.platform, lambda: pytest.fail("ran"))

@@ -97,6 +97,25 @@ class ModelRunner:
                 self.config.model.max_model_len, self.block_size, self.device)
             self.graph_runner.capture()
 
+    def _dummy_batch(self, q_lens: list[int], seq_lens: list[int], num_decodes: int):
+        """(input_ids, positions, metadata) of a batch that stores nothing (slot -1) and reads
+        only block 0 (every page), for the profiling and warm-up forwards."""
+        qsl = [0]
+        for n in q_lens:
+            qsl.append(qsl[-1] + n)
+        t, dev = qsl[-1], self.device
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.zeros((len(seq_lens), -(-max(seq_lens) // self.block_size)), dtype=torch.int32,
+                                     device=dev),
+            slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
+            max_query_len=max(q_lens), max_seq_len=max(seq_lens),
+            query_start_loc_cpu=qsl, seq_lens_cpu=list(seq_lens), num_decodes=num_decodes,
+        )
+        pos = torch.tensor([p for n, s in zip(q_lens, seq_lens) for p in range(s - n, s)], device=dev)
+        return torch.zeros(t, dtype=torch.long, device=dev), pos, meta
+
     # ---- memory profiling ---------------------------------------------------------------
     @torch.inference_mode()
     def profile_run(self) -> None:
@@ -111,23 +130,11 @@ class ModelRunner:
         while total > 0:
             lens.append(min(max_len, total))
             total -= lens[-1]
-        m, dev, bs = self.model, self.device, self.block_size
-        shape = self.platform.attention.kv_cache_shape(1, bs, m.num_kv_heads, m.head_dim)
-        kv = torch.zeros(shape, dtype=self.dtype, device=dev)
-        qsl = [0]
-        for n in lens:
-            qsl.append(qsl[-1] + n)
-        t = qsl[-1]
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
-            block_tables=torch.zeros((len(lens), -(-max(lens) // bs)), dtype=torch.int32, device=dev),
-            slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
-            max_query_len=max(lens), max_seq_len=max(lens),
-            query_start_loc_cpu=qsl, seq_lens_cpu=lens, num_decodes=0,
-        )
-        ids = torch.zeros(t, dtype=torch.long, device=dev)
-        pos = torch.cat([torch.arange(n, device=dev) for n in lens])
+        m = self.model
+        shape = self.platform.attention.kv_cache_shape(1, self.block_size, m.num_kv_heads, m.head_dim)
+        kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        ids, pos, meta = self._dummy_batch(lens, lens, num_decodes=0)
+        t = ids.shape[0]
         hidden = self.model(ids, pos, [kv] * len(m.layers), meta)
         rows = min(sc.max_num_seqs, t)
         logits = self.model.compute_logits(hidden[:rows])
@@ -144,7 +151,7 @@ class ModelRunner:
         of each length class. Platforms that compile kernels on first use (Triton) then
         compile at start-up instead of in the middle of the first requests. Nothing is
         stored (slot -1); every page points at block 0, which holds no one's tokens yet."""
-        bs, max_len = self.block_size, self.config.model.max_model_len
+        max_len = self.config.model.max_model_len
         max_seqs = self.config.scheduler.max_num_seqs
         budget = self.config.scheduler.max_num_batched_tokens
         # (decode context lengths, prefill chunk lengths); all under the token budget
@@ -153,21 +160,8 @@ class ModelRunner:
             decode_lens = [min(n, max_len) for n in decode_lens]
             chunk_lens = [min(n, max_len) for n in chunk_lens if len(decode_lens) + n <= budget]
             q_lens = [1] * len(decode_lens) + chunk_lens
-            seq_lens = list(decode_lens) + chunk_lens
-            qsl = [0]
-            for n in q_lens:
-                qsl.append(qsl[-1] + n)
-            t, dev = qsl[-1], self.device
-            meta = AttentionMetadata(
-                query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-                seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-                block_tables=torch.zeros((len(seq_lens), -(-max(seq_lens) // bs)), dtype=torch.int32, device=dev),
-                slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
-                max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-                query_start_loc_cpu=qsl, seq_lens_cpu=seq_lens, num_decodes=len(decode_lens),
-            )
-            pos = torch.tensor([p for n, s in zip(q_lens, seq_lens) for p in range(s - n, s)], device=dev)
-            self.model(torch.zeros(t, dtype=torch.long, device=dev), pos, self.kv_caches, meta)
+            ids, pos, meta = self._dummy_batch(q_lens, list(decode_lens) + chunk_lens, len(decode_lens))
+            self.model(ids, pos, self.kv_caches, meta)
         self.platform.synchronize()
 
     # ---- one step -----------------------------------------------------------------------
