@@ -26,7 +26,6 @@ _PLAN_COLS = 9  # csrc/ops.cpp PlanCol
 
 @dataclass
 class _Plan:
-    key: tuple
     table: torch.Tensor  # int64 [layers, _PLAN_COLS]
     hidden: int
     num_heads: int
@@ -67,7 +66,7 @@ def _eligible(model, kv_caches) -> bool:
     return model.norm.dtype == dtype and len(kv_caches) == len(model.layers)
 
 
-def _build_plan(model, kv_caches, key) -> _Plan | None:
+def _build_plan(model, kv_caches) -> _Plan | None:
     if not _eligible(model, kv_caches):
         return None
     rows = []
@@ -86,7 +85,7 @@ def _build_plan(model, kv_caches, key) -> _Plan | None:
     if any(layer.self_attn.scale != a0.scale for layer in model.layers):
         return None
     return _Plan(
-        key=key, table=torch.tensor(rows, dtype=torch.int64), hidden=model.config.hidden_size,
+        table=torch.tensor(rows, dtype=torch.int64), hidden=model.config.hidden_size,
         num_heads=a0.num_heads, num_kv_heads=a0.num_kv_heads, head_dim=a0.head_dim,
         inter=model.layers[0].mlp.intermediate, eps=float(model.config.rms_norm_eps), scale=float(a0.scale),
         dtype=model.embed_tokens.dtype, kv_dtype=kv0.dtype, kv_strides=tuple(kv0.stride()[:4]),
@@ -95,13 +94,13 @@ def _build_plan(model, kv_caches, key) -> _Plan | None:
 
 
 def _plan(model, kv_caches) -> _Plan | None:
-    # weights do not move after loading; a new KV cache (a new engine) makes a new plan
+    """The model's plan for these caches (None: not covered), built on first use. Weights do
+    not move after loading; a new KV cache (a new engine) makes a new plan."""
     key = (id(model), tuple(kv.data_ptr() for kv in kv_caches))
-    plan = getattr(model, "_octavo_cpu_decode_plan", None)
-    if plan is None or plan.key != key:
-        plan = _build_plan(model, kv_caches, key) or _Plan(key, None, 0, 0, 0, 0, 0, 0.0, 0.0, None, None, (), 0)
-        model._octavo_cpu_decode_plan = plan
-    return plan if plan.table is not None else None
+    cached = getattr(model, "_octavo_cpu_decode_plan", None)
+    if cached is None or cached[0] != key:
+        cached = model._octavo_cpu_decode_plan = (key, _build_plan(model, kv_caches))
+    return cached[1]
 
 
 def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list, meta) -> torch.Tensor | None:

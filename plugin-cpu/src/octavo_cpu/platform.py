@@ -3,7 +3,8 @@
 Native, for float32 and bfloat16: paged attention and KV writes (`attention.py`), RMSNorm
 with the fused residual add, rotary (in place), SiLU-and-mul, and linear for decode-sized
 row counts (a GEMV that streams the weights near memory bandwidth). Larger GEMMs (prefill)
-stay with torch (oneDNN / MKL do them well).
+stay with torch (oneDNN / MKL do them well). Decode steps of up to 8 requests run every
+layer in one native call (`run_model`, see decode_forward.py).
 """
 
 from __future__ import annotations
