@@ -16,7 +16,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e ./core -e ./plugins 
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader | tee -a "$LOG"
 python3 plugin-cuda/scripts/make_llama8b_dir.py .gpu/tok /tmp/llama8b
 M="--model /tmp/llama8b --load-format dummy --dtype bfloat16 --max-model-len 4096 --device cuda"
-B="python3 plugin-cuda/scripts/bench_gpu.py bench throughput $M"
+B="python3 -m octavo.entrypoints.cli bench throughput $M"  # `octavo bench throughput`
 step() { echo "== $1 ($(date -u +%T))" | tee -a "$LOG"; shift; timeout 420 "$@" 2>&1 | grep -v "it/s\]" | tee -a "$LOG"; }
 if [ "$1" = check ]; then
   SMOL=/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf
