@@ -90,6 +90,20 @@ struct DecodeStep {
   int num_seqs;
 };
 
+// The layer's KV cache as WriteKvArgs and AttnArgs both describe it.
+template <typename Args>
+void set_kv_cache(Args& x, void* kv, const DecodeStep& d) {
+  x.kv = kv;
+  x.kv_stride_kv = d.kv_stride_kv;
+  x.kv_stride_block = d.kv_stride_block;
+  x.kv_stride_tok = d.kv_stride_tok;
+  x.kv_stride_head = d.kv_stride_head;
+  x.kv_dtype = d.kv_dtype;
+  x.num_kv_heads = d.num_kv_heads;
+  x.head_dim = d.head_dim;
+  x.block_size = d.block_size;
+}
+
 void rms_rows(const DecodeStep& d, void* out, const void* x, void* res, const void* weight, bool with_residual) {
   RmsNormArgs a{};
   a.out = out;
@@ -163,17 +177,9 @@ void decode_step(const DecodeStep& d) {
     w.k_stride_t = w.v_stride_t = QKV;
     w.k_stride_h = w.v_stride_h = D;
     w.src_dtype = d.dtype;
-    w.kv = kv;
-    w.kv_stride_kv = d.kv_stride_kv;
-    w.kv_stride_block = d.kv_stride_block;
-    w.kv_stride_tok = d.kv_stride_tok;
-    w.kv_stride_head = d.kv_stride_head;
-    w.kv_dtype = d.kv_dtype;
+    set_kv_cache(w, kv, d);
     w.slot_mapping = d.slot_mapping;
     w.num_tokens = d.M;
-    w.num_kv_heads = d.num_kv_heads;
-    w.head_dim = d.head_dim;
-    w.block_size = d.block_size;
     w.num_threads = d.num_threads;
     OCTAVO_DISPATCH(write_kv, w);
     AttnArgs a{};
@@ -184,12 +190,7 @@ void decode_step(const DecodeStep& d) {
     a.q_stride_t = QKV;
     a.q_stride_h = D;
     a.q_dtype = d.dtype;
-    a.kv = kv;
-    a.kv_stride_kv = d.kv_stride_kv;
-    a.kv_stride_block = d.kv_stride_block;
-    a.kv_stride_tok = d.kv_stride_tok;
-    a.kv_stride_head = d.kv_stride_head;
-    a.kv_dtype = d.kv_dtype;
+    set_kv_cache(a, kv, d);
     a.block_tables = d.block_tables;
     a.bt_stride = d.bt_stride;
     a.seq_lens = d.seq_lens;
@@ -197,9 +198,6 @@ void decode_step(const DecodeStep& d) {
     a.first_seq = 0;
     a.num_seqs = d.num_seqs;
     a.num_heads = d.num_heads;
-    a.num_kv_heads = d.num_kv_heads;
-    a.head_dim = d.head_dim;
-    a.block_size = d.block_size;
     a.scale = d.scale;
     a.sliding_window = (int)p[kWindow];
     a.q_tile = 16;  // _native.paged_attention's default (decode rows: one token per request)
