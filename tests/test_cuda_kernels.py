@@ -351,6 +351,30 @@ def test_silu_and_mul(dtype, d):
     _close(got, ref, dtype)
 
 
+@kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows,n,k", [(1, 37, 100), (1, 130, 64), (3, 64, 576), (2, 9, 2048 + 48)]
+                         + ([(1, 6144, 4096), (1, 4096, 14336), (4, 128256, 4096), (1, 49152, 576)] if FULL else []))
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv(dtype, rows, n, k, with_bias):
+    """The decode GEMV against a float32 matmul of the same rounded inputs; x's rows strided
+    (a view into a wider tensor), N not a multiple of the block, K not of BLOCK_K."""
+    gen = _gen(10)
+    x = _rand((rows, k + 8), dtype, gen)[:, 3:k + 3]
+    w = _rand((n, k), dtype, gen, scale=k ** -0.5)
+    b = _rand((n,), dtype, gen) if with_bias else None
+    from octavo_cuda.kernels.gemv import gemv
+
+    got = gemv(x, w, b)
+    ref = torch.nn.functional.linear(x.cpu().float(), w.cpu().float(), None if b is None else b.cpu().float())
+    assert got.shape == (rows, n) and got.dtype == dtype
+    # one rounding of the float32 sum to dtype; fp32 sums in another order differ by ~k ulps
+    tol = {torch.float32: 1e-4}.get(dtype, TOL[dtype][0])
+    torch.testing.assert_close(got.cpu().float(), ref, atol=tol, rtol=tol)
+    if rows == 1:  # the platform routes one-row linears here
+        torch.testing.assert_close(_cuda_platform().linear(x, w, b).cpu(), got.cpu(), atol=0, rtol=0)
+
+
 # ---- the platform, without a GPU -------------------------------------------------------
 
 

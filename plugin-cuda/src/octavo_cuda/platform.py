@@ -80,7 +80,19 @@ class CudaPlatform(Platform):
         if why:
             raise ValueError(f"the cuda platform cannot serve {config.model.model}: {why}")
 
-    # ---- fused ops (Triton); linear stays the default torch (cuBLAS) GEMM -----------
+    # ---- fused ops and the decode GEMV (Triton); other linears are cuBLAS (torch) -------
+    #: most rows of x that take the Triton GEMV (gemv_bench.py: it streams weights at
+    #: 2.6-3.1 TB/s where cuBLAS reaches 2.0-2.9 for one row)
+    gemv_max_rows = 1
+
+    def linear(self, x, weight, bias=None):
+        if x.numel() <= self.gemv_max_rows * x.shape[-1] and weight.dtype == x.dtype and (
+                bias is None or bias.dtype == x.dtype):
+            from octavo_cuda.kernels.gemv import gemv
+
+            return gemv(x, weight, bias)
+        return super().linear(x, weight, bias)
+
     def rms_norm(self, x, weight, eps, residual=None):
         from octavo_cuda.kernels.rms_norm import rms_norm
 
