@@ -2,7 +2,7 @@
 
 Runs N requests of 128 prompt tokens through LLMEngine and times, per decode step, the
 host phases (schedule, input preparation, graph replay launch, logits + sampler, the
-synchronizing `.tolist()`, output processing) next to the device time of the replay
+wait for the sampled tokens, output processing) next to the device time of the replay
 alone (the captured graph run back to back). The gap between the step time and the
 replay time is what host work costs the GPU.
 """
@@ -47,8 +47,9 @@ timed(runner, "_prepare", "prepare")
 if runner.graph_runner is not None:
     timed(runner.graph_runner, "run", "replay launch")
 timed(runner.model, "compute_logits", "logits launch")
-timed(type(runner.sampler), "__call__", "sampler (incl. sync)")
-timed(runner, "execute", "execute total")
+timed(type(runner.sampler), "launch", "sampler launch")
+timed(runner, "launch", "step launch total")
+timed(runner, "collect", "collect (waits for the step)")
 timed(engine.scheduler, "update", "scheduler update")
 
 for i in range(own.batch):

@@ -71,6 +71,8 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     max_waiting: int = 0  # 0 = unbounded (the server bounds it)
+    # schedule and launch step N+1 while step N runs (see LLMEngine.step)
+    async_scheduling: bool = False
 
 
 @dataclass

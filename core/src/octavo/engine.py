@@ -106,6 +106,8 @@ class LLMEngine:
         self.generation_tokens_total = 0
         # the last step's new tokens, turned into outputs during the next step
         self._unprocessed: Optional[tuple[list[tuple[Request, int]], dict, float]] = None
+        # async scheduling: the launched step the host has not waited for yet
+        self._inflight = None
         logger.info("engine ready on %s in %.2f s", self.platform.name, time.perf_counter() - t0)
 
     @classmethod
@@ -245,7 +247,12 @@ class LLMEngine:
         time. Token-level stops (EOS, stop token ids, max_tokens) still apply at once, so
         no finished request is scheduled again; a stop string ends its request one step
         late, and the token computed for it in that step is dropped.
+
+        With async scheduling the next step is also scheduled and launched before the host
+        waits for this one (see `_step_async`).
         """
+        if self.config.scheduler.async_scheduling:
+            return self._step_async()
         sched_out = self.scheduler.schedule()
         previous, self._unprocessed = self._unprocessed, None
         outputs: list[RequestOutput] = []
@@ -257,17 +264,75 @@ class LLMEngine:
         if sched_out.is_empty:
             process_previous()
             return outputs
-        pending = {}
-        for s in sched_out.scheduled:
-            if s.sample:
-                p = s.sampling_params
-                pending[s.request_id] = (len(s.all_token_ids) - s.num_prompt_tokens) < p.min_tokens
         try:
-            step_out = self.runner.execute(sched_out, pending, before_sync=process_previous)
+            step_out = self.runner.execute(sched_out, self._min_tokens_pending(sched_out),
+                                           before_sync=process_previous)
         except BaseException as e:
             if self.workers is not None:
                 self.workers.step_failed(e)  # raises WorkerError if a worker caused it
             raise
+        self._add_prompt_logprobs(step_out)
+        changed = self.scheduler.update(sched_out, step_out.sampled)
+        if changed:
+            self._unprocessed = ([(req, req.token_ids[-1]) for req in changed], step_out.logprobs, time.monotonic())
+        return outputs
+
+    def _step_async(self) -> list[RequestOutput]:
+        """Async scheduling: schedule and launch step N+1, then wait for step N's tokens and
+        turn them into outputs while the device computes N+1. The host's work between two
+        steps (bookkeeping, scheduling, building inputs) then overlaps the device's.
+
+        A request in step N is scheduled in N+1 on the token N is sampling: the runner takes
+        that token from N's output on the device. If N's token stops the request (EOS, a
+        stop token or string), the token computed for it in N+1 is dropped; max_tokens and
+        the context limit are known ahead, so those requests are not scheduled again.
+        Penalties need every token on the host before sampling: a step in which a request
+        has them is waited for before the next is scheduled.
+        """
+        inflight, self._inflight = self._inflight, None
+        outputs: list[RequestOutput] = []
+        if inflight is not None and any(s.sample and s.sampling_params.penalized for s in inflight[0].scheduled):
+            outputs += self._finish(inflight)
+            inflight = None
+        sched_out = self.scheduler.schedule()
+        if not sched_out.is_empty:
+            try:
+                self._inflight = (sched_out, self.runner.launch(sched_out, self._min_tokens_pending(sched_out)))
+            except BaseException as e:
+                if self.workers is not None:
+                    self.workers.step_failed(e)
+                raise
+        if inflight is not None:
+            outputs += self._finish(inflight)
+        return outputs
+
+    def _finish(self, launched) -> list[RequestOutput]:
+        """Wait for a launched step, apply its tokens and build their outputs."""
+        sched_out, step = launched
+        try:
+            step_out = self.runner.collect(step)
+        except BaseException as e:
+            if self.workers is not None:
+                self.workers.step_failed(e)
+            raise
+        self._add_prompt_logprobs(step_out)
+        changed = self.scheduler.update(sched_out, step_out.sampled)
+        if not changed:
+            return []
+        return self._process_tokens([(req, req.token_ids[-1]) for req in changed], step_out.logprobs,
+                                    time.monotonic())
+
+    @staticmethod
+    def _min_tokens_pending(sched_out) -> dict[str, bool]:
+        """Per sampling request: whether it is still under min_tokens (EOS and stop tokens banned)."""
+        pending = {}
+        for s in sched_out.scheduled:
+            if s.sample:
+                n_out = len(s.all_token_ids) + s.num_pending - s.num_prompt_tokens
+                pending[s.request_id] = n_out < s.sampling_params.min_tokens
+        return pending
+
+    def _add_prompt_logprobs(self, step_out) -> None:
         for rid, (first, entries) in step_out.prompt_logprobs.items():
             group = self.group_of.get(rid)
             # n > 1 samples share one prompt: take the first sample's
@@ -279,10 +344,6 @@ class LLMEngine:
                 entry = {tid: Logprob(v, r + 1) for r, (tid, v) in enumerate(alts)}
                 entry[group.prompt_ids[first + j]] = Logprob(chosen, rank)
                 group.prompt_logprobs.append(entry)
-        changed = self.scheduler.update(sched_out, step_out.sampled)
-        if changed:
-            self._unprocessed = ([(req, req.token_ids[-1]) for req in changed], step_out.logprobs, time.monotonic())
-        return outputs
 
     def _process_tokens(self, tokens: list[tuple[Request, int]], logprobs: dict, now: float) -> list[RequestOutput]:
         """Detokenize one step's new tokens, apply stop strings, build the outputs."""

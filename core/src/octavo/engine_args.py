@@ -26,6 +26,7 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
+    async_scheduling: Optional[bool] = None  # None: the platform's default (on for GPUs)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -53,6 +54,9 @@ class EngineArgs:
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size)
         parser.add_argument("--enforce-eager", action="store_true")
+        parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                            help="schedule the next step while the device runs this one (default: on "
+                                 "for devices that queue work, such as GPUs; off on CPUs)")
         return parser
 
     @classmethod

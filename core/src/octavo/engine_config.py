@@ -82,8 +82,9 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             gpu_memory_utilization=args.gpu_memory_utilization,
             enable_prefix_caching=args.enable_prefix_caching, num_blocks=args.num_gpu_blocks_override,
         ),
-        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
-                                  max_num_batched_tokens=batched_tokens),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=batched_tokens,
+            async_scheduling=platform.async_scheduling if args.async_scheduling is None else args.async_scheduling),
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
         device=platform.name,
         enforce_eager=args.enforce_eager,

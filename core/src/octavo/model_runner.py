@@ -15,8 +15,8 @@ from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
 from octavo.models import get_model_class
 from octavo.platform import AttentionMetadata, Platform
-from octavo.sampling import Sampler
-from octavo.scheduler import SchedulerOutput
+from octavo.sampling import SampleJob, Sampler
+from octavo.scheduler import PENDING_TOKEN, SchedulerOutput
 from octavo.transfer import to_device
 
 logger = logging.getLogger("octavo")
@@ -31,6 +31,15 @@ class StepOutput:
     # per request: (first prompt position predicted, [(logprob, rank, top-k)] per position)
     prompt_logprobs: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = field(
         default_factory=dict)
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose device work is queued: `ModelRunner.collect` turns it into a StepOutput."""
+
+    job: Optional[SampleJob]
+    request_ids: list[str]
+    prompt_logprobs: dict
 
 
 def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -70,6 +79,9 @@ class ModelRunner:
         logger.info("loaded %s (%.1f MB, %s) in %.2f s", config.model.model, self.model_bytes / 1e6,
                     str(self.dtype).replace("torch.", ""), time.perf_counter() - t0)
         self.sampler = Sampler(self.device)
+        # the last launched step's sampled tokens (device) and each request's row in them:
+        # a step scheduled before they reached the host takes its inputs from here
+        self._last_tokens: tuple[Optional[torch.Tensor], dict[str, int]] = (None, {})
         self.kv_caches: list[torch.Tensor] = []
         self.block_size = config.cache.block_size
         self.graph_runner: Optional[GraphRunner] = None
@@ -168,7 +180,9 @@ class ModelRunner:
     def _prepare(self, out: SchedulerOutput, rows: list[int]):
         """Flat inputs of one step, plus `last`: the row of each sampled request's last token.
         Everything travels in two uploads (one int64, one int32 buffer): each upload costs
-        the host tens of microseconds, and the device waits for all of them."""
+        the host tens of microseconds, and the device waits for all of them. A token the
+        previous step is still sampling (PENDING_TOKEN) is copied from its output on the
+        device."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -178,6 +192,8 @@ class ModelRunner:
         max_blocks = 0
         num_decodes = 0
         counting_decodes = True
+        feed_dst: list[int] = []  # rows of input_ids to take from the last step's tokens
+        feed_src: list[int] = []
         for s in out.scheduled:
             n = len(s.token_ids)
             if counting_decodes and n == 1:
@@ -185,6 +201,13 @@ class ModelRunner:
             else:
                 counting_decodes = False
             input_ids.extend(s.token_ids)
+            if s.token_ids[-1] == PENDING_TOKEN:
+                row = self._last_tokens[1].get(s.request_id)
+                if row is None or PENDING_TOKEN in s.token_ids[:-1]:
+                    raise RuntimeError(f"request {s.request_id!r} was scheduled on a token that the last "
+                                       "launched step did not sample")
+                feed_dst.append(len(input_ids) - 1)
+                feed_src.append(row)
             start = s.start_pos
             positions.extend(range(start, start + n))
             blocks = s.block_ids
@@ -197,8 +220,11 @@ class ModelRunner:
         for s in out.scheduled:
             tables += s.block_ids
             tables += [0] * (max_blocks - len(s.block_ids))
-        ids, pos, slot_mapping, last = _upload([input_ids, positions, slots, [qsl[i + 1] - 1 for i in rows]],
-                                               torch.int64, self.device)
+        ids, pos, slot_mapping, last, dst, src = _upload(
+            [input_ids, positions, slots, [qsl[i + 1] - 1 for i in rows], feed_dst, feed_src],
+            torch.int64, self.device)
+        if feed_dst:
+            ids.index_copy_(0, dst, self._last_tokens[0].index_select(0, src))
         qsl_t, seq_lens_t, tables_t = _upload([qsl, seq_lens, tables], torch.int32, self.device)
         meta = AttentionMetadata(
             query_start_loc=qsl_t,
@@ -251,6 +277,12 @@ class ModelRunner:
                 before_sync: Optional[Callable[[], None]] = None) -> StepOutput:
         """Run one step. `before_sync` (the engine's bookkeeping of the previous step) runs
         while the device computes this one, before the host waits for the sampled tokens."""
+        return self.collect(self.launch(out, min_tokens_pending), before_sync)
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None) -> LaunchedStep:
+        """Queue one step's work on the device (forward, logits, sampling) without waiting
+        for it (prompt logprobs, when asked for, do wait)."""
         rows = [i for i, s in enumerate(out.scheduled) if s.sample]
         # `last` is uploaded with the inputs: an upload queued behind the forward would wait for it
         ids, pos, meta, last = self._prepare(out, rows)
@@ -261,21 +293,31 @@ class ModelRunner:
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu)
         if not rows:
-            if before_sync is not None:
-                before_sync()
-            return StepOutput({}, prompt_logprobs=prompt_lps)
+            self._last_tokens = (None, {})
+            return LaunchedStep(None, [], prompt_lps)
         logits = self.model.compute_logits(hidden.index_select(0, last))
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
         pending = min_tokens_pending or {}
-        result = self.sampler(
+        job = self.sampler.launch(
             logits,
             rids,
             [s.sampling_params for s in chosen],
             [(s.all_token_ids, s.num_prompt_tokens) for s in chosen],
             [pending.get(r, False) for r in rids],
-            before_sync=before_sync,
+            copy_to_host=self.platform.copy_to_host,
         )
-        sampled = dict(zip(rids, result.token_ids))
-        lps = {r: lp for r, lp in zip(rids, result.logprobs) if lp is not None}
-        return StepOutput(sampled, lps, prompt_lps)
+        self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
+        return LaunchedStep(job, rids, prompt_lps)
+
+    def collect(self, step: LaunchedStep, before_sync: Optional[Callable[[], None]] = None) -> StepOutput:
+        """Wait for a launched step's sampled tokens. `before_sync` runs first, while the
+        device still computes."""
+        if before_sync is not None:
+            before_sync()
+        if step.job is None:
+            return StepOutput({}, prompt_logprobs=step.prompt_logprobs)
+        result = step.job.result()
+        sampled = dict(zip(step.request_ids, result.token_ids))
+        lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None}
+        return StepOutput(sampled, lps, step.prompt_logprobs)

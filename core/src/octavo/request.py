@@ -1,8 +1,10 @@
 """Request state as the scheduler sees it: token ids and counters (no torch).
 
-Invariant: `num_computed_tokens <= num_tokens`; the KV of tokens
-[0, num_computed_tokens) is in `block_ids`. A prefill, a prefill chunk, a
-prefix-cache hit and a decode are all "computed catches up with tokens".
+Invariant: `num_computed_tokens <= num_tokens + num_pending`; the KV of tokens
+[0, num_computed_tokens) is in `block_ids` once the steps scheduled so far have run. A
+prefill, a prefill chunk, a prefix-cache hit and a decode are all "computed catches up
+with tokens". `num_pending` counts tokens sampled by steps already launched whose ids
+the host does not know yet (async scheduling schedules the next step meanwhile).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Request:
     __slots__ = (
         "request_id", "prompt_token_ids", "sampling_params", "arrival_time", "status",
         "token_ids", "num_computed_tokens", "block_ids", "block_keys", "num_cached_tokens",
-        "stop_reason", "num_preemptions", "first_token_time", "max_model_len",
+        "stop_reason", "num_preemptions", "first_token_time", "max_model_len", "num_pending",
     )
 
     def __init__(
@@ -49,7 +51,8 @@ class Request:
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.status = RequestStatus.WAITING
         self.token_ids: list[int] = list(prompt_token_ids)  # prompt + output
-        self.num_computed_tokens = 0
+        self.num_computed_tokens = 0  # advanced when a step is scheduled
+        self.num_pending = 0  # sampled by launched steps, not yet in token_ids
         self.block_ids: list[int] = []
         self.block_keys: list[int] = []  # prefix-cache keys of the full blocks registered so far
         self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first schedule

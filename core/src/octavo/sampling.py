@@ -30,10 +30,36 @@ class SamplerOutput:
     logprobs: list[Optional[tuple[float, int, list[tuple[int, float]]]]]
 
 
+def _copy_now(tensors: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
+    out = [t.cpu() for t in tensors]
+    return lambda: out
+
+
+class SampleJob:
+    """A batch's sampling, queued on the device. `token_ids` (device tensor, one per row)
+    can feed the next step before the host has seen it; `result()` waits for this job's
+    copies to the host only, not for device work queued after it."""
+
+    def __init__(self, token_ids: torch.Tensor, lp_tensors: Optional[list[torch.Tensor]],
+                 params: Sequence[SamplingParams],
+                 copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]]) -> None:
+        self.token_ids = token_ids
+        self._params = params
+        self._with_lp = lp_tensors is not None
+        self._fetch = copy_to_host([token_ids] + (lp_tensors or []))
+
+    def result(self) -> SamplerOutput:
+        host = self._fetch()
+        tokens = host[0].tolist()
+        lps: list = [None] * len(self._params)
+        if self._with_lp:
+            lps = _logprob_rows(self._params, *host[1:])
+        return SamplerOutput(tokens, lps)
+
+
 def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequence[tuple[list[int], int]]):
     """Repetition (prompt + output), presence and frequency (output) penalties, batched."""
-    rows = [i for i, p in enumerate(params)
-            if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0]
+    rows = [i for i, p in enumerate(params) if p.penalized]
     if not rows:
         return logits
     dev = logits.device
@@ -92,6 +118,23 @@ class Sampler:
     ) -> SamplerOutput:
         """`before_sync` runs once every kernel of the step is queued and before the host
         first waits for the device: host work placed there overlaps the device's."""
+        job = self.launch(logits, request_ids, params, histories, eos_masks)
+        if before_sync is not None:
+            before_sync()
+        return job.result()
+
+    def launch(
+        self,
+        logits: torch.Tensor,
+        request_ids: Sequence[str],
+        params: Sequence[SamplingParams],
+        histories: Sequence[tuple[list[int], int]],
+        eos_masks: Sequence[bool] = (),
+        copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]] = _copy_now,
+    ) -> SampleJob:
+        """Queue the sampling of one token per row; nothing waits for the device.
+        `copy_to_host` starts the copies of the results (the platform's, which on an
+        asynchronous device does not wait for work queued later)."""
         raw = logits
         want_lp = [p.logprobs is not None for p in params]
         logits = logits.clone() if any(want_lp) else logits
@@ -109,12 +152,8 @@ class Sampler:
             tokens = logits.argmax(dim=-1)
         else:
             tokens = self._sample(logits, request_ids, params)
-        lps: list = [None] * len(params)
-        if any(want_lp):
-            lps = self._logprobs(raw, tokens, params)
-        if before_sync is not None:
-            before_sync()
-        return SamplerOutput(tokens.tolist(), lps)
+        lp_tensors = self._logprobs(raw, tokens, params) if any(want_lp) else None
+        return SampleJob(tokens, lp_tensors, params, copy_to_host)
 
     def _sample(self, logits, request_ids, params) -> torch.Tensor:
         dev = self.device
@@ -142,24 +181,28 @@ class Sampler:
         greedy = to_device([p.greedy for p in params], torch.bool, dev)
         return torch.where(greedy, raw.argmax(dim=-1), sampled)
 
-    def _logprobs(self, raw, tokens, params):
+    def _logprobs(self, raw, tokens, params) -> list[torch.Tensor]:
+        """Device tensors: the sampled token's logprob and rank per row, and the top-k
+        (k = the largest logprobs asked for; width 0 when none asked for alternatives)."""
         logp = raw.log_softmax(dim=-1)
         k = max(p.logprobs or 0 for p in params)
         chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
         ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
-        top_v, top_i = logp.topk(k, dim=-1) if k > 0 else (None, None)
-        chosen, ranks = chosen.tolist(), ranks.tolist()
-        top_v = top_v.tolist() if k > 0 else None
-        top_i = top_i.tolist() if k > 0 else None
-        out = []
-        for i, p in enumerate(params):
-            if p.logprobs is None:
-                out.append(None)
-                continue
-            n = p.logprobs
-            alts = list(zip(top_i[i][:n], top_v[i][:n])) if n else []
-            out.append((chosen[i], ranks[i], alts))
-        return out
+        top_v, top_i = logp.topk(k, dim=-1)
+        return [chosen, ranks, top_v, top_i]
+
+
+def _logprob_rows(params, chosen, ranks, top_v, top_i):
+    chosen, ranks, top_v, top_i = chosen.tolist(), ranks.tolist(), top_v.tolist(), top_i.tolist()
+    out = []
+    for i, p in enumerate(params):
+        if p.logprobs is None:
+            out.append(None)
+            continue
+        n = p.logprobs
+        alts = list(zip(top_i[i][:n], top_v[i][:n])) if n else []
+        out.append((chosen[i], ranks[i], alts))
+    return out
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

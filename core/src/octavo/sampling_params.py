@@ -109,6 +109,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < 1e-5
 
+    @property
+    def penalized(self) -> bool:
+        """Repetition, presence or frequency penalties: sampling reads the token history."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
     def clone(self) -> "SamplingParams":
         import copy
 

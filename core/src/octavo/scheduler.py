@@ -11,6 +11,11 @@ from octavo.request import Request, RequestStatus
 from octavo.sampling_params import SamplingParams
 
 
+#: stands in `ScheduledRequest.token_ids` for a token that a launched step is still sampling;
+#: the runner takes it from that step's output on the device
+PENDING_TOKEN = -1
+
+
 @dataclass(frozen=True)
 class ScheduledRequest:
     """One request's share of a step: compute `token_ids` at positions start_pos.."""
@@ -23,6 +28,9 @@ class ScheduledRequest:
     sampling_params: SamplingParams
     all_token_ids: list[int]  # prompt + output so far (read-only view, for penalties)
     num_prompt_tokens: int
+    # output tokens sampled before this step but not yet in all_token_ids (0 unless the
+    # step was scheduled while the one before it still ran)
+    num_pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,11 @@ class Scheduler:
         requests are admitted FCFS while the budget, `max_num_seqs` and free blocks
         allow, after reusing whatever prefix of theirs is cached; none are admitted in
         a step that had to preempt.
+
+        It may run while the previous step is still on the device (async scheduling): a
+        request whose token that step is sampling (`num_pending`) is scheduled for the
+        position of that token, which the runner feeds from the device. A request whose
+        pending token is its last by length (max_tokens, max_model_len) is not scheduled.
         """
         budget = self.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
@@ -109,7 +122,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if req.num_pending and self._ends_by_length(req):
+                i += 1
+                continue
+            n = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
             if not self._reserve(req, n, preempted):
                 break  # req itself was preempted; everything after it too
             scheduled.append(self._scheduled(req, n))
@@ -119,6 +135,8 @@ class Scheduler:
         if not preempted:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 req = self.waiting[0]
+                if req.num_pending:
+                    break  # preempted while its token was being sampled: admit it once that arrived
                 n = self._admit(req, budget)
                 if n == 0:
                     break
@@ -129,6 +147,12 @@ class Scheduler:
                 budget -= n
 
         return SchedulerOutput(scheduled, self.max_num_batched_tokens - budget, preempted)
+
+    def _ends_by_length(self, req: Request) -> bool:
+        """The request's pending tokens reach its max_tokens or the context limit."""
+        p = req.sampling_params
+        n_out = req.num_output_tokens + req.num_pending
+        return (p.max_tokens is not None and n_out >= p.max_tokens) or req.num_tokens + req.num_pending >= self.max_model_len
 
     def _reserve(self, req: Request, n: int, preempted: list[str]) -> bool:
         """Make room for n more tokens of a running request, preempting from the back."""
@@ -169,6 +193,8 @@ class Scheduler:
         return n
 
     def _preempt(self, req: Request) -> None:
+        # a launched step may still write this request's KV into the freed blocks: the
+        # device runs steps in order, so a later owner's writes land after it
         self.running.remove(req)
         self.bm.free(req.block_ids)
         req.block_ids = []
@@ -181,35 +207,47 @@ class Scheduler:
 
     def _scheduled(self, req: Request, n: int) -> ScheduledRequest:
         start = req.num_computed_tokens
+        known = req.num_tokens
         # Index the blocks this step fills as soon as it is scheduled: a request admitted
         # later in the same step may reuse them, because every layer writes the whole
         # batch's KV before any of the batch attends. Every scheduled token is computed
-        # (aborts and preemptions happen between steps), so the index never points at
-        # KV that will not exist.
-        self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, start + n)
+        # (a step, once scheduled, runs), so the index never points at KV that will not
+        # exist. A block holding a pending token waits: its key needs the token's id.
+        self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, min(start + n, known))
+        token_ids = req.token_ids[start:start + n]
+        token_ids += [PENDING_TOKEN] * (n - len(token_ids))
+        sample = start + n == known + req.num_pending
+        pending_before = req.num_pending
+        req.num_computed_tokens = start + n
+        if sample:
+            req.num_pending += 1
         return ScheduledRequest(
             request_id=req.request_id,
-            token_ids=req.token_ids[start:start + n],
+            token_ids=token_ids,
             start_pos=start,
             block_ids=req.block_ids,
-            sample=start + n == req.num_tokens,
+            sample=sample,
             sampling_params=req.sampling_params,
             all_token_ids=req.token_ids,
             num_prompt_tokens=req.num_prompt_tokens,
+            num_pending=pending_before,
         )
 
     # ---- after the step ---------------------------------------------------------------
     def update(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance computed counters, append sampled tokens and apply token-level stops.
+        """Append a finished step's sampled tokens and apply token-level stops.
 
-        Returns the requests that received a new token (finished ones included).
+        Returns the requests that received a new token (finished ones included). A
+        request preempted since the step was scheduled still gets its token.
         """
         changed: list[Request] = []
         for s in scheduler_output.scheduled:
-            req = self.requests.get(s.request_id)
-            if req is None:  # aborted while the step ran
+            if not s.sample:
                 continue
-            req.num_computed_tokens += len(s.token_ids)
+            req = self.requests.get(s.request_id)
+            if req is None:  # finished or aborted since: its token is dropped
+                continue
+            req.num_pending -= 1
             token = sampled.get(s.request_id)
             if token is None:
                 continue

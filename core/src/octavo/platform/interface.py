@@ -215,6 +215,11 @@ class Platform:
     #: prefill GEMMs run at the device's full rate, small enough that decodes sharing a
     #: step with a prefill chunk are not held up long
     default_max_num_batched_tokens: ClassVar[int] = 2048
+    #: async scheduling by default (--async-scheduling): the engine schedules and launches
+    #: step N+1 while step N runs, feeding N's sampled tokens to N+1 on the device. It pays
+    #: where launching returns before the device has finished (kernels are queued); on a
+    #: device that computes as it is called it only adds a wasted token per stop
+    async_scheduling: ClassVar[bool] = False
     #: how long a collective waits for a peer before raising (a hung rank must not hang all)
     dist_timeout_s: float = 600.0
 
@@ -344,6 +349,14 @@ class Platform:
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on synchronous devices)."""
+
+    def copy_to_host(self, tensors: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
+        """Start copying device tensors to host memory; the returned callable waits for those
+        copies and returns the host tensors. On an asynchronous device it must not wait for
+        work queued after the copies (the next step, under async scheduling). The default
+        copies at once, which is right for devices that compute as they are called."""
+        out = [t.cpu() for t in tensors]
+        return lambda: out
 
     # ---- optional: memory profiling and graph capture ------------------------------
     def profile_memory(self, forward: Callable[[], Any]) -> None:
