@@ -1,7 +1,7 @@
 #!/bin/bash
 # End-to-end on the lent GPU (issue 7): decode graphs correctness + benchmarks G1-G3.
 #   bash plugin-cuda/scripts/e2e_gpu.sh check   # install, SmolLM2 + graph checks, start-up, G2 (+eager), G3
-#   bash plugin-cuda/scripts/e2e_gpu.sh bench   # install, graph checks, start-up, G2 and G3 beside HF, G3 with 2048-token steps
+#   bash plugin-cuda/scripts/e2e_gpu.sh bench   # install, graph checks, start-up, G2 and G3 beside HF and without async scheduling, G3 with 2048-token steps
 #   bash plugin-cuda/scripts/e2e_gpu.sh g1      # install, G1's first 128 requests beside HF, G1 (1000 requests)
 #   bash plugin-cuda/scripts/e2e_gpu.sh g3g1    # install, G3, G1
 # Carry .whl (importlib_metadata, lazy_importer, gguf wheels) and .gpu/tok (SmolLM2 tokenizer,
@@ -35,7 +35,9 @@ if [ "$1" = bench ]; then  # the results table: G2 and G3 beside HF, G3 with 819
   step graph_check python3 plugin-cuda/scripts/graph_check.py .gpu/tok "$OUT/graph_check.json"
   export T0=$(date +%s.%N); step startup python3 plugin-cuda/scripts/startup_time.py $M
   step G2 $B --num-prompts 1 --input-len 128 --output-len 512 --compare hf --gpu-memory-utilization 0.6 --json "$OUT/g2.json"
+  step G2-no-async $B --num-prompts 1 --input-len 128 --output-len 512 --no-async-scheduling --gpu-memory-utilization 0.6 --json "$OUT/g2_sync.json"
   step G3 $B --num-prompts 64 --input-len 1024 --output-len 128 --compare hf --gpu-memory-utilization 0.5 --json "$OUT/g3.json"
+  step G3-no-async $B --num-prompts 64 --input-len 1024 --output-len 128 --no-async-scheduling --gpu-memory-utilization 0.5 --json "$OUT/g3_sync.json"
   step G3-2048 $B --num-prompts 64 --input-len 1024 --output-len 128 --max-num-batched-tokens 2048 --gpu-memory-utilization 0.5 --json "$OUT/g3_2048.json"
 fi
 if [ "$1" = g1 ]; then
