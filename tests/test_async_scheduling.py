@@ -213,3 +213,49 @@ def test_tensor_parallel_with_async_scheduling(tiny_model_dirs, hf_reference):
     outs = _generate(llm, prompts, SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
     assert [o.outputs[0].token_ids for o in outs] == ref
     llm.shutdown()
+
+
+def test_streaming_server_engine_with_async_scheduling(tiny_model_dirs):
+    """The server's engine loop over a real engine with async scheduling: concurrent streams
+    equal the offline outputs, a stream broken off mid-way is aborted, and every block comes back."""
+    import asyncio
+
+    from octavo.async_engine import AsyncLLMEngine
+    from octavo.engine_args import EngineArgs
+    from octavo.sampling_params import RequestOutputKind
+
+    path = tiny_model_dirs["llama"]
+    prompts = _prompts(4, seed=11)
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    want = [c[1] for c in _summary(_generate(_llm(path, False), prompts, params))]
+    engine = AsyncLLMEngine.from_engine_args(EngineArgs(model=path, device="cpu", dtype="float32",
+                                                         kv_cache_memory="32MiB", async_scheduling=True))
+    stream = params.clone()
+    stream.output_kind = RequestOutputKind.DELTA
+
+    async def collect(i):
+        ids = []
+        async for out in engine.generate({"prompt_token_ids": prompts[i]}, stream, f"s{i}"):
+            ids += out.outputs[0].token_ids
+        return ids
+
+    async def broken_off():
+        n = 0
+        async for _ in engine.generate({"prompt_token_ids": prompts[0]}, stream, "dropped"):
+            n += 1
+            if n == 3:
+                break
+
+    async def main():
+        got = await asyncio.gather(*(collect(i) for i in range(4)), broken_off())
+        for _ in range(200):
+            if engine.stats.num_running == 0 and engine.stats.kv_cache_usage == 0:
+                break
+            await asyncio.sleep(0.01)
+        stats = engine.stats
+        await engine.shutdown()
+        return got[:4], stats
+
+    got, stats = asyncio.run(main())
+    assert got == want
+    assert stats.num_running == 0 and stats.kv_cache_usage == 0
