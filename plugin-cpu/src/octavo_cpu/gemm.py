@@ -1,9 +1,10 @@
 """bf16 linear for prefill and batched-decode row counts on the native packed GEMM (csrc/gemm_bf16.h).
 
 torch's bf16 linear (oneDNN) reorders the weight into its blocked layout on every call; on
-SmolLM2's shapes that costs 15-40% at 64 rows (a decode step of 64 requests) and it reaches
-~85% of the vdpbf16ps peak on prefill chunks. The native kernel packs each weight once, on
-its first use, and reaches ~90% (bench/gemm.py has the numbers).
+SmolLM2's shapes at 64 rows (a decode step of 64 requests) it reaches 190-270 GFLOP/s of the
+2-core Zen 4's ~460 vdpbf16ps peak, the native kernel on weights packed once (on first use)
+335-400. On prefill chunks (512-2048 rows) the two are close: native 1-12% ahead
+(bench/gemm.py; gemm_throughput.py measures the whole workload).
 
 The packed copy rides on the weight tensor itself (an attribute), so it lives exactly as
 long as the weight; it is rebuilt when the weight changes in place (its version counter)
