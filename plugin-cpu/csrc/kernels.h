@@ -112,6 +112,26 @@ struct SiluMulArgs {
   int num_threads;
 };
 
+// y = x @ w^T (+ bias) for bf16 prefill and batched-decode row counts, against a weight
+// packed once by gemm_pack (layout in gemm_bf16.h). AVX512_BF16 only: ops.cpp offers it
+// when that file's kernels run, and the Python side falls back to torch otherwise.
+struct GemmPackArgs {
+  void* out;  // gemm_packed_elems(N, K) bf16
+  const void* w;  // [N, K] bf16, row stride w_stride
+  int64_t N, K, w_stride;
+  int num_threads;
+};
+
+struct GemmArgs {
+  void* y;  // [M, N] bf16, row stride y_stride
+  const void* x;  // [M, K] bf16, row stride x_stride
+  const void* w_packed;
+  const void* bias;  // [N] bf16 or nullptr
+  int64_t M, N, K;
+  int64_t x_stride, y_stride;
+  int num_threads;
+};
+
 #define OCTAVO_DECLARE_KERNELS(ns)               \
   namespace ns {                                 \
   void paged_attention(const AttnArgs& a);       \
@@ -126,5 +146,11 @@ OCTAVO_DECLARE_KERNELS(generic)
 OCTAVO_DECLARE_KERNELS(avx2)
 OCTAVO_DECLARE_KERNELS(avx512)
 OCTAVO_DECLARE_KERNELS(avx512bf16)
+
+namespace avx512bf16 {
+int64_t gemm_packed_elems(int64_t N, int64_t K);
+void gemm_pack(const GemmPackArgs& a);
+void gemm(const GemmArgs& a);
+}  // namespace avx512bf16
 
 }  // namespace octavo_cpu

@@ -1,4 +1,5 @@
-// AVX-512 kernels with the AVX512_BF16 instructions (vdpbf16ps, vcvtne2ps2bf16). This file alone is compiled with its
+// AVX-512 kernels with the AVX512_BF16 instructions (vdpbf16ps, vcvtne2ps2bf16), and the
+// bf16 GEMM that needs them (gemm_bf16.h). This file alone is compiled with its
 // ISA's flags (CMakeLists.txt); ops.cpp calls into it only when the CPU has them.
 #include <immintrin.h>
 
@@ -15,3 +16,4 @@ namespace avx512bf16 {
 #define OCTAVO_ISA avx512bf16
 #include "kernels_impl.h"
 #include "dense_impl.h"
+#include "gemm_bf16.h"

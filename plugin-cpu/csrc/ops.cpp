@@ -366,6 +366,54 @@ PYBIND11_MODULE(_C, m) {
       },
       "y = x @ w^T (+ bias) for few rows of x, fp32 accumulation (see kernels.h)");
 
+  // The packed bf16 GEMM exists in the avx512_bf16 build only; callers check
+  // gemm_available() (which also follows set_isa) and keep torch's matmul otherwise.
+  m.def("gemm_available", []() {
+#ifdef OCTAVO_HAVE_X86
+    return g_isa == kAvx512Bf16;
+#else
+    return false;
+#endif
+  });
+#ifdef OCTAVO_HAVE_X86
+  m.def("gemm_packed_elems", &avx512bf16::gemm_packed_elems,
+        "bf16 elements of gemm_pack's output for an [N, K] weight");
+  m.def(
+      "gemm_pack",
+      [](uintptr_t out, uintptr_t w, int64_t w_stride, int64_t N, int64_t K, int num_threads) {
+        if (g_isa != kAvx512Bf16) throw py::value_error("gemm_pack needs the avx512_bf16 kernels");
+        GemmPackArgs a{};
+        a.out = ptr<void>(out);
+        a.w = ptr<const void>(w);
+        a.w_stride = w_stride;
+        a.N = N;
+        a.K = K;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        avx512bf16::gemm_pack(a);
+      },
+      "Pack a bf16 weight [N, K] for gemm (layout in csrc/gemm_bf16.h)");
+  m.def(
+      "gemm",
+      [](uintptr_t y, int64_t y_stride, uintptr_t x, int64_t x_stride, uintptr_t w_packed, uintptr_t bias,
+         int64_t M, int64_t N, int64_t K, int num_threads) {
+        if (g_isa != kAvx512Bf16) throw py::value_error("gemm needs the avx512_bf16 kernels");
+        GemmArgs a{};
+        a.y = ptr<void>(y);
+        a.y_stride = y_stride;
+        a.x = ptr<const void>(x);
+        a.x_stride = x_stride;
+        a.w_packed = ptr<const void>(w_packed);
+        a.bias = ptr<const void>(bias);
+        a.M = M;
+        a.N = N;
+        a.K = K;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        avx512bf16::gemm(a);
+      },
+      "y = x @ w^T (+ bias), bf16, against gemm_pack's packed w; fp32 sums");
+#endif
   m.def(
       "set_linear_prefetch",
       [](int64_t bytes) {

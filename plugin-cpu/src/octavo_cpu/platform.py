@@ -1,10 +1,11 @@
 """The CPU platform: native C++ kernels (csrc/, see `_native`) where they apply, torch ops elsewhere.
 
 Native, for float32 and bfloat16: paged attention and KV writes (`attention.py`), RMSNorm
-with the fused residual add, rotary (in place), SiLU-and-mul, and linear for decode-sized
-row counts (a GEMV that streams the weights near memory bandwidth). Larger GEMMs (prefill)
-stay with torch (oneDNN / MKL do them well). Decode steps of up to 8 requests run every
-layer in one native call (`run_model`, see decode_forward.py).
+with the fused residual add, rotary (in place), SiLU-and-mul, and linear: for decode-sized
+row counts a GEMV that streams the weights near memory bandwidth, for more rows in bf16 on
+AVX512_BF16 CPUs a GEMM on weights packed once (`gemm`). Other GEMMs stay with torch.
+Decode steps of up to 8 requests run every layer in one native call (`run_model`, see
+decode_forward.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 
-from octavo_cpu import _native
+from octavo_cpu import _native, gemm
 from octavo_cpu.attention import CpuAttention
 
 
@@ -77,12 +78,15 @@ class CpuPlatform(Platform):
         return super().rms_norm(x, weight, eps, residual)
 
     def linear(self, x, weight, bias=None):
-        # few rows (decode): the native GEMV, which streams the weights at ~2x torch's rate;
-        # more rows: oneDNN's blocked GEMM wins. Limits measured with bench/dense_linear.py.
+        # few rows (decode): the native GEMV, which streams the weights at ~2x torch's rate
+        # (limits measured with bench/dense_linear.py); more rows in bf16: the native GEMM on
+        # a weight packed once (gemm.py, bench/gemm.py); else torch (oneDNN / MKL).
         max_rows = _LINEAR_MAX_ROWS.get(x.dtype, 0) if _native.available() else 0
         if (max_rows and x.numel() <= max_rows * x.shape[-1] and weight.dtype == x.dtype
                 and (bias is None or bias.dtype == x.dtype)):
             return _native.linear(x, weight, bias)
+        if gemm.applies(x, weight, bias):
+            return gemm.linear(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
 
     def rotary(self, q, k, positions, cos_sin_cache):

@@ -1,0 +1,85 @@
+"""bf16 linear for prefill and batched-decode row counts on the native packed GEMM (csrc/gemm_bf16.h).
+
+torch's bf16 linear (oneDNN) reorders the weight into its blocked layout on every call; on
+SmolLM2's shapes at 64 rows (a decode step of 64 requests) it reaches 190-270 GFLOP/s of the
+2-core Zen 4's ~460 vdpbf16ps peak, the native kernel on weights packed once (on first use)
+335-400. On prefill chunks (512-2048 rows) the two are close: native 1-12% ahead
+(bench/gemm.py; gemm_throughput.py measures the whole workload).
+
+The packed copy rides on the weight tensor itself (an attribute), so it lives exactly as
+long as the weight; it is rebuilt when the weight changes in place (its version counter)
+or moves. It costs one more copy of every weight that meets more than `_native`'s GEMV row
+limit, lm_head included.
+
+Debugging switch (read at import, settable at run time for A/B measurements):
+  OCTAVO_CPU_GEMM=0   keep torch's linear for every row count above the GEMV's
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from octavo_cpu import _native
+
+#: False: `applies` says no and CpuPlatform.linear keeps torch's matmul
+ENABLED = os.environ.get("OCTAVO_CPU_GEMM", "1") != "0"
+
+_ATTR = "_octavo_gemm_packed"  # (version, data_ptr, packed) on the weight tensor
+
+
+def available() -> bool:
+    """The avx512_bf16 kernels run here (not on lower ISAs, nor with OCTAVO_CPU_ISA lowered)."""
+    return _native.available() and _native._C.gemm_available()
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (ENABLED and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and weight.dim() == 2
+            and (bias is None or bias.dtype == torch.bfloat16) and available())
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """The kernel's layout of a bf16 weight [N, K] (a flat bf16 tensor)."""
+    assert weight.dtype == torch.bfloat16 and weight.dim() == 2
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    n, k = weight.shape
+    out = torch.empty(_native._C.gemm_packed_elems(n, k), dtype=torch.bfloat16)
+    _native._C.gemm_pack(out.data_ptr(), weight.data_ptr(), weight.stride(0), n, k, torch.get_num_threads())
+    return out
+
+
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """`pack(weight)`, cached on the weight until it changes."""
+    key = (weight._version, weight.data_ptr())
+    cached = getattr(weight, _ATTR, None)
+    if cached is None or cached[0] != key:
+        cached = (key, pack(weight))
+        setattr(weight, _ATTR, cached)
+    return cached[1]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           w_packed: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T (+ bias), bf16 in and out, fp32 sums; x [..., K] (rows may be strided).
+
+    w_packed: `pack(weight)`, else the cached one is used (built on first use).
+    """
+    k = x.shape[-1]
+    n = weight.shape[0]
+    assert weight.shape[1] == k, f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}"
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    bias_ptr = 0
+    if bias is not None:
+        assert bias.shape == (n,)
+        bias = bias.contiguous()
+        bias_ptr = bias.data_ptr()
+    wp = packed(weight) if w_packed is None else w_packed
+    m = x2.shape[0]
+    y = torch.empty(m, n, dtype=torch.bfloat16)
+    _native._C.gemm(y.data_ptr(), n, x2.data_ptr(), x2.stride(0), wp.data_ptr(), bias_ptr, m, n, k,
+                    torch.get_num_threads())
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

@@ -1,0 +1,109 @@
+"""octavo-cpu's packed bf16 GEMM (octavo_cpu.gemm, csrc/gemm_bf16.h) against fp32 matmul.
+
+The reference is torch's matmul in fp32 on the same bf16 inputs: the kernel sums in fp32 and
+rounds once to bf16, so the two differ by that rounding (and summation order). Shapes cover
+SmolLM2-135M's linears and odd ones: ragged M (every tail of the 6-row tiles, across the
+156-row L2 blocks and the threads' shares), N off the 64-column panels, odd K (the packed
+pair's zero), and a weight big enough for the threads to split columns instead of rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from octavo_cpu import _native, gemm
+from octavo_cpu.platform import CpuPlatform
+
+pytestmark = pytest.mark.skipif(not gemm.available(), reason="needs the avx512_bf16 native kernels")
+
+SHAPES = {  # id: (K, N)
+    "qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576),
+    "k1": (1, 64), "odd": (33, 100), "n130": (64, 130), "k1535": (1535, 65), "n1": (7, 1),
+}
+ROWS = [1, 5, 9, 13, 47, 64, 100, 161, 300]
+
+
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def threads(request):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
+def _inputs(m, k, n, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    w = (torch.randn(n, k, generator=g) * k**-0.5).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    return x, w, b
+
+
+def _check(got, x, w, b):
+    want = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    # one rounding to bf16 (8 significant bits), plus fp32 summation order
+    torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=2**-7)
+
+
+@pytest.mark.parametrize("m", ROWS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_gemm_matches_fp32(threads, shape, m, bias):
+    k, n = SHAPES[shape]
+    x, w, b = _inputs(m, k, n, bias, seed=m * 31 + k + n)
+    _check(gemm.linear(x, w, b, gemm.pack(w)), x, w, b)
+
+
+@pytest.mark.parametrize("m", [3, 64])
+def test_gemm_large_weight_splits_columns(threads, m):
+    """lm_head-sized weights (> 8 MiB) split their panels over the threads."""
+    x, w, _ = _inputs(m, 576, 8000, False, seed=5)
+    _check(gemm.linear(x, w), x, w, None)
+
+
+def test_gemm_strided_rows_and_batch_dims():
+    g = torch.Generator().manual_seed(6)
+    wide = torch.randn(20, 300, generator=g).bfloat16()
+    x = wide[:, 7:207]  # row stride 300
+    w = (torch.randn(70, 200, generator=g) * 0.1).bfloat16()
+    _check(gemm.linear(x, w), x, w, None)
+    x3 = torch.randn(2, 11, 200, generator=g).bfloat16()
+    got = gemm.linear(x3, w)
+    assert got.shape == (2, 11, 70)
+    _check(got.reshape(22, 70), x3.reshape(22, 200), w, None)
+
+
+def test_packed_weight_is_cached_until_it_changes():
+    x, w, _ = _inputs(16, 64, 96, False, seed=7)
+    first = gemm.packed(w)
+    assert gemm.packed(w) is first  # packed once
+    w.mul_(2)  # an in-place change (a weight load) bumps the version: packed again
+    assert gemm.packed(w) is not first
+    _check(gemm.linear(x, w), x, w, None)
+
+
+def test_platform_takes_gemm_for_bf16_rows_above_the_gemv(monkeypatch):
+    """CpuPlatform.linear: the GEMM for bf16 past the GEMV's rows, torch when it is switched
+    off, for fp32, and below avx512_bf16 (OCTAVO_CPU_ISA lowered)."""
+    p = CpuPlatform()
+    x, w, b = _inputs(40, 96, 80, True, seed=8)
+    calls = []
+    real = gemm.linear
+    monkeypatch.setattr(gemm, "linear", lambda *a: calls.append(1) or real(*a))
+    _check(p.linear(x, w, b), x, w, b)
+    assert calls == [1]
+    p.linear(x[:4], w, b)  # decode rows: the GEMV
+    p.linear(x.float(), w.float(), b.float())  # fp32: torch
+    monkeypatch.setattr(gemm, "ENABLED", False)
+    _check(p.linear(x, w, b), x, w, b)
+    monkeypatch.setattr(gemm, "ENABLED", True)
+    saved = _native.isa()
+    _native.set_isa("avx512")
+    try:
+        assert not gemm.available()
+        _check(p.linear(x, w, b), x, w, b)
+    finally:
+        _native.set_isa(saved)
+    assert calls == [1]
