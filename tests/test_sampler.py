@@ -139,3 +139,47 @@ def test_logit_bias_and_min_tokens_ban():
     logits[1, 4] = 1.0
     out = s(logits, ["a", "b"], [p, banned], [([], 0), ([], 0)], [False, True])
     assert out.token_ids == [7, 4]  # min_tokens pending: EOS (2) and stop token (3) are banned
+
+
+@pytest.mark.parametrize("v", [7, 256, 1000, 49152])
+def test_inverse_cdf_matches_a_full_scan_and_skips_zero_weights(v):
+    """The two-level inverse CDF against one cumulative sum over the whole row, in float64
+    (where both agree exactly), with zero-weight runs inside and across blocks and the
+    extreme uniforms 0 and 1 - 2^-53."""
+    from octavo.sampling import _inverse_cdf
+
+    g = torch.Generator().manual_seed(v)
+    rows = 64
+    w = torch.rand(rows, v, generator=g, dtype=torch.float64)
+    w[torch.rand(rows, v, generator=g) < 0.7] = 0.0  # scattered zeros
+    w[torch.arange(rows), torch.randint(0, v, (rows,), generator=g)] = 0.5  # no row all zero
+    w[1, : v // 2] = 0.0  # a long zero run, then mass
+    w[2, v // 2 + 1:] = 0.0  # mass, then zeros to the end
+    w[3] = 0.0
+    w[3, v - 1] = 1.0  # only the last token
+    w[4] = 0.0
+    w[4, 0] = 1.0  # only the first token
+    u = torch.rand(rows, generator=g, dtype=torch.float64)
+    u[5], u[6] = 0.0, 1.0 - 2.0 ** -53
+    got = _inverse_cdf(w, u)
+    cdf = w.cumsum(dim=-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=v - 1)
+    assert (w.gather(1, got.unsqueeze(1)) > 0).all(), "a zero-weight token was drawn"
+    assert torch.equal(got, want)
+    assert got[3] == v - 1 and got[4] == 0
+
+
+def test_sampling_frequencies_over_a_large_vocabulary():
+    """Top-k over a 49,152-token vocabulary whose kept tokens sit in different blocks."""
+    torch.manual_seed(4)
+    v, n = 49152, 3000
+    logits = torch.full((1, v), -5.0)
+    kept = [3, 700, 20000, 49151]
+    logits[0, kept] = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.1])) + 10
+    s = Sampler(torch.device("cpu"))
+    params = [SamplingParams(temperature=1.0, top_k=4)] * n
+    out = s(logits.expand(n, -1).clone(), [str(i) for i in range(n)], params, [([], 0)] * n)
+    ids = torch.tensor(out.token_ids)
+    assert set(ids.tolist()) <= set(kept)
+    freq = torch.tensor([(ids == t).float().mean().item() for t in kept])
+    assert (freq - torch.tensor([0.4, 0.3, 0.2, 0.1])).abs().max() < 0.045, freq

@@ -157,25 +157,21 @@ class Sampler:
 
     def _sample(self, logits, request_ids, params) -> torch.Tensor:
         dev = self.device
-        temp = to_device([1.0 if p.greedy else p.temperature for p in params], logits.dtype, dev)
+        temps = [1.0 if p.greedy else p.temperature for p in params]
         raw = logits
-        logits = logits / temp.unsqueeze(1)
+        if any(t != 1.0 for t in temps):  # x / 1 is x: skip a pass over the logits
+            logits = logits / to_device(temps, logits.dtype, dev).unsqueeze(1)
         top_k = [p.top_k for p in params]
         top_p = [p.top_p for p in params]
         min_p = [p.min_p for p in params]
         if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
             logits = _top_k_top_p(logits, top_k, top_p)
-        probs = logits.softmax(dim=-1)
+        # unnormalized probabilities: the inverse CDF below scales u by each row's total
+        weights = (logits - logits.max(dim=-1, keepdim=True).values).exp_()
         if any(m > 0 for m in min_p):
-            mp = to_device(min_p, probs.dtype, dev).unsqueeze(1)
-            probs = torch.where(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0, probs)
-        # inverse CDF: the first token whose cumulative mass exceeds u * total. Zero-probability
-        # tokens add nothing to the sum, so `right=True` can never land on one; the clamp
-        # covers u * total rounding up to the last value.
-        cdf = probs.cumsum(dim=-1)
-        u = self._uniforms(request_ids, params)
-        target = (u * cdf[:, -1]).unsqueeze(1)
-        sampled = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+            mp = to_device(min_p, weights.dtype, dev).unsqueeze(1)
+            weights = torch.where(weights < mp * weights.max(dim=-1, keepdim=True).values, 0.0, weights)
+        sampled = _inverse_cdf(weights, self._uniforms(request_ids, params))
         if not any(p.greedy for p in params):
             return sampled
         greedy = to_device([p.greedy for p in params], torch.bool, dev)
@@ -203,6 +199,38 @@ def _logprob_rows(params, chosen, ranks, top_v, top_i):
         alts = list(zip(top_i[i][:n], top_v[i][:n])) if n else []
         out.append((chosen[i], ranks[i], alts))
     return out
+
+
+#: tokens per block of the two-level inverse CDF
+_CDF_BLOCK = 256
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative weight exceeds u * the row's total.
+
+    Two levels, because a cumulative sum over the whole vocabulary is a serial scan per row
+    (3 ms for 64 x 49,152 on a CPU core, more than the rest of sampling): block totals (a
+    vectorized sum), their cumulative sum (V / 256 entries), then the scan inside the one
+    block each row lands in. The targets are clamped below each level's total, so rounding
+    can neither run past the end nor land on a zero-weight token (a token whose weight adds
+    nothing is never the first to exceed a target).
+    """
+    s, v = weights.shape
+    bs = _CDF_BLOCK
+    nb = -(-v // bs)
+    if nb * bs != v:
+        weights = torch.nn.functional.pad(weights, (0, nb * bs - v))
+    blocks = weights.view(s, nb, bs)
+    csum = blocks.sum(dim=-1).cumsum(dim=-1)  # [S, nb]
+    total = csum[:, -1:]
+    zero = torch.zeros_like(total)
+    t = torch.minimum(u.to(weights.dtype).unsqueeze(1) * total, torch.nextafter(total, zero))
+    j = torch.searchsorted(csum, t, right=True).clamp_(max=nb - 1)  # [S, 1]: csum[j-1] <= t < csum[j]
+    before = torch.where(j > 0, csum.gather(1, (j - 1).clamp(min=0)), zero)
+    local = blocks.gather(1, j.unsqueeze(-1).expand(s, 1, bs)).squeeze(1).cumsum(dim=-1)  # [S, bs]
+    t_in = torch.minimum((t - before).clamp_(min=0), torch.nextafter(local[:, -1:], zero))
+    k = torch.searchsorted(local, t_in, right=True).clamp_(max=bs - 1)
+    return (j * bs + k).squeeze(1).clamp_(max=v - 1)  # (a row of all zeros; softmax weights never are)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
