@@ -8,7 +8,8 @@ Sampling is by inverse CDF: one uniform u per row picks the first token whose
 cumulative probability exceeds u. It needs one random number per row instead of one
 per vocabulary entry (the exponential race drew 49k exponentials per row, about 2 ms
 each on a CPU), and the draws are made on the host and copied once, so a GPU step
-launches no kernel per seeded request.
+launches no kernel per seeded request. The weights stay unnormalized (u is scaled by each
+row's total) and the cumulative sum is taken in two levels (`_inverse_cdf`).
 """
 
 from __future__ import annotations
