@@ -32,7 +32,7 @@ class SamplerOutput:
 
 
 def _copy_now(tensors: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
-    out = [t.cpu() for t in tensors]
+    out = [t.to("cpu", copy=True) for t in tensors]
     return lambda: out
 
 

@@ -355,7 +355,7 @@ class Platform:
         copies and returns the host tensors. On an asynchronous device it must not wait for
         work queued after the copies (the next step, under async scheduling). The default
         copies at once, which is right for devices that compute as they are called."""
-        out = [t.cpu() for t in tensors]
+        out = [t.to("cpu", copy=True) for t in tensors]  # a copy even of host tensors
         return lambda: out
 
     # ---- optional: memory profiling and graph capture ------------------------------

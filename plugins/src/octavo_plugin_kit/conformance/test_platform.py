@@ -39,6 +39,22 @@ def test_device_and_dtypes(octavo_platform):
 
 
 @pytest.mark.octavo_kernel("platform")
+def test_copy_to_host(octavo_platform):
+    """`copy_to_host` (how async scheduling reads sampled tokens): host tensors equal to the
+    device ones once the returned callable has been called, even with work queued after."""
+    p = octavo_platform
+    dev = p.torch_device()
+    tokens = torch.arange(7, device=dev) * 3
+    logprobs = torch.linspace(-1, 0, 5, device=dev)
+    wait = p.copy_to_host([tokens, logprobs])
+    tokens.add_(1000)  # queued after the copy: must not show in it
+    host = wait()
+    assert len(host) == 2 and all(h.device.type == "cpu" for h in host), "platform: copy_to_host must return host tensors"
+    assert host[0].tolist() == [3 * i for i in range(7)], f"platform: copy_to_host gave {host[0].tolist()}"
+    assert torch.equal(host[1], torch.linspace(-1, 0, 5)), f"platform: copy_to_host gave {host[1].tolist()}"
+
+
+@pytest.mark.octavo_kernel("platform")
 @pytest.mark.parametrize("block_size", (8, 16, 32))
 def test_kv_cache_shape(octavo_platform, block_size):
     attn = octavo_platform.attention
