@@ -264,17 +264,11 @@ class LLMEngine:
         if sched_out.is_empty:
             process_previous()
             return outputs
-        try:
-            step_out = self.runner.execute(sched_out, self._min_tokens_pending(sched_out),
-                                           before_sync=process_previous)
-        except BaseException as e:
-            if self.workers is not None:
-                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
-            raise
-        self._add_prompt_logprobs(step_out)
-        changed = self.scheduler.update(sched_out, step_out.sampled)
-        if changed:
-            self._unprocessed = ([(req, req.token_ids[-1]) for req in changed], step_out.logprobs, time.monotonic())
+        step_out = self._on_runner(self.runner.execute, sched_out, self._min_tokens_pending(sched_out),
+                                   before_sync=process_previous)
+        tokens = self._apply(sched_out, step_out)
+        if tokens:
+            self._unprocessed = (tokens, step_out.logprobs, time.monotonic())
         return outputs
 
     def _step_async(self) -> list[RequestOutput]:
@@ -296,12 +290,8 @@ class LLMEngine:
             inflight = None
         sched_out = self.scheduler.schedule()
         if not sched_out.is_empty:
-            try:
-                self._inflight = (sched_out, self.runner.launch(sched_out, self._min_tokens_pending(sched_out)))
-            except BaseException as e:
-                if self.workers is not None:
-                    self.workers.step_failed(e)
-                raise
+            self._inflight = (sched_out, self._on_runner(self.runner.launch, sched_out,
+                                                         self._min_tokens_pending(sched_out)))
         if inflight is not None:
             outputs += self._finish(inflight)
         return outputs
@@ -309,18 +299,23 @@ class LLMEngine:
     def _finish(self, launched) -> list[RequestOutput]:
         """Wait for a launched step, apply its tokens and build their outputs."""
         sched_out, step = launched
+        step_out = self._on_runner(self.runner.collect, step)
+        tokens = self._apply(sched_out, step_out)
+        return self._process_tokens(tokens, step_out.logprobs, time.monotonic()) if tokens else []
+
+    def _on_runner(self, fn, *args, **kwargs):
+        """Call into the runner; a failure a tensor-parallel worker caused becomes its WorkerError."""
         try:
-            step_out = self.runner.collect(step)
+            return fn(*args, **kwargs)
         except BaseException as e:
             if self.workers is not None:
-                self.workers.step_failed(e)
+                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
             raise
+
+    def _apply(self, sched_out, step_out) -> list[tuple[Request, int]]:
+        """A finished step's prompt logprobs and tokens into the requests; (request, new token) each."""
         self._add_prompt_logprobs(step_out)
-        changed = self.scheduler.update(sched_out, step_out.sampled)
-        if not changed:
-            return []
-        return self._process_tokens([(req, req.token_ids[-1]) for req in changed], step_out.logprobs,
-                                    time.monotonic())
+        return [(req, req.token_ids[-1]) for req in self.scheduler.update(sched_out, step_out.sampled)]
 
     @staticmethod
     def _min_tokens_pending(sched_out) -> dict[str, bool]:

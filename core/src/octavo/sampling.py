@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from octavo.sampling_params import SamplingParams
-from octavo.transfer import to_device
+from octavo.transfer import copy_to_host_now, to_device
 
 
 @dataclass
@@ -29,11 +29,6 @@ class SamplerOutput:
     token_ids: list[int]
     # per row: (logprob of the sampled token, its rank, [(token id, logprob)] top-k) or None
     logprobs: list[Optional[tuple[float, int, list[tuple[int, float]]]]]
-
-
-def _copy_now(tensors: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
-    out = [t.to("cpu", copy=True) for t in tensors]
-    return lambda: out
 
 
 class SampleJob:
@@ -131,7 +126,7 @@ class Sampler:
         params: Sequence[SamplingParams],
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
-        copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]] = _copy_now,
+        copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]] = copy_to_host_now,
     ) -> SampleJob:
         """Queue the sampling of one token per row; nothing waits for the device.
         `copy_to_host` starts the copies of the results (the platform's, which on an

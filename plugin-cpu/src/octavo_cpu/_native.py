@@ -159,6 +159,20 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     return out if res_out is None else (out, res_out.view(x.shape))
 
 
+def linear_operands(x: torch.Tensor, n: int, bias: torch.Tensor | None):
+    """(x as 2-D rows with unit stride, bias kept alive for the call, bias pointer or 0) for
+    the native linears, which take x's rows at any row stride."""
+    # called ~120 times a decode step: 2-D x (what the layers pass) skips the reshapes
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if bias is None:
+        return x2, None, 0
+    assert bias.shape == (n,)
+    bias = bias.contiguous()
+    return x2, bias, bias.data_ptr()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T (+ bias) for few rows of x (the decode GEMV), fp32 accumulation.
 
@@ -170,17 +184,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     n = weight.shape[0]
     assert weight.dim() == 2 and weight.shape[1] == k, f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}"
     assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype), "x, weight and bias share one dtype"
-    # called ~120 times a decode step: 2-D x (what the layers pass) skips the reshapes
-    x2 = x if x.dim() == 2 else x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2, bias, bias_ptr = linear_operands(x, n, bias)
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    bias_ptr = 0
-    if bias is not None:
-        assert bias.shape == (n,)
-        bias = bias.contiguous()
-        bias_ptr = bias.data_ptr()
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=x.dtype)
     _C.linear(y.data_ptr(), n, x2.data_ptr(), x2.stride(0), weight.data_ptr(), weight.stride(0), bias_ptr,

@@ -69,14 +69,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     k = x.shape[-1]
     n = weight.shape[0]
     assert weight.shape[1] == k, f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}"
-    x2 = x if x.dim() == 2 else x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    bias_ptr = 0
-    if bias is not None:
-        assert bias.shape == (n,)
-        bias = bias.contiguous()
-        bias_ptr = bias.data_ptr()
+    x2, bias, bias_ptr = _native.linear_operands(x, n, bias)
     wp = packed(weight) if w_packed is None else w_packed
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=torch.bfloat16)

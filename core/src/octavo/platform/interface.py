@@ -32,6 +32,8 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from octavo.transfer import copy_to_host_now
+
 #: The version of this contract. A plugin declares the version it was built for;
 #: the core accepts it when the major numbers are equal and the plugin's minor is
 #: not newer than the core's (a plugin may not rely on hooks the core lacks).
@@ -355,8 +357,7 @@ class Platform:
         copies and returns the host tensors. On an asynchronous device it must not wait for
         work queued after the copies (the next step, under async scheduling). The default
         copies at once, which is right for devices that compute as they are called."""
-        out = [t.to("cpu", copy=True) for t in tensors]  # a copy even of host tensors
-        return lambda: out
+        return copy_to_host_now(tensors)
 
     # ---- optional: memory profiling and graph capture ------------------------------
     def profile_memory(self, forward: Callable[[], Any]) -> None:
