@@ -370,6 +370,61 @@ def test_silu_and_mul(isa, dtype, shape):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows,vocab", [(1, 7), (3, 257), (40, 4099), (64, 49152)],
+                         ids=["tiny", "block-tail", "ragged", "smollm2"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sample(isa, dtype, rows, vocab, threads):
+    """Each drawn token is the inverse CDF's at u, against a float64 CDF of the same
+    (rounded) logits: with temperatures and without, banned tokens, u at 0 and near 1,
+    strided rows (a view of wider logits)."""
+    g = torch.Generator().manual_seed(rows * 31 + vocab)
+    wide = (torch.randn(rows, vocab + 5, generator=g) * 4).to(dtype)
+    logits = wide[:, :vocab]
+    ban = torch.rand(rows, vocab, generator=g) < 0.3
+    ban[:, 0] = False  # a token always stays
+    logits.masked_fill_(ban, float("-inf"))
+    u = torch.rand(rows, generator=g)
+    u[0] = 0.0
+    u[-1] = 1.0 - 2.0 ** -24
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for temps in (None, torch.rand(rows, generator=g) * 1.5 + 0.2):
+            got = _native.sample(logits, temps, u)
+            cdf = ref.sample_cdf(logits.float(), temps)
+            assert got.dtype == torch.int64 and got.shape == (rows,)
+            for i, k in enumerate(got.tolist()):
+                assert 0 <= k < vocab and logits[i, k] != float("-inf"), (i, k)
+                lo = float(cdf[i, k - 1]) if k > 0 else 0.0
+                assert lo - 1e-5 <= float(u[i]) < float(cdf[i, k]) + 1e-5, (i, k, float(u[i]), lo, float(cdf[i, k]))
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_platform_sampler_uses_the_native_draw():
+    """CpuPlatform.sample is the native kernel for float32 logits, and the engine's sampler
+    calls it: a seeded request draws the tokens the torch default draws from the same u."""
+    from octavo.sampling import Sampler, inverse_cdf_sample
+    from octavo.sampling_params import SamplingParams
+
+    p = CpuPlatform()
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(8, 1000, generator=g) * 3
+    params = [SamplingParams(temperature=0.8, seed=i) for i in range(8)]
+    ids = [f"r{i}" for i in range(8)]
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return p.sample(*args)
+
+    native = Sampler(torch.device("cpu"), spy).launch(logits, ids, params, [([1], 1)] * 8).result()
+    torch_path = Sampler(torch.device("cpu"), inverse_cdf_sample).launch(logits, ids, params, [([1], 1)] * 8).result()
+    assert len(calls) == 1 and calls[0][1] is not None  # temperatures passed, not applied before
+    assert native.token_ids == torch_path.token_ids
+
+
 def test_silu_and_mul_strided_rows(isa):
     g = torch.Generator().manual_seed(16)
     wide = torch.randn(4, 300, generator=g)

@@ -112,6 +112,19 @@ struct SiluMulArgs {
   int num_threads;
 };
 
+// Sampling by inverse CDF, as the core's default Platform.sample: per row, with weights
+// w = exp((x - max x) / t), the first token whose cumulative weight exceeds u * sum(w).
+// -inf logits weigh 0 and are never drawn.
+struct SampleArgs {
+  int64_t* out;  // [rows]
+  const void* logits;  // [rows, vocab], row stride
+  const float* temperatures;  // [rows], or nullptr: 1
+  const float* u;  // [rows], in [0, 1)
+  int64_t rows, vocab, stride;
+  int dtype;
+  int num_threads;
+};
+
 // y = x @ w^T (+ bias) for bf16 prefill and batched-decode row counts, against a weight
 // packed once by gemm_pack (layout in gemm_bf16.h). AVX512_BF16 only: ops.cpp offers it
 // when that file's kernels run, and the Python side falls back to torch otherwise.
@@ -140,6 +153,7 @@ struct GemmArgs {
   void linear(const LinearArgs& a);              \
   void rotary(const RotaryArgs& a);              \
   void silu_and_mul(const SiluMulArgs& a);       \
+  void sample(const SampleArgs& a);              \
   }
 
 OCTAVO_DECLARE_KERNELS(generic)

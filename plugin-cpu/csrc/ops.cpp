@@ -476,6 +476,25 @@ PYBIND11_MODULE(_C, m) {
       "out = silu(x[:, :d]) * x[:, d:] over rows, fp32 math (see kernels.h)");
 
   m.def(
+      "sample",
+      [](uintptr_t out, uintptr_t logits, int64_t stride, int64_t rows, int64_t vocab, uintptr_t temperatures,
+         uintptr_t u, int dtype, int num_threads) {
+        SampleArgs a{};
+        a.out = ptr<int64_t>(out);
+        a.logits = ptr<const void>(logits);
+        a.stride = stride;
+        a.rows = rows;
+        a.vocab = vocab;
+        a.temperatures = ptr<const float>(temperatures);
+        a.u = ptr<const float>(u);
+        a.dtype = dtype;
+        a.num_threads = num_threads;
+        py::gil_scoped_release nogil;
+        OCTAVO_DISPATCH(sample, a);
+      },
+      "one token per row by inverse CDF at u of softmax(logits / t) (see kernels.h)");
+
+  m.def(
       "decode_step",
       [](uintptr_t plan, int layers, int hidden, int num_heads, int num_kv_heads, int head_dim, int inter,
          float eps, float scale, int dtype, int kv_dtype, int block_size, int attn_kernel, int num_threads,

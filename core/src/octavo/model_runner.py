@@ -78,7 +78,7 @@ class ModelRunner:
         self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         logger.info("loaded %s (%.1f MB, %s) in %.2f s", config.model.model, self.model_bytes / 1e6,
                     str(self.dtype).replace("torch.", ""), time.perf_counter() - t0)
-        self.sampler = Sampler(self.device)
+        self.sampler = Sampler(self.device, self.platform.sample)
         # the last launched step's sampled tokens (device) and each request's row in them:
         # a step scheduled before they reached the host takes its inputs from here
         self._last_tokens: tuple[Optional[torch.Tensor], dict[str, int]] = (None, {})

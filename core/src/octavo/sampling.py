@@ -80,8 +80,11 @@ def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequen
 
 
 class Sampler:
-    def __init__(self, device: torch.device) -> None:
+    """`draw` is the platform's `Platform.sample` (default: `inverse_cdf_sample`, torch ops)."""
+
+    def __init__(self, device: torch.device, draw: Optional[Callable[..., torch.Tensor]] = None) -> None:
         self.device = device
+        self.draw = draw if draw is not None else inverse_cdf_sample
         self.generators: dict[str, random.Random] = {}
 
     def forget(self, request_id: str) -> None:
@@ -155,19 +158,21 @@ class Sampler:
         dev = self.device
         temps = [1.0 if p.greedy else p.temperature for p in params]
         raw = logits
-        if any(t != 1.0 for t in temps):  # x / 1 is x: skip a pass over the logits
-            logits = logits / to_device(temps, logits.dtype, dev).unsqueeze(1)
+        # x / 1 is x: no temperatures, no pass over the logits
+        t = to_device(temps, torch.float32, dev) if any(t != 1.0 for t in temps) else None
         top_k = [p.top_k for p in params]
         top_p = [p.top_p for p in params]
         min_p = [p.min_p for p in params]
-        if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
-            logits = _top_k_top_p(logits, top_k, top_p)
-        # unnormalized probabilities: the inverse CDF below scales u by each row's total
-        weights = (logits - logits.max(dim=-1, keepdim=True).values).exp_()
-        if any(m > 0 for m in min_p):
-            mp = to_device(min_p, weights.dtype, dev).unsqueeze(1)
-            weights = torch.where(weights < mp * weights.max(dim=-1, keepdim=True).values, 0.0, weights)
-        sampled = _inverse_cdf(weights, self._uniforms(request_ids, params))
+        truncate = any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p)
+        if truncate or any(m > 0 for m in min_p):
+            # the truncations see the tempered distribution: divide first, then mask with -inf
+            if t is not None:
+                logits, t = logits / t.to(logits.dtype).unsqueeze(1), None
+            if truncate:
+                logits = _top_k_top_p(logits, top_k, top_p)
+            if any(m > 0 for m in min_p):
+                logits = _min_p(logits, to_device(min_p, logits.dtype, dev))
+        sampled = self.draw(logits, t, self._uniforms(request_ids, params))
         if not any(p.greedy for p in params):
             return sampled
         greedy = to_device([p.greedy for p in params], torch.bool, dev)
@@ -195,6 +200,23 @@ def _logprob_rows(params, chosen, ranks, top_v, top_i):
         alts = list(zip(top_i[i][:n], top_v[i][:n])) if n else []
         out.append((chosen[i], ranks[i], alts))
     return out
+
+
+def _min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Ban tokens whose probability is below min_p times the most likely one's: in logits,
+    those more than -log(min_p) below the row's max (min_p 0 bans nothing)."""
+    floor = logits.max(dim=-1, keepdim=True).values + torch.log(min_p).unsqueeze(1)
+    return logits.masked_fill(logits < floor, float("-inf"))
+
+
+def inverse_cdf_sample(logits: torch.Tensor, temperatures: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+    """`Platform.sample` in torch ops: per row of logits [S, V], the token at u[i] of the
+    inverse CDF of softmax(logits / temperatures[i]) (temperatures None: 1)."""
+    if temperatures is not None:
+        logits = logits / temperatures.to(logits.dtype).unsqueeze(1)
+    # unnormalized probabilities: the inverse CDF scales u by each row's total
+    weights = (logits - logits.max(dim=-1, keepdim=True).values).exp_()
+    return _inverse_cdf(weights, u)
 
 
 #: tokens per block of the two-level inverse CDF

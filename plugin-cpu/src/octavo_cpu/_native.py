@@ -222,3 +222,19 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     _C.silu_and_mul(out.data_ptr(), d, x2.data_ptr(), x2.stride(0), x2.shape[0], d, _code(x, "x"),
                     torch.get_num_threads())
     return out.view(*x.shape[:-1], d)
+
+
+def sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+    """`Platform.sample`'s semantics (inverse CDF of softmax(logits / t) at u, per row) in one
+    call: logits [S, V] float32 or bfloat16 with a contiguous last dim."""
+    assert logits.dim() == 2 and logits.stride(-1) == 1
+    s, v = logits.shape
+    u = u.to(torch.float32).contiguous()
+    temps = temperatures.to(torch.float32).contiguous() if temperatures is not None else None
+    assert u.shape == (s,) and (temps is None or temps.shape == (s,))
+    out = torch.empty(s, dtype=torch.int64)
+    if s:
+        _C.sample(out.data_ptr(), logits.data_ptr(), logits.stride(0), s, v,
+                  temps.data_ptr() if temps is not None else 0, u.data_ptr(), _code(logits, "logits"),
+                  torch.get_num_threads())
+    return out

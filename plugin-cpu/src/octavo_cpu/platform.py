@@ -63,8 +63,18 @@ class CpuPlatform(Platform):
         # calloc-backed (numpy's zeros): the OS maps zero pages on first touch, so start-up
         # writes no gigabytes of zeros and resident memory grows only as the cache fills
         itemsize = torch.empty((), dtype=dtype).element_size()
-        raw = np.zeros((*shape[:-1], shape[-1] * itemsize), dtype=np.uint8)
-        return torch.from_numpy(raw).view(dtype)
+        if len(shape) != 5 or shape[0] != 2:  # not the layout CpuAttention asks for
+            raw = np.zeros((*shape[:-1], shape[-1] * itemsize), dtype=np.uint8)
+            return torch.from_numpy(raw).view(dtype)
+        # Stored head-major, [num_blocks, num_kv_heads, 2, block_size, head_dim], and handed out
+        # as a view of the default shape [2, num_blocks, block_size, num_kv_heads, head_dim]
+        # (the kernels take any strides). An attention unit reads one KV head of a request:
+        # in this order its K (and V) rows of a block are one contiguous run (2 KiB for
+        # SmolLM2) instead of one row in every num_kv_heads, which the memory system fetches
+        # better (decode 64 x 320, one layer from memory: 1.17-1.42 -> 1.08-1.11 ms).
+        two, num_blocks, block_size, num_kv_heads, head_dim = shape
+        raw = np.zeros((num_blocks, num_kv_heads, two, block_size, head_dim * itemsize), dtype=np.uint8)
+        return torch.from_numpy(raw).view(dtype).permute(2, 0, 3, 1, 4)
 
     def make_attention_backend(self) -> CpuAttention:
         return CpuAttention()
@@ -76,6 +86,14 @@ class CpuPlatform(Platform):
                 and (residual is None or residual.dtype == x.dtype)):
             return _native.rms_norm(x, weight, eps, residual)
         return super().rms_norm(x, weight, eps, residual)
+
+    def sample(self, logits, temperatures, u):
+        # one native call reads each row twice from cache (max, block sums) and scans one
+        # block, where the torch path makes five passes and two temporaries of [S, V]
+        if _native.available() and logits.dtype in _native.SUPPORTED_DTYPES and logits.dim() == 2 \
+                and logits.stride(-1) == 1:
+            return _native.sample(logits, temperatures, u)
+        return super().sample(logits, temperatures, u)
 
     def linear(self, x, weight, bias=None):
         # few rows (decode): the native GEMV, which streams the weights at ~2x torch's rate

@@ -17,10 +17,10 @@ SUITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformanc
 KERNEL_MARKER = "octavo_kernel"
 EXHAUSTIVE_MARKER = "octavo_exhaustive"
 #: table order; any other kernel a test names is listed after these
-KERNELS = ("platform", "write_kv", "attend", "linear", "rms_norm", "rotary", "silu_and_mul", "communicator",
-           "generate")
+KERNELS = ("platform", "write_kv", "attend", "linear", "rms_norm", "rotary", "silu_and_mul", "sample",
+           "communicator", "generate")
 _PLATFORM_KEY = pytest.StashKey[object]()
-_OPTIONAL_OPS = ("linear", "rms_norm", "rotary", "silu_and_mul")
+_OPTIONAL_OPS = ("linear", "rms_norm", "rotary", "silu_and_mul", "sample")
 
 
 def pytest_addoption(parser):

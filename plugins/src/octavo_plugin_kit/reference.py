@@ -122,6 +122,16 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return (gate * torch.sigmoid(gate) * up).to(x.dtype)
 
 
+def sample_cdf(logits: torch.Tensor, temperatures: torch.Tensor | None) -> torch.Tensor:
+    """For `Platform.sample`: each row's cumulative distribution, float64 [S, V], of
+    softmax(logits / t). Token k is the right draw at u when cdf[k - 1] <= u < cdf[k]
+    (sums in another order move those edges by rounding only)."""
+    x = logits.double()
+    if temperatures is not None:
+        x = x / temperatures.double().unsqueeze(1)
+    return torch.softmax(x, dim=-1).cumsum(dim=-1)
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w.T + b, with w stored [out, in] as in checkpoints."""
     y = x.float() @ w.float().T

@@ -32,6 +32,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from octavo.sampling import inverse_cdf_sample
 from octavo.transfer import copy_to_host_now
 
 #: The version of this contract. A plugin declares the version it was built for;
@@ -317,6 +318,13 @@ class Platform:
         """x: [..., 2 * d] -> silu(x[..., :d]) * x[..., d:]."""
         gate, up = x.chunk(2, dim=-1)
         return torch.nn.functional.silu(gate) * up
+
+    def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+        """One token per row of logits [S, V] (float32), by inverse CDF: with weights
+        exp(logits / t - max), the first token whose cumulative weight exceeds u[i] times
+        the row's total (t = temperatures[i], all 1 when None; u [S] in [0, 1)). Tokens at
+        -inf (top-k / top-p / min-p / banned) weigh 0 and are never drawn. Returns [S] int64."""
+        return inverse_cdf_sample(logits, temperatures, u)
 
     # ---- memory and collectives ---------------------------------------------------
     def allocate_kv_cache(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Conformance of the dense kernels: linear, rms_norm, rotary, silu_and_mul.
+"""Conformance of the dense kernels: linear, rms_norm, rotary, silu_and_mul, and sample.
 
 These have core defaults, so a platform that keeps them passes trivially; the
 checks matter once a vendor swaps in a fused kernel. Shapes cover a decode (one
@@ -115,3 +115,48 @@ def test_silu_and_mul(octavo_platform, shape, dtype):
     x = _randn(*shape, generator=g, dtype=dtype, dev=dev, scale=3.0)
     out = call("silu_and_mul", case, p.silu_and_mul, x.clone())
     assert_close(case, out, reference.silu_and_mul(x.float().cpu()), dtype)
+
+
+@pytest.mark.octavo_kernel("sample")
+@pytest.mark.parametrize("rows,vocab,temperature,banned", [
+    (1, 100, None, 0.0),
+    (16, 4099, 0.7, 0.5),  # vocab off every vector and block width; half the tokens at -inf
+    (64, 49152, 1.3, 0.0),
+    (4, 2048, None, 0.999),  # a couple of tokens left
+], ids=["one-row", "ragged-masked", "smollm2-vocab", "few-left"])
+def test_sample(octavo_platform, rows, vocab, temperature, banned):
+    """The inverse CDF at u: the token k with cdf[k - 1] <= u < cdf[k], where u also sits
+    at the ends of [0, 1) and on the edge of a most likely token."""
+    p = octavo_platform
+    case = label("sample", rows=rows, vocab=vocab, temperature=temperature, banned=banned)
+    g, dev = generator_for(case), p.torch_device()
+    logits = torch.randn(rows, vocab, generator=g) * 4.0
+    if banned:
+        mask = torch.rand(rows, vocab, generator=g) < banned
+        mask[torch.arange(rows), torch.randint(0, vocab, (rows,), generator=g)] = False  # one token stays
+        logits = logits.masked_fill(mask, float("-inf"))
+    temps = None if temperature is None else torch.full((rows,), temperature) + torch.rand(rows, generator=g) * 0.2
+    u = torch.rand(rows, generator=g)
+    u[0] = 0.0
+    if rows > 1:
+        u[1] = 1.0 - 2.0 ** -24  # the largest float32 below 1
+    cdf = reference.sample_cdf(logits, temps)
+    if rows > 2:  # just past the end of the most likely token's interval
+        top = int(logits[2].argmax())
+        u[2] = float(cdf[2, top]) + 1e-6 if float(cdf[2, top]) + 1e-6 < 1.0 else 0.5
+    out = call("sample", case, p.sample, logits.to(dev), None if temps is None else temps.to(dev), u.to(dev))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rows,):
+        pytest.fail(f"{case}: expected a tensor of {rows} token ids, got {out!r}", pytrace=False)
+    tokens = out.cpu().long()
+    tol = 1e-5  # float32 sums over the vocabulary in any order
+    for i, k in enumerate(tokens.tolist()):
+        if not 0 <= k < vocab:
+            pytest.fail(f"{case}: row {i} drew token {k}, outside the vocabulary of {vocab}", pytrace=False)
+        if logits[i, k] == float("-inf"):
+            pytest.fail(f"{case}: row {i} drew token {k}, whose logit is -inf", pytrace=False)
+        lo = float(cdf[i, k - 1]) if k > 0 else 0.0
+        hi = float(cdf[i, k])
+        if not lo - tol <= float(u[i]) < hi + tol:
+            want = int(torch.searchsorted(cdf[i], torch.tensor([float(u[i])], dtype=torch.float64), right=True))
+            pytest.fail(f"{case}: row {i} at u={float(u[i]):.7f} drew token {k} (cdf {lo:.7f}..{hi:.7f}); "
+                        f"the inverse CDF gives {want}", pytrace=False)
