@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from octavo_cpu import _native
+from octavo_cpu import _native, hugepages
 
 #: False: `applies` says no and CpuPlatform.linear keeps torch's matmul
 ENABLED = os.environ.get("OCTAVO_CPU_GEMM", "1") != "0"
@@ -45,7 +45,9 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     n, k = weight.shape
-    out = torch.empty(_native._C.gemm_packed_elems(n, k), dtype=torch.bfloat16)
+    # huge pages: a GEMM streams the packed weights, and in 4 KiB pages it pays a TLB miss
+    # every 4 KiB (hugepages.py)
+    out = hugepages.empty(_native._C.gemm_packed_elems(n, k), dtype=torch.bfloat16)
     _native._C.gemm_pack(out.data_ptr(), weight.data_ptr(), weight.stride(0), n, k, torch.get_num_threads())
     return out
 
