@@ -42,7 +42,7 @@ class EngineArgs:
         parser.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
         parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
                             help="tokens per step (prefill chunks + decodes); default: the device's "
-                                 "(2048 on CPUs, 8192 on GPUs)")
+                                 "(1024 on CPUs, 8192 on GPUs)")
         parser.add_argument("--block-size", type=int, default=d.block_size)
         parser.add_argument("--kv-cache-memory", default=d.kv_cache_memory,
                             help="KV cache size on CPU-like devices, e.g. 4GiB")

@@ -49,6 +49,10 @@ class CpuPlatform(Platform):
     package = "octavo-cpu"
     supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
     dist_backend = "gloo"
+    # Prefill chunks of 1024 tokens keep a layer's activations (the gate_up output: 6 MB in
+    # bf16 for SmolLM2) in the L3 where 2048 spill it; C1 (64 x 256 prompts, 128 out), same
+    # process, alternating: 1024 ahead of 2048 in 3 of 3 pairs (+5.5 to +9.5%), 768 / 1536 no better.
+    default_max_num_batched_tokens = 1024
 
     @classmethod
     def availability(cls) -> Availability:
