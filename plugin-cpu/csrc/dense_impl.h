@@ -424,6 +424,88 @@ void silu_and_mul(const SiluMulArgs& a) {
   return silu_and_mul_impl<bf16>(a);
 }
 
+// ---- RMSNorm, with the residual add fused ------------------------------------------------
+//
+// Two passes over a row, both from L1: (1) x (+ residual), the sum rounded to the dtype and
+// written as the new residual stream, and its sum of squares; (2) the normed row, rounded to
+// the dtype before the weight multiplies (as the reference layer does), times the weight.
+// The per-row cost matters at decode sizes (64 rows x 576 take microseconds), where an
+// earlier version's ten passes through fp32 scratch took 3x as long.
+template <typename T, typename TW>
+static inline void rms_row(const T* x, const T* res, T* res_out, T* out, const TW* w, int64_t H, float eps) {
+  using V = typename DV::V;
+  const T* src = x;
+  V acc = DV::zero();
+  int64_t i = 0;
+  const int64_t full = H - H % DV::L;
+  if (res) {
+    for (; i < full; i += DV::L) {
+      V s = DV::add(DV::ld(x + i), DV::ld(res + i));
+      DV::st(res_out + i, s);
+      if constexpr (!std::is_same_v<T, float>) s = DV::ld(res_out + i);  // norm the rounded sum
+      acc = DV::fma(s, s, acc);
+    }
+    if (i < H) {
+      const int n = (int)(H - i);
+      V s = DV::add(DV::ld(x + i, n), DV::ld(res + i, n));
+      DV::st(res_out + i, s, n);
+      if constexpr (!std::is_same_v<T, float>) s = DV::ld(res_out + i, n);
+      acc = DV::fma(s, s, acc);
+    }
+    src = res_out;
+  } else {
+    for (; i < full; i += DV::L) {
+      const V s = DV::ld(x + i);
+      acc = DV::fma(s, s, acc);
+    }
+    if (i < H) {
+      const V s = DV::ld(x + i, (int)(H - i));
+      acc = DV::fma(s, s, acc);
+    }
+  }
+  const V inv = DV::set1(1.0f / sqrtf(DV::sum(acc) / (float)H + eps));
+  for (i = 0; i < full; i += DV::L) {
+    V v = DV::mul(DV::ld(src + i), inv);
+    if constexpr (!std::is_same_v<T, float>) {  // round the normed row before the weight
+      DV::st(out + i, v);
+      v = DV::ld(out + i);
+    }
+    DV::st(out + i, DV::mul(v, DV::ld(w + i)));
+  }
+  if (i < H) {
+    const int n = (int)(H - i);
+    V v = DV::mul(DV::ld(src + i, n), inv);
+    if constexpr (!std::is_same_v<T, float>) {
+      DV::st(out + i, v, n);
+      v = DV::ld(out + i, n);
+    }
+    DV::st(out + i, DV::mul(v, DV::ld(w + i, n)), n);
+  }
+}
+
+template <typename T, typename TW>
+static void rms_norm_impl(const RmsNormArgs& a) {
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  const T* res = static_cast<const T*>(a.residual);
+  T* res_out = static_cast<T*>(a.res_out);
+  const TW* w = static_cast<const TW*>(a.weight);
+  const int nt = a.num_threads > 0 ? a.num_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (a.rows * a.hidden > 65536)
+  for (int64_t r = 0; r < a.rows; ++r)
+    rms_row(x + r * a.x_stride, res ? res + r * a.res_stride : nullptr, res ? res_out + r * a.res_stride : nullptr,
+            out + r * a.out_stride, w, a.hidden, a.eps);
+}
+
+void rms_norm(const RmsNormArgs& a) {
+  if (a.dtype == kF32) {
+    if (a.weight_dtype == kF32) return rms_norm_impl<float, float>(a);
+    return rms_norm_impl<float, bf16>(a);
+  }
+  if (a.weight_dtype == kF32) return rms_norm_impl<bf16, float>(a);
+  return rms_norm_impl<bf16, bf16>(a);
+}
+
 // ---- sampling by inverse CDF -------------------------------------------------------------
 //
 // The torch path (max, a shifted exp written out, block sums, cumulative sums, searches) is

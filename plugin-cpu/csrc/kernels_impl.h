@@ -434,53 +434,5 @@ void write_kv(const WriteKvArgs& a) {
   return write_kv_impl<bf16, bf16>(a);
 }
 
-template <typename T, typename TW>
-static void rms_norm_impl(const RmsNormArgs& a) {
-  const T* x = static_cast<const T*>(a.x);
-  T* out = static_cast<T*>(a.out);
-  const T* res = static_cast<const T*>(a.residual);
-  T* res_out = static_cast<T*>(a.res_out);
-  const int H = (int)a.hidden;
-  Buf<float> w(H);
-  Ops::load(static_cast<const TW*>(a.weight), w.data(), H, 1.0f);
-  const int nt = a.num_threads > 0 ? a.num_threads : 1;
-#pragma omp parallel num_threads(nt) if (a.rows * H > 65536)
-  {
-    Buf<float> buf(2 * (size_t)H);
-    float* xf = buf.data();
-    float* rf = xf + H;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < a.rows; ++i) {
-      Ops::load(x + i * a.x_stride, xf, H, 1.0f);
-      if (res) {
-        Ops::load(res + i * a.res_stride, rf, H, 1.0f);
-        Ops::axpy(xf, 1.0f, rf, H);
-        T* ro = res_out + i * a.res_stride;
-        Ops::store(xf, ro, H, 1.0f);
-        if constexpr (!std::is_same_v<T, float>) Ops::load(ro, xf, H, 1.0f);  // norm the rounded sum
-      }
-      const float inv = 1.0f / sqrtf(Ops::dot(xf, xf, H) / (float)H + a.eps);
-      T* o = out + i * a.out_stride;
-      if constexpr (std::is_same_v<T, float>) {
-        Ops::scal(xf, inv, H);
-      } else {  // round the normed row before the weight, as the reference layer does
-        Ops::store(xf, o, H, inv);
-        Ops::load(o, xf, H, 1.0f);
-      }
-      Ops::mul(xf, w.data(), H);
-      Ops::store(xf, o, H, 1.0f);
-    }
-  }
-}
-
-void rms_norm(const RmsNormArgs& a) {
-  if (a.dtype == kF32) {
-    if (a.weight_dtype == kF32) return rms_norm_impl<float, float>(a);
-    return rms_norm_impl<float, bf16>(a);
-  }
-  if (a.weight_dtype == kF32) return rms_norm_impl<bf16, float>(a);
-  return rms_norm_impl<bf16, bf16>(a);
-}
-
 }  // namespace OCTAVO_ISA
 }  // namespace octavo_cpu
