@@ -9,7 +9,9 @@ cumulative probability exceeds u. It needs one random number per row instead of 
 per vocabulary entry (the exponential race drew 49k exponentials per row, about 2 ms
 each on a CPU), and the draws are made on the host and copied once, so a GPU step
 launches no kernel per seeded request. The weights stay unnormalized (u is scaled by each
-row's total) and the cumulative sum is taken in two levels (`_inverse_cdf`).
+row's total) and the cumulative sum is taken in two levels (`_inverse_cdf`). That draw is the
+platform's `sample` hook (`inverse_cdf_sample` here is its default); everything before it
+(temperature with truncation, top-k, top-p, min-p, bans, penalties) masks logits with -inf.
 """
 
 from __future__ import annotations
@@ -159,20 +161,20 @@ class Sampler:
         temps = [1.0 if p.greedy else p.temperature for p in params]
         raw = logits
         # x / 1 is x: no temperatures, no pass over the logits
-        t = to_device(temps, torch.float32, dev) if any(t != 1.0 for t in temps) else None
+        tempers = to_device(temps, torch.float32, dev) if any(x != 1.0 for x in temps) else None
         top_k = [p.top_k for p in params]
         top_p = [p.top_p for p in params]
         min_p = [p.min_p for p in params]
         truncate = any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p)
         if truncate or any(m > 0 for m in min_p):
             # the truncations see the tempered distribution: divide first, then mask with -inf
-            if t is not None:
-                logits, t = logits / t.to(logits.dtype).unsqueeze(1), None
+            if tempers is not None:
+                logits, tempers = logits / tempers.to(logits.dtype).unsqueeze(1), None
             if truncate:
                 logits = _top_k_top_p(logits, top_k, top_p)
             if any(m > 0 for m in min_p):
                 logits = _min_p(logits, to_device(min_p, logits.dtype, dev))
-        sampled = self.draw(logits, t, self._uniforms(request_ids, params))
+        sampled = self.draw(logits, tempers, self._uniforms(request_ids, params))
         if not any(p.greedy for p in params):
             return sampled
         greedy = to_device([p.greedy for p in params], torch.bool, dev)
