@@ -66,8 +66,17 @@ def test_async_equals_sync_across_sampling_features(tiny_model_dirs):
         SamplingParams(temperature=0, max_tokens=1, ignore_eos=True),
         SamplingParams(temperature=0, max_tokens=14, stop_token_ids=[stop_ids[9]], ignore_eos=True),
     ]
-    want = _summary(_generate(sync, prompts, params))
-    got = _summary(_generate(asy, prompts, params))
+    # The sampled requests run in a batch of their own, with greedy requests that stop only at
+    # max_tokens. Beside a request stopped by a stop token, the async loop computes one row more
+    # (its dropped token) than the synchronous one, and a GEMM's rounding may depend on the
+    # batch's row count (oneDNN's fp32 GEMM past the GEMV's 8 rows): harmless for greedy rows,
+    # but it can move a draw from the tiny random model's nearly flat distribution.
+    sampled = [3, 4]
+    groups = [[i for i in range(len(params)) if i not in sampled], sampled + [0, 6]]
+    want, got = [], []
+    for g in groups:
+        want += _summary(_generate(sync, [prompts[i] for i in g], [params[i] for i in g]))
+        got += _summary(_generate(asy, [prompts[i] for i in g], [params[i] for i in g]))
     assert got == want
     # some stops really came early, so the dropped-token path ran
     assert sum(r[3] == "stop" for r in want) >= 3
