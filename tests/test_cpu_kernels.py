@@ -402,13 +402,23 @@ def test_sample(isa, dtype, rows, vocab, threads):
         torch.set_num_threads(saved)
 
 
-def test_platform_sampler_uses_the_native_draw():
-    """CpuPlatform.sample is the native kernel for float32 logits, and the engine's sampler
-    calls it: a seeded request draws the tokens the torch default draws from the same u."""
+def test_platform_sampler_uses_the_native_draw(monkeypatch, tiny_model_dirs):
+    """CpuPlatform.sample is the native kernel for float32 logits, the engine's sampler draws
+    through the platform, and a seeded request draws the tokens the torch default draws from
+    the same u."""
+    from octavo import LLM
     from octavo.sampling import Sampler, inverse_cdf_sample
     from octavo.sampling_params import SamplingParams
 
-    p = CpuPlatform()
+    native_calls = []
+    real = _native.sample
+    monkeypatch.setattr(_native, "sample", lambda *a: native_calls.append(a) or real(*a))
+    llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="32MiB")
+    p = llm.llm_engine.platform
+    llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(temperature=0.8, seed=1, max_tokens=3),
+                 use_tqdm=False)
+    assert len(native_calls) == 3  # one native draw per step, through the engine's runner
+
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(8, 1000, generator=g) * 3
     params = [SamplingParams(temperature=0.8, seed=i) for i in range(8)]
@@ -422,6 +432,7 @@ def test_platform_sampler_uses_the_native_draw():
     native = Sampler(torch.device("cpu"), spy).launch(logits, ids, params, [([1], 1)] * 8).result()
     torch_path = Sampler(torch.device("cpu"), inverse_cdf_sample).launch(logits, ids, params, [([1], 1)] * 8).result()
     assert len(calls) == 1 and calls[0][1] is not None  # temperatures passed, not applied before
+    assert len(native_calls) == 4  # CpuPlatform.sample took the native kernel
     assert native.token_ids == torch_path.token_ids
 
 

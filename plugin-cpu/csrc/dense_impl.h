@@ -578,11 +578,12 @@ static void sample_impl(const SampleArgs& a) {
   const int nt = a.num_threads > 0 ? a.num_threads : 1;
 #pragma omp parallel num_threads(nt) if (a.rows * a.vocab > 65536)
   {
-    Buf<float> buf((size_t)nb + kSampleBlock);
+    // block sums, then one block's weights: the thread's kept scratch, no allocation per step
+    float* buf = reinterpret_cast<float*>(thread_scratch(sizeof(float) * ((size_t)nb + kSampleBlock)));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < a.rows; ++r) {
       const float t = a.temperatures ? a.temperatures[r] : 1.0f;
-      a.out[r] = sample_row(x + r * a.stride, a.vocab, 1.0f / t, a.u[r], buf.data(), buf.data() + nb);
+      a.out[r] = sample_row(x + r * a.stride, a.vocab, 1.0f / t, a.u[r], buf, buf + nb);
     }
   }
 }
