@@ -1,7 +1,7 @@
 """Single-stream decode time per token, native dense kernels vs the core's torch defaults.
 
     python plugin-cpu/bench/decode_step.py [--rounds 3] [--output-len 64] [--profile cprofile|torch]
-        [--modes native,native-ops,native-noprefetch,torch,torch-linear]
+        [--modes native,native-ops,torch,torch-linear]
 
 One engine (SmolLM2-135M, the platform's default dtype), one request of --input-len random
 prompt tokens at a time; each decode step is timed. The modes swap CpuPlatform's linear,
@@ -33,14 +33,10 @@ MODES = {  # which dense ops fall back to the core defaults
     "torch": ("linear", "rotary", "silu_and_mul"),
     "torch-linear": ("linear",),
     "native-ops": (),  # native kernels called op by op from Python (no one-call decode step)
-    "native-noprefetch": (),  # native op by op, without the GEMV's software prefetch
 }
 
 
 def set_mode(platform, mode: str) -> None:
-    from octavo_cpu import _C
-
-    _C.set_linear_prefetch(0 if mode == "native-noprefetch" else 2048)
     # the one-call decode step (CpuPlatform.run_model) only in "native": the other modes time
     # the model's op-by-op path
     if mode == "native":

@@ -366,12 +366,19 @@ __attribute__((always_inline)) static inline void prefetch_chunk(const AttnArgs&
   const TKV* pk[kChunk];
   const TKV* pv[kChunk];
   chunk_rows(a, table, kvh, p0, n, pk, pv);
+  // the K rows, then the V rows: in the head-major cache each is one run of addresses a
+  // block, and requests in address order stream faster than K and V rows alternating (one
+  // layer's decode attention from memory, 64 x 320, alternating builds: 0.86-0.90 ms
+  // against 0.98-1.08)
   for (int j = 0; j < n; ++j) {
 #pragma GCC unroll 8
-    for (int off = 0; off < D * (int)sizeof(TKV); off += 64) {
+    for (int off = 0; off < D * (int)sizeof(TKV); off += 64)
       _mm_prefetch(reinterpret_cast<const char*>(pk[j]) + off, _MM_HINT_T1);
+  }
+  for (int j = 0; j < n; ++j) {
+#pragma GCC unroll 8
+    for (int off = 0; off < D * (int)sizeof(TKV); off += 64)
       _mm_prefetch(reinterpret_cast<const char*>(pv[j]) + off, _MM_HINT_T1);
-    }
   }
 }
 

@@ -147,114 +147,82 @@ struct DV {
 //
 // Decode-sized M makes this a GEMV: every weight byte is used M times, so the kernel's job
 // is to stream W from memory at full bandwidth. Each thread takes one contiguous range of
-// W's rows (one sequential stream the hardware prefetcher follows) and walks it in tiles of
-// kR rows; a tile stays in L1 while it meets every kMB-token group of x, so W is read from
-// memory once whatever M is. Accumulation is fp32; each output rounds once.
-#if defined(__AVX512F__)
-constexpr int kR = 4, kMB = 4;  // 16 accumulators + 4 x vectors + 1 w of 32 zmm
-#elif defined(__AVX2__)
-constexpr int kR = 4, kMB = 2;  // 8 + 2 + 1 of 16 ymm
+// W's rows and reads it strictly in address order, one row at a time: a row meets every
+// kMB-token group of x while it sits in L1, so W is read from memory once whatever M is.
+// One row at a time, not a tile of several rows advanced side by side: interleaved row
+// streams defeat the hardware prefetchers (2-core Zen 4, the 30 layers' GEMVs of SmolLM2,
+// 212 MB of bf16: 4-row tiles 20 GB/s with a software-prefetch burst, 2-row 16, one row 30
+// at M = 1; single-stream decode 13.5 -> 10.1 ms a token in bf16, 24.1 -> 18.9 in fp32,
+// with no software prefetch needed; plugin-cpu/bench/dense_linear.py, decode_step.py).
+// Accumulation is fp32; each output rounds once.
+#if defined(__AVX2__)  // AVX-512 too: 8 tokens a pass measured no faster than 2 x 4
+constexpr int kMB = 4;  // 4 accumulators + 4 x vectors + 1 w of 16 ymm / 32 zmm
 #else
-constexpr int kR = 2, kMB = 2;  // each V is two SSE registers
+constexpr int kMB = 2;  // each V is two SSE registers
 #endif
-// Software prefetch: before each tile, one prefetch per cache line of the tile's bytes,
-// LinearArgs::prefetch_ahead bytes further on (2048 unless set_linear_prefetch changed it).
-// The hardware prefetchers stop at 4 KiB page boundaries and follow four interleaved row
-// streams poorly: on the 2-core Zen 4 development machine a 226 MB bf16 GEMV streamed 10.9 GB/s
-// per thread without it, 11.7 with one prefetch per load (a fixed distance ahead in each row)
-// and 25.5 with this burst 2 KiB ahead (2 threads: 20.1 -> 30.4 GB/s; 1-16 KiB ahead all came
-// within 10%).
-static inline void prefetch_range(const void* p, int64_t bytes, int64_t ahead) {
-  if (ahead <= 0) return;
-  const char* c = static_cast<const char*>(p) + ahead;
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
-}
 
-// R rows of w times MB rows of x (fp32, row stride xs), the fp32 sums into out[m * R + r].
-template <typename TW, int R, int MB>
-static inline void gemv_tile(const TW* w, int64_t ws, const float* x, int64_t xs, int K, float* out) {
+// One row of w times MB rows of x (fp32, row stride xs): the fp32 sums into out[0..MB).
+template <typename TW, int MB>
+static inline void gemv_row(const TW* w, const float* x, int64_t xs, int K, float* out) {
   using V = typename DV::V;
-  V acc[MB][R];
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = DV::zero();
+  V acc[MB];
+  for (int m = 0; m < MB; ++m) acc[m] = DV::zero();
   int k = 0;
   for (; k + DV::L <= K; k += DV::L) {
-    V xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = DV::ld(x + m * xs + k);
-    for (int r = 0; r < R; ++r) {
-      const V wv = DV::ld(w + r * ws + k);
-      for (int m = 0; m < MB; ++m) acc[m][r] = DV::fma(wv, xv[m], acc[m][r]);
-    }
+    const V wv = DV::ld(w + k);
+    for (int m = 0; m < MB; ++m) acc[m] = DV::fma(wv, DV::ld(x + m * xs + k), acc[m]);
   }
   if (k < K) {
     const int n = K - k;
-    V xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = DV::ld(x + m * xs + k, n);
-    for (int r = 0; r < R; ++r) {
-      const V wv = DV::ld(w + r * ws + k, n);
-      for (int m = 0; m < MB; ++m) acc[m][r] = DV::fma(wv, xv[m], acc[m][r]);
-    }
+    const V wv = DV::ld(w + k, n);
+    for (int m = 0; m < MB; ++m) acc[m] = DV::fma(wv, DV::ld(x + m * xs + k, n), acc[m]);
   }
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < R; ++r) out[m * R + r] = DV::sum(acc[m][r]);
+  for (int m = 0; m < MB; ++m) out[m] = DV::sum(acc[m]);
 }
 
 #ifdef __AVX512BF16__
 // bf16 x bf16 with vdpbf16ps: 32 products per instruction, pairs summed into 16 fp32 lanes,
 // straight from the stored bf16 rows of w and x (no conversion; bf16 products are exact in
 // fp32). K tails load as zeros, which add nothing, so odd K needs no special pairing.
-template <int R, int MB>
-static inline void gemv_tile_dp(const bf16* w, int64_t ws, const bf16* x, int64_t xs, int K, float* out) {
-  __m512 acc[MB][R];
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+template <int MB>
+static inline void gemv_row_dp(const bf16* w, const bf16* x, int64_t xs, int K, float* out) {
+  __m512 acc[MB];
+  for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
   int k = 0;
   for (; k + 32 <= K; k += 32) {
-    __m512bh xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * xs + k);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * ws + k);
-      for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
-    }
+    const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + k);
+    for (int m = 0; m < MB; ++m)
+      acc[m] = _mm512_dpbf16_ps(acc[m], wv, (__m512bh)_mm512_loadu_si512(x + m * xs + k));
   }
   if (k < K) {
     const __mmask32 t = (__mmask32)((1ull << (K - k)) - 1ull);
-    __m512bh xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(t, x + m * xs + k);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(t, w + r * ws + k);
-      for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
-    }
+    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(t, w + k);
+    for (int m = 0; m < MB; ++m)
+      acc[m] = _mm512_dpbf16_ps(acc[m], wv, (__m512bh)_mm512_maskz_loadu_epi16(t, x + m * xs + k));
   }
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < R; ++r) out[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
+  for (int m = 0; m < MB; ++m) out[m] = _mm512_reduce_add_ps(acc[m]);
 }
 #endif
 
-// One tile of R rows times mb <= kMB tokens: the token count picks the unrolled kernel.
-// With kDp, x is the bf16 input itself; otherwise an fp32 copy.
-template <typename TW, typename TX, bool kDp, int R, int MB>
-static inline void tile_call(const TW* w, int64_t ws, const TX* x, int64_t xs, int K, float* out) {
+// One row times mb <= kMB tokens: the token count picks the unrolled kernel. With kDp, x is
+// the bf16 input itself; otherwise an fp32 copy.
+template <typename TW, typename TX, bool kDp, int MB>
+static inline void row_call(const TW* w, const TX* x, int64_t xs, int K, float* out) {
 #ifdef __AVX512BF16__
   if constexpr (kDp) {
-    gemv_tile_dp<R, MB>(w, ws, x, xs, K, out);
+    gemv_row_dp<MB>(w, x, xs, K, out);
     return;
   }
 #endif
-  if constexpr (!kDp) gemv_tile<TW, R, MB>(w, ws, x, xs, K, out);
+  if constexpr (!kDp) gemv_row<TW, MB>(w, x, xs, K, out);
 }
 
-template <typename TW, typename TX, bool kDp, int R>
-static inline void tile_any_m(int mb, const TW* w, int64_t ws, const TX* x, int64_t xs, int K, float* out) {
-  static_assert(kMB == 2 || kMB == 4, "token groups of 2 or 4");
-  switch (mb) {
-    case 1: return tile_call<TW, TX, kDp, R, 1>(w, ws, x, xs, K, out);
-    case 2: return tile_call<TW, TX, kDp, R, 2>(w, ws, x, xs, K, out);
+template <typename TW, typename TX, bool kDp, int MB = kMB>
+static inline void row_any_m(int mb, const TW* w, const TX* x, int64_t xs, int K, float* out) {
+  if constexpr (MB > 1) {
+    if (mb < MB) return row_any_m<TW, TX, kDp, MB - 1>(mb, w, x, xs, K, out);
   }
-  if constexpr (kMB == 4) {
-    if (mb == 3) return tile_call<TW, TX, kDp, R, 3>(w, ws, x, xs, K, out);
-    return tile_call<TW, TX, kDp, R, 4>(w, ws, x, xs, K, out);
-  }
+  row_call<TW, TX, kDp, MB>(w, x, xs, K, out);
 }
 
 template <typename T>
@@ -285,46 +253,29 @@ static void linear_rows(const LinearArgs& a, const TX* x, int64_t xs, int64_t n0
   const T* bias = static_cast<const T*>(a.bias);
   T* y = static_cast<T*>(a.y);
   const int K = (int)a.K;
-  float out[kMB * kR];
-  for (int64_t n = n0; n < n1; n += kR) {
-    const int rows = n1 - n < kR ? (int)(n1 - n) : kR;
-    const T* wt = w + n * a.w_stride;
-    prefetch_range(wt, (int64_t)rows * a.w_stride * (int64_t)sizeof(T), a.prefetch_ahead);
+  float out[kMB];
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* wr = w + n * a.w_stride;
+    const float b = bias ? to_f32(bias[n]) : 0.0f;
     for (int64_t m0 = 0; m0 < a.M; m0 += kMB) {
       const int mb = a.M - m0 < kMB ? (int)(a.M - m0) : kMB;
-      const TX* xt = x + m0 * xs;
-      if (rows == kR) {
-        tile_any_m<T, TX, kDp, kR>(mb, wt, a.w_stride, xt, xs, K, out);
-      } else {  // the range's last rows, one at a time
-        for (int r = 0; r < rows; ++r) tile_any_m<T, TX, kDp, 1>(mb, wt + r * a.w_stride, a.w_stride, xt, xs, K, out + r * kMB);
-      }
-      for (int m = 0; m < mb; ++m) {
-        T* yr = y + (m0 + m) * a.y_stride + n;
-        for (int r = 0; r < rows; ++r) {
-          // full tiles lay sums out [m][r], single-row ones [r][m]
-          float s = rows == kR ? out[m * kR + r] : out[r * kMB + m];
-          if (bias) s += to_f32(bias[n + r]);
-          yr[r] = from_f32<T>(s);
-        }
-      }
+      row_any_m<T, TX, kDp>(mb, wr, x + m0 * xs, xs, K, out);
+      for (int m = 0; m < mb; ++m) y[(m0 + m) * a.y_stride + n] = from_f32<T>(bias ? out[m] + b : out[m]);
     }
   }
 }
 
 template <typename T, typename TX, bool kDp>
 static void linear_run(const LinearArgs& a, const TX* x, int64_t xs) {
-  // threads get whole tiles; below ~64 rows each, waking another thread costs more than it saves
-  const int64_t tiles = (a.N + kR - 1) / kR;
+  // one contiguous range of rows a thread; below ~64 rows each, waking another thread costs
+  // more than it saves
   int nt = a.num_threads > 0 ? a.num_threads : 1;
   if (nt > a.N / 64) nt = a.N / 64 > 0 ? (int)(a.N / 64) : 1;
   if (nt == 1) return linear_rows<T, TX, kDp>(a, x, xs, 0, a.N);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-    const int64_t n0 = tiles * t / nth * kR;
-    int64_t n1 = tiles * (t + 1) / nth * kR;
-    if (n1 > a.N) n1 = a.N;
-    linear_rows<T, TX, kDp>(a, x, xs, n0, n1);
+    linear_rows<T, TX, kDp>(a, x, xs, a.N * t / nth, a.N * (t + 1) / nth);
   }
 }
 

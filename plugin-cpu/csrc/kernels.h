@@ -84,7 +84,6 @@ struct LinearArgs {
   int64_t x_stride, y_stride, w_stride;  // rows; the last dimension is contiguous
   int dtype;
   int num_threads;
-  int64_t prefetch_ahead;  // bytes of W prefetched ahead of each row tile (0: none); see dense_impl.h
 };
 
 // Neox (rotate-half) rotary embedding, in place, as the core's default Platform.rotary:

@@ -200,12 +200,11 @@ static void attend_rows(const AttnArgs& a, const AttnUnit& u, char* ws_bytes, co
       // rows of a block a little ahead while this one computes
       const TKV* next = kv + (int64_t)table[b + OCTAVO_PF] * a.kv_stride_block + (int64_t)kvh * a.kv_stride_head;
       const int row_bytes = D * (int)sizeof(TKV);
-      for (int j = 0; j < bs; ++j) {
-        const char* kp = reinterpret_cast<const char*>(next + (int64_t)j * a.kv_stride_tok);
-        const char* vp = reinterpret_cast<const char*>(next + a.kv_stride_kv + (int64_t)j * a.kv_stride_tok);
-        for (int off = 0; off < row_bytes; off += 64) {
-          __builtin_prefetch(kp + off);
-          __builtin_prefetch(vp + off);
+      for (int kvi = 0; kvi < 2; ++kvi) {  // K rows, then V rows: in address order (see attention_blocked.h)
+        const TKV* rows = next + kvi * a.kv_stride_kv;
+        for (int j = 0; j < bs; ++j) {
+          const char* p = reinterpret_cast<const char*>(rows + (int64_t)j * a.kv_stride_tok);
+          for (int off = 0; off < row_bytes; off += 64) __builtin_prefetch(p + off);
         }
       }
     }

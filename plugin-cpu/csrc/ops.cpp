@@ -48,9 +48,6 @@ Isa g_isa = best_isa();
 #define OCTAVO_DISPATCH(fn, args) generic::fn(args)
 #endif
 
-// linear's software prefetch distance (dense_impl.h); settable for measurements
-int64_t g_linear_prefetch = 2048;
-
 template <typename T>
 T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
@@ -134,7 +131,6 @@ void linear_rows(const DecodeStep& d, void* y, const void* x, int64_t K, int64_t
   a.w_stride = K;
   a.dtype = d.dtype;
   a.num_threads = d.num_threads;
-  a.prefetch_ahead = g_linear_prefetch;
   OCTAVO_DISPATCH(linear, a);
 }
 
@@ -360,8 +356,7 @@ PYBIND11_MODULE(_C, m) {
         a.K = K;
         a.dtype = dtype;
         a.num_threads = num_threads;
-        a.prefetch_ahead = g_linear_prefetch;
-        py::gil_scoped_release nogil;
+              py::gil_scoped_release nogil;
         OCTAVO_DISPATCH(linear, a);
       },
       "y = x @ w^T (+ bias) for few rows of x, fp32 accumulation (see kernels.h)");
@@ -414,16 +409,6 @@ PYBIND11_MODULE(_C, m) {
       },
       "y = x @ w^T (+ bias), bf16, against gemm_pack's packed w; fp32 sums");
 #endif
-  m.def(
-      "set_linear_prefetch",
-      [](int64_t bytes) {
-        if (bytes < 0) throw py::value_error("prefetch distance must be >= 0 bytes");
-        const int64_t old = g_linear_prefetch;
-        g_linear_prefetch = bytes;
-        return old;
-      },
-      "Set linear's software prefetch distance in bytes (0 turns it off); returns the old one. For measurements.");
-
   m.def(
       "rotary",
       [](uintptr_t q, int64_t q_stride_t, int64_t q_stride_h, int num_q_heads, uintptr_t k, int64_t k_stride_t,
