@@ -263,8 +263,8 @@ def _bf16_tol(ref: torch.Tensor, dtype) -> dict:
                          ids=["qkv", "n33", "odd", "down-tail", "k100"])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_linear(isa, dtype, m, k, n, bias):
-    """fp32 math on the same (bf16-rounded) inputs is the reference; tails over N (tiles of
-    rows), K (vector width, odd for the bf16 pairs) and M (token groups)."""
+    """fp32 math on the same (bf16-rounded) inputs is the reference; tails over K (vector
+    width, odd for the bf16 pairs) and M (groups of 4 tokens), N past the threads' split."""
     g = torch.Generator().manual_seed(10 + m)
     x = torch.randn(m, k, generator=g).to(dtype)
     w = (torch.randn(n, k, generator=g) * k**-0.5).to(dtype)

@@ -57,11 +57,15 @@ T* ptr(uintptr_t p) {
 // ---- a whole decode step's layers in one call (octavo_cpu/decode_forward.py) ----------
 // The per-layer sequence of octavo.models.llama (RMSNorm, qkv, rotary, KV write, attention,
 // o_proj, RMSNorm, gate_up, SiLU-and-mul, down) over the same kernels with the same arguments
-// as the op-by-op path, so the values are identical; only the ~12 Python calls per layer go.
+// as the op-by-op path, so the values are identical; only the ~12 Python calls per layer (and
+// their output allocations) go. The linears take the GEMV up to gemv_max_rows rows, as
+// CpuPlatform.linear does, and the packed bf16 GEMM past it.
 
-// One layer's row of the plan (int64 each): weight pointers (0 = absent) and its window.
+// One layer's row of the plan (int64 each): weight pointers (0 = absent), its window, and the
+// GEMM's packed copies of the four weights (0 until a step needs them).
 enum PlanCol : int {
-  kInNorm, kQkvW, kQkvB, kOW, kPostNorm, kGateUpW, kDownW, kKvCache, kWindow, kPlanCols
+  kInNorm, kQkvW, kQkvB, kOW, kPostNorm, kGateUpW, kDownW, kKvCache, kWindow,
+  kQkvP, kOP, kGateUpP, kDownP, kPlanCols
 };
 
 struct DecodeStep {
@@ -69,6 +73,7 @@ struct DecodeStep {
   int layers, hidden, num_heads, num_kv_heads, head_dim, inter;
   float eps, scale;
   int dtype, kv_dtype, block_size, attn_kernel, num_threads;
+  int64_t gemv_max_rows;  // more rows than this: the packed GEMM (bf16 on avx512_bf16 only)
   int64_t kv_stride_kv, kv_stride_block, kv_stride_tok, kv_stride_head;
   const void* final_norm;
   const void* x_in;  // [M, hidden] embeddings
@@ -117,7 +122,27 @@ void rms_rows(const DecodeStep& d, void* out, const void* x, void* res, const vo
   OCTAVO_DISPATCH(rms_norm, a);
 }
 
-void linear_rows(const DecodeStep& d, void* y, const void* x, int64_t K, int64_t N, int64_t plan_w, int64_t plan_b) {
+void linear_rows(const DecodeStep& d, void* y, const void* x, int64_t K, int64_t N, int64_t plan_w, int64_t plan_b,
+                 int64_t plan_packed) {
+#ifdef OCTAVO_HAVE_X86
+  if (d.M > d.gemv_max_rows) {  // the binding checked that the GEMM runs here and the packed copies exist
+    GemmArgs g{};
+    g.y = y;
+    g.y_stride = N;
+    g.x = x;
+    g.x_stride = K;
+    g.w_packed = ptr<const void>((uintptr_t)plan_packed);
+    g.bias = plan_b ? ptr<const void>((uintptr_t)plan_b) : nullptr;
+    g.M = d.M;
+    g.N = N;
+    g.K = K;
+    g.num_threads = d.num_threads;
+    avx512bf16::gemm(g);
+    return;
+  }
+#else
+  (void)plan_packed;
+#endif
   LinearArgs a{};
   a.y = y;
   a.x = x;
@@ -150,7 +175,7 @@ void decode_step(const DecodeStep& d) {
   for (int l = 0; l < d.layers; ++l) {
     const int64_t* p = d.plan + (int64_t)l * kPlanCols;
     rms_rows(d, h, l == 0 ? d.x_in : xb, res, ptr<const void>((uintptr_t)p[kInNorm]), l > 0);
-    linear_rows(d, qkv, h, H, QKV, p[kQkvW], p[kQkvB]);
+    linear_rows(d, qkv, h, H, QKV, p[kQkvW], p[kQkvB], p[kQkvP]);
     RotaryArgs r{};
     r.q = qkv;
     r.k = qkv + Q * es;
@@ -201,9 +226,9 @@ void decode_step(const DecodeStep& d) {
     a.kv_splits = 0;
     a.kernel = d.attn_kernel;
     OCTAVO_DISPATCH(paged_attention, a);
-    linear_rows(d, xb, ao, Q, H, p[kOW], 0);
+    linear_rows(d, xb, ao, Q, H, p[kOW], 0, p[kOP]);
     rms_rows(d, h, xb, res, ptr<const void>((uintptr_t)p[kPostNorm]), true);
-    linear_rows(d, gu, h, H, 2 * I, p[kGateUpW], 0);
+    linear_rows(d, gu, h, H, 2 * I, p[kGateUpW], 0, p[kGateUpP]);
     SiluMulArgs m{};
     m.out = act;
     m.x = gu;
@@ -214,7 +239,7 @@ void decode_step(const DecodeStep& d) {
     m.dtype = d.dtype;
     m.num_threads = d.num_threads;
     OCTAVO_DISPATCH(silu_and_mul, m);
-    linear_rows(d, xb, act, I, H, p[kDownW], 0);
+    linear_rows(d, xb, act, I, H, p[kDownW], 0, p[kDownP]);
   }
   rms_rows(d, d.out, xb, res, d.final_norm, true);
 }
@@ -486,7 +511,15 @@ PYBIND11_MODULE(_C, m) {
          int64_t kv_stride_kv, int64_t kv_stride_block, int64_t kv_stride_tok, int64_t kv_stride_head,
          uintptr_t final_norm, uintptr_t x_in, uintptr_t out, uintptr_t scratch, int64_t M, uintptr_t positions,
          uintptr_t slot_mapping, uintptr_t cos_sin, int64_t cs_stride, int64_t max_pos, int rot_dim,
-         uintptr_t block_tables, int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int num_seqs) {
+         uintptr_t block_tables, int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int num_seqs,
+         int64_t gemv_max_rows) {
+        if (M > gemv_max_rows) {  // the packed GEMM: bf16 on avx512_bf16, every layer's copies present
+          bool ok = g_isa == kAvx512Bf16 && dtype == kBF16;
+          const int64_t* pl = ptr<const int64_t>(plan);
+          for (int l = 0; ok && l < layers; ++l)
+            for (int c : {kQkvP, kOP, kGateUpP, kDownP}) ok = ok && pl[(int64_t)l * kPlanCols + c] != 0;
+          if (!ok) throw py::value_error("decode_step: " + std::to_string(M) + " rows need the packed bf16 GEMM");
+        }
         const int64_t* pos = ptr<const int64_t>(positions);
         for (int64_t t = 0; t < M; ++t)  // as the rotary binding: a bad position raises, not reads
           if (pos[t] < 0 || pos[t] >= max_pos)
@@ -526,6 +559,7 @@ PYBIND11_MODULE(_C, m) {
         d.seq_lens = ptr<const int32_t>(seq_lens);
         d.query_start_loc = ptr<const int32_t>(query_start_loc);
         d.num_seqs = num_seqs;
+        d.gemv_max_rows = gemv_max_rows;
         py::gil_scoped_release nogil;
         decode_step(d);
       },

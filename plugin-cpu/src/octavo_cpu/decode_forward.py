@@ -2,13 +2,16 @@
 
 Single-stream decoding of a small model spends a third of each step in Python: about a dozen
 kernel calls per layer, each with its wrapper's checks and allocations. For steps where every
-request decodes one token (at most `MAX_ROWS` of them), `_C.decode_step` runs every layer's
-sequence of native kernels (the same kernels, arguments and rounding as the op-by-op path in
-octavo.models.llama) and the final norm in C++. Everything else, and any model, dtype or
-configuration this does not cover, goes op by op as before (`run_decode` returns None).
+request decodes one token, `_C.decode_step` runs every layer's sequence of native kernels (the
+same kernels, arguments and rounding as the op-by-op path in octavo.models.llama, which
+CpuPlatform.linear picks by row count: the GEMV up to `platform._LINEAR_MAX_ROWS` rows, past it
+the packed bf16 GEMM) and the final norm in C++. Everything else, and any model, dtype or
+configuration this does not cover (past the GEMV's rows: anything but bf16 on an avx512_bf16
+CPU, whose GEMM is torch's), goes op by op as before (`run_decode` returns None).
 
-The per-layer weight pointers are gathered once per model and KV cache into a "plan"; the
-scratch buffers are kept per row count, so a step allocates only its output.
+The per-layer weight pointers are gathered once per model and KV cache into a "plan" (the
+GEMM's packed weights at the first step that needs them); one scratch buffer, grown to the
+largest batch seen, holds the activations, so a step allocates only its output.
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from octavo_cpu import _native
+from octavo_cpu import _native, gemm
 
-#: decode steps of up to this many requests take the native path (the GEMV's row limit)
-MAX_ROWS = 8
-_PLAN_COLS = 9  # csrc/ops.cpp PlanCol
+_PLAN_COLS = 13  # csrc/ops.cpp PlanCol
+_PACKED_COLS = (9, 10, 11, 12)  # kQkvP, kOP, kGateUpP, kDownP: packed qkv, o, gate_up, down
 
 
 @dataclass
@@ -38,7 +40,10 @@ class _Plan:
     kv_dtype: torch.dtype
     kv_strides: tuple
     block_size: int
-    scratch: dict = field(default_factory=dict)  # rows -> buffer
+    gemv_max_rows: int  # CpuPlatform.linear's GEMV limit for this dtype
+    weights: list  # per layer: (qkv, o, gate_up, down), to pack for the GEMM
+    packed: list | None = None  # the packed copies once made (kept alive here: the table points at them)
+    scratch: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
 
 def _eligible(model, kv_caches) -> bool:
@@ -67,6 +72,8 @@ def _eligible(model, kv_caches) -> bool:
 
 
 def _build_plan(model, kv_caches) -> _Plan | None:
+    from octavo_cpu.platform import _LINEAR_MAX_ROWS
+
     if not _eligible(model, kv_caches):
         return None
     rows = []
@@ -76,7 +83,7 @@ def _build_plan(model, kv_caches) -> _Plan | None:
             layer.input_layernorm.data_ptr(), a.qkv_proj.data_ptr(),
             a.qkv_bias.data_ptr() if a.qkv_bias is not None else 0, a.o_proj.data_ptr(),
             layer.post_attention_layernorm.data_ptr(), layer.mlp.gate_up_proj.data_ptr(),
-            layer.mlp.down_proj.data_ptr(), kv.data_ptr(), int(a.sliding_window or 0),
+            layer.mlp.down_proj.data_ptr(), kv.data_ptr(), int(a.sliding_window or 0), 0, 0, 0, 0,
         ])
     a0 = model.layers[0].self_attn
     kv0 = kv_caches[0]
@@ -89,8 +96,26 @@ def _build_plan(model, kv_caches) -> _Plan | None:
         num_heads=a0.num_heads, num_kv_heads=a0.num_kv_heads, head_dim=a0.head_dim,
         inter=model.layers[0].mlp.intermediate, eps=float(model.config.rms_norm_eps), scale=float(a0.scale),
         dtype=model.embed_tokens.dtype, kv_dtype=kv0.dtype, kv_strides=tuple(kv0.stride()[:4]),
-        block_size=kv0.shape[2],
+        block_size=kv0.shape[2], gemv_max_rows=_LINEAR_MAX_ROWS.get(model.embed_tokens.dtype, 0),
+        weights=[(l.self_attn.qkv_proj, l.self_attn.o_proj, l.mlp.gate_up_proj, l.mlp.down_proj)
+                 for l in model.layers],
     )
+
+
+def _with_gemm(plan: _Plan) -> bool:
+    """Make the plan able to run steps past the GEMV's rows: True when the op-by-op path would
+    take the packed GEMM for them too (so the step stays identical), after packing the weights
+    into the table (gemm.packed: the same copies CpuPlatform.linear uses, made once)."""
+    w0 = plan.weights[0][0]
+    x = torch.empty(0, w0.shape[1], dtype=plan.dtype)
+    if not gemm.applies(x, w0, None):
+        return False
+    if plan.packed is None:
+        plan.packed = [[gemm.packed(w) for w in ws] for ws in plan.weights]
+        for i, ps in enumerate(plan.packed):
+            for col, p in zip(_PACKED_COLS, ps):
+                plan.table[i, col] = p.data_ptr()
+    return True
 
 
 def _plan(model, kv_caches) -> _Plan | None:
@@ -106,17 +131,18 @@ def _plan(model, kv_caches) -> _Plan | None:
 def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list, meta) -> torch.Tensor | None:
     """Hidden states of a decode-only step, or None when the step or model is not covered."""
     m = input_ids.shape[0]
-    if m == 0 or m > MAX_ROWS or meta.num_decodes != m or meta.num_seqs != m:
+    if m == 0 or meta.num_decodes != m or meta.num_seqs != m:
         return None
     plan = _plan(model, kv_caches)
-    if plan is None:
+    if plan is None or (m > plan.gemv_max_rows and not _with_gemm(plan)):
         return None
     x = model.embed_tokens.index_select(0, input_ids)
     out = torch.empty_like(x)
-    scratch = plan.scratch.get(m)
-    if scratch is None:
-        q, kv = plan.num_heads * plan.head_dim, plan.num_kv_heads * plan.head_dim
-        scratch = plan.scratch[m] = torch.empty(m * (3 * plan.hidden + 2 * q + 2 * kv + 3 * plan.inter), dtype=plan.dtype)
+    q, kv = plan.num_heads * plan.head_dim, plan.num_kv_heads * plan.head_dim
+    need = m * (3 * plan.hidden + 2 * q + 2 * kv + 3 * plan.inter)
+    if plan.scratch.numel() < need:
+        plan.scratch = torch.empty(need, dtype=plan.dtype)
+    scratch = plan.scratch
     pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() \
         else positions.to(torch.int64).contiguous()
     slots = meta.slot_mapping if meta.slot_mapping.dtype == torch.int64 and meta.slot_mapping.is_contiguous() \
@@ -131,6 +157,6 @@ def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache
         _native._ATTN_KERNELS[_native.ATTENTION_KERNEL], torch.get_num_threads(), *plan.kv_strides,
         model.norm.data_ptr(), x.data_ptr(), out.data_ptr(), scratch.data_ptr(), m, pos.data_ptr(),
         slots.data_ptr(), cs.data_ptr(), cs.stride(0), cs.shape[0], cs.shape[-1],
-        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m,
+        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m, plan.gemv_max_rows,
     )
     return out

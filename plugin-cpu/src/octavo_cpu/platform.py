@@ -4,8 +4,8 @@ Native, for float32 and bfloat16: paged attention and KV writes (`attention.py`)
 with the fused residual add, rotary (in place), SiLU-and-mul, and linear: for decode-sized
 row counts a GEMV that streams the weights near memory bandwidth, for more rows in bf16 on
 AVX512_BF16 CPUs a GEMM on weights packed once (`gemm`). Other GEMMs stay with torch.
-Decode steps of up to 8 requests run every layer in one native call (`run_model`, see
-decode_forward.py).
+Decode steps (every request one token) run every layer in one native call (`run_model`, see
+decode_forward.py) where those kernels cover the step's linears.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class CpuPlatform(Platform):
         return super().silu_and_mul(x)
 
     def run_model(self, model, input_ids, positions, kv_caches, meta):
-        # decode steps of up to 8 requests: every layer in one native call (decode_forward.py)
+        # decode steps: every layer in one native call (decode_forward.py)
         from octavo_cpu.decode_forward import run_decode
 
         return run_decode(model, input_ids, positions, kv_caches, meta)
