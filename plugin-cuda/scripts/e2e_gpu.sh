@@ -4,14 +4,17 @@
 #   bash plugin-cuda/scripts/e2e_gpu.sh bench   # install, graph checks, start-up, G2 and G3 beside HF and without async scheduling, G3 with 2048-token steps
 #   bash plugin-cuda/scripts/e2e_gpu.sh g1      # install, G1's first 128 requests beside HF, G1 (1000 requests)
 #   bash plugin-cuda/scripts/e2e_gpu.sh g3g1    # install, G3, G1
-# Carry .whl (importlib_metadata, lazy_importer, gguf wheels) and .gpu/tok (SmolLM2 tokenizer,
+#   bash plugin-cuda/scripts/e2e_gpu.sh g4      # install, G4: `octavo serve` + `octavo bench serve` at Poisson rates
+# Carry .whl (importlib_metadata, lazy_importer, gguf wheels; for g4 also fastapi, starlette, uvicorn,
+# pydantic, pydantic_core, annotated_types, annotated_doc, typing_inspection, typing_extensions,
+# opentelemetry_api, zipp, at the versions the dev venv has) and .gpu/tok (SmolLM2 tokenizer,
 # saved with save_pretrained). SmolLM2's GGUF (98 MB) is over one call's 64 MiB transfer: an
 # earlier call leaves its first half in /tmp/smol/a (`cp .smolA/part /tmp/smol/a`), this one
 # carries the second half in .smolB. Logs and JSON land in $OUT.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LOG="$OUT/e2e_$1.log"
-python3 -m pip install -q --no-index --no-deps .whl/importlib_metadata-*.whl .whl/lazy_importer-*.whl .whl/gguf-*.whl 2>&1 | tail -2
+python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -2
 python3 -m pip install -q --no-deps --no-build-isolation -e ./core -e ./plugins -e ./plugin-cuda 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader | tee -a "$LOG"
 python3 plugin-cuda/scripts/make_llama8b_dir.py .gpu/tok /tmp/llama8b
@@ -46,5 +49,17 @@ if [ "$1" = g1 ]; then
 fi
 if [ "$1" = g1 ] || [ "$1" = g3g1 ]; then
   step G1 $B --num-prompts 1000 --dataset uniform:128-2048:32-512 --output-len 512 --json "$OUT/g1.json"
+fi
+if [ "$1" = g4 ]; then  # serving percentiles: G1's lengths, Poisson arrivals at several rates
+  python3 -m octavo.entrypoints.cli serve /tmp/llama8b --load-format dummy --dtype bfloat16 --max-model-len 4096 \
+    --device cuda --port 8011 > "$OUT/g4_server.log" 2>&1 &
+  SPID=$!
+  for i in $(seq 150); do python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8011/v1/models')" 2> /dev/null && break; sleep 2; done
+  echo "server ready after ~$((i * 2)) s" | tee -a "$LOG"
+  S="python3 -m octavo.entrypoints.cli bench serve --port 8011 --dataset uniform:128-2048:32-512 --output-len 512"
+  for rn in 2:100 4:200 8:300 12:300; do
+    step "G4-rate${rn%%:*}" $S --request-rate ${rn%%:*} --num-prompts ${rn##*:} --json "$OUT/g4_r${rn%%:*}.json"
+  done
+  kill $SPID; wait $SPID 2> /dev/null
 fi
 echo "== done $(date -u +%T)" | tee -a "$LOG"
