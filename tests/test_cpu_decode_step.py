@@ -54,17 +54,17 @@ def _generate(model_dir, dtype, prompts, native_step: bool, monkeypatch):
 def test_native_decode_step_equals_op_by_op(arch, dtype, tiny_model_dirs, monkeypatch):
     """llama: llama3 rope, GQA; qwen2: qkv bias; mistral: a 48-token window under 60-token prompts."""
     from octavo_cpu import gemm
-    from octavo_cpu.platform import _LINEAR_MAX_ROWS
+    from octavo_cpu.platform import gemv_max_rows
 
     rng = random.Random(7)
-    # past the GEMV's 8 rows the step runs the packed GEMM (bf16 on avx512_bf16 CPUs, as the
-    # op-by-op path does); elsewhere those steps go op by op in both runs
+    # bf16 on avx512_bf16 CPUs: the packed GEMM at every batch size, as the op-by-op path;
+    # elsewhere the GEMV up to 8 rows, and steps past it go op by op in both runs
     for batch in (1, 3, 8, 11):
         prompts = [[rng.randrange(3, 4000) for _ in range(rng.choice((5, 17, 60)))] for _ in range(batch)]
         native, n_native = _generate(tiny_model_dirs[arch], dtype, prompts, True, monkeypatch)
         ops, n_ops = _generate(tiny_model_dirs[arch], dtype, prompts, False, monkeypatch)
         assert n_ops == 0
-        if batch <= _LINEAR_MAX_ROWS[getattr(torch, dtype)] or (dtype == "bfloat16" and gemm.available()):
+        if batch <= gemv_max_rows(getattr(torch, dtype)) or (dtype == "bfloat16" and gemm.available()):
             assert n_native >= 10, "the native decode step did not run"
         else:
             assert n_native == 0, "the native decode step ran a batch it does not cover"

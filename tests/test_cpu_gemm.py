@@ -4,7 +4,8 @@ The reference is torch's matmul in fp32 on the same bf16 inputs: the kernel sums
 rounds once to bf16, so the two differ by that rounding (and summation order). Shapes cover
 SmolLM2-135M's linears and odd ones: ragged M (every tail of the 6-row tiles, across the
 156-row L2 blocks and the threads' shares), N off the 64-column panels, odd K (the packed
-pair's zero), and a weight big enough for the threads to split columns instead of rows.
+pair's zero), and both ways the threads split the work: by column panels (up to 128 rows, and
+for a weight too big for the L3) and by rows (past 128 rows).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ SHAPES = {  # id: (K, N)
     "qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576),
     "k1": (1, 64), "odd": (33, 100), "n130": (64, 130), "k1535": (1535, 65), "n1": (7, 1),
 }
-ROWS = [1, 5, 9, 13, 47, 64, 100, 161, 300]
+ROWS = [1, 5, 9, 13, 47, 64, 100, 128, 129, 161, 300]
 
 
 @pytest.fixture(params=[1, 2], ids=["t1", "t2"])
@@ -84,26 +85,30 @@ def test_packed_weight_is_cached_until_it_changes():
     _check(gemm.linear(x, w), x, w, None)
 
 
-def test_platform_takes_gemm_for_bf16_rows_above_the_gemv(monkeypatch):
-    """CpuPlatform.linear: the GEMM for bf16 past the GEMV's rows, torch when it is switched
-    off, for fp32, and below avx512_bf16 (OCTAVO_CPU_ISA lowered)."""
+def test_platform_takes_gemm_for_bf16_rows(monkeypatch):
+    """CpuPlatform.linear: the GEMM for bf16 at every row count (decode rows too), the GEMV
+    or torch when it is switched off, for fp32, and below avx512_bf16 (OCTAVO_CPU_ISA lowered)."""
     p = CpuPlatform()
     x, w, b = _inputs(40, 96, 80, True, seed=8)
     calls = []
     real = gemm.linear
     monkeypatch.setattr(gemm, "linear", lambda *a: calls.append(1) or real(*a))
     _check(p.linear(x, w, b), x, w, b)
-    assert calls == [1]
-    p.linear(x[:4], w, b)  # decode rows: the GEMV
+    _check(p.linear(x[:1], w, b), x[:1], w, b)  # a decode row
+    _check(p.linear(x[:4], w, b), x[:4], w, b)
+    assert calls == [1, 1, 1]
     p.linear(x.float(), w.float(), b.float())  # fp32: torch
+    p.linear(x[:4].float(), w.float(), b.float())  # fp32 decode rows: the GEMV
     monkeypatch.setattr(gemm, "ENABLED", False)
     _check(p.linear(x, w, b), x, w, b)
+    _check(p.linear(x[:4], w, b), x[:4], w, b)
     monkeypatch.setattr(gemm, "ENABLED", True)
     saved = _native.isa()
     _native.set_isa("avx512")
     try:
         assert not gemm.available()
         _check(p.linear(x, w, b), x, w, b)
+        _check(p.linear(x[:4], w, b), x[:4], w, b)
     finally:
         _native.set_isa(saved)
-    assert calls == [1]
+    assert calls == [1, 1, 1]

@@ -4,10 +4,10 @@ Single-stream decoding of a small model spends a third of each step in Python: a
 kernel calls per layer, each with its wrapper's checks and allocations. For steps where every
 request decodes one token, `_C.decode_step` runs every layer's sequence of native kernels (the
 same kernels, arguments and rounding as the op-by-op path in octavo.models.llama, which
-CpuPlatform.linear picks by row count: the GEMV up to `platform._LINEAR_MAX_ROWS` rows, past it
-the packed bf16 GEMM) and the final norm in C++. Everything else, and any model, dtype or
-configuration this does not cover (past the GEMV's rows: anything but bf16 on an avx512_bf16
-CPU, whose GEMM is torch's), goes op by op as before (`run_decode` returns None).
+CpuPlatform.linear picks: the packed bf16 GEMM where it runs, else the GEMV up to
+`platform.gemv_max_rows` rows) and the final norm in C++. Everything else, and any model, dtype
+or configuration this does not cover (past the GEMV's rows without the packed GEMM, where the
+op-by-op path uses torch's), goes op by op as before (`run_decode` returns None).
 
 The per-layer weight pointers are gathered once per model and KV cache into a "plan" (the
 GEMM's packed weights at the first step that needs them); one scratch buffer, grown to the
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from octavo_cpu import _native, gemm
+from octavo_cpu.platform import gemv_max_rows
 
 _PLAN_COLS = 13  # csrc/ops.cpp PlanCol
 _PACKED_COLS = (9, 10, 11, 12)  # kQkvP, kOP, kGateUpP, kDownP: packed qkv, o, gate_up, down
@@ -40,7 +41,6 @@ class _Plan:
     kv_dtype: torch.dtype
     kv_strides: tuple
     block_size: int
-    gemv_max_rows: int  # CpuPlatform.linear's GEMV limit for this dtype
     weights: list  # per layer: (qkv, o, gate_up, down), to pack for the GEMM
     packed: list | None = None  # the packed copies once made (kept alive here: the table points at them)
     scratch: torch.Tensor = field(default_factory=lambda: torch.empty(0))
@@ -72,8 +72,6 @@ def _eligible(model, kv_caches) -> bool:
 
 
 def _build_plan(model, kv_caches) -> _Plan | None:
-    from octavo_cpu.platform import _LINEAR_MAX_ROWS
-
     if not _eligible(model, kv_caches):
         return None
     rows = []
@@ -96,7 +94,7 @@ def _build_plan(model, kv_caches) -> _Plan | None:
         num_heads=a0.num_heads, num_kv_heads=a0.num_kv_heads, head_dim=a0.head_dim,
         inter=model.layers[0].mlp.intermediate, eps=float(model.config.rms_norm_eps), scale=float(a0.scale),
         dtype=model.embed_tokens.dtype, kv_dtype=kv0.dtype, kv_strides=tuple(kv0.stride()[:4]),
-        block_size=kv0.shape[2], gemv_max_rows=_LINEAR_MAX_ROWS.get(model.embed_tokens.dtype, 0),
+        block_size=kv0.shape[2],
         weights=[(l.self_attn.qkv_proj, l.self_attn.o_proj, l.mlp.gate_up_proj, l.mlp.down_proj)
                  for l in model.layers],
     )
@@ -134,7 +132,10 @@ def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache
     if m == 0 or meta.num_decodes != m or meta.num_seqs != m:
         return None
     plan = _plan(model, kv_caches)
-    if plan is None or (m > plan.gemv_max_rows and not _with_gemm(plan)):
+    if plan is None:
+        return None
+    gemv_rows = gemv_max_rows(plan.dtype)  # read each step: gemm.ENABLED may change (A/B runs)
+    if m > gemv_rows and not _with_gemm(plan):
         return None
     x = model.embed_tokens.index_select(0, input_ids)
     out = torch.empty_like(x)
@@ -157,6 +158,6 @@ def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache
         _native._ATTN_KERNELS[_native.ATTENTION_KERNEL], torch.get_num_threads(), *plan.kv_strides,
         model.norm.data_ptr(), x.data_ptr(), out.data_ptr(), scratch.data_ptr(), m, pos.data_ptr(),
         slots.data_ptr(), cs.data_ptr(), cs.stride(0), cs.shape[0], cs.shape[-1],
-        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m, plan.gemv_max_rows,
+        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m, gemv_rows,
     )
     return out

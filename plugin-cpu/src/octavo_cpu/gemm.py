@@ -1,18 +1,19 @@
-"""bf16 linear for prefill and batched-decode row counts on the native packed GEMM (csrc/gemm_bf16.h).
+"""bf16 linear at every row count on the native packed GEMM (csrc/gemm_bf16.h).
 
 torch's bf16 linear (oneDNN) reorders the weight into its blocked layout on every call; on
 SmolLM2's shapes at 64 rows (a decode step of 64 requests) it reaches 190-270 GFLOP/s of the
 2-core Zen 4's ~460 vdpbf16ps peak, the native kernel on weights packed once (on first use)
 335-400. On prefill chunks (512-2048 rows) the two are close: native 1-12% ahead
-(bench/gemm.py; gemm_throughput.py measures the whole workload).
+(bench/gemm.py; gemm_throughput.py measures the whole workload). For decode rows (1-8) the
+packed panels also stream faster than the native GEMV reads the row-major weight
+(CpuPlatform's `gemv_max_rows`, docs/cpu.md).
 
 The packed copy rides on the weight tensor itself (an attribute), so it lives exactly as
 long as the weight; it is rebuilt when the weight changes in place (its version counter)
-or moves. It costs one more copy of every weight that meets more than `_native`'s GEMV row
-limit, lm_head included.
+or moves. It costs one more copy of every weight a linear meets, lm_head included.
 
 Debugging switch (read at import, settable at run time for A/B measurements):
-  OCTAVO_CPU_GEMM=0   keep torch's linear for every row count above the GEMV's
+  OCTAVO_CPU_GEMM=0   no packed GEMM: the GEMV up to 8 rows, torch's linear above
 """
 
 from __future__ import annotations

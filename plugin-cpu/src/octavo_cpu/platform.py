@@ -20,8 +20,23 @@ from octavo_cpu import _native, gemm
 from octavo_cpu.attention import CpuAttention
 
 
-# Rows of x up to which CpuPlatform.linear takes the native GEMV, per dtype.
+# Rows of x up to which CpuPlatform.linear takes the native GEMV, per dtype; bf16 where the
+# packed GEMM runs takes that at every row count (gemv_max_rows).
 _LINEAR_MAX_ROWS = {torch.bfloat16: 8, torch.float32: 8}
+
+
+def gemv_max_rows(dtype: torch.dtype) -> int:
+    """Rows up to which CpuPlatform.linear (and the one-call decode step) use the GEMV.
+
+    0 for bf16 where the packed GEMM applies: with its threads splitting the weight's panels,
+    it streams the packed weights faster than the GEMV reads the row-major ones even at one row
+    (SmolLM2's 30 layers from memory, 2 threads: M = 1 5.5 against 6.3 ms, M = 4 5.8 against
+    12.8, M = 8 7.2 against 14.0; docs/cpu.md)."""
+    if not _native.available():
+        return 0
+    if dtype == torch.bfloat16 and gemm.ENABLED and gemm.available():
+        return 0
+    return _LINEAR_MAX_ROWS.get(dtype, 0)
 
 
 def _cpu_flags() -> set[str]:
@@ -100,10 +115,10 @@ class CpuPlatform(Platform):
         return super().sample(logits, temperatures, u)
 
     def linear(self, x, weight, bias=None):
-        # few rows (decode): the native GEMV, which streams the weights at ~2x torch's rate
-        # (limits measured with bench/dense_linear.py); more rows in bf16: the native GEMM on
-        # a weight packed once (gemm.py, bench/gemm.py); else torch (oneDNN / MKL).
-        max_rows = _LINEAR_MAX_ROWS.get(x.dtype, 0) if _native.available() else 0
+        # bf16 on avx512_bf16: the native GEMM on a weight packed once, at every row count
+        # (gemm.py, bench/gemm.py); else few rows (decode): the native GEMV, which streams the
+        # weights at ~2x torch's rate (bench/dense_linear.py); else torch (oneDNN / MKL).
+        max_rows = gemv_max_rows(x.dtype)
         if (max_rows and x.numel() <= max_rows * x.shape[-1] and weight.dtype == x.dtype
                 and (bias is None or bias.dtype == x.dtype)):
             return _native.linear(x, weight, bias)
