@@ -53,13 +53,51 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
+// y = x @ w^T (+ bias) on the GEMV (dense_impl.h); x's rows at x_stride, y's at y_stride.
+void run_linear(void* y, int64_t y_stride, const void* x, int64_t x_stride, const void* w, int64_t w_stride,
+                const void* bias, int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
+  LinearArgs a{};
+  a.y = y;
+  a.y_stride = y_stride;
+  a.x = x;
+  a.x_stride = x_stride;
+  a.w = w;
+  a.w_stride = w_stride;
+  a.bias = bias;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.dtype = dtype;
+  a.num_threads = num_threads;
+  OCTAVO_DISPATCH(linear, a);
+}
+
+#ifdef OCTAVO_HAVE_X86
+// The same on the packed bf16 GEMM (gemm_bf16.h; avx512_bf16 only, callers check).
+void run_gemm(void* y, int64_t y_stride, const void* x, int64_t x_stride, const void* w_packed, const void* bias,
+              int64_t M, int64_t N, int64_t K, int num_threads) {
+  GemmArgs a{};
+  a.y = y;
+  a.y_stride = y_stride;
+  a.x = x;
+  a.x_stride = x_stride;
+  a.w_packed = w_packed;
+  a.bias = bias;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.num_threads = num_threads;
+  avx512bf16::gemm(a);
+}
+#endif
+
 
 // ---- a whole decode step's layers in one call (octavo_cpu/decode_forward.py) ----------
 // The per-layer sequence of octavo.models.llama (RMSNorm, qkv, rotary, KV write, attention,
 // o_proj, RMSNorm, gate_up, SiLU-and-mul, down) over the same kernels with the same arguments
 // as the op-by-op path, so the values are identical; only the ~12 Python calls per layer (and
-// their output allocations) go. The linears take the GEMV up to gemv_max_rows rows, as
-// CpuPlatform.linear does, and the packed bf16 GEMM past it.
+// their output allocations) go. The linears take the kernel CpuPlatform.linear would
+// (platform.linear_path): the packed bf16 GEMM or the GEMV.
 
 // One layer's row of the plan (int64 each): weight pointers (0 = absent), its window, and the
 // GEMM's packed copies of the four weights (0 until a step needs them).
@@ -73,7 +111,7 @@ struct DecodeStep {
   int layers, hidden, num_heads, num_kv_heads, head_dim, inter;
   float eps, scale;
   int dtype, kv_dtype, block_size, attn_kernel, num_threads;
-  int64_t gemv_max_rows;  // more rows than this: the packed GEMM (bf16 on avx512_bf16 only)
+  bool use_gemm;  // the linears on the packed bf16 GEMM (avx512_bf16 only), else the GEMV
   int64_t kv_stride_kv, kv_stride_block, kv_stride_tok, kv_stride_head;
   const void* final_norm;
   const void* x_in;  // [M, hidden] embeddings
@@ -124,39 +162,14 @@ void rms_rows(const DecodeStep& d, void* out, const void* x, void* res, const vo
 
 void linear_rows(const DecodeStep& d, void* y, const void* x, int64_t K, int64_t N, int64_t plan_w, int64_t plan_b,
                  int64_t plan_packed) {
+  const void* bias = plan_b ? ptr<const void>((uintptr_t)plan_b) : nullptr;
 #ifdef OCTAVO_HAVE_X86
-  if (d.M > d.gemv_max_rows) {  // the binding checked that the GEMM runs here and the packed copies exist
-    GemmArgs g{};
-    g.y = y;
-    g.y_stride = N;
-    g.x = x;
-    g.x_stride = K;
-    g.w_packed = ptr<const void>((uintptr_t)plan_packed);
-    g.bias = plan_b ? ptr<const void>((uintptr_t)plan_b) : nullptr;
-    g.M = d.M;
-    g.N = N;
-    g.K = K;
-    g.num_threads = d.num_threads;
-    avx512bf16::gemm(g);
-    return;
-  }
+  if (d.use_gemm)  // the binding checked that the GEMM runs here and the packed copies exist
+    return run_gemm(y, N, x, K, ptr<const void>((uintptr_t)plan_packed), bias, d.M, N, K, d.num_threads);
 #else
   (void)plan_packed;
 #endif
-  LinearArgs a{};
-  a.y = y;
-  a.x = x;
-  a.w = ptr<const void>((uintptr_t)plan_w);
-  a.bias = plan_b ? ptr<const void>((uintptr_t)plan_b) : nullptr;
-  a.M = d.M;
-  a.N = N;
-  a.K = K;
-  a.x_stride = K;
-  a.y_stride = N;
-  a.w_stride = K;
-  a.dtype = d.dtype;
-  a.num_threads = d.num_threads;
-  OCTAVO_DISPATCH(linear, a);
+  run_linear(y, N, x, K, ptr<const void>((uintptr_t)plan_w), K, bias, d.M, N, K, d.dtype, d.num_threads);
 }
 
 void decode_step(const DecodeStep& d) {
@@ -368,21 +381,9 @@ PYBIND11_MODULE(_C, m) {
       "linear",
       [](uintptr_t y, int64_t y_stride, uintptr_t x, int64_t x_stride, uintptr_t w, int64_t w_stride,
          uintptr_t bias, int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
-        LinearArgs a{};
-        a.y = ptr<void>(y);
-        a.y_stride = y_stride;
-        a.x = ptr<const void>(x);
-        a.x_stride = x_stride;
-        a.w = ptr<const void>(w);
-        a.w_stride = w_stride;
-        a.bias = ptr<const void>(bias);
-        a.M = M;
-        a.N = N;
-        a.K = K;
-        a.dtype = dtype;
-        a.num_threads = num_threads;
-              py::gil_scoped_release nogil;
-        OCTAVO_DISPATCH(linear, a);
+        py::gil_scoped_release nogil;
+        run_linear(ptr<void>(y), y_stride, ptr<const void>(x), x_stride, ptr<const void>(w), w_stride,
+                   ptr<const void>(bias), M, N, K, dtype, num_threads);
       },
       "y = x @ w^T (+ bias) for few rows of x, fp32 accumulation (see kernels.h)");
 
@@ -418,19 +419,9 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t y, int64_t y_stride, uintptr_t x, int64_t x_stride, uintptr_t w_packed, uintptr_t bias,
          int64_t M, int64_t N, int64_t K, int num_threads) {
         if (g_isa != kAvx512Bf16) throw py::value_error("gemm needs the avx512_bf16 kernels");
-        GemmArgs a{};
-        a.y = ptr<void>(y);
-        a.y_stride = y_stride;
-        a.x = ptr<const void>(x);
-        a.x_stride = x_stride;
-        a.w_packed = ptr<const void>(w_packed);
-        a.bias = ptr<const void>(bias);
-        a.M = M;
-        a.N = N;
-        a.K = K;
-        a.num_threads = num_threads;
         py::gil_scoped_release nogil;
-        avx512bf16::gemm(a);
+        run_gemm(ptr<void>(y), y_stride, ptr<const void>(x), x_stride, ptr<const void>(w_packed),
+                 ptr<const void>(bias), M, N, K, num_threads);
       },
       "y = x @ w^T (+ bias), bf16, against gemm_pack's packed w; fp32 sums");
 #endif
@@ -512,13 +503,13 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t final_norm, uintptr_t x_in, uintptr_t out, uintptr_t scratch, int64_t M, uintptr_t positions,
          uintptr_t slot_mapping, uintptr_t cos_sin, int64_t cs_stride, int64_t max_pos, int rot_dim,
          uintptr_t block_tables, int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int num_seqs,
-         int64_t gemv_max_rows) {
-        if (M > gemv_max_rows) {  // the packed GEMM: bf16 on avx512_bf16, every layer's copies present
+         bool use_gemm) {
+        if (use_gemm) {  // the packed GEMM: bf16 on avx512_bf16, every layer's copies present
           bool ok = g_isa == kAvx512Bf16 && dtype == kBF16;
           const int64_t* pl = ptr<const int64_t>(plan);
           for (int l = 0; ok && l < layers; ++l)
             for (int c : {kQkvP, kOP, kGateUpP, kDownP}) ok = ok && pl[(int64_t)l * kPlanCols + c] != 0;
-          if (!ok) throw py::value_error("decode_step: " + std::to_string(M) + " rows need the packed bf16 GEMM");
+          if (!ok) throw py::value_error("decode_step: use_gemm needs bf16 on avx512_bf16 and every packed weight");
         }
         const int64_t* pos = ptr<const int64_t>(positions);
         for (int64_t t = 0; t < M; ++t)  // as the rotary binding: a bad position raises, not reads
@@ -559,7 +550,7 @@ PYBIND11_MODULE(_C, m) {
         d.seq_lens = ptr<const int32_t>(seq_lens);
         d.query_start_loc = ptr<const int32_t>(query_start_loc);
         d.num_seqs = num_seqs;
-        d.gemv_max_rows = gemv_max_rows;
+        d.use_gemm = use_gemm;
         py::gil_scoped_release nogil;
         decode_step(d);
       },

@@ -4,10 +4,10 @@ Single-stream decoding of a small model spends a third of each step in Python: a
 kernel calls per layer, each with its wrapper's checks and allocations. For steps where every
 request decodes one token, `_C.decode_step` runs every layer's sequence of native kernels (the
 same kernels, arguments and rounding as the op-by-op path in octavo.models.llama, which
-CpuPlatform.linear picks: the packed bf16 GEMM where it runs, else the GEMV up to
-`platform.gemv_max_rows` rows) and the final norm in C++. Everything else, and any model, dtype
-or configuration this does not cover (past the GEMV's rows without the packed GEMM, where the
-op-by-op path uses torch's), goes op by op as before (`run_decode` returns None).
+CpuPlatform.linear picks, `platform.linear_path`: the packed bf16 GEMM where it runs, else the
+GEMV up to 8 rows) and the final norm in C++. Everything else, and any model, dtype or
+configuration this does not cover (rows the op-by-op path gives torch's linear), goes op by op
+as before (`run_decode` returns None).
 
 The per-layer weight pointers are gathered once per model and KV cache into a "plan" (the
 GEMM's packed weights at the first step that needs them); one scratch buffer, grown to the
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from octavo_cpu import _native, gemm
-from octavo_cpu.platform import gemv_max_rows
+from octavo_cpu.platform import linear_path
 
 _PLAN_COLS = 13  # csrc/ops.cpp PlanCol
 _PACKED_COLS = (9, 10, 11, 12)  # kQkvP, kOP, kGateUpP, kDownP: packed qkv, o, gate_up, down
@@ -100,20 +100,14 @@ def _build_plan(model, kv_caches) -> _Plan | None:
     )
 
 
-def _with_gemm(plan: _Plan) -> bool:
-    """Make the plan able to run steps past the GEMV's rows: True when the op-by-op path would
-    take the packed GEMM for them too (so the step stays identical), after packing the weights
-    into the table (gemm.packed: the same copies CpuPlatform.linear uses, made once)."""
-    w0 = plan.weights[0][0]
-    x = torch.empty(0, w0.shape[1], dtype=plan.dtype)
-    if not gemm.applies(x, w0, None):
-        return False
+def _pack(plan: _Plan) -> None:
+    """Put the GEMM's packed weights into the plan's table, once (gemm.packed: the same
+    copies CpuPlatform.linear uses)."""
     if plan.packed is None:
         plan.packed = [[gemm.packed(w) for w in ws] for ws in plan.weights]
         for i, ps in enumerate(plan.packed):
             for col, p in zip(_PACKED_COLS, ps):
                 plan.table[i, col] = p.data_ptr()
-    return True
 
 
 def _plan(model, kv_caches) -> _Plan | None:
@@ -134,9 +128,11 @@ def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache
     plan = _plan(model, kv_caches)
     if plan is None:
         return None
-    gemv_rows = gemv_max_rows(plan.dtype)  # read each step: gemm.ENABLED may change (A/B runs)
-    if m > gemv_rows and not _with_gemm(plan):
+    path = linear_path(plan.dtype, m)  # each step: gemm.ENABLED may change (A/B runs)
+    if path is None:
         return None
+    if path == "gemm":
+        _pack(plan)
     x = model.embed_tokens.index_select(0, input_ids)
     out = torch.empty_like(x)
     q, kv = plan.num_heads * plan.head_dim, plan.num_kv_heads * plan.head_dim
@@ -158,6 +154,6 @@ def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache
         _native._ATTN_KERNELS[_native.ATTENTION_KERNEL], torch.get_num_threads(), *plan.kv_strides,
         model.norm.data_ptr(), x.data_ptr(), out.data_ptr(), scratch.data_ptr(), m, pos.data_ptr(),
         slots.data_ptr(), cs.data_ptr(), cs.stride(0), cs.shape[0], cs.shape[-1],
-        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m, gemv_rows,
+        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m, path == "gemm",
     )
     return out

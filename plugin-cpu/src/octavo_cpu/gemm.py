@@ -6,7 +6,7 @@ SmolLM2's shapes at 64 rows (a decode step of 64 requests) it reaches 190-270 GF
 335-400. On prefill chunks (512-2048 rows) the two are close: native 1-12% ahead
 (bench/gemm.py; gemm_throughput.py measures the whole workload). For decode rows (1-8) the
 packed panels also stream faster than the native GEMV reads the row-major weight
-(CpuPlatform's `gemv_max_rows`, docs/cpu.md).
+(`platform.linear_path`, docs/cpu.md).
 
 The packed copy rides on the weight tensor itself (an attribute), so it lives exactly as
 long as the weight; it is rebuilt when the weight changes in place (its version counter)
@@ -24,7 +24,7 @@ import torch
 
 from octavo_cpu import _native, hugepages
 
-#: False: `applies` says no and CpuPlatform.linear keeps torch's matmul
+#: False: CpuPlatform.linear (platform.linear_path) keeps the GEMV and torch's matmul
 ENABLED = os.environ.get("OCTAVO_CPU_GEMM", "1") != "0"
 
 _ATTR = "_octavo_gemm_packed"  # (version, data_ptr, packed) on the weight tensor
@@ -33,11 +33,6 @@ _ATTR = "_octavo_gemm_packed"  # (version, data_ptr, packed) on the weight tenso
 def available() -> bool:
     """The avx512_bf16 kernels run here (not on lower ISAs, nor with OCTAVO_CPU_ISA lowered)."""
     return _native.available() and _native._C.gemm_available()
-
-
-def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (ENABLED and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and weight.dim() == 2
-            and (bias is None or bias.dtype == torch.bfloat16) and available())
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:

@@ -20,23 +20,24 @@ from octavo_cpu import _native, gemm
 from octavo_cpu.attention import CpuAttention
 
 
-# Rows of x up to which CpuPlatform.linear takes the native GEMV, per dtype; bf16 where the
-# packed GEMM runs takes that at every row count (gemv_max_rows).
+# Rows of x up to which the native GEMV serves a linear, per dtype (past them: torch).
 _LINEAR_MAX_ROWS = {torch.bfloat16: 8, torch.float32: 8}
 
 
-def gemv_max_rows(dtype: torch.dtype) -> int:
-    """Rows up to which CpuPlatform.linear (and the one-call decode step) use the GEMV.
+def linear_path(dtype: torch.dtype, rows: int) -> str | None:
+    """The native kernel CpuPlatform.linear (and the one-call decode step) uses for `rows`
+    rows of x in `dtype`: "gemm", "gemv", or None for torch's linear.
 
-    0 for bf16 where the packed GEMM applies: with its threads splitting the weight's panels,
-    it streams the packed weights faster than the GEMV reads the row-major ones even at one row
-    (SmolLM2's 30 layers from memory, 2 threads: M = 1 5.5 against 6.3 ms, M = 4 5.8 against
-    12.8, M = 8 7.2 against 14.0; docs/cpu.md)."""
-    if not _native.available():
-        return 0
+    bf16 where the packed GEMM runs takes it at every row count: with its threads splitting
+    the weight's panels it streams the packed weights faster than the GEMV reads row-major
+    ones even at one row (SmolLM2's 30 layers from memory, 2 threads: M = 1 5.5 against 6.3
+    ms, M = 4 5.8 against 12.8, M = 8 7.2 against 14.0; docs/cpu.md). Otherwise the GEMV up to
+    `_LINEAR_MAX_ROWS`, past which oneDNN's blocked GEMM catches up."""
     if dtype == torch.bfloat16 and gemm.ENABLED and gemm.available():
-        return 0
-    return _LINEAR_MAX_ROWS.get(dtype, 0)
+        return "gemm"
+    if _native.available() and rows <= _LINEAR_MAX_ROWS.get(dtype, 0):
+        return "gemv"
+    return None
 
 
 def _cpu_flags() -> set[str]:
@@ -120,15 +121,13 @@ class CpuPlatform(Platform):
         return super().sample(logits, temperatures, u)
 
     def linear(self, x, weight, bias=None):
-        # bf16 on avx512_bf16: the native GEMM on a weight packed once, at every row count
-        # (gemm.py, bench/gemm.py); else few rows (decode): the native GEMV, which streams the
-        # weights at ~2x torch's rate (bench/dense_linear.py); else torch (oneDNN / MKL).
-        max_rows = gemv_max_rows(x.dtype)
-        if (max_rows and x.numel() <= max_rows * x.shape[-1] and weight.dtype == x.dtype
-                and (bias is None or bias.dtype == x.dtype)):
-            return _native.linear(x, weight, bias)
-        if gemm.applies(x, weight, bias):
+        # the packed GEMM (bf16), the GEMV (few rows) or torch (oneDNN / MKL): linear_path
+        same = weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
+        path = linear_path(x.dtype, x.numel() // max(x.shape[-1], 1)) if same else None
+        if path == "gemm":
             return gemm.linear(x, weight, bias)
+        if path == "gemv":
+            return _native.linear(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
 
     def rotary(self, q, k, positions, cos_sin_cache):
