@@ -75,3 +75,18 @@ def test_models_it_does_not_cover_fall_back(tiny_model_dirs, monkeypatch):
     prompts = [[rng.randrange(3, 4000) for _ in range(9)] for _ in range(2)]
     _, n_native = _generate(tiny_model_dirs["qwen3"], "float32", prompts, True, monkeypatch)
     assert n_native == 0
+
+
+def test_engine_start_packs_the_gemm_weights(tiny_model_dirs):
+    """CpuPlatform.warm_up runs the warm-up forwards: every layer's weights are packed for the
+    GEMM before the first request, not during it."""
+    from octavo import LLM
+    from octavo_cpu import gemm
+
+    if not gemm.available():
+        pytest.skip("the packed GEMM needs the avx512_bf16 kernels")
+    llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="bfloat16")
+    model = llm.llm_engine.runner.model
+    for layer in model.layers:
+        for w in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+            assert getattr(w, gemm._ATTR, None) is not None, "a weight was left to pack in the first request"

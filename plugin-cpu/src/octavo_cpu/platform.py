@@ -1,9 +1,10 @@
 """The CPU platform: native C++ kernels (csrc/, see `_native`) where they apply, torch ops elsewhere.
 
 Native, for float32 and bfloat16: paged attention and KV writes (`attention.py`), RMSNorm
-with the fused residual add, rotary (in place), SiLU-and-mul, and linear: for decode-sized
-row counts a GEMV that streams the weights near memory bandwidth, for more rows in bf16 on
-AVX512_BF16 CPUs a GEMM on weights packed once (`gemm`). Other GEMMs stay with torch.
+with the fused residual add, rotary (in place), SiLU-and-mul, and linear: bf16 on AVX512_BF16
+CPUs a GEMM on weights packed once (`gemm`) at every row count, otherwise for decode-sized row
+counts a GEMV that streams the weights near memory bandwidth (`linear_path`). Other GEMMs stay
+with torch.
 Decode steps (every request one token) run every layer in one native call (`run_model`, see
 decode_forward.py) where those kernels cover the step's linears.
 """
@@ -98,7 +99,7 @@ class CpuPlatform(Platform):
 
     def warm_up(self, forward):
         # the warm-up forwards pack every weight for the GEMM (gemm.packed, ~0.4 s for SmolLM2)
-        # and build the one-call decode step's plan at start-up, not in the first request
+        # at start-up, not in the first request
         forward()
 
     def make_attention_backend(self) -> CpuAttention:
