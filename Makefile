@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve generate test bench clean
+.PHONY: install serve generate test lint bench clean
 
-$(STAMP): constraints.txt core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml plugin-cuda/pyproject.toml requirements-dev.txt
+$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml plugin-cuda/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP) --quiet torch==2.13.0
@@ -28,8 +28,13 @@ serve: $(STAMP)
 generate: $(STAMP)
 	$(VENV)/bin/octavo generate --model smollm2 "The capital of France is" "Write a haiku about the sea." "def fibonacci(n):"
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+# the style and types CI holds the code to (settings in the root pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(VENV)/bin/octavo bench throughput --model smollm2 --device cpu --num-prompts 64 --input-len 256 --output-len 128 --compare hf

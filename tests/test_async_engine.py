@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from types import SimpleNamespace
-from typing import Optional
 
 import pytest
 
@@ -20,8 +19,10 @@ class FakeTokenizer:
     """One character = one token (ids are code points mod 128); id 0 is end-of-sequence."""
 
     eos_token_id = 0
-    chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-                     "{% if add_generation_prompt %}<assistant>{% endif %}")
+    chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
 
     def __len__(self) -> int:
         return 128
@@ -35,12 +36,20 @@ class FakeTokenizer:
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [chr(i) for i in ids]
 
-    def apply_chat_template(self, conversation, chat_template=None, tokenize=False, add_generation_prompt=True,
-                            continue_final_message=False, **kw):
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template=None,
+        tokenize=False,
+        add_generation_prompt=True,
+        continue_final_message=False,
+        **kw,
+    ):
         import jinja2
 
         return jinja2.Template(chat_template or self.chat_template).render(
-            messages=conversation, add_generation_prompt=add_generation_prompt, **kw)
+            messages=conversation, add_generation_prompt=add_generation_prompt, **kw
+        )
 
 
 class _FakeReq:
@@ -48,7 +57,7 @@ class _FakeReq:
         self.rid, self.prompt_ids, self.params = rid, prompt_ids, params
         self.outs = [[] for _ in range(params.n)]
         self.sent = [0] * params.n
-        self.finish: list[Optional[str]] = [None] * params.n
+        self.finish: list[str | None] = [None] * params.n
 
 
 class FakeEngine:
@@ -57,8 +66,14 @@ class FakeEngine:
     Token id 0 (eos) comes after `eos_after` tokens if set. KV usage counts the tokens held.
     """
 
-    def __init__(self, max_num_seqs: int = 8, step_delay: float = 0.002, max_model_len: int = 64,
-                 capacity_tokens: int = 4096, eos_after: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        max_num_seqs: int = 8,
+        step_delay: float = 0.002,
+        max_model_len: int = 64,
+        capacity_tokens: int = 4096,
+        eos_after: int | None = None,
+    ) -> None:
         self.tokenizer = FakeTokenizer()
         self.model_config = SimpleNamespace(max_model_len=max_model_len, model="fake")
         self.max_num_seqs = max_num_seqs
@@ -128,27 +143,32 @@ class FakeEngine:
                 outputs.append(out)
         return outputs
 
-    def _output(self, r: _FakeReq, done: bool) -> Optional[RequestOutput]:
+    def _output(self, r: _FakeReq, done: bool) -> RequestOutput | None:
         kind = r.params.output_kind
         if kind == RequestOutputKind.FINAL_ONLY and not done:
             return None
         comps = []
         for i, toks in enumerate(r.outs):
-            new = toks[r.sent[i]:] if kind == RequestOutputKind.DELTA else list(toks)
+            new = toks[r.sent[i] :] if kind == RequestOutputKind.DELTA else list(toks)
             r.sent[i] = len(toks)
             text = "".join(chr(t) for t in new if t != 0)
             comps.append(CompletionOutput(index=i, text=text, token_ids=new, finish_reason=r.finish[i]))
-        return RequestOutput(request_id=r.rid, prompt=None, prompt_token_ids=r.prompt_ids, outputs=comps,
-                             finished=done)
+        return RequestOutput(request_id=r.rid, prompt=None, prompt_token_ids=r.prompt_ids, outputs=comps, finished=done)
 
     def get_stats(self, with_utilization: bool = False):
         self._touch()
         held = sum(len(r.prompt_ids) + len(o) for r in self.running for o in r.outs)
-        return SimpleNamespace(num_running=len(self.running), num_waiting=len(self.waiting),
-                               kv_cache_usage=held / self.capacity, prompt_tokens_total=self.prompt_tokens,
-                               generation_tokens_total=self.generation_tokens, num_preemptions_total=0,
-                               prefix_cache_queries=0, prefix_cache_hits=0,
-                               kv_slot_utilization=1.0 if with_utilization else None)
+        return SimpleNamespace(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            kv_cache_usage=held / self.capacity,
+            prompt_tokens_total=self.prompt_tokens,
+            generation_tokens_total=self.generation_tokens,
+            num_preemptions_total=0,
+            prefix_cache_queries=0,
+            prefix_cache_hits=0,
+            kv_slot_utilization=1.0 if with_utilization else None,
+        )
 
 
 def delta(max_tokens: int = 8, **kw) -> SamplingParams:
@@ -369,8 +389,7 @@ def test_finished_requests_reach_the_stat_loggers():
 
     class Logger:
         def on_request_finished(self, output, timing):
-            seen.append((output.outputs[0].finish_reason, timing.num_output_tokens,
-                         timing.first_token is not None))
+            seen.append((output.outputs[0].finish_reason, timing.num_output_tokens, timing.first_token is not None))
 
     async def main():
         engine = AsyncLLMEngine(FakeEngine(), stat_loggers=[Logger()])

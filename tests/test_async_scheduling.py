@@ -33,8 +33,11 @@ def _summary(outs):
     rows = []
     for o in outs:
         for c in o.outputs:
-            lps = None if c.logprobs is None else [sorted((t, round(l.logprob, 3)) for t, l in e.items())
-                                                   for e in c.logprobs]
+            lps = (
+                None
+                if c.logprobs is None
+                else [sorted((t, round(l.logprob, 3)) for t, l in e.items()) for e in c.logprobs]
+            )
             rows.append((c.index, c.token_ids, c.text, c.finish_reason, c.stop_reason, lps))
     return rows
 
@@ -56,8 +59,7 @@ def test_async_equals_sync_across_sampling_features(tiny_model_dirs):
     params = [
         SamplingParams(temperature=0, max_tokens=9, ignore_eos=True),
         SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_ids[1]], ignore_eos=True),
-        SamplingParams(temperature=0, max_tokens=12, stop=[text3[-3:]] if len(text3) >= 3 else None,
-                       ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=12, stop=[text3[-3:]] if len(text3) >= 3 else None, ignore_eos=True),
         SamplingParams(temperature=0.9, top_p=0.8, seed=7, max_tokens=11, ignore_eos=True, logprobs=2),
         SamplingParams(temperature=1.0, top_k=20, seed=3, n=2, max_tokens=8, ignore_eos=True),
         SamplingParams(temperature=0, max_tokens=10, min_tokens=6, stop_token_ids=[stop_ids[5]], ignore_eos=True),
@@ -138,8 +140,9 @@ def test_async_launches_the_next_step_before_waiting(tiny_model_dirs):
     # is not in the output
     stop = out.outputs[0].token_ids[2]
     events.clear()
-    out2 = _generate(llm, [prompt], SamplingParams(temperature=0, max_tokens=6, stop_token_ids=[stop],
-                                                   ignore_eos=True))[0]
+    out2 = _generate(
+        llm, [prompt], SamplingParams(temperature=0, max_tokens=6, stop_token_ids=[stop], ignore_eos=True)
+    )[0]
     assert out2.outputs[0].token_ids == out.outputs[0].token_ids[:3]
     assert out2.outputs[0].finish_reason == "stop"
     assert [k for k, _ in events].count("launch") == 4
@@ -157,8 +160,14 @@ def test_penalties_wait_for_the_host(tiny_model_dirs):
     llm = _llm(path, True)
     events = _trace(llm)
     prompts = _prompts(3, seed=2)
-    penalized = SamplingParams(temperature=0, max_tokens=8, repetition_penalty=1.4, frequency_penalty=0.3,
-                               presence_penalty=0.2, ignore_eos=True)
+    penalized = SamplingParams(
+        temperature=0,
+        max_tokens=8,
+        repetition_penalty=1.4,
+        frequency_penalty=0.3,
+        presence_penalty=0.2,
+        ignore_eos=True,
+    )
     plain = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     got = _summary(_generate(llm, prompts, [penalized, plain, penalized]))
     assert [k for k, _ in events] == ["launch", "collect"] * 8
@@ -217,8 +226,14 @@ def test_tensor_parallel_with_async_scheduling(tiny_model_dirs, hf_reference):
     path = tiny_model_dirs["llama"]
     prompts = _prompts(3, seed=4, lo=3, hi=60)
     ref = hf_reference(path, prompts, 10)
-    llm = LLM(model=path, device="cpu", dtype="float32", kv_cache_memory="32MiB", tensor_parallel_size=2,
-              async_scheduling=True)
+    llm = LLM(
+        model=path,
+        device="cpu",
+        dtype="float32",
+        kv_cache_memory="32MiB",
+        tensor_parallel_size=2,
+        async_scheduling=True,
+    )
     outs = _generate(llm, prompts, SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
     assert [o.outputs[0].token_ids for o in outs] == ref
     llm.shutdown()
@@ -237,8 +252,9 @@ def test_streaming_server_engine_with_async_scheduling(tiny_model_dirs):
     prompts = _prompts(4, seed=11)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     want = [c[1] for c in _summary(_generate(_llm(path, False), prompts, params))]
-    engine = AsyncLLMEngine.from_engine_args(EngineArgs(model=path, device="cpu", dtype="float32",
-                                                         kv_cache_memory="32MiB", async_scheduling=True))
+    engine = AsyncLLMEngine.from_engine_args(
+        EngineArgs(model=path, device="cpu", dtype="float32", kv_cache_memory="32MiB", async_scheduling=True)
+    )
     stream = params.clone()
     stream.output_kind = RequestOutputKind.DELTA
 

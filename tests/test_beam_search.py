@@ -18,13 +18,25 @@ def test_beam_search_matches_transformers(width, setup):
     path, llm = setup
     prompts = random_prompts(3, [4, 19, 33], vocab=len(smollm2_tokenizer()), seed=width)
     new = 10
-    ours = llm.beam_search([{"prompt_token_ids": p} for p in prompts], BeamSearchParams(beam_width=width, max_tokens=new))
+    ours = llm.beam_search(
+        [{"prompt_token_ids": p} for p in prompts], BeamSearchParams(beam_width=width, max_tokens=new)
+    )
     hf = _load_hf(path, None)
     for p, out in zip(prompts, ours):
         with torch.inference_mode():
-            ref = hf.generate(torch.tensor([p]), num_beams=width, num_return_sequences=width, do_sample=False,
-                              max_new_tokens=new, early_stopping=False, length_penalty=1.0,
-                              eos_token_id=None, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+            ref = hf.generate(
+                torch.tensor([p]),
+                num_beams=width,
+                num_return_sequences=width,
+                do_sample=False,
+                max_new_tokens=new,
+                early_stopping=False,
+                length_penalty=1.0,
+                eos_token_id=None,
+                pad_token_id=0,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
         ours_scores = [s.cum_logprob / new for s in out.sequences]
         # the beams' scores always agree; the token sequences must too, unless two candidates
         # tie to float32 noise, where GEMMs of different batch shapes may order them differently

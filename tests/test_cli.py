@@ -6,8 +6,9 @@ import sys
 
 
 def octavo(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "octavo.entrypoints.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "octavo.entrypoints.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_plugins_lists_cpu_with_score_and_reason():
@@ -22,8 +23,18 @@ def test_plugins_lists_cpu_with_score_and_reason():
 
 
 def test_generate_with_the_default_model():
-    r = octavo("generate", "The capital of France is", "--dtype", "float32", "--max-tokens", "4",
-               "--max-model-len", "256", "--kv-cache-memory", "64MiB")
+    r = octavo(
+        "generate",
+        "The capital of France is",
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "4",
+        "--max-model-len",
+        "256",
+        "--kv-cache-memory",
+        "64MiB",
+    )
     assert r.returncode == 0, r.stderr
     assert "The capital of France is Paris." in r.stdout
 
@@ -37,10 +48,32 @@ def test_unknown_device_is_one_clear_line():
 
 def test_bench_throughput_json_on_dummy_weights(tmp_path, tiny_model_dirs):
     out = tmp_path / "bench.json"
-    r = octavo("bench", "throughput", "--model", tiny_model_dirs["qwen3"], "--load-format", "dummy",
-               "--device", "cpu", "--dtype", "float32", "--num-prompts", "6", "--input-len", "20",
-               "--output-len", "8", "--compare", "hf", "--hf-batch-size", "4", "--kv-cache-memory", "32MiB",
-               "--json", str(out))
+    r = octavo(
+        "bench",
+        "throughput",
+        "--model",
+        tiny_model_dirs["qwen3"],
+        "--load-format",
+        "dummy",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--num-prompts",
+        "6",
+        "--input-len",
+        "20",
+        "--output-len",
+        "8",
+        "--compare",
+        "hf",
+        "--hf-batch-size",
+        "4",
+        "--kv-cache-memory",
+        "32MiB",
+        "--json",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     for side in ("octavo", "hf"):
@@ -55,6 +88,7 @@ def test_cpu_kv_cache_is_zero_and_costs_no_memory_until_used():
     import resource
 
     import torch
+
     from octavo.platform import resolve_platform
 
     p = resolve_platform("cpu")

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+
 from octavo_plugin_kit.cli import run_check
 
 # The suite's tensors are small: extra OpenMP threads only spin-wait, which on a busy
@@ -27,7 +28,10 @@ def test_cpu_passes_the_whole_suite_from_any_directory(tmp_path):
     (tmp_path / "test_unrelated.py").write_text("def test_not_the_suite():\n    assert False\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--octavo-platform", "cpu", "-q", "-p", "no:cacheprovider"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, **SMALL_SHAPES_ENV},
     )
     out = proc.stdout + proc.stderr
@@ -110,8 +114,16 @@ def test_table_reports_skips_with_reasons_and_kernels_not_provided(capsys, one_t
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     # rotary: 6 fp32 cases not provided, 12 in other dtypes skipped
-    assert re.search(r"^rotary\s+not provided\s+platform\s+6 not provided, 12 skipped \(kit_partial does not "
-                     r"support bf16; kit_partial does not support fp16\)$", out, re.M), out[-2000:]
+    assert re.search(
+        r"^rotary\s+not provided\s+platform\s+6 not provided, 12 skipped \(kit_partial does not "
+        r"support bf16; kit_partial does not support fp16\)$",
+        out,
+        re.M,
+    ), out[-2000:]
     # attend: of the 27 shapes 9 are fp32, and 3 of those use block size 16
-    assert re.search(r"^attend\s+passed\s+3 passed, 24 skipped \(.*kit_partial: block size 32 is not supported "
-                     r"\(supported: \[16\]\)", out, re.M), out[-2000:]
+    assert re.search(
+        r"^attend\s+passed\s+3 passed, 24 skipped \(.*kit_partial: block size 32 is not supported "
+        r"\(supported: \[16\]\)",
+        out,
+        re.M,
+    ), out[-2000:]

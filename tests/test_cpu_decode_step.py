@@ -43,8 +43,9 @@ def _generate(model_dir, dtype, prompts, native_step: bool, monkeypatch):
     llm = LLM(model=model_dir, device="cpu", dtype=dtype, max_num_seqs=16, enable_prefix_caching=False)
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=3)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    result = [(o.outputs[0].token_ids, [{k: v.logprob for k, v in lp.items()} for lp in o.outputs[0].logprobs])
-              for o in outs]
+    result = [
+        (o.outputs[0].token_ids, [{k: v.logprob for k, v in lp.items()} for lp in o.outputs[0].logprobs]) for o in outs
+    ]
     return result, calls["native"]
 
 

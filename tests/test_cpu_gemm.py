@@ -19,8 +19,15 @@ from octavo_cpu.platform import CpuPlatform
 pytestmark = pytest.mark.skipif(not gemm.available(), reason="needs the avx512_bf16 native kernels")
 
 SHAPES = {  # id: (K, N)
-    "qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576),
-    "k1": (1, 64), "odd": (33, 100), "n130": (64, 130), "k1535": (1535, 65), "n1": (7, 1),
+    "qkv": (576, 960),
+    "o": (576, 576),
+    "gate_up": (576, 3072),
+    "down": (1536, 576),
+    "k1": (1, 64),
+    "odd": (33, 100),
+    "n130": (64, 130),
+    "k1535": (1535, 65),
+    "n1": (7, 1),
 }
 ROWS = [1, 5, 9, 13, 47, 64, 100, 128, 129, 161, 300]
 

@@ -14,13 +14,13 @@ import os
 
 import pytest
 import torch
-from octavo.platform import Platform
-from octavo_plugin_kit import reference as ref
-from octavo_plugin_kit.inputs import make_attention_metadata
 
+from octavo.platform import Platform
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
 from octavo_cpu.platform import CpuPlatform
+from octavo_plugin_kit import reference as ref
+from octavo_plugin_kit.inputs import make_attention_metadata
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -79,8 +79,9 @@ def test_paged_attention(isa, head_dim, heads, block_size, dtype, kernel):
     q, kv, meta = _batch(RAGGED, block_size, num_heads, num_kv_heads, head_dim, dtype)
     scale = head_dim**-0.5
     out = torch.full_like(q, float("nan"))
-    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, q_tile=8,
-                            kernel=kernel)
+    _native.paged_attention(
+        out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale, q_tile=8, kernel=kernel
+    )
     want = ref.attend(q.float(), kv.float(), meta, scale)
     torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
 
@@ -91,8 +92,9 @@ def test_paged_attention(isa, head_dim, heads, block_size, dtype, kernel):
 def test_paged_attention_sliding_window(isa, window, dtype, kernel):
     q, kv, meta = _batch(RAGGED, 16, 8, 2, 64, dtype, seed=1)
     out = torch.empty_like(q)
-    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125, window,
-                            q_tile=4, kernel=kernel)
+    _native.paged_attention(
+        out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125, window, q_tile=4, kernel=kernel
+    )
     want = ref.attend(q.float(), kv.float(), meta, 0.125, window)
     torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
 
@@ -103,8 +105,9 @@ def test_paged_attention_sliding_window(isa, window, dtype, kernel):
 def test_paged_attention_tiles_and_odd_head_dims(isa, q_tile, head_dim, kernel):
     q, kv, meta = _batch(RAGGED, 16, 6, 2, head_dim, torch.float32, seed=2)
     out = torch.empty_like(q)
-    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.1,
-                            q_tile=q_tile, kernel=kernel)
+    _native.paged_attention(
+        out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.1, q_tile=q_tile, kernel=kernel
+    )
     torch.testing.assert_close(out, ref.attend(q, kv, meta, 0.1), atol=1e-5, rtol=1e-5)
 
 
@@ -119,8 +122,19 @@ def test_paged_attention_kv_splits(isa, kv_splits, dtype, window, kernel):
     seqs = RAGGED + [(700, 1), (333, 1), (500, 37), (97, 97)]
     q, kv, meta = _batch(seqs, 16, 9, 3, 64, dtype, seed=10)
     out = torch.full_like(q, float("nan"))
-    _native.paged_attention(out, q, kv, meta.block_tables, meta.seq_lens, meta.query_start_loc, 0.125, window,
-                            q_tile=16, kv_splits=kv_splits, kernel=kernel)
+    _native.paged_attention(
+        out,
+        q,
+        kv,
+        meta.block_tables,
+        meta.seq_lens,
+        meta.query_start_loc,
+        0.125,
+        window,
+        q_tile=16,
+        kv_splits=kv_splits,
+        kernel=kernel,
+    )
     want = ref.attend(q.float(), kv.float(), meta, 0.125, window)
     torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
 
@@ -145,8 +159,11 @@ def test_paged_attention_large_scores(isa, dtype, kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("q_dtype, kv_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)],
-                         ids=["fp32-q-bf16-kv", "bf16-q-fp32-kv"])
+@pytest.mark.parametrize(
+    "q_dtype, kv_dtype",
+    [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)],
+    ids=["fp32-q-bf16-kv", "bf16-q-fp32-kv"],
+)
 def test_paged_attention_strided_q_and_mixed_dtypes(isa, q_dtype, kv_dtype, kernel):
     """q as a view of a fused qkv tensor (row stride > heads * head_dim); q and cache of
     different dtypes."""
@@ -159,8 +176,11 @@ def test_paged_attention_strided_q_and_mixed_dtypes(isa, q_dtype, kv_dtype, kern
     torch.testing.assert_close(out.float(), ref.attend(q.float(), kv.float(), meta, 0.125), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("src, cache", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
-                                        (torch.float32, torch.bfloat16)], ids=["fp32", "bf16", "fp32-to-bf16"])
+@pytest.mark.parametrize(
+    "src, cache",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
+    ids=["fp32", "bf16", "fp32-to-bf16"],
+)
 def test_write_kv(isa, src, cache):
     g = torch.Generator().manual_seed(4)
     kv = torch.randn(2, 10, 16, 3, 64, generator=g).to(cache)
@@ -224,8 +244,11 @@ def test_torch_path_matches_native():
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("seqs", [RAGGED * 3, [(2000, 1)], [(3000, 1), (20, 1)], [(1, 1)]],
-                         ids=["ragged", "one-decode", "two-decodes", "tiny"])
+@pytest.mark.parametrize(
+    "seqs",
+    [RAGGED * 3, [(2000, 1)], [(3000, 1), (20, 1)], [(1, 1)]],
+    ids=["ragged", "one-decode", "two-decodes", "tiny"],
+)
 def test_threads(isa, threads, seqs):
     """Work split over threads (more items than threads, and a thread count above the
     cores); fewer items than threads, where long items' keys are split across threads
@@ -248,6 +271,7 @@ def test_threads(isa, threads, seqs):
 
 # ---- dense per-token kernels: linear (small M), rotary, silu_and_mul ----------------------
 
+
 def _bf16_tol(ref: torch.Tensor, dtype) -> dict:
     """Tolerance for one rounding of the output to dtype (bf16: 8 significant bits, so
     relative 2^-8), plus a little for summation order; fp32 sums of a few hundred terms
@@ -259,8 +283,9 @@ def _bf16_tol(ref: torch.Tensor, dtype) -> dict:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16])
-@pytest.mark.parametrize("k, n", [(576, 960), (64, 33), (37, 13), (1536, 7), (100, 129)],
-                         ids=["qkv", "n33", "odd", "down-tail", "k100"])
+@pytest.mark.parametrize(
+    "k, n", [(576, 960), (64, 33), (37, 13), (1536, 7), (100, 129)], ids=["qkv", "n33", "odd", "down-tail", "k100"]
+)
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_linear(isa, dtype, m, k, n, bias):
     """fp32 math on the same (bf16-rounded) inputs is the reference; tails over K (vector
@@ -317,8 +342,11 @@ def _qkv_views(tokens, num_heads, num_kv_heads, head_dim, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("head_dim, rot_dim", [(64, 64), (128, 128), (80, 80), (64, 32), (128, 64), (96, 24)],
-                         ids=["64", "128", "80", "64-partial", "128-partial", "96-partial-tail"])
+@pytest.mark.parametrize(
+    "head_dim, rot_dim",
+    [(64, 64), (128, 128), (80, 80), (64, 32), (128, 64), (96, 24)],
+    ids=["64", "128", "80", "64-partial", "128-partial", "96-partial-tail"],
+)
 @pytest.mark.parametrize("tokens", [1, 7, 300])  # 300: enough work for threads
 def test_rotary_in_place(isa, dtype, head_dim, rot_dim, tokens):
     """Bit-exact with the core's default (same fp32 products and sums, one rounding), in place
@@ -348,8 +376,9 @@ def test_rotary_in_place(isa, dtype, head_dim, rot_dim, tokens):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape", [(1, 3072), (5, 2 * 37), (300, 1536), (2, 3, 40)],
-                         ids=["decode", "tail", "threads", "3d"])
+@pytest.mark.parametrize(
+    "shape", [(1, 3072), (5, 2 * 37), (300, 1536), (2, 3, 40)], ids=["decode", "tail", "threads", "3d"]
+)
 def test_silu_and_mul(isa, dtype, shape):
     """Against fp32 math rounded once (the reference op), inputs spanning silu's range
     (large |x| exercises the exp clamp: silu(-100) ~ 0, silu(100) = 100)."""
@@ -371,8 +400,9 @@ def test_silu_and_mul(isa, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows,vocab", [(1, 7), (3, 257), (40, 4099), (64, 49152)],
-                         ids=["tiny", "block-tail", "ragged", "smollm2"])
+@pytest.mark.parametrize(
+    "rows,vocab", [(1, 7), (3, 257), (40, 4099), (64, 49152)], ids=["tiny", "block-tail", "ragged", "smollm2"]
+)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_sample(isa, dtype, rows, vocab, threads):
     """Each drawn token is the inverse CDF's at u, against a float64 CDF of the same
@@ -386,7 +416,7 @@ def test_sample(isa, dtype, rows, vocab, threads):
     logits.masked_fill_(ban, float("-inf"))
     u = torch.rand(rows, generator=g)
     u[0] = 0.0
-    u[-1] = 1.0 - 2.0 ** -24
+    u[-1] = 1.0 - 2.0**-24
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -415,8 +445,9 @@ def test_platform_sampler_uses_the_native_draw(monkeypatch, tiny_model_dirs):
     monkeypatch.setattr(_native, "sample", lambda *a: native_calls.append(a) or real(*a))
     llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="32MiB")
     p = llm.llm_engine.platform
-    llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(temperature=0.8, seed=1, max_tokens=3),
-                 use_tqdm=False)
+    llm.generate(
+        [{"prompt_token_ids": [5, 6, 7]}], SamplingParams(temperature=0.8, seed=1, max_tokens=3), use_tqdm=False
+    )
     assert len(native_calls) == 3  # one native draw per step, through the engine's runner
 
     g = torch.Generator().manual_seed(3)

@@ -27,6 +27,7 @@ import sys
 
 import pytest
 import torch
+
 from octavo.platform import AttentionMetadata, Platform
 
 try:  # the project's reference ops, once they exist
@@ -122,8 +123,14 @@ def make_batch(q_lens, seq_lens, *, num_heads, num_kv_heads, head_dim, block_siz
 
 def _meta_cpu(meta: AttentionMetadata) -> AttentionMetadata:
     return AttentionMetadata(
-        meta.query_start_loc.cpu(), meta.seq_lens.cpu(), meta.block_tables.cpu(), meta.slot_mapping.cpu(),
-        meta.max_query_len, meta.max_seq_len, list(meta.query_start_loc_cpu), list(meta.seq_lens_cpu),
+        meta.query_start_loc.cpu(),
+        meta.seq_lens.cpu(),
+        meta.block_tables.cpu(),
+        meta.slot_mapping.cpu(),
+        meta.max_query_len,
+        meta.max_seq_len,
+        list(meta.query_start_loc_cpu),
+        list(meta.seq_lens_cpu),
         meta.num_decodes,
     )
 
@@ -167,12 +174,30 @@ def check_attention(out, ref, dtype):
     torch.testing.assert_close(out, ref, atol=4 * atol, rtol=4 * rtol)
 
 
-def run_attend(q_lens, seq_lens, *, num_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
-               dtype=torch.bfloat16, window=None, seed=0):
+def run_attend(
+    q_lens,
+    seq_lens,
+    *,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    block_size=16,
+    dtype=torch.bfloat16,
+    window=None,
+    seed=0,
+):
     from octavo_cuda.attention import CudaAttention
 
-    q, kv, meta = make_batch(q_lens, seq_lens, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                             head_dim=head_dim, block_size=block_size, dtype=dtype, seed=seed)
+    q, kv, meta = make_batch(
+        q_lens,
+        seq_lens,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        block_size=block_size,
+        dtype=dtype,
+        seed=seed,
+    )
     scale = head_dim**-0.5
     out = CudaAttention().attend(q, kv, meta, scale, window)
     check_attention(out, reference_attend(q, kv, meta, scale, window), dtype)
@@ -238,11 +263,30 @@ def test_decode_splits(num_splits, window):
     from octavo_cuda.kernels.decode_attention import decode_attention
 
     seq_lens = [1, 5, 64, 65, 300, 513]
-    q, kv, meta = make_batch([1] * len(seq_lens), seq_lens, num_heads=8, num_kv_heads=2, head_dim=64,
-                             block_size=16, dtype=torch.bfloat16, seed=4)
+    q, kv, meta = make_batch(
+        [1] * len(seq_lens),
+        seq_lens,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+        block_size=16,
+        dtype=torch.bfloat16,
+        seed=4,
+    )
     out = torch.empty_like(q)
-    decode_attention(out, q, kv[0], kv[1], meta.block_tables, meta.seq_lens, len(seq_lens), meta.max_seq_len,
-                     0.125, window, num_splits=num_splits)
+    decode_attention(
+        out,
+        q,
+        kv[0],
+        kv[1],
+        meta.block_tables,
+        meta.seq_lens,
+        len(seq_lens),
+        meta.max_seq_len,
+        0.125,
+        window,
+        num_splits=num_splits,
+    )
     check_attention(out, reference_attend(q, kv, meta, 0.125, window), torch.bfloat16)
 
 
@@ -353,15 +397,18 @@ def test_silu_and_mul(dtype, d):
 
 @kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("rows,n,k", [(1, 37, 100), (1, 130, 64), (3, 64, 576), (2, 9, 2048 + 48)]
-                         + ([(1, 6144, 4096), (1, 4096, 14336), (4, 128256, 4096), (1, 49152, 576)] if FULL else []))
+@pytest.mark.parametrize(
+    "rows,n,k",
+    [(1, 37, 100), (1, 130, 64), (3, 64, 576), (2, 9, 2048 + 48)]
+    + ([(1, 6144, 4096), (1, 4096, 14336), (4, 128256, 4096), (1, 49152, 576)] if FULL else []),
+)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_gemv(dtype, rows, n, k, with_bias):
     """The decode GEMV against a float32 matmul of the same rounded inputs; x's rows strided
     (a view into a wider tensor), N not a multiple of the block, K not of BLOCK_K."""
     gen = _gen(10)
-    x = _rand((rows, k + 8), dtype, gen)[:, 3:k + 3]
-    w = _rand((n, k), dtype, gen, scale=k ** -0.5)
+    x = _rand((rows, k + 8), dtype, gen)[:, 3 : k + 3]
+    w = _rand((n, k), dtype, gen, scale=k**-0.5)
     b = _rand((n,), dtype, gen) if with_bias else None
     from octavo_cuda.kernels.gemv import gemv
 
@@ -407,8 +454,10 @@ def test_check_config_reasons():
 
 
 @pytest.mark.skipif(ON_GPU or INTERPRET, reason="the kernels run directly in this process")
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: pip install triton to check the "
-                    "CUDA kernels on a CPU under its interpreter")
+@pytest.mark.skipif(
+    not HAS_TRITON,
+    reason="triton is not installed: pip install triton to check the CUDA kernels on a CPU under its interpreter",
+)
 def test_kernels_under_interpreter():
     """TRITON_INTERPRET must be set before triton is imported, so run in a fresh process."""
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -15,7 +15,7 @@ TEXT_PROMPTS = [
     "The capital of France is",
     "Hi",
     "Write a short poem about the sea.",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "List three facts about the Moon:\n1.",
     "Translate to French: I would like a cup of coffee, please.",
     "Once upon a time, in a small village at the edge of a great forest, there lived an old woodcutter "
@@ -68,8 +68,14 @@ def llama_reference(tiny_model_dirs, hf_reference):
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 def test_chunked_prefill_and_block_sizes(budget, block_size, llama_reference):
     path, prompts, ref = llama_reference
-    llm = LLM(model=path, device="cpu", dtype="float32", kv_cache_memory="64MiB",
-              max_num_batched_tokens=budget, block_size=block_size)
+    llm = LLM(
+        model=path,
+        device="cpu",
+        dtype="float32",
+        kv_cache_memory="64MiB",
+        max_num_batched_tokens=budget,
+        block_size=block_size,
+    )
     assert _generate(llm, prompts) == ref
 
 
@@ -78,8 +84,14 @@ def test_preemption_keeps_outputs(block_size, llama_reference):
     path, prompts, ref = llama_reference
     # enough blocks for the longest request alone, far too few for all eight at once
     need = -(-(max(len(p) for p in prompts) + NEW_TOKENS) // block_size)
-    llm = LLM(model=path, device="cpu", dtype="float32", block_size=block_size,
-              num_gpu_blocks_override=need + 4, max_model_len=512)
+    llm = LLM(
+        model=path,
+        device="cpu",
+        dtype="float32",
+        block_size=block_size,
+        num_gpu_blocks_override=need + 4,
+        max_model_len=512,
+    )
     assert _generate(llm, prompts) == ref
     assert llm.llm_engine.get_stats().num_preemptions_total > 0, "the KV budget was meant to force preemption"
     bm = llm.llm_engine.block_manager

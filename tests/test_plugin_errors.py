@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from octavo.platform import API_VERSION, discover_platforms, get_plugin_manager, resolve_platform
 from octavo_plugin_kit.cli import run_check
 
@@ -102,7 +103,8 @@ def test_wrong_attention_fails_conformance_naming_kernel_and_shape(fake_plugins,
         assert test_id.startswith("test_attend_shapes") and "gqa1" not in test_id, test_id
         assert re.match(
             r"attend\[head_dim=\d+, gqa=[48], block=\d+, dtype=(fp32|bf16|fp16), "
-            r"q_lens=\[[\d,]+\], seq_lens=\[[\d,]+\]\]: max abs err \S+ > tol \S+", message
+            r"q_lens=\[[\d,]+\], seq_lens=\[[\d,]+\]\]: max abs err \S+ > tol \S+",
+            message,
         ), message
     assert re.search(r"^attend\s+failed\s+18 failed, 9 passed", out, re.M), out[-2000:]
     assert re.search(r"^write_kv\s+passed", out, re.M), out[-2000:]

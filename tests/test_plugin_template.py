@@ -7,10 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+
 from octavo.platform import API_VERSION, discover_platforms, get_plugin_manager, resolve_platform
 from octavo_plugin_kit.cli import new_plugin
 
@@ -82,7 +83,10 @@ def test_generated_plugin_installs_is_discovered_and_passes_conformance(tmp_path
         # the package's own tests: the conformance suite through the fixture override
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-            cwd=root, capture_output=True, text=True, timeout=600,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
             # small tensors: more OpenMP threads only spin-wait on a busy machine
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )

@@ -16,8 +16,11 @@ def _prompts(prefix_len, n, suffix_len, seed):
 
 
 def _run(llm, prompts, max_tokens=12):
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True), use_tqdm=False)
+    outs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts],
+        SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
+        use_tqdm=False,
+    )
     return [o.outputs[0].token_ids for o in outs]
 
 
@@ -73,8 +76,7 @@ def test_second_request_with_same_500_token_prefix_computes_only_new_tokens(tiny
 def test_identical_prompts_in_one_batch_share_blocks(tiny_model_dirs):
     llm = _llm(tiny_model_dirs["llama"], True, block_size=16, kv_cache_memory="32MiB")
     prompt = _prompts(100, 1, 0, seed=9)[0]
-    outs = llm.generate([{"prompt_token_ids": prompt}] * 4, SamplingParams(temperature=0, max_tokens=4),
-                        use_tqdm=False)
+    outs = llm.generate([{"prompt_token_ids": prompt}] * 4, SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
     assert len({tuple(o.outputs[0].token_ids) for o in outs}) == 1
     # the first computes 6 full blocks in the step; the three admitted after it in the same step reuse them
     assert [o.num_cached_tokens for o in outs] == [0, 96, 96, 96]

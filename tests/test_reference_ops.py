@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+
 from octavo.platform import Platform
 from octavo_plugin_kit import reference
 from octavo_plugin_kit.inputs import (
@@ -44,12 +45,15 @@ def _dense_attention(q, k_ctx, v_ctx, q_lens, seq_lens, scale, window):
     return out
 
 
-@pytest.mark.parametrize("q_lens,seq_lens,block_size,num_heads,num_kv_heads,head_dim,window", [
-    ((1, 1, 7, 5), (1, 33, 7, 40), 8, 8, 2, 32, None),  # decodes, a prompt, a chunk
-    ((3, 16), (50, 16), 16, 4, 4, 64, None),  # multi-head, no GQA
-    ((1, 12), (40, 30), 4, 6, 1, 16, 5),  # multi-query, sliding window
-    ((9,), (9,), 32, 2, 2, 80, 1),  # window 1: each token sees only itself
-])
+@pytest.mark.parametrize(
+    "q_lens,seq_lens,block_size,num_heads,num_kv_heads,head_dim,window",
+    [
+        ((1, 1, 7, 5), (1, 33, 7, 40), 8, 8, 2, 32, None),  # decodes, a prompt, a chunk
+        ((3, 16), (50, 16), 16, 4, 4, 64, None),  # multi-head, no GQA
+        ((1, 12), (40, 30), 4, 6, 1, 16, 5),  # multi-query, sliding window
+        ((9,), (9,), 32, 2, 2, 80, 1),  # window 1: each token sees only itself
+    ],
+)
 def test_attend_matches_dense_softmax(q_lens, seq_lens, block_size, num_heads, num_kv_heads, head_dim, window):
     g = torch.Generator().manual_seed(0)
     num_blocks = sum(-(-s // block_size) for s in seq_lens) + 3
@@ -106,11 +110,14 @@ def test_make_attention_metadata_follows_the_contract():
     assert torch.equal(slots[new_token_mask(meta)], meta.slot_mapping)
 
 
-@pytest.mark.parametrize("seq_lens,q_lens,num_blocks,match", [
-    ([4], [5], 8, "query length"),
-    ([40], [1], 4, "needs 10 blocks"),
-    ([4, 4], [1], 8, "one query length per sequence"),
-])
+@pytest.mark.parametrize(
+    "seq_lens,q_lens,num_blocks,match",
+    [
+        ([4], [5], 8, "query length"),
+        ([40], [1], 4, "needs 10 blocks"),
+        ([4, 4], [1], 8, "one query length per sequence"),
+    ],
+)
 def test_make_attention_metadata_rejects_bad_batches(seq_lens, q_lens, num_blocks, match):
     with pytest.raises(ValueError, match=match):
         make_attention_metadata(seq_lens, q_lens, 4, num_blocks)

@@ -67,9 +67,12 @@ def test_seeded_row_is_independent_of_the_batch():
 def test_greedy_rows_in_a_mixed_batch_take_the_argmax():
     logits = torch.randn(3, 30)
     s = Sampler(torch.device("cpu"))
-    out = s(logits.clone(), ["a", "b", "c"],
-            [SamplingParams(temperature=0), SamplingParams(temperature=1.0), SamplingParams(temperature=0)],
-            [([], 0)] * 3)
+    out = s(
+        logits.clone(),
+        ["a", "b", "c"],
+        [SamplingParams(temperature=0), SamplingParams(temperature=1.0), SamplingParams(temperature=0)],
+        [([], 0)] * 3,
+    )
     assert out.token_ids[0] == logits[0].argmax().item() and out.token_ids[2] == logits[2].argmax().item()
 
 
@@ -80,11 +83,15 @@ def test_seeded_generation_is_reproducible_end_to_end(seed, tiny_model_dirs):
     llm = LLM(model=tiny_model_dirs["qwen2"], device="cpu", dtype="float32", kv_cache_memory="16MiB")
     p = SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_tokens=12, ignore_eos=True)
     alone = llm.generate([{"prompt_token_ids": [5, 6, 7]}], p, use_tqdm=False)[0].outputs[0].token_ids
-    mixed = llm.generate(
-        [{"prompt_token_ids": [9] * 20}, {"prompt_token_ids": [5, 6, 7]}, {"prompt_token_ids": [11, 12]}],
-        [SamplingParams(temperature=1.0, max_tokens=12), p, SamplingParams(temperature=0.5, max_tokens=5)],
-        use_tqdm=False,
-    )[1].outputs[0].token_ids
+    mixed = (
+        llm.generate(
+            [{"prompt_token_ids": [9] * 20}, {"prompt_token_ids": [5, 6, 7]}, {"prompt_token_ids": [11, 12]}],
+            [SamplingParams(temperature=1.0, max_tokens=12), p, SamplingParams(temperature=0.5, max_tokens=5)],
+            use_tqdm=False,
+        )[1]
+        .outputs[0]
+        .token_ids
+    )
     assert alone == mixed
 
 
@@ -115,8 +122,15 @@ def test_penalties_min_p_top_k_top_p_distribution_matches_reference():
     v = 12
     logits = torch.randn(1, v) * 2
     prompt, output = [1, 2, 2, 5], [5, 5, 7, 1]
-    p = SamplingParams(temperature=0.7, top_k=8, top_p=0.9, min_p=0.1, repetition_penalty=1.3,
-                       presence_penalty=0.4, frequency_penalty=0.3)
+    p = SamplingParams(
+        temperature=0.7,
+        top_k=8,
+        top_p=0.9,
+        min_p=0.1,
+        repetition_penalty=1.3,
+        presence_penalty=0.4,
+        frequency_penalty=0.3,
+    )
     expected = _reference_processed(logits[0], p, prompt, output)
     n = 6000
     s = Sampler(torch.device("cpu"))
@@ -154,13 +168,13 @@ def test_inverse_cdf_matches_a_full_scan_and_skips_zero_weights(v):
     w[torch.rand(rows, v, generator=g) < 0.7] = 0.0  # scattered zeros
     w[torch.arange(rows), torch.randint(0, v, (rows,), generator=g)] = 0.5  # no row all zero
     w[1, : v // 2] = 0.0  # a long zero run, then mass
-    w[2, v // 2 + 1:] = 0.0  # mass, then zeros to the end
+    w[2, v // 2 + 1 :] = 0.0  # mass, then zeros to the end
     w[3] = 0.0
     w[3, v - 1] = 1.0  # only the last token
     w[4] = 0.0
     w[4, 0] = 1.0  # only the first token
     u = torch.rand(rows, generator=g, dtype=torch.float64)
-    u[5], u[6] = 0.0, 1.0 - 2.0 ** -53
+    u[5], u[6] = 0.0, 1.0 - 2.0**-53
     got = _inverse_cdf(w, u)
     cdf = w.cumsum(dim=-1)
     want = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=v - 1)

@@ -39,10 +39,28 @@ def _free_port() -> int:
 def server():
     port = _free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="octavo-serve-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", "serve", MODEL, "--device", "cpu",
-           "--dtype", "float32", "--port", str(port), "--max-model-len", str(MAX_MODEL_LEN),
-           "--kv-cache-memory", "512MiB", "--api-key", KEY, "--shutdown-timeout", "30",
-           "--disable-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "octavo.entrypoints.cli",
+        "serve",
+        MODEL,
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--kv-cache-memory",
+        "512MiB",
+        "--api-key",
+        KEY,
+        "--shutdown-timeout",
+        "30",
+        "--disable-access-log",
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -113,8 +131,9 @@ def assert_error(resp: httpx.Response, status: int) -> dict:
 # ---- generation -----------------------------------------------------------------------------
 def test_completion(client, tokenizer):
     prompt = "The capital of France is"
-    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0,
-                                  extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert r.object == "text_completion" and r.model == MODEL
     assert r.choices[0].text.startswith(" Paris")
     assert r.choices[0].finish_reason == "length"
@@ -124,8 +143,7 @@ def test_completion(client, tokenizer):
 
 
 def test_chat_streamed_deltas_equal_the_full_text(client, tokenizer):
-    messages = [{"role": "system", "content": "You are terse."},
-                {"role": "user", "content": "Name three colors."}]
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colors."}]
     full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
     text = full.choices[0].message.content
     assert full.choices[0].message.role == "assistant" and text
@@ -133,8 +151,14 @@ def test_chat_streamed_deltas_equal_the_full_text(client, tokenizer):
     assert full.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
     assert 0 < full.usage.completion_tokens <= 24
 
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     deltas, finish, usage = [], None, None
     for chunk in stream:
         if chunk.usage is not None:
@@ -149,13 +173,21 @@ def test_chat_streamed_deltas_equal_the_full_text(client, tokenizer):
 
 
 def test_n_choices(client):
-    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, n=2, temperature=0.9,
-                                  seed=1, extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=MODEL,
+        prompt="Once upon a time",
+        max_tokens=6,
+        n=2,
+        temperature=0.9,
+        seed=1,
+        extra_body={"ignore_eos": True},
+    )
     assert sorted(c.index for c in r.choices) == [0, 1]
     assert all(c.finish_reason == "length" for c in r.choices)
     assert r.usage.completion_tokens == 12
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
-                                          n=2, temperature=0.9, seed=2)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, n=2, temperature=0.9, seed=2
+    )
     assert sorted(c.index for c in chat.choices) == [0, 1]
 
 
@@ -163,8 +195,9 @@ def test_beam_search_over_the_api_equals_offline_beam_search(client):
     from octavo import LLM, BeamSearchParams
 
     prompt = "The capital of France is"
-    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, n=3,
-                                  extra_body={"use_beam_search": True, "ignore_eos": True})
+    r = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=5, n=3, extra_body={"use_beam_search": True, "ignore_eos": True}
+    )
     llm = LLM(model=MODEL, device="cpu", dtype="float32", max_model_len=MAX_MODEL_LEN, kv_cache_memory="128MiB")
     ref = llm.beam_search([prompt], BeamSearchParams(beam_width=3, max_tokens=5, ignore_eos=True))[0]
     assert [c.text for c in sorted(r.choices, key=lambda c: c.index)] == [s.text for s in ref.sequences]
@@ -172,9 +205,20 @@ def test_beam_search_over_the_api_equals_offline_beam_search(client):
 
 
 def test_token_id_prompt_and_extra_sampling_fields(client):
-    r = client.completions.create(model=MODEL, prompt=[504, 3575, 282, 4649, 314], max_tokens=5, temperature=0.7,
-                                  extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "seed": 3,
-                                              "min_tokens": 5, "stop_token_ids": [2]})
+    r = client.completions.create(
+        model=MODEL,
+        prompt=[504, 3575, 282, 4649, 314],
+        max_tokens=5,
+        temperature=0.7,
+        extra_body={
+            "top_k": 20,
+            "min_p": 0.05,
+            "repetition_penalty": 1.1,
+            "seed": 3,
+            "min_tokens": 5,
+            "stop_token_ids": [2],
+        },
+    )
     assert r.usage.prompt_tokens == 5 and r.usage.completion_tokens == 5
 
 
@@ -192,9 +236,15 @@ def test_32_concurrent_streams_are_batched(server):
             time.sleep(0.05)
 
     async def one(i: int) -> tuple[str, int]:
-        stream = await aclient.completions.create(model=MODEL, prompt=f"Story number {i}:", max_tokens=16,
-                                                  temperature=0, stream=True, extra_body={"ignore_eos": True},
-                                                  stream_options={"include_usage": True})
+        stream = await aclient.completions.create(
+            model=MODEL,
+            prompt=f"Story number {i}:",
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True},
+        )
         text, tokens = "", 0
         async for chunk in stream:
             if chunk.usage is not None:
@@ -226,8 +276,14 @@ def test_cancelled_streams_free_their_kv_blocks(client, server):
     before = metrics(server)
     streams = []
     for i in range(4):
-        s = client.completions.create(model=MODEL, prompt=f"Count to a thousand, take {i}:", max_tokens=1500,
-                                      temperature=0, stream=True, extra_body={"ignore_eos": True})
+        s = client.completions.create(
+            model=MODEL,
+            prompt=f"Count to a thousand, take {i}:",
+            max_tokens=1500,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         next(iter(s))
         next(iter(s))
         streams.append(s)
@@ -235,8 +291,12 @@ def test_cancelled_streams_free_their_kv_blocks(client, server):
     for s in streams:
         s.close()  # the client goes away mid-stream
     with pytest.raises(httpx.TimeoutException):  # and one that gives up waiting for a full answer
-        post(server, "/v1/completions", json={"model": MODEL, "prompt": "Wait for it", "max_tokens": 1500,
-                                              "ignore_eos": True}, timeout=1.0)
+        post(
+            server,
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "Wait for it", "max_tokens": 1500, "ignore_eos": True},
+            timeout=1.0,
+        )
     deadline = time.monotonic() + 30
     while True:
         m = metrics(server)
@@ -253,12 +313,20 @@ def test_cancelled_streams_free_their_kv_blocks(client, server):
 # ---- errors -------------------------------------------------------------------------------------
 def test_bad_inputs_get_openai_errors_and_the_server_keeps_serving(client, server):
     # a long generation in flight while bad requests arrive
-    long = client.completions.create(model=MODEL, prompt="The sea", max_tokens=24, temperature=0, stream=True,
-                                     extra_body={"ignore_eos": True})
+    long = client.completions.create(
+        model=MODEL, prompt="The sea", max_tokens=24, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
     first = next(iter(long))
 
-    assert_error(post(server, "/v1/completions", content=b'{"model": "smollm2", "prompt": ',
-                      headers={"content-type": "application/json"}), 400)
+    assert_error(
+        post(
+            server,
+            "/v1/completions",
+            content=b'{"model": "smollm2", "prompt": ',
+            headers={"content-type": "application/json"},
+        ),
+        400,
+    )
     err = assert_error(post(server, "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": "ten"}), 400)
     assert err["param"] == "max_tokens"
     assert_error(post(server, "/v1/chat/completions", json={"model": MODEL, "messages": "hello"}), 400)
@@ -282,7 +350,7 @@ def test_bad_inputs_get_openai_errors_and_the_server_keeps_serving(client, serve
     assert httpx.get(f"{server['base']}/health").status_code == 200
 
     rest = "".join(c.choices[0].text for c in long)
-    assert first.choices[0].text + rest and len((first.choices[0].text + rest)) > 0
+    assert first.choices[0].text + rest and len(first.choices[0].text + rest) > 0
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).usage.completion_tokens >= 1
@@ -299,9 +367,27 @@ def test_tokenize_detokenize_version(server, tokenizer):
 
 def test_bench_serve_against_the_server(server, tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", "bench", "serve", "--base-url", server["base"],
-           "--api-key", KEY, "--num-prompts", "6", "--input-len", "16", "--output-len", "4",
-           "--request-rate", "20", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "octavo.entrypoints.cli",
+        "bench",
+        "serve",
+        "--base-url",
+        server["base"],
+        "--api-key",
+        KEY,
+        "--num-prompts",
+        "6",
+        "--input-len",
+        "16",
+        "--output-len",
+        "4",
+        "--request-rate",
+        "20",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Output token throughput" in proc.stdout and "P99 ITL" in proc.stdout
@@ -316,11 +402,18 @@ def test_bench_serve_against_the_server(server, tmp_path):
 def test_zz_sigterm_finishes_requests_in_flight_then_exits(server):
     """Runs last in this module: it stops the shared server."""
     proc = server["proc"]
-    body = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": 32, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "prompt": "Tell me a story.",
+        "max_tokens": 32,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
     events = []
-    with httpx.stream("POST", f"{server['base']}/v1/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+    with httpx.stream(
+        "POST", f"{server['base']}/v1/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {KEY}"}
+    ) as resp:
         for line in resp.iter_lines():
             if not line.startswith("data: "):
                 continue

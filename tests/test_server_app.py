@@ -7,10 +7,10 @@ import json
 
 import httpx
 import pytest
+from test_async_engine import FakeEngine
 
 from octavo.async_engine import AsyncLLMEngine
 from octavo.entrypoints.openai.api_server import ServerSettings, build_app
-from test_async_engine import FakeEngine
 
 KEY = "sk-test"
 
@@ -68,28 +68,40 @@ def test_completion_shape_and_usage():
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["model"] == "fake"
-    assert body["choices"] == [{"index": 0, "text": "abcd", "logprobs": None, "finish_reason": "length",
-                                "stop_reason": None}]
+    assert body["choices"] == [
+        {"index": 0, "text": "abcd", "logprobs": None, "finish_reason": "length", "stop_reason": None}
+    ]
     assert body["usage"]["prompt_tokens"] == 5 and body["usage"]["completion_tokens"] == 4
     assert body["usage"]["total_tokens"] == 9
 
 
 def test_completion_batch_of_prompts_with_n_and_echo():
-    r = call("POST", "/v1/completions", json={"model": "alias", "prompt": [[120, 121], [65, 66, 67]], "max_tokens": 2,
-                                               "n": 2, "echo": True})
+    r = call(
+        "POST",
+        "/v1/completions",
+        json={"model": "alias", "prompt": [[120, 121], [65, 66, 67]], "max_tokens": 2, "n": 2, "echo": True},
+    )
     body = r.json()
     assert r.status_code == 200, body
     assert body["model"] == "alias"
-    assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "xyab"), (1, "xybc"), (2, "ABCab"),
-                                                                  (3, "ABCbc")]
+    assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "xyab"), (1, "xybc"), (2, "ABCab"), (3, "ABCbc")]
     assert body["usage"]["prompt_tokens"] == 5 and body["usage"]["completion_tokens"] == 8
     r = call("POST", "/v1/completions", json={"model": "fake", "prompt": ["xy", "z"], "max_tokens": 1})
     assert [c["text"] for c in r.json()["choices"]] == ["a", "a"]
 
 
 def test_completion_stream_with_usage():
-    r = call("POST", "/v1/completions", json={"model": "fake", "prompt": "hi", "max_tokens": 3, "stream": True,
-                                               "stream_options": {"include_usage": True}})
+    r = call(
+        "POST",
+        "/v1/completions",
+        json={
+            "model": "fake",
+            "prompt": "hi",
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.headers["content-type"].startswith("text/event-stream")
     ev = events(r)
     assert ev[-1] == "[DONE]"
@@ -108,8 +120,11 @@ def test_chat_stream_role_first_then_content_deltas():
 
 
 def test_chat_uses_the_template_and_counts_its_tokens():
-    body = {"model": "fake", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-            "max_completion_tokens": 2}
+    body = {
+        "model": "fake",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        "max_completion_tokens": 2,
+    }
     r = call("POST", "/v1/chat/completions", json=body)
     out = r.json()
     assert out["choices"][0]["message"] == {"role": "assistant", "content": "ab", "tool_calls": []}
@@ -150,16 +165,19 @@ def test_malformed_json_is_400(content):
     assert_error(r, 400)
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"model": "fake", "prompt": "x", "max_tokens": "many"}, "max_tokens"),
-    ({"model": "fake", "prompt": {"a": 1}}, "prompt"),
-    ({"model": "fake"}, "prompt"),
-    ({"model": "fake", "prompt": "x", "temperature": -1}, "temperature"),
-    ({"model": "fake", "prompt": "x", "top_p": 0}, "top_p"),
-    ({"model": "fake", "prompt": "x", "n": 0}, "n"),
-    ({"model": "fake", "prompt": "x", "max_tokens": 0}, "max_tokens"),
-    ({"model": "fake", "prompt": [1000]}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"model": "fake", "prompt": "x", "max_tokens": "many"}, "max_tokens"),
+        ({"model": "fake", "prompt": {"a": 1}}, "prompt"),
+        ({"model": "fake"}, "prompt"),
+        ({"model": "fake", "prompt": "x", "temperature": -1}, "temperature"),
+        ({"model": "fake", "prompt": "x", "top_p": 0}, "top_p"),
+        ({"model": "fake", "prompt": "x", "n": 0}, "n"),
+        ({"model": "fake", "prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"model": "fake", "prompt": [1000]}, "prompt"),
+    ],
+)
 def test_wrong_types_and_values_are_400(body, param):
     assert_error(call("POST", "/v1/completions", json=body), 400, param=param)
 
@@ -168,8 +186,9 @@ def test_context_overflow_is_400_with_the_numbers():
     r = call("POST", "/v1/completions", json={"model": "fake", "prompt": "x" * 10, "max_tokens": 60})
     err = assert_error(r, 400, code="context_length_exceeded")
     assert "64" in err["message"] and "70" in err["message"] and "10" in err["message"]
-    r = call("POST", "/v1/chat/completions",
-             json={"model": "fake", "messages": [{"role": "user", "content": "x" * 80}]})
+    r = call(
+        "POST", "/v1/chat/completions", json={"model": "fake", "messages": [{"role": "user", "content": "x" * 80}]}
+    )
     assert_error(r, 400, code="context_length_exceeded", param="messages")
 
 
@@ -197,8 +216,10 @@ def test_full_waiting_queue_is_503_and_the_others_finish():
 
     async def main():
         try:
-            reqs = [_call(app, engine, "POST", "/v1/completions",
-                          json={"model": "fake", "prompt": "p", "max_tokens": 20}) for _ in range(8)]
+            reqs = [
+                _call(app, engine, "POST", "/v1/completions", json={"model": "fake", "prompt": "p", "max_tokens": 20})
+                for _ in range(8)
+            ]
             return await asyncio.gather(*reqs)
         finally:
             await engine.shutdown()

@@ -19,8 +19,9 @@ from octavo import LLM, SamplingParams
 from octavo.executor import WorkerError
 from octavo.layers.attention import shard_heads
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+)
 
 NEW_TOKENS = 16
 LENGTHS = [1, 17, 100, 250]

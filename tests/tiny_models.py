@@ -14,9 +14,17 @@ import torch
 TINY_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 
 _COMMON = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, initializer_range=0.3,
-    bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    initializer_range=0.3,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
 )
 
 
@@ -32,9 +40,19 @@ def tiny_config(arch: str):
 
     vocab = len(smollm2_tokenizer())
     if arch == "llama":  # Llama 3.1 style: llama3 rope scaling, untied embeddings
-        return LlamaConfig(**_COMMON, vocab_size=vocab, head_dim=16, rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+        return LlamaConfig(
+            **_COMMON,
+            vocab_size=vocab,
+            head_dim=16,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        )
     if arch == "qwen2":  # q/k/v bias, tied embeddings
         return Qwen2Config(**{**_COMMON, "tie_word_embeddings": True}, vocab_size=vocab)
     if arch == "qwen3":  # per-head q/k RMSNorm, head_dim != hidden/heads
@@ -71,8 +89,13 @@ def _load_hf(path: str, gguf_file: str | None):
 
 
 @torch.inference_mode()
-def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int, gguf_file: str | None = None,
-              attn_implementation: str = "eager") -> list[list[int]]:
+def hf_greedy(
+    path: str,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    gguf_file: str | None = None,
+    attn_implementation: str = "eager",
+) -> list[list[int]]:
     """Greedy continuation of each prompt by transformers, one prompt at a time, no padding,
     never stopping at EOS (the engine side runs with ignore_eos)."""
     model = _load_hf(path, gguf_file)

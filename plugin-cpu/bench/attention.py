@@ -17,8 +17,8 @@ import statistics
 import time
 
 import torch
-from octavo.platform import AttentionMetadata
 
+from octavo.platform import AttentionMetadata
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
 
@@ -42,17 +42,23 @@ def make_case(lens_q, lens_ctx, dtype, head_dim, scatter: bool, gen: torch.Gener
     tables = torch.zeros(len(lens_q), max(nb_per), dtype=torch.int32)
     o = 0
     for i, n in enumerate(nb_per):
-        tables[i, :n] = ids[o:o + n]
+        tables[i, :n] = ids[o : o + n]
         o += n
     qsl = [0]
     for n in lens_q:
         qsl.append(qsl[-1] + n)
     q = torch.randn(qsl[-1], HQ, head_dim, generator=gen).to(dtype)
     meta = AttentionMetadata(
-        query_start_loc=torch.tensor(qsl, dtype=torch.int32), seq_lens=torch.tensor(lens_ctx, dtype=torch.int32),
-        block_tables=tables, slot_mapping=torch.zeros(qsl[-1], dtype=torch.int64), max_query_len=max(lens_q),
-        max_seq_len=max(lens_ctx), query_start_loc_cpu=qsl, seq_lens_cpu=list(lens_ctx),
-        num_decodes=sum(1 for n in lens_q if n == 1))
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32),
+        seq_lens=torch.tensor(lens_ctx, dtype=torch.int32),
+        block_tables=tables,
+        slot_mapping=torch.zeros(qsl[-1], dtype=torch.int64),
+        max_query_len=max(lens_q),
+        max_seq_len=max(lens_ctx),
+        query_start_loc_cpu=qsl,
+        seq_lens_cpu=list(lens_ctx),
+        num_decodes=sum(1 for n in lens_q if n == 1),
+    )
     return q, kv, meta
 
 
@@ -74,12 +80,18 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=D)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="time by the process's CPU time, not wall time (with --threads 1; with more "
-                         "it counts waiting threads' spinning too); coarse for calls under ~1 ms")
-    ap.add_argument("--stat", default="median", choices=["median", "min"],
-                    help="of the single-call times: min shows what the kernel does when no neighbour "
-                         "takes a core away mid-call")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by the process's CPU time, not wall time (with --threads 1; with more "
+        "it counts waiting threads' spinning too); coarse for calls under ~1 ms",
+    )
+    ap.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="of the single-call times: min shows what the kernel does when no neighbour takes a core away mid-call",
+    )
     ap.add_argument("--contiguous", action="store_true", help="blocks in table order instead of scattered")
     args = ap.parse_args()
     if args.threads:
@@ -88,9 +100,11 @@ def main() -> None:
     kernels = args.kernels.split(",")
     clock = time.process_time if args.cpu_time else time.perf_counter
     gen = torch.Generator().manual_seed(0)
-    print(f"{torch.get_num_threads()} threads, isa {_native.isa()}, {args.dtype}, head_dim {args.head_dim}, "
-          f"{'contiguous' if args.contiguous else 'scattered'} blocks, {args.stat} {'CPU' if args.cpu_time else 'wall'} "
-          "time of single calls")
+    print(
+        f"{torch.get_num_threads()} threads, isa {_native.isa()}, {args.dtype}, head_dim {args.head_dim}, "
+        f"{'contiguous' if args.contiguous else 'scattered'} blocks, {args.stat} {'CPU' if args.cpu_time else 'wall'} "
+        "time of single calls"
+    )
     backend = CpuAttention()
     for lens_q, lens_ctx, calls in CASES:
         q, kv, meta = make_case(lens_q, lens_ctx, dtype, args.head_dim, not args.contiguous, gen)

@@ -15,11 +15,11 @@ import itertools
 import time
 
 import torch
-from octavo_plugin_kit.inputs import make_attention_metadata
 
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
 from octavo_cpu.platform import CpuPlatform
+from octavo_plugin_kit.inputs import make_attention_metadata
 
 
 def bench(fn, reps: int) -> float:
@@ -48,8 +48,10 @@ def main() -> None:
     b, s, bs = args.batch, args.context, args.block_size
     num_blocks = b * (-(-s // bs)) + 8
     meta = make_attention_metadata([s] * b, [1] * b, bs, num_blocks)
-    print(f"{b} requests x {s} context, {args.heads}/{args.kv_heads} heads, head_dim {args.head_dim}, "
-          f"block {bs}, {torch.get_num_threads()} threads, isa {_native.isa()}")
+    print(
+        f"{b} requests x {s} context, {args.heads}/{args.kv_heads} heads, head_dim {args.head_dim}, "
+        f"block {bs}, {torch.get_num_threads()} threads, isa {_native.isa()}"
+    )
     for dtype in (torch.bfloat16, torch.float32):
         q = torch.randn(b, args.heads, args.head_dim).to(dtype)
         caches = []
@@ -60,12 +62,14 @@ def main() -> None:
         turn = itertools.cycle(caches)  # each call the next layer's cache
         native = CpuAttention()
         torch_path = CpuAttention(use_native=False)
-        scale = args.head_dim ** -0.5
+        scale = args.head_dim**-0.5
         t_torch = bench(lambda: torch_path.attend(q, next(turn), meta, scale), args.reps)
         t_native = bench(lambda: native.attend(q, next(turn), meta, scale), args.reps)
         kv_bytes = 2 * b * s * args.kv_heads * args.head_dim * caches[0].element_size()
-        print(f"{str(dtype):15} torch {t_torch * 1e3:7.3f} ms   native {t_native * 1e3:7.3f} ms   "
-              f"speed-up {t_torch / t_native:5.1f}x   native reads KV at {kv_bytes / t_native / 1e9:5.1f} GB/s")
+        print(
+            f"{str(dtype):15} torch {t_torch * 1e3:7.3f} ms   native {t_native * 1e3:7.3f} ms   "
+            f"speed-up {t_torch / t_native:5.1f}x   native reads KV at {kv_bytes / t_native / 1e9:5.1f} GB/s"
+        )
 
 
 if __name__ == "__main__":

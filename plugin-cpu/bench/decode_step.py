@@ -16,9 +16,9 @@ or torch.profiler (ops by self CPU time, per token).
 from __future__ import annotations
 
 import argparse
-import os
 import cProfile
 import io
+import os
 import pstats
 import random
 import statistics
@@ -52,8 +52,9 @@ def set_mode(platform, mode: str) -> None:
 
 def decode_steps(engine, prompt: list[int], output_len: int, rid: str) -> list[float]:
     """Seconds of each decode step (the prefill step is left out)."""
-    engine.add_request(rid, {"prompt_token_ids": prompt},
-                       SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=output_len))
+    engine.add_request(
+        rid, {"prompt_token_ids": prompt}, SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=output_len)
+    )
     times = []
     first = True
     while engine.has_unfinished_requests():
@@ -103,7 +104,8 @@ def main() -> None:
             s = io.StringIO()
             # SORT=cumulative NSTATS=50 for the call tree's shares
             pstats.Stats(pr, stream=s).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
-                int(os.environ.get("NSTATS", "25")))
+                int(os.environ.get("NSTATS", "25"))
+            )
             print(f"cProfile over {tokens} decode steps (+1 prefill); divide times by {tokens} for per token")
             print(s.getvalue())
         else:

@@ -19,7 +19,11 @@ import torch
 from octavo_cpu import _native
 
 SHAPES = {  # name: (K, N)
-    "qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576), "lm_head": (576, 49152),
+    "qkv": (576, 960),
+    "o": (576, 576),
+    "gate_up": (576, 3072),
+    "down": (1536, 576),
+    "lm_head": (576, 49152),
 }
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -53,16 +57,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     dtype = DTYPES[args.dtype]
-    print(f"isa {_native.isa()}, {torch.get_num_threads()} threads, {args.dtype}, "
-          f"working set {args.working_set} MB per shape")
-    print(f"{'shape':>8} {'K':>5} {'N':>6} {'M':>3} {'torch us':>9} {'native us':>9} {'torch GB/s':>10} "
-          f"{'native GB/s':>11} {'speedup':>7}")
+    print(
+        f"isa {_native.isa()}, {torch.get_num_threads()} threads, {args.dtype}, "
+        f"working set {args.working_set} MB per shape"
+    )
+    print(
+        f"{'shape':>8} {'K':>5} {'N':>6} {'M':>3} {'torch us':>9} {'native us':>9} {'torch GB/s':>10} "
+        f"{'native GB/s':>11} {'speedup':>7}"
+    )
     for name in args.shapes.split(","):
         k, n = SHAPES[name]
         for m in map(int, args.m.split(",")):
             t_torch, t_native, w_bytes = run(k, n, m, dtype, args.working_set, args.rounds)
-            print(f"{name:>8} {k:5d} {n:6d} {m:3d} {t_torch * 1e6:9.1f} {t_native * 1e6:9.1f} "
-                  f"{w_bytes / t_torch / 1e9:10.1f} {w_bytes / t_native / 1e9:11.1f} {t_torch / t_native:6.2f}x")
+            print(
+                f"{name:>8} {k:5d} {n:6d} {m:3d} {t_torch * 1e6:9.1f} {t_native * 1e6:9.1f} "
+                f"{w_bytes / t_torch / 1e9:10.1f} {w_bytes / t_native / 1e9:11.1f} {t_torch / t_native:6.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ import torch
 from octavo_cpu import gemm
 
 SHAPES = {  # name: (K, N)
-    "qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576), "lm_head": (576, 49152),
+    "qkv": (576, 960),
+    "o": (576, 576),
+    "gate_up": (576, 3072),
+    "down": (1536, 576),
+    "lm_head": (576, 49152),
 }
 
 
@@ -65,13 +69,18 @@ def main() -> None:
     assert gemm.available(), "the native GEMM needs the avx512_bf16 kernels"
     ws = 0 if args.hot else args.working_set
     print(f"{torch.get_num_threads()} threads, bf16, {'hot weights' if ws == 0 else f'working set {ws} MB'}; GFLOP/s")
-    print(f"{'shape':>8} {'K':>5} {'N':>6} {'M':>5} {'torch':>7} {'onednn-packed':>13} {'native':>7} {'native/torch':>12}")
+    print(
+        f"{'shape':>8} {'K':>5} {'N':>6} {'M':>5} {'torch':>7} {'onednn-packed':>13} {'native':>7} {'native/torch':>12}"
+    )
     for name in args.shapes.split(","):
         k, n = SHAPES[name]
         for m in [64] if name == "lm_head" else map(int, args.m.split(",")):
             r = run(k, n, m, ws, args.rounds)
-            print(f"{name:>8} {k:5d} {n:6d} {m:5d} {r['torch']:7.0f} {r['onednn-packed']:13.0f} {r['native']:7.0f} "
-                  f"{r['native'] / r['torch']:11.2f}x", flush=True)
+            print(
+                f"{name:>8} {k:5d} {n:6d} {m:5d} {r['torch']:7.0f} {r['onednn-packed']:13.0f} {r['native']:7.0f} "
+                f"{r['native'] / r['torch']:11.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

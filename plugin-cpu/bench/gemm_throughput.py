@@ -15,7 +15,6 @@ import statistics
 
 from octavo.entrypoints.bench_throughput import make_workload, run_octavo
 from octavo.entrypoints.llm import LLM
-
 from octavo_cpu import gemm
 
 
@@ -32,12 +31,22 @@ def main() -> None:
     for r in range(args.rounds):
         for enabled in (False, True):
             gemm.ENABLED = enabled
-            w = make_workload(engine.tokenizer, engine.vocab_size, args.num_prompts, args.input_len,
-                              args.output_len, "random", seed=1000 * r + enabled)
+            w = make_workload(
+                engine.tokenizer,
+                engine.vocab_size,
+                args.num_prompts,
+                args.input_len,
+                args.output_len,
+                "random",
+                seed=1000 * r + enabled,
+            )
             res, _ = run_octavo(llm, w)
             rates[enabled].append(res.output_tokens_per_s)
-            print(f"round {r} {'native gemm' if enabled else 'torch     '}: {res.elapsed_s:6.2f} s "
-                  f"{res.output_tokens_per_s:6.1f} output tok/s", flush=True)
+            print(
+                f"round {r} {'native gemm' if enabled else 'torch     '}: {res.elapsed_s:6.2f} s "
+                f"{res.output_tokens_per_s:6.1f} output tok/s",
+                flush=True,
+            )
     old, new = statistics.median(rates[False]), statistics.median(rates[True])
     print(f"median output tok/s: torch {old:.1f}, native gemm {new:.1f} ({new / old:.2f}x)")
 

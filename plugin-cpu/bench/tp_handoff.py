@@ -7,32 +7,56 @@ the worker's receive and tensor rebuild; the "all_reduce alone" line is that flo
 
     python plugin-cpu/bench/tp_handoff.py
 """
+
 import time
-import numpy as np, torch, torch.distributed as dist
+
+import numpy as np
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from octavo.executor import StepInputs
 from octavo.platform import AttentionMetadata
 
+
 def make(T, B, nb):
     qsl = np.linspace(0, T, B + 1).astype(np.int32)
-    m = AttentionMetadata(torch.from_numpy(qsl), torch.full((B,), 100, dtype=torch.int32),
-                          torch.zeros(B, nb, dtype=torch.int32), torch.arange(T), 1, 100, qsl.tolist(), [100]*B, 0)
+    m = AttentionMetadata(
+        torch.from_numpy(qsl),
+        torch.full((B,), 100, dtype=torch.int32),
+        torch.zeros(B, nb, dtype=torch.int32),
+        torch.arange(T),
+        1,
+        100,
+        qsl.tolist(),
+        [100] * B,
+        0,
+    )
     return torch.arange(T), torch.arange(T), m
 
+
 def pack(ids, pos, m):
-    B = m.seq_lens.numel(); nb = m.block_tables.shape[1]; T = ids.numel()
+    B = m.seq_lens.numel()
+    nb = m.block_tables.shape[1]
+    T = ids.numel()
     hdr = torch.tensor([T, B, nb, m.max_query_len, m.max_seq_len, m.num_decodes], dtype=torch.int64)
-    body = torch.cat([ids, pos, m.slot_mapping, m.query_start_loc.long(), m.seq_lens.long(), m.block_tables.long().flatten()])
+    body = torch.cat(
+        [ids, pos, m.slot_mapping, m.query_start_loc.long(), m.seq_lens.long(), m.block_tables.long().flatten()]
+    )
     return hdr, body
+
 
 def unpack(hdr, body):
     T, B, nb, mq, ms, nd = hdr.tolist()
     ids, pos, slots, qsl, sl, bt = body.split([T, T, T, B + 1, B, B * nb])
-    qsl = qsl.int(); sl = sl.int()
+    qsl = qsl.int()
+    sl = sl.int()
     return ids, pos, AttentionMetadata(qsl, sl, bt.int().view(B, nb), slots, mq, ms, qsl.tolist(), sl.tolist(), nd)
+
 
 N = 300
 CASES = {"decode 16 seqs": (16, 16, 16), "prefill 2048 tok": (2048, 16, 16)}
+
 
 def run(rank, conn, port):
     torch.set_num_threads(1)
@@ -46,28 +70,43 @@ def run(rank, conn, port):
             t = time.perf_counter()
             for _ in range(N):
                 if mode == "pipe":
-                    if rank == 0: conn.send(StepInputs.from_tensors(ids, pos, m))
-                    else: conn.recv().to_tensors(torch.device("cpu"))
+                    if rank == 0:
+                        conn.send(StepInputs.from_tensors(ids, pos, m))
+                    else:
+                        conn.recv().to_tensors(torch.device("cpu"))
                 elif mode == "broadcast":
                     if rank == 0:
-                        hdr, body = pack(ids, pos, m); dist.broadcast(hdr, 0); dist.broadcast(body, 0)
+                        hdr, body = pack(ids, pos, m)
+                        dist.broadcast(hdr, 0)
+                        dist.broadcast(body, 0)
                     else:
-                        hdr = torch.empty(6, dtype=torch.int64); dist.broadcast(hdr, 0)
+                        hdr = torch.empty(6, dtype=torch.int64)
+                        dist.broadcast(hdr, 0)
                         T_, B_, nb_ = hdr[:3].tolist()
-                        body = torch.empty(3 * T_ + 2 * B_ + 1 + B_ * nb_, dtype=torch.int64); dist.broadcast(body, 0)
+                        body = torch.empty(3 * T_ + 2 * B_ + 1 + B_ * nb_, dtype=torch.int64)
+                        dist.broadcast(body, 0)
                         unpack(hdr, body)
                 dist.all_reduce(x)
             res[mode] = (time.perf_counter() - t) / N * 1e6
         if rank == 0:
             base = res["sync only"]
-            print(f"{name}: all_reduce alone {base:.0f} us; + pipe {res['pipe'] - base:.0f} us; "
-                  f"+ 2 gloo broadcasts {res['broadcast'] - base:.0f} us")
+            print(
+                f"{name}: all_reduce alone {base:.0f} us; + pipe {res['pipe'] - base:.0f} us; "
+                f"+ 2 gloo broadcasts {res['broadcast'] - base:.0f} us"
+            )
     dist.destroy_process_group()
+
 
 if __name__ == "__main__":
     import socket
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
     ctx = mp.get_context("spawn")
     a, b = ctx.Pipe()
-    p = ctx.Process(target=run, args=(1, b, port)); p.start()
-    run(0, a, port); p.join()
+    p = ctx.Process(target=run, args=(1, b, port))
+    p.start()
+    run(0, a, port)
+    p.join()

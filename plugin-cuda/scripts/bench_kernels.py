@@ -19,9 +19,9 @@ import math
 import torch
 import torch.nn.functional as F
 import triton
-from octavo.platform import Platform
 from triton.testing import do_bench, do_bench_cudagraph
 
+from octavo.platform import Platform
 from octavo_cuda.kernels.decode_attention import choose_num_splits, decode_attention, decode_config
 from octavo_cuda.kernels.prefill_attention import prefill_attention, prefill_config
 
@@ -60,8 +60,7 @@ def bench_decode(batch, ctx, hq=32, hk=8, d=128, bs=16, sweep=True):
     kv_bytes = 2 * batch * ctx * hk * d * kv.element_size()
 
     def run(cfg=None, splits=None):
-        decode_attention(out, q, kv[0], kv[1], tables, seq_lens, batch, ctx, scale, None,
-                         num_splits=splits, config=cfg)
+        decode_attention(out, q, kv[0], kv[1], tables, seq_lens, batch, ctx, scale, None, num_splits=splits, config=cfg)
 
     rows = []
     auto = choose_num_splits(batch, hk, ctx, q.device)
@@ -86,15 +85,28 @@ def bench_decode(batch, ctx, hq=32, hk=8, d=128, bs=16, sweep=True):
     ref = F.scaled_dot_product_attention(q[:, :, None], dense[0], dense[1], scale=scale, enable_gqa=True)[:, :, 0]
     err = rel_err(out, ref)
     try:
-        t_sdpa = ms(lambda: F.scaled_dot_product_attention(q[:, :, None], dense[0], dense[1], scale=scale,
-                                                           enable_gqa=True))
+        t_sdpa = ms(
+            lambda: F.scaled_dot_product_attention(q[:, :, None], dense[0], dense[1], scale=scale, enable_gqa=True)
+        )
     except Exception:
         t_sdpa = float("nan")
     default = ok[0]
     return dict(
-        kind="decode", batch=batch, ctx=ctx, hq=hq, hk=hk, d=d, block_size=bs, kv_bytes=kv_bytes,
-        default=default, best=best, splits=split_rows, sweep=rows, rel_err_vs_sdpa=err,
-        sdpa_ms=t_sdpa, sdpa_gbps=kv_bytes / t_sdpa / 1e6,
+        kind="decode",
+        batch=batch,
+        ctx=ctx,
+        hq=hq,
+        hk=hk,
+        d=d,
+        block_size=bs,
+        kv_bytes=kv_bytes,
+        default=default,
+        best=best,
+        splits=split_rows,
+        sweep=rows,
+        rel_err_vs_sdpa=err,
+        sdpa_ms=t_sdpa,
+        sdpa_gbps=kv_bytes / t_sdpa / 1e6,
         default_again_ms=ms(lambda: run()),  # the same version twice: the noise floor
     )
 
@@ -146,16 +158,17 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
     flops = 4 * d * hq * pairs
 
     def run(cfg=None):
-        prefill_attention(out, q, kv[0], kv[1], tables, seq_lens, qsl, batch * q_len, q_len, scale, None,
-                          config=cfg)
+        prefill_attention(out, q, kv[0], kv[1], tables, seq_lens, qsl, batch * q_len, q_len, scale, None, config=cfg)
 
     rows = []
     configs = [prefill_config(d, DT, hq // hk, q_len)]
     if sweep:
         # the first run swept (64, 128) x (32, 64, 128) x (4, 8 warps) x (2, 3 stages):
         # 4 warps won everywhere and TILE_N 128 never; this keeps the contenders
-        configs += [dict(BLOCK_M=m, TILE_N=n, num_warps=4, num_stages=s)
-                    for m, n, s in itertools.product((64, 128), (32, 64), (2, 3, 4))]
+        configs += [
+            dict(BLOCK_M=m, TILE_N=n, num_warps=4, num_stages=s)
+            for m, n, s in itertools.product((64, 128), (32, 64), (2, 3, 4))
+        ]
         configs.append(dict(BLOCK_M=128, TILE_N=64, num_warps=8, num_stages=2))  # the first default
     for cfg in configs:
         try:
@@ -182,9 +195,22 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
     ref = sdpa().transpose(1, 2).reshape(batch * q_len, hq, d)
     t_sdpa = ms(sdpa)
     return dict(
-        kind="prefill", batch=batch, q_len=q_len, seq_len=seq_len, hq=hq, hk=hk, d=d, block_size=bs,
-        flops=flops, default=ok[0], best=best, sweep=rows, rel_err_vs_sdpa=rel_err(out, ref),
-        sdpa_ms=t_sdpa, sdpa_tflops=flops / t_sdpa / 1e9, default_again_ms=ms(lambda: run()),
+        kind="prefill",
+        batch=batch,
+        q_len=q_len,
+        seq_len=seq_len,
+        hq=hq,
+        hk=hk,
+        d=d,
+        block_size=bs,
+        flops=flops,
+        default=ok[0],
+        best=best,
+        sweep=rows,
+        rel_err_vs_sdpa=rel_err(out, ref),
+        sdpa_ms=t_sdpa,
+        sdpa_tflops=flops / t_sdpa / 1e9,
+        default_again_ms=ms(lambda: run()),
     )
 
 
@@ -213,15 +239,21 @@ def bench_ops(tokens=8192, hidden=4096, inter=14336, hq=32, hk=8, d=128):
     def torch_write_kv():
         flat[0].index_copy_(0, slots, k)
         flat[1].index_copy_(0, slots, k)
+
     cases = {
         # name: (ours, torch default, bytes moved by ours)
-        "rms_norm+residual": (lambda: ours.rms_norm(x, w, 1e-6, res), lambda: torch_default.rms_norm(x, w, 1e-6, res),
-                              4 * tokens * hidden * e),
+        "rms_norm+residual": (
+            lambda: ours.rms_norm(x, w, 1e-6, res),
+            lambda: torch_default.rms_norm(x, w, 1e-6, res),
+            4 * tokens * hidden * e,
+        ),
         "silu_and_mul": (lambda: ours.silu_and_mul(gu), lambda: torch_default.silu_and_mul(gu), 3 * tokens * inter * e),
-        "rotary": (lambda: ours.rotary(q, k, pos, cs), lambda: torch_default.rotary(q, k, pos, cs),
-                   2 * tokens * (hq + hk) * d * e + tokens * d * 4),
-        "write_kv": (lambda: write_kv(k, k, cache[0], cache[1], slots),
-                     torch_write_kv, 4 * tokens * hk * d * e),
+        "rotary": (
+            lambda: ours.rotary(q, k, pos, cs),
+            lambda: torch_default.rotary(q, k, pos, cs),
+            2 * tokens * (hq + hk) * d * e + tokens * d * 4,
+        ),
+        "write_kv": (lambda: write_kv(k, k, cache[0], cache[1], slots), torch_write_kv, 4 * tokens * hk * d * e),
     }
     rows = []
     for name, (mine, base, nbytes) in cases.items():
@@ -237,12 +269,17 @@ def platform_facts():
 
     p = CudaPlatform()
     hf = SimpleNamespace(hidden_size=4096, intermediate_size=14336, vocab_size=128256)
-    cfg = SimpleNamespace(model=SimpleNamespace(hf_config=hf, dtype=DT),
-                          scheduler=SimpleNamespace(max_num_batched_tokens=2048, max_num_seqs=256),
-                          cache=SimpleNamespace(gpu_memory_utilization=0.9))
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(hf_config=hf, dtype=DT),
+        scheduler=SimpleNamespace(max_num_batched_tokens=2048, max_num_seqs=256),
+        cache=SimpleNamespace(gpu_memory_utilization=0.9),
+    )
     props = p.device_props()
-    return dict(availability=repr(CudaPlatform.availability()), props=repr(props),
-                kv_budget_gib_empty_process=p.kv_cache_budget_bytes(cfg, 0) / 2**30)
+    return dict(
+        availability=repr(CudaPlatform.availability()),
+        props=repr(props),
+        kv_budget_gib_empty_process=p.kv_cache_budget_bytes(cfg, 0) / 2**30,
+    )
 
 
 def main():
@@ -254,8 +291,10 @@ def main():
     sweep = not args.quick
     if args.part == "small-decode":
         rows = [bench_decode_graphed(b, c) for b, c in ((1, 1024), (1, 4096), (8, 1024), (8, 4096), (32, 4096))]
-        pre = [bench_prefill(4, 2048, 2048, hq=16, hk=8, d=256, sweep=sweep),
-               bench_prefill(4, 2048, 2048, hq=32, hk=8, d=64, sweep=sweep)]
+        pre = [
+            bench_prefill(4, 2048, 2048, hq=16, hk=8, d=256, sweep=sweep),
+            bench_prefill(4, 2048, 2048, hq=32, hk=8, d=64, sweep=sweep),
+        ]
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(dict(decode_graphed=rows, prefill=pre), fh, indent=1, default=str)
@@ -263,15 +302,25 @@ def main():
         for r in rows:
             cells = "  ".join(f"{x['splits']}{'*' if x['auto'] else ''}:{x['gbps']:.0f}" for x in r["splits"])
             best = min(r["splits"], key=lambda x: x["ms"])
-            print(f"B{r['batch']:<3} ctx{r['ctx']:<5} host {r['host_us']:.0f} us/call | best {best['ms'] * 1e3:.1f} us | {cells}")
+            print(
+                f"B{r['batch']:<3} ctx{r['ctx']:<5} host {r['host_us']:.0f} us/call | best {best['ms'] * 1e3:.1f} us | {cells}"
+            )
         for r in pre:
-            print(f"\nprefill d{r['d']} {r['hq']}/{r['hk']}: default {r['default']['cfg']} {r['default']['tflops']:.0f} TF/s; "
-                  f"SDPA {r['sdpa_tflops']:.0f}")
+            print(
+                f"\nprefill d{r['d']} {r['hq']}/{r['hk']}: default {r['default']['cfg']} {r['default']['tflops']:.0f} TF/s; "
+                f"SDPA {r['sdpa_tflops']:.0f}"
+            )
             for x in sorted(r["sweep"], key=lambda x: x.get("ms", 1e9))[:5]:
                 print(f"   {x['cfg']} {x.get('tflops', 0):.0f} TF/s {x.get('error', '')}")
         return
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               platform=platform_facts(), decode=[], prefill=[])
+    res = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        platform=platform_facts(),
+        decode=[],
+        prefill=[],
+    )
     for batch, ctx in ((64, 1024), (64, 4096), (1, 4096), (8, 2048)):
         res["decode"].append(bench_decode(batch, ctx, sweep=sweep and batch in (64, 1)))
     for batch, q_len, seq_len in ((4, 2048, 2048), (8, 512, 4096), (1, 8192, 8192)):
@@ -286,28 +335,38 @@ def main():
     print(f"\n{res['device']}  torch {res['torch']}  triton {res['triton']}")
     print(res["platform"])
     print("\ndecode (bf16, 32q/8kv heads, d128, block 16): GB/s of KV read")
-    print(f"{'batch':>5} {'ctx':>5} {'default ms':>10} {'GB/s':>6} {'again ms':>8} | {'best cfg':<44} {'ms':>7} {'GB/s':>6} "
-          f"| {'SDPA ms':>7} {'GB/s':>6} | rel err")
+    print(
+        f"{'batch':>5} {'ctx':>5} {'default ms':>10} {'GB/s':>6} {'again ms':>8} | {'best cfg':<44} {'ms':>7} {'GB/s':>6} "
+        f"| {'SDPA ms':>7} {'GB/s':>6} | rel err"
+    )
     for r in res["decode"]:
         b = r["best"]
-        print(f"{r['batch']:>5} {r['ctx']:>5} {r['default']['ms']:>10.4f} {r['default']['gbps']:>6.0f} "
-              f"{r['default_again_ms']:>8.4f} | {str(b['cfg']) + ' s' + str(b['splits']):<44} {b['ms']:>7.4f} "
-              f"{b['gbps']:>6.0f} | {r['sdpa_ms']:>7.4f} {r['sdpa_gbps']:>6.0f} | {r['rel_err_vs_sdpa']:.1e}")
+        print(
+            f"{r['batch']:>5} {r['ctx']:>5} {r['default']['ms']:>10.4f} {r['default']['gbps']:>6.0f} "
+            f"{r['default_again_ms']:>8.4f} | {str(b['cfg']) + ' s' + str(b['splits']):<44} {b['ms']:>7.4f} "
+            f"{b['gbps']:>6.0f} | {r['sdpa_ms']:>7.4f} {r['sdpa_gbps']:>6.0f} | {r['rel_err_vs_sdpa']:.1e}"
+        )
         for s in r["splits"]:
             print(f"{'':>12} splits {s['splits']:>3}: {s['ms']:.4f} ms {s['gbps']:.0f} GB/s")
     print("\nprefill (bf16, 32q/8kv heads, d128 unless shown, block 16): TFLOP/s of causal attention")
-    print(f"{'batch':>5} {'q_len':>5} {'seq':>5} {'default ms':>10} {'TF/s':>6} {'again':>7} | {'best cfg':<58} {'ms':>7} "
-          f"{'TF/s':>6} | {'SDPA ms':>7} {'TF/s':>6} | rel err")
+    print(
+        f"{'batch':>5} {'q_len':>5} {'seq':>5} {'default ms':>10} {'TF/s':>6} {'again':>7} | {'best cfg':<58} {'ms':>7} "
+        f"{'TF/s':>6} | {'SDPA ms':>7} {'TF/s':>6} | rel err"
+    )
     for r in res["prefill"]:
         b = r["best"]
         tag = "" if r["d"] == 128 else f" d{r['d']} {r['hq']}/{r['hk']}"
-        print(f"{r['batch']:>5} {r['q_len']:>5} {r['seq_len']:>5}{tag} {r['default']['ms']:>10.3f} {r['default']['tflops']:>6.0f} "
-              f"{r['default_again_ms']:>7.3f} | {str(b['cfg']):<58} {b['ms']:>7.3f} {b['tflops']:>6.0f} | "
-              f"{r['sdpa_ms']:>7.3f} {r['sdpa_tflops']:>6.0f} | {r['rel_err_vs_sdpa']:.1e}")
+        print(
+            f"{r['batch']:>5} {r['q_len']:>5} {r['seq_len']:>5}{tag} {r['default']['ms']:>10.3f} {r['default']['tflops']:>6.0f} "
+            f"{r['default_again_ms']:>7.3f} | {str(b['cfg']):<58} {b['ms']:>7.3f} {b['tflops']:>6.0f} | "
+            f"{r['sdpa_ms']:>7.3f} {r['sdpa_tflops']:>6.0f} | {r['rel_err_vs_sdpa']:.1e}"
+        )
     print("\nfused ops (8192 tokens, bf16)")
     for r in res["ops"]:
-        print(f"{r['op']:<18} {r['ms']:.4f} ms {r['gbps']:>6.0f} GB/s   torch default {r['torch_ms']:.4f} ms  "
-              f"x{r['speedup']:.2f}")
+        print(
+            f"{r['op']:<18} {r['ms']:.4f} ms {r['gbps']:>6.0f} GB/s   torch default {r['torch_ms']:.4f} ms  "
+            f"x{r['speedup']:.2f}"
+        )
 
 
 if __name__ == "__main__":

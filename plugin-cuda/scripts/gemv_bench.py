@@ -50,15 +50,14 @@ def graph_time(fn, reps=20):
 # the floor's bandwidth: a 1 GiB device-to-device copy, bytes read + written
 src = torch.empty(1 << 29, dtype=dt, device=dev)
 dst = torch.empty_like(src)
-copy_s = graph_time(lambda: dst.copy_(src))
+copy_s = graph_time(lambda: dst.copy_(src))  # noqa: F821 - deleted below, after use
 copy_bw = 2 * src.numel() * 2 / copy_s
 print(f"copy: {copy_bw / 1e12:.3f} TB/s (read + written)")
 del src, dst
 
 shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 L = args.layers
-weights = {name: [torch.randn(n, k, dtype=dt, device=dev) * 0.02 for _ in range(L)]
-           for name, (n, k) in shapes.items()}
+weights = {name: [torch.randn(n, k, dtype=dt, device=dev) * 0.02 for _ in range(L)] for name, (n, k) in shapes.items()}
 lm_head = torch.randn(128256, 4096, dtype=dt, device=dev) * 0.02
 total_bytes = sum(w.numel() * 2 for ws in weights.values() for w in ws) + lm_head.numel() * 2
 
@@ -66,7 +65,7 @@ for m in [int(r) for r in args.rows.split(",")]:
     print(f"\n== rows {m}")
     xs = {k: torch.randn(m, k, dtype=dt, device=dev) for k in (4096, 14336)}
     # correctness against torch in float32
-    for name, (n, k) in shapes.items():
+    for name, (_, k) in shapes.items():
         w = weights[name][0]
         ref = F.linear(xs[k].float(), w.float())
         err = (gemv(xs[k], w).float() - ref).abs().max().item()
@@ -77,8 +76,10 @@ for m in [int(r) for r in args.rows.split(",")]:
         nbytes = sum(w.numel() * 2 for w in ws)
         t_cublas = graph_time(lambda: [F.linear(x, w) for w in ws])
         t_ours = graph_time(lambda: [gemv(x, w) for w in ws])
-        line = (f"{name:8s} {n:6d}x{k:5d}: cuBLAS {t_cublas / len(ws) * 1e6:7.1f} us ({nbytes / t_cublas / 1e12:.2f} TB/s)"
-                f"  triton {pick_blocks(n, k)} {t_ours / len(ws) * 1e6:7.1f} us ({nbytes / t_ours / 1e12:.2f} TB/s)")
+        line = (
+            f"{name:8s} {n:6d}x{k:5d}: cuBLAS {t_cublas / len(ws) * 1e6:7.1f} us ({nbytes / t_cublas / 1e12:.2f} TB/s)"
+            f"  triton {pick_blocks(n, k)} {t_ours / len(ws) * 1e6:7.1f} us ({nbytes / t_ours / 1e12:.2f} TB/s)"
+        )
         print(line, flush=True)
         if args.sweep and m == 1:
             best = []
@@ -95,13 +96,16 @@ for m in [int(r) for r in args.rows.split(",")]:
     def model(linear):
         def run():
             for i in range(L):
-                for name, (n, k) in shapes.items():
+                for name, (_, k) in shapes.items():
                     linear(xs[k], weights[name][i])
             linear(xs[4096], lm_head)
+
         return run
 
     t_cublas = graph_time(model(F.linear), reps=10)
     t_ours = graph_time(model(gemv), reps=10)
-    print(f"all linears of a step ({total_bytes / 1e9:.2f} GB): cuBLAS {t_cublas * 1e3:.3f} ms "
-          f"({total_bytes / t_cublas / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_cublas:.1%} of copy floor), "
-          f"triton {t_ours * 1e3:.3f} ms ({total_bytes / t_ours / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_ours:.1%})")
+    print(
+        f"all linears of a step ({total_bytes / 1e9:.2f} GB): cuBLAS {t_cublas * 1e3:.3f} ms "
+        f"({total_bytes / t_cublas / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_cublas:.1%} of copy floor), "
+        f"triton {t_ours * 1e3:.3f} ms ({total_bytes / t_ours / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_ours:.1%})"
+    )

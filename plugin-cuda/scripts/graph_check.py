@@ -12,9 +12,9 @@
 """
 
 import gc
-import os
 import json
 import logging
+import os
 import sys
 import time
 
@@ -22,8 +22,7 @@ import torch
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
-                    datefmt="%H:%M:%S")
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig  # noqa: E402
 
@@ -42,12 +41,29 @@ def main():
 
     tok = AutoTokenizer.from_pretrained(TOK)
     vocab = len(tok)
-    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                      num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                      initializer_range=0.3, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-                      vocab_size=vocab, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                                         "original_max_position_embeddings": 64})
+    cfg = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        initializer_range=0.3,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        vocab_size=vocab,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    )
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
@@ -70,7 +86,7 @@ def main():
             for _ in range(n):
                 nxt = hf(ids).logits[:, -1].argmax(-1, keepdim=True)
                 ids = torch.cat([ids, nxt], dim=1)
-            ref.append(ids[0, len(p):].tolist())
+            ref.append(ids[0, len(p) :].tolist())
     del hf
     gc.collect()
     torch.cuda.empty_cache()
@@ -78,20 +94,26 @@ def main():
     replays = []
     _run = GraphRunner.run
 
-
     def _spy(self, ids, pos, meta):
         h = _run(self, ids, pos, meta)
         if h is not None:
             replays.append((meta.num_seqs, self.padded_size(meta.num_seqs)))
         return h
 
-
     GraphRunner.run = _spy
 
-
     def generate(dtype, eager, **kw):
-        llm = LLM(model=PATH, device=DEV, dtype=dtype, max_model_len=1024, gpu_memory_utilization=0.3,
-                  max_num_seqs=16, enforce_eager=eager, tensor_parallel_size=TP, **kw)
+        llm = LLM(
+            model=PATH,
+            device=DEV,
+            dtype=dtype,
+            max_model_len=1024,
+            gpu_memory_utilization=0.3,
+            max_num_seqs=16,
+            enforce_eager=eager,
+            tensor_parallel_size=TP,
+            **kw,
+        )
         assert (llm.llm_engine.runner.graph_runner is None) == (eager or DEV == "cpu")
         params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in new]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -112,11 +134,9 @@ def main():
         torch.cuda.empty_cache()
         return toks, ntok / dt
 
-
     def agree(a, b):
         first = [next((j for j, (x, y) in enumerate(zip(u, v)) if x != y), None) for u, v in zip(a, b)]
         return sum(f is None for f in first), first
-
 
     for dtype in ("float32", "bfloat16"):
         graphs, tps_g = generate(dtype, False)
@@ -125,22 +145,34 @@ def main():
         replays.clear()
         eager, tps_e = generate(dtype, True)
         same_ge, first_ge = agree(graphs, eager)
-        r = {"graphs_eq_eager": f"{same_ge}/{len(prompts)}", "first_diff_graphs_eager": first_ge,
-             "decode_tok_s_graphs": round(tps_g, 1), "decode_tok_s_eager": round(tps_e, 1),
-             "graph_replays": n_replays, "padded_replays": padded}
+        r = {
+            "graphs_eq_eager": f"{same_ge}/{len(prompts)}",
+            "first_diff_graphs_eager": first_ge,
+            "decode_tok_s_graphs": round(tps_g, 1),
+            "decode_tok_s_eager": round(tps_e, 1),
+            "graph_replays": n_replays,
+            "padded_replays": padded,
+        }
         if dtype == "float32":
             same_gh, first_gh = agree(graphs, ref)
             same_eh, _ = agree(eager, ref)
-            r.update({"graphs_eq_hf": f"{same_gh}/{len(prompts)}", "eager_eq_hf": f"{same_eh}/{len(prompts)}",
-                      "first_diff_graphs_hf": first_gh})
+            r.update(
+                {
+                    "graphs_eq_hf": f"{same_gh}/{len(prompts)}",
+                    "eager_eq_hf": f"{same_eh}/{len(prompts)}",
+                    "first_diff_graphs_hf": first_gh,
+                }
+            )
         report[dtype] = r
         print(dtype, json.dumps(r), flush=True)
 
     if len(sys.argv) > 2:
         with open(sys.argv[2], "w") as f:
             json.dump(report, f, indent=2)
-    ok = report["float32"]["graphs_eq_eager"] == f"{len(prompts)}/{len(prompts)}" and \
-        report["float32"]["graphs_eq_hf"] == f"{len(prompts)}/{len(prompts)}"
+    ok = (
+        report["float32"]["graphs_eq_eager"] == f"{len(prompts)}/{len(prompts)}"
+        and report["float32"]["graphs_eq_hf"] == f"{len(prompts)}/{len(prompts)}"
+    )
     print("GRAPH CHECK", "PASSED" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 

@@ -33,8 +33,9 @@ greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
 
 ours = {}
 for mode, eager in (("graphs", False), ("eager", True)):
-    llm = LLM(model=path, device=DEV, dtype="float32", max_model_len=1024, enforce_eager=eager,
-              gpu_memory_utilization=0.3)
+    llm = LLM(
+        model=path, device=DEV, dtype="float32", max_model_len=1024, enforce_eager=eager, gpu_memory_utilization=0.3
+    )
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)
     ours[mode] = [o.outputs[0].token_ids for o in outs]
     del llm
@@ -56,11 +57,19 @@ with torch.no_grad():
 report = {"prompt_lengths": [len(p) for p in prompts], "first_text": tok.decode(ours["graphs"][0])}
 for mode, toks in ours.items():
     same = [a == b for a, b in zip(toks, ref)]
-    report[mode] = {"prompts_equal": sum(same), "of": len(same),
-                    "first_diff": [(i, next(j for j, (x, y) in enumerate(zip(a, b)) if x != y))
-                                   for i, (a, b) in enumerate(zip(toks, ref)) if a != b]}
-    print(f"SMOLLM2 {mode}: {sum(same)}/{len(same)} prompts token-equal to transformers "
-          f"(first differing positions: {report[mode]['first_diff']})")
+    report[mode] = {
+        "prompts_equal": sum(same),
+        "of": len(same),
+        "first_diff": [
+            (i, next(j for j, (x, y) in enumerate(zip(a, b)) if x != y))
+            for i, (a, b) in enumerate(zip(toks, ref))
+            if a != b
+        ],
+    }
+    print(
+        f"SMOLLM2 {mode}: {sum(same)}/{len(same)} prompts token-equal to transformers "
+        f"(first differing positions: {report[mode]['first_diff']})"
+    )
 print("first prompt continues:", repr(report["first_text"][:60]))
 if len(sys.argv) > 2:
     with open(sys.argv[2], "w") as f:

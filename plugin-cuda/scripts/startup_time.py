@@ -10,8 +10,7 @@ t_import = time.time()
 import argparse  # noqa: E402
 import logging  # noqa: E402
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
-                    datefmt="%H:%M:%S")
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 from octavo import EngineArgs, SamplingParams  # noqa: E402
 from octavo.entrypoints.llm import LLM  # noqa: E402
 
@@ -23,5 +22,7 @@ llm = LLM(**vars(args))
 t_ready = time.time()
 llm.generate([{"prompt_token_ids": [100, 200, 300]}], SamplingParams(max_tokens=1, ignore_eos=True), use_tqdm=False)
 t_first = time.time()
-print(f"STARTUP: {t_first - t0:.1f} s process start -> first token "
-      f"(interpreter+imports {t_engine - t0:.1f} s, engine {t_ready - t_engine:.1f} s, first token {t_first - t_ready:.2f} s)")
+print(
+    f"STARTUP: {t_first - t0:.1f} s process start -> first token "
+    f"(interpreter+imports {t_engine - t0:.1f} s, engine {t_ready - t_engine:.1f} s, first token {t_first - t_ready:.2f} s)"
+)

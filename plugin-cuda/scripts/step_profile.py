@@ -53,8 +53,11 @@ timed(runner, "collect", "collect (waits for the step)")
 timed(engine.scheduler, "update", "scheduler update")
 
 for i in range(own.batch):
-    engine.add_request(f"r{i}", {"prompt_token_ids": list(range(100 + i, 228 + i))},
-                       SamplingParams(max_tokens=own.steps + 100, ignore_eos=True, temperature=1.0, seed=i))
+    engine.add_request(
+        f"r{i}",
+        {"prompt_token_ids": list(range(100 + i, 228 + i))},
+        SamplingParams(max_tokens=own.steps + 100, ignore_eos=True, temperature=1.0, seed=i),
+    )
 while any(len(s.req.token_ids) < 2 for s in engine.sample_of.values()):
     engine.step()  # prefill
 for _ in range(10):
@@ -69,8 +72,10 @@ for _ in range(own.steps):
     step_times.append(time.perf_counter() - t)
 sync()
 total = time.perf_counter() - t0
-print(f"batch {own.batch}: {own.steps} decode steps, {total / own.steps * 1e3:.3f} ms/step "
-      f"(median {statistics.median(step_times) * 1e3:.3f})")
+print(
+    f"batch {own.batch}: {own.steps} decode steps, {total / own.steps * 1e3:.3f} ms/step "
+    f"(median {statistics.median(step_times) * 1e3:.3f})"
+)
 for k, v in phases.items():
     print(f"  {k:24s} median {statistics.median(v) * 1e3:7.3f} ms  mean {statistics.mean(v) * 1e3:7.3f} ms  n={len(v)}")
 
@@ -87,7 +92,7 @@ if gr is not None:
     hidden = gr.graphs[b][1]
     t = time.perf_counter()
     for _ in range(100):
-        runner.model.compute_logits(hidden[:own.batch])
+        runner.model.compute_logits(hidden[: own.batch])
     sync()
     print(f"  compute_logits alone: {(time.perf_counter() - t) / 100 * 1e3:.3f} ms")
 

@@ -7,8 +7,21 @@ from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "AsyncLLMEngine", "LLMEngine", "EngineArgs", "SamplingParams", "RequestOutput",
-           "RequestOutputKind", "CompletionOutput", "Logprob", "BeamSearchParams", "BeamSearchOutput", "BeamSearchSequence", "__version__"]
+__all__ = [
+    "LLM",
+    "AsyncLLMEngine",
+    "LLMEngine",
+    "EngineArgs",
+    "SamplingParams",
+    "RequestOutput",
+    "RequestOutputKind",
+    "CompletionOutput",
+    "Logprob",
+    "BeamSearchParams",
+    "BeamSearchOutput",
+    "BeamSearchSequence",
+    "__version__",
+]
 
 
 def __getattr__(name):

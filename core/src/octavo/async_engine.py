@@ -23,14 +23,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Protocol
 
 from octavo.outputs import CompletionOutput, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
-PromptType = Union[str, dict]
+PromptType = str | dict
 
 DEFAULT_MAX_WAITING_REQUESTS = 1024
 
@@ -46,7 +46,7 @@ class EngineDeadError(RuntimeError):
 class StatLogger(Protocol):
     """Told about each finished request (on the event loop); the server's Prometheus metrics."""
 
-    def on_request_finished(self, output: RequestOutput, timing: "RequestTiming") -> None: ...
+    def on_request_finished(self, output: RequestOutput, timing: RequestTiming) -> None: ...
 
 
 @dataclass
@@ -54,8 +54,8 @@ class RequestTiming:
     """Wall-clock times seen by the async front (time.monotonic())."""
 
     arrival: float
-    first_token: Optional[float] = None
-    last_token: Optional[float] = None
+    first_token: float | None = None
+    last_token: float | None = None
     num_output_tokens: int = 0
 
 
@@ -82,20 +82,20 @@ _END = object()  # stream sentinel: no more outputs
 class _Stream:
     """One request's outputs on its way from the engine thread to the consumer."""
 
-    __slots__ = ("request_id", "queue", "params", "prompt", "prompt_token_ids", "last", "finished",
-                 "timing", "error")
+    __slots__ = ("request_id", "queue", "params", "prompt", "prompt_token_ids", "last", "finished", "timing", "error")
 
     def __init__(self, request_id: str, params: SamplingParams, prompt: PromptType) -> None:
         self.request_id = request_id
         self.queue: asyncio.Queue = asyncio.Queue()
         self.params = params
         self.prompt = prompt if isinstance(prompt, str) else None
-        self.prompt_token_ids: list[int] = (list(prompt.get("prompt_token_ids") or [])
-                                            if isinstance(prompt, dict) else [])
-        self.last: Optional[RequestOutput] = None
+        self.prompt_token_ids: list[int] = (
+            list(prompt.get("prompt_token_ids") or []) if isinstance(prompt, dict) else []
+        )
+        self.last: RequestOutput | None = None
         self.finished = False
         self.timing = RequestTiming(arrival=time.monotonic())
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
 
 class AsyncLLMEngine:
@@ -105,8 +105,13 @@ class AsyncLLMEngine:
     binds to the loop that first calls `generate()` / `start()`.
     """
 
-    def __init__(self, engine: Any, *, max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS,
-                 stat_loggers: Iterable[StatLogger] = ()) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS,
+        stat_loggers: Iterable[StatLogger] = (),
+    ) -> None:
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests  # 0 = unbounded
         self.stat_loggers = list(stat_loggers)
@@ -115,14 +120,14 @@ class AsyncLLMEngine:
         self._commands: list[tuple] = []  # guarded by _cv
         self._num_pending_adds = 0  # adds queued, not applied yet (guarded by _cv)
         self._stop = False
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._dead: Optional[BaseException] = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dead: BaseException | None = None
         self._stats = EngineStatsSnapshot()
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
-    def from_engine_args(cls, engine_args: Any, **kwargs: Any) -> "AsyncLLMEngine":
+    def from_engine_args(cls, engine_args: Any, **kwargs: Any) -> AsyncLLMEngine:
         from octavo.engine import LLMEngine
 
         return cls(LLMEngine.from_engine_args(engine_args), **kwargs)
@@ -162,8 +167,9 @@ class AsyncLLMEngine:
         self._thread.start()
 
     # ---- requests ----------------------------------------------------------------------
-    async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self, prompt: PromptType, sampling_params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs, shaped by `sampling_params.output_kind` (vLLM's rule).
 
         With `RequestOutputKind.DELTA` each output carries only the new tokens/text. Raises
@@ -172,11 +178,10 @@ class AsyncLLMEngine:
         request and frees its KV blocks.
         """
         stream = await self.add_request(request_id, prompt, sampling_params)
-        async for out in stream:
+        async for out in stream:  # noqa: B007 - the last one is the result
             yield out
 
-    async def add_request(self, request_id: str, prompt: PromptType,
-                          sampling_params: SamplingParams) -> "RequestStream":
+    async def add_request(self, request_id: str, prompt: PromptType, sampling_params: SamplingParams) -> RequestStream:
         """Queue a request and wait until the engine accepted it; return its output stream.
 
         Splitting this from iteration lets a server answer 400/503 before it starts a stream.
@@ -193,8 +198,9 @@ class AsyncLLMEngine:
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
         # fast path of the queue bound; the engine thread checks it exactly
-        if self.max_waiting_requests and (self._stats.num_waiting + self._num_pending_adds
-                                          >= self.max_waiting_requests):
+        if self.max_waiting_requests and (
+            self._stats.num_waiting + self._num_pending_adds >= self.max_waiting_requests
+        ):
             raise QueueFullError(self._queue_full_message())
         stream = _Stream(request_id, params, prompt)
         self._streams[request_id] = stream
@@ -232,14 +238,28 @@ class AsyncLLMEngine:
         best = searcher.results()[0].sequences
         n = len(prompt_ids)
         return RequestOutput(
-            request_id=request_id, prompt=None, prompt_token_ids=list(prompt_ids), finished=True,
-            outputs=[CompletionOutput(index=i, text=b.text or "", token_ids=b.tokens[n:], cumulative_logprob=b.cum_logprob,
-                                      finish_reason=b.finish_reason, stop_reason=b.stop_reason)
-                     for i, b in enumerate(best)])
+            request_id=request_id,
+            prompt=None,
+            prompt_token_ids=list(prompt_ids),
+            finished=True,
+            outputs=[
+                CompletionOutput(
+                    index=i,
+                    text=b.text or "",
+                    token_ids=b.tokens[n:],
+                    cumulative_logprob=b.cum_logprob,
+                    finish_reason=b.finish_reason,
+                    stop_reason=b.stop_reason,
+                )
+                for i, b in enumerate(best)
+            ],
+        )
 
     def _queue_full_message(self) -> str:
-        return (f"the server is overloaded: {self.max_waiting_requests} requests are already waiting "
-                "(--max-waiting-requests); retry later")
+        return (
+            f"the server is overloaded: {self.max_waiting_requests} requests are already waiting "
+            "(--max-waiting-requests); retry later"
+        )
 
     def abort(self, request_id: str) -> None:
         """Stop a request now: its stream ends with finish_reason "abort" and the engine frees
@@ -467,10 +487,14 @@ def _aborted_output(stream: _Stream) -> RequestOutput:
     if stream.last is not None and stream.params.output_kind == RequestOutputKind.CUMULATIVE:
         outs = [dataclasses.replace(c, finish_reason="abort") for c in stream.last.outputs]
     else:
-        outs = [CompletionOutput(index=i, text="", token_ids=[], finish_reason="abort")
-                for i in range(stream.params.n)]
-    return RequestOutput(request_id=stream.request_id, prompt=stream.prompt,
-                         prompt_token_ids=stream.prompt_token_ids, outputs=outs, finished=True)
+        outs = [CompletionOutput(index=i, text="", token_ids=[], finish_reason="abort") for i in range(stream.params.n)]
+    return RequestOutput(
+        request_id=stream.request_id,
+        prompt=stream.prompt,
+        prompt_token_ids=stream.prompt_token_ids,
+        outputs=outs,
+        finished=True,
+    )
 
 
 def _set_result(fut: asyncio.Future) -> None:
@@ -483,10 +507,10 @@ def _set_exception(fut: asyncio.Future, e: BaseException) -> None:
         fut.set_exception(e)
 
 
-async def last_output(stream: "RequestStream") -> RequestOutput:
+async def last_output(stream: RequestStream) -> RequestOutput:
     """The final output of a stream (drains it)."""
     out = None
-    async for out in stream:
+    async for out in stream:  # noqa: B007 - the last one is the result
         pass
     assert out is not None, "a request ended without any output"
     return out

@@ -9,7 +9,6 @@ parent's full blocks cached and computes only the last partial block.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from octavo.sampling_params import SamplingParams
 
@@ -37,9 +36,9 @@ class BeamSearchSequence:
     tokens: list[int]  # prompt + generated
     logprobs: list[float] = field(default_factory=list)  # of each generated token
     cum_logprob: float = 0.0
-    text: Optional[str] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Optional[int] = None
+    text: str | None = None
+    finish_reason: str | None = None
+    stop_reason: int | None = None
 
 
 @dataclass
@@ -63,8 +62,9 @@ class BeamSearcher:
         self.starts = prompt_ids
         self.eos = set(eos_token_ids)
         self.tokenizer = tokenizer
-        self.step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=2 * params.beam_width,
-                                          ignore_eos=True)
+        self.step_params = SamplingParams(
+            temperature=0.0, max_tokens=1, logprobs=2 * params.beam_width, ignore_eos=True
+        )
         self.live = [[BeamSearchSequence(tokens=list(ids))] for ids in prompt_ids]
         self.finished = [[] for _ in prompt_ids]  # type: list[list[BeamSearchSequence]]
         self.closed = [False] * len(prompt_ids)
@@ -73,8 +73,7 @@ class BeamSearcher:
 
     @property
     def done(self) -> bool:
-        return self.steps >= self.params.max_tokens or all(
-            c or not live for c, live in zip(self.closed, self.live))
+        return self.steps >= self.params.max_tokens or all(c or not live for c, live in zip(self.closed, self.live))
 
     def pending(self) -> list[dict]:
         self._todo = [(i, b) for i in range(len(self.starts)) if not self.closed[i] for b in self.live[i]]
@@ -86,9 +85,13 @@ class BeamSearcher:
         candidates: list[list[BeamSearchSequence]] = [[] for _ in self.starts]
         for (i, beam), out in zip(self._todo, outputs):
             for tid, lp in out.outputs[0].logprobs[0].items():
-                candidates[i].append(BeamSearchSequence(
-                    tokens=beam.tokens + [tid], logprobs=beam.logprobs + [lp.logprob],
-                    cum_logprob=beam.cum_logprob + lp.logprob))
+                candidates[i].append(
+                    BeamSearchSequence(
+                        tokens=beam.tokens + [tid],
+                        logprobs=beam.logprobs + [lp.logprob],
+                        cum_logprob=beam.cum_logprob + lp.logprob,
+                    )
+                )
         self.steps += 1
         for i, cands in enumerate(candidates):
             if self.closed[i]:
@@ -121,15 +124,14 @@ class BeamSearcher:
             pool.sort(key=lambda s: _score(s, len(s.tokens) - len(start), self.params.length_penalty), reverse=True)
             best = pool[: self.params.beam_width]
             for s in best:
-                s.text = self.tokenizer.decode(s.tokens[len(start):], skip_special_tokens=True)
+                s.text = self.tokenizer.decode(s.tokens[len(start) :], skip_special_tokens=True)
             out.append(BeamSearchOutput(best))
         return out
 
 
 def beam_search(llm, prompts: list, params: BeamSearchParams) -> list[BeamSearchOutput]:
     engine = llm.llm_engine
-    searcher = BeamSearcher([engine._tokenize(p)[1] for p in prompts], params, engine.eos_token_ids,
-                            engine.tokenizer)
+    searcher = BeamSearcher([engine._tokenize(p)[1] for p in prompts], params, engine.eos_token_ids, engine.tokenizer)
     while not searcher.done:
         searcher.advance(llm.generate(searcher.pending(), searcher.step_params, use_tqdm=False))
     return searcher.results()

@@ -15,7 +15,7 @@ whose parent was evicted can never be matched again by mistake.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 NO_PARENT = -1
 
@@ -81,7 +81,7 @@ class BlockManager:
         parent = NO_PARENT
         bs = self.block_size
         for i in range(max_tokens // bs):
-            kid = self._lookup_key(parent, token_ids[i * bs:(i + 1) * bs])
+            kid = self._lookup_key(parent, token_ids[i * bs : (i + 1) * bs])
             if kid is None or kid not in self._cached:
                 break
             blocks.append(self._cached[kid])
@@ -100,8 +100,9 @@ class BlockManager:
         """How many of these hit blocks currently sit in the free queue."""
         return sum(1 for b in block_ids if self.ref_counts[b] == 0)
 
-    def register_full_blocks(self, token_ids: Sequence[int], block_ids: Sequence[int], block_keys: list[int],
-                             num_computed_tokens: int) -> None:
+    def register_full_blocks(
+        self, token_ids: Sequence[int], block_ids: Sequence[int], block_keys: list[int], num_computed_tokens: int
+    ) -> None:
         """Index the request's newly completed full blocks (their KV is now computed).
 
         `block_keys` is the request's list of keys so far; it is extended in place.
@@ -111,7 +112,7 @@ class BlockManager:
         bs = self.block_size
         parent = block_keys[-1] if block_keys else NO_PARENT
         for i in range(len(block_keys), num_computed_tokens // bs):
-            kid = self._intern_key(parent, token_ids[i * bs:(i + 1) * bs])
+            kid = self._intern_key(parent, token_ids[i * bs : (i + 1) * bs])
             block_keys.append(kid)
             b = block_ids[i]
             if kid not in self._cached and b not in self._block_key:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
-def parse_dtype(dtype: str | torch.dtype) -> Optional[torch.dtype]:
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
     """None for "auto"."""
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -32,8 +37,21 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, (int, float)):
         return int(value)
     s = value.strip().lower().replace(" ", "")
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6,
-             "gb": 10**9, "tb": 10**12, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "b": 1}
+    units = {
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "k": 2**10,
+        "m": 2**20,
+        "g": 2**30,
+        "t": 2**40,
+        "b": 1,
+    }
     for unit in sorted(units, key=len, reverse=True):
         if s.endswith(unit):
             return int(float(s[: -len(unit)]) * units[unit])
@@ -47,8 +65,8 @@ class ModelConfig:
     dtype: torch.dtype
     max_model_len: int
     load_format: str
-    weights_path: Optional[str]  # file (GGUF) or directory (HF) the weights come from
-    tokenizer: Optional[str]
+    weights_path: str | None  # file (GGUF) or directory (HF) the weights come from
+    tokenizer: str | None
     seed: int = 0
 
     @property
@@ -63,7 +81,7 @@ class CacheConfig:
     kv_cache_memory: int = 4 * 2**30
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
-    num_blocks: Optional[int] = None  # override the computed count (tests, benchmarks)
+    num_blocks: int | None = None  # override the computed count (tests, benchmarks)
 
 
 @dataclass
@@ -90,5 +108,5 @@ class EngineConfig:
     enforce_eager: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def replace(self, **kw: Any) -> "EngineConfig":
+    def replace(self, **kw: Any) -> EngineConfig:
         return dataclasses.replace(self, **kw)

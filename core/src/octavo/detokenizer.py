@@ -9,8 +9,6 @@ from streaming until it is resolved.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from octavo.sampling_params import SamplingParams
 
 # prompt tokens used as left context for the first output tokens, so a tokenizer that
@@ -31,18 +29,23 @@ class IncrementalDetokenizer:
         self.sent = 0  # characters already returned by `delta`
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(
-            ids, skip_special_tokens=self.skip_special,
-            spaces_between_special_tokens=self.params.spaces_between_special_tokens,
-        ) if ids else ""
+        return (
+            self.tokenizer.decode(
+                ids,
+                skip_special_tokens=self.skip_special,
+                spaces_between_special_tokens=self.params.spaces_between_special_tokens,
+            )
+            if ids
+            else ""
+        )
 
-    def add_token(self, token_id: int) -> Optional[str]:
+    def add_token(self, token_id: int) -> str | None:
         """Append one token; returns the stop string if the text now contains one."""
         self.ids.append(token_id)
-        prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset:])
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            new = full[len(prefix):]
+            new = full[len(prefix) :]
             before = len(self.text)
             self.text += new
             self.prefix_offset = self.read_offset
@@ -54,12 +57,12 @@ class IncrementalDetokenizer:
         """At the end: emit what was held back waiting for more bytes of a character, so
         the final text equals decoding the whole list."""
         if self.read_offset < len(self.ids):
-            prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
-            full = self._decode(self.ids[self.prefix_offset:])
-            self.text += full[len(prefix):]
+            prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+            full = self._decode(self.ids[self.prefix_offset :])
+            self.text += full[len(prefix) :]
             self.prefix_offset = self.read_offset = len(self.ids)
 
-    def _check_stop(self, before: int) -> Optional[str]:
+    def _check_stop(self, before: int) -> str | None:
         for stop in self.params.stop:
             # only look where the new text could have completed a stop string
             i = self.text.find(stop, max(0, before - len(stop) + 1))
@@ -72,7 +75,7 @@ class IncrementalDetokenizer:
     def delta(self, finished: bool) -> str:
         """Text not yet returned; while running, hold back a possible partial stop string."""
         limit = len(self.text) if finished else max(self.sent, len(self.text) - self.stop_hold)
-        out = self.text[self.sent:limit]
+        out = self.text[self.sent : limit]
         self.sent = limit
         return out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
@@ -20,7 +19,7 @@ from octavo.scheduler import Scheduler
 
 logger = logging.getLogger("octavo")
 
-PromptType = Union[str, dict]
+PromptType = str | dict
 
 
 @dataclass
@@ -35,7 +34,7 @@ class EngineStats:
     prefix_cache_hits: int  # of which found cached
     # allocated KV slots holding real tokens, 0..1; walks every block table, so only computed
     # when asked for (get_stats(with_utilization=True) or get_kv_cache_utilization())
-    kv_slot_utilization: Optional[float] = None
+    kv_slot_utilization: float | None = None
 
 
 class _Sample:
@@ -47,16 +46,17 @@ class _Sample:
         self.index = index
         self.req = req
         self.detok = detok
-        self.logprobs: Optional[list[dict[int, Logprob]]] = [] if req.sampling_params.logprobs is not None else None
-        self.cumulative_logprob: Optional[float] = 0.0 if self.logprobs is not None else None
+        self.logprobs: list[dict[int, Logprob]] | None = [] if req.sampling_params.logprobs is not None else None
+        self.cumulative_logprob: float | None = 0.0 if self.logprobs is not None else None
         self.sent_tokens = 0
 
 
 class _Group:
     """A user request: its prompt and its n samples."""
 
-    def __init__(self, request_id: str, prompt: Optional[str], prompt_ids: list[int], params: SamplingParams,
-                 arrival: float) -> None:
+    def __init__(
+        self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams, arrival: float
+    ) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_ids = prompt_ids
@@ -64,7 +64,7 @@ class _Group:
         self.samples: list[_Sample] = []
         self.metrics = RequestMetrics(arrival_time=arrival)
         # vLLM's shape: None for the first prompt token, then {token: Logprob} per position
-        self.prompt_logprobs: Optional[list] = [None] if params.prompt_logprobs is not None else None
+        self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None else None
 
     @property
     def finished(self) -> bool:
@@ -95,8 +95,9 @@ class LLMEngine:
         cache = self.config.cache
         self.block_manager = BlockManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         sc = self.config.scheduler
-        self.scheduler = Scheduler(self.block_manager, sc.max_num_seqs, sc.max_num_batched_tokens,
-                                   self.model_config.max_model_len)
+        self.scheduler = Scheduler(
+            self.block_manager, sc.max_num_seqs, sc.max_num_batched_tokens, self.model_config.max_model_len
+        )
         self.eos_token_ids = self._eos_ids()
         self.vocab_size = self.model_config.hf_config.vocab_size
         self.groups: dict[str, _Group] = {}
@@ -105,13 +106,13 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         # the last step's new tokens, turned into outputs during the next step
-        self._unprocessed: Optional[tuple[list[tuple[Request, int]], dict, float]] = None
+        self._unprocessed: tuple[list[tuple[Request, int]], dict, float] | None = None
         # async scheduling: the launched step the host has not waited for yet
         self._inflight = None
         logger.info("engine ready on %s in %.2f s", self.platform.name, time.perf_counter() - t0)
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
+    def from_engine_args(cls, args: EngineArgs) -> LLMEngine:
         return cls(args)
 
     def shutdown(self) -> None:
@@ -137,14 +138,19 @@ class LLMEngine:
         tokens = num_blocks * cache.block_size
         logger.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB); max concurrency at %d tokens/request: %.1fx",
-            num_blocks, cache.block_size, tokens, num_blocks * per_block / 2**30, max_len, tokens / max_len,
+            num_blocks,
+            cache.block_size,
+            tokens,
+            num_blocks * per_block / 2**30,
+            max_len,
+            tokens / max_len,
         )
         return num_blocks
 
     def _eos_ids(self) -> tuple[int, ...]:
         ids = set()
         cfg_eos = getattr(self.model_config.hf_config, "eos_token_id", None)
-        for e in (cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]):
+        for e in cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]:
             if e is not None:
                 ids.add(int(e))
         if self.tokenizer.eos_token_id is not None:
@@ -152,7 +158,7 @@ class LLMEngine:
         return tuple(sorted(ids))
 
     # ---- requests -------------------------------------------------------------------------
-    def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+    def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             return prompt, self.tokenizer.encode(prompt)
         if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
@@ -167,8 +173,9 @@ class LLMEngine:
             return self._tokenize(prompt["prompt"])
         raise ValueError(f"a prompt must be a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
 
-    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                    arrival_time: Optional[float] = None) -> None:
+    def add_request(
+        self, request_id: str, prompt: PromptType, params: SamplingParams, arrival_time: float | None = None
+    ) -> None:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         if params.best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
@@ -187,7 +194,8 @@ class LLMEngine:
             params.max_tokens = max_len - len(ids)
         elif len(ids) + params.max_tokens > max_len:
             raise ValueError(
-                f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}: {len(ids) + params.max_tokens} "
+                f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}: "
+                f"{len(ids) + params.max_tokens} "
                 f"tokens exceed this model's context of {max_len}; lower max_tokens to at most {max_len - len(ids)}"
             )
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
@@ -264,8 +272,9 @@ class LLMEngine:
         if sched_out.is_empty:
             process_previous()
             return outputs
-        step_out = self._on_runner(self.runner.execute, sched_out, self._min_tokens_pending(sched_out),
-                                   before_sync=process_previous)
+        step_out = self._on_runner(
+            self.runner.execute, sched_out, self._min_tokens_pending(sched_out), before_sync=process_previous
+        )
         tokens = self._apply(sched_out, step_out)
         if tokens:
             self._unprocessed = (tokens, step_out.logprobs, time.monotonic())
@@ -290,8 +299,10 @@ class LLMEngine:
             inflight = None
         sched_out = self.scheduler.schedule()
         if not sched_out.is_empty:
-            self._inflight = (sched_out, self._on_runner(self.runner.launch, sched_out,
-                                                         self._min_tokens_pending(sched_out)))
+            self._inflight = (
+                sched_out,
+                self._on_runner(self.runner.launch, sched_out, self._min_tokens_pending(sched_out)),
+            )
         if inflight is not None:
             outputs += self._finish(inflight)
         return outputs
@@ -379,7 +390,7 @@ class LLMEngine:
                 outputs.append(out)
         return outputs
 
-    def _make_output(self, group: _Group) -> Optional[RequestOutput]:
+    def _make_output(self, group: _Group) -> RequestOutput | None:
         kind = group.params.output_kind
         finished = group.finished
         params = group.params
@@ -397,8 +408,8 @@ class LLMEngine:
             tokens = req.output_token_ids
             if delta:
                 text = s.detok.delta(done)
-                new_tokens = tokens[s.sent_tokens:]
-                lps = s.logprobs[s.sent_tokens:] if s.logprobs is not None else None
+                new_tokens = tokens[s.sent_tokens :]
+                lps = s.logprobs[s.sent_tokens :] if s.logprobs is not None else None
                 s.sent_tokens = len(tokens)
             else:
                 text = s.detok.visible_text(done)
@@ -406,14 +417,26 @@ class LLMEngine:
                 lps = list(s.logprobs) if s.logprobs is not None else None
             if ranked and params.logprobs is None:
                 lps = None  # asked for internally, not by the user
-            comps.append(CompletionOutput(
-                index=index, text=text, token_ids=new_tokens, cumulative_logprob=s.cumulative_logprob,
-                logprobs=lps, finish_reason=req.finish_reason, stop_reason=req.stop_reason,
-            ))
+            comps.append(
+                CompletionOutput(
+                    index=index,
+                    text=text,
+                    token_ids=new_tokens,
+                    cumulative_logprob=s.cumulative_logprob,
+                    logprobs=lps,
+                    finish_reason=req.finish_reason,
+                    stop_reason=req.stop_reason,
+                )
+            )
         cached = max((s.req.num_cached_tokens for s in group.samples), default=0)
         return RequestOutput(
-            request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_ids,
-            outputs=comps, finished=finished, num_cached_tokens=max(cached, 0), metrics=group.metrics,
+            request_id=group.request_id,
+            prompt=group.prompt,
+            prompt_token_ids=group.prompt_ids,
+            outputs=comps,
+            finished=finished,
+            num_cached_tokens=max(cached, 0),
+            metrics=group.metrics,
             prompt_logprobs=group.prompt_logprobs,
         )
 

@@ -6,8 +6,15 @@ import logging
 
 import torch
 
-from octavo.config import (CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
-                           parse_dtype, parse_size)
+from octavo.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    parse_dtype,
+    parse_size,
+)
 from octavo.layers.attention import shard_heads
 from octavo.loader.source import ModelSource, load_hf_config, resolve_model_source
 from octavo.platform import Platform, resolve_platform
@@ -33,9 +40,11 @@ def _check_tensor_parallel(tp: int, hf_config, platform: Platform) -> None:
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_backend_available(platform.dist_backend):
-        raise ValueError(f"tensor_parallel_size={tp} needs torch.distributed with the {platform.dist_backend!r} "
-                         f"backend (device {platform.name!r}), which this torch build lacks; use "
-                         "tensor_parallel_size=1")
+        raise ValueError(
+            f"tensor_parallel_size={tp} needs torch.distributed with the {platform.dist_backend!r} "
+            f"backend (device {platform.name!r}), which this torch build lacks; use "
+            "tensor_parallel_size=1"
+        )
 
 
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
@@ -67,24 +76,35 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
     err = platform.attention.check_config(
         head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads,
-        block_size=args.block_size, dtype=dtype)
+        block_size=args.block_size,
+        dtype=dtype,
+    )
     if err:
         raise ValueError(f"device {platform.name!r} cannot run this model: {err}")
 
     config = EngineConfig(
         model=ModelConfig(
-            model=args.model, hf_config=hf_config, dtype=dtype, max_model_len=max_model_len,
-            load_format=args.load_format, weights_path=source.weights_path, tokenizer=args.tokenizer,
+            model=args.model,
+            hf_config=hf_config,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            load_format=args.load_format,
+            weights_path=source.weights_path,
+            tokenizer=args.tokenizer,
             seed=args.seed,
         ),
         cache=CacheConfig(
-            block_size=args.block_size, kv_cache_memory=parse_size(args.kv_cache_memory),
+            block_size=args.block_size,
+            kv_cache_memory=parse_size(args.kv_cache_memory),
             gpu_memory_utilization=args.gpu_memory_utilization,
-            enable_prefix_caching=args.enable_prefix_caching, num_blocks=args.num_gpu_blocks_override,
+            enable_prefix_caching=args.enable_prefix_caching,
+            num_blocks=args.num_gpu_blocks_override,
         ),
         scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=batched_tokens,
-            async_scheduling=platform.async_scheduling if args.async_scheduling is None else args.async_scheduling),
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=batched_tokens,
+            async_scheduling=platform.async_scheduling if args.async_scheduling is None else args.async_scheduling,
+        ),
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
         device=platform.name,
         enforce_eager=args.enforce_eager,

@@ -41,8 +41,9 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,23 +78,35 @@ class StepInputs:
     num_decodes: int
 
     @classmethod
-    def from_tensors(cls, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> "StepInputs":
+    def from_tensors(cls, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> StepInputs:
         def host(t: torch.Tensor) -> np.ndarray:
             return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
 
-        return cls(host(ids), host(pos), host(meta.slot_mapping), host(meta.query_start_loc),
-                   host(meta.seq_lens), host(meta.block_tables), meta.max_query_len, meta.max_seq_len,
-                   meta.num_decodes)
+        return cls(
+            host(ids),
+            host(pos),
+            host(meta.slot_mapping),
+            host(meta.query_start_loc),
+            host(meta.seq_lens),
+            host(meta.block_tables),
+            meta.max_query_len,
+            meta.max_seq_len,
+            meta.num_decodes,
+        )
 
     def to_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(device)
 
         meta = AttentionMetadata(
-            query_start_loc=dev(self.query_start_loc), seq_lens=dev(self.seq_lens),
-            block_tables=dev(self.block_tables), slot_mapping=dev(self.slot_mapping),
-            max_query_len=self.max_query_len, max_seq_len=self.max_seq_len,
-            query_start_loc_cpu=self.query_start_loc.tolist(), seq_lens_cpu=self.seq_lens.tolist(),
+            query_start_loc=dev(self.query_start_loc),
+            seq_lens=dev(self.seq_lens),
+            block_tables=dev(self.block_tables),
+            slot_mapping=dev(self.slot_mapping),
+            max_query_len=self.max_query_len,
+            max_seq_len=self.max_seq_len,
+            query_start_loc_cpu=self.query_start_loc.tolist(),
+            seq_lens_cpu=self.seq_lens.tolist(),
             num_decodes=self.num_decodes,
         )
         return dev(self.input_ids), dev(self.positions), meta
@@ -105,7 +118,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(config, platform, source) -> Optional["Workers"]:
+def start_workers(config, platform, source) -> Workers | None:
     """Start ranks 1..tp-1 and join the process group with them as rank 0; None when
     tensor_parallel_size is 1. Call before building rank 0's ModelRunner: the workers load
     their shards meanwhile."""
@@ -118,7 +131,8 @@ def start_workers(config, platform, source) -> Optional["Workers"]:
         raise RuntimeError(
             "torch.distributed is already initialized in this process (another tensor-parallel engine, or "
             "the caller's own process group); shut the other engine down first (LLM.shutdown()), or run this "
-            "one in its own process")
+            "one in its own process"
+        )
     workers = Workers(platform, tp_size)
     try:
         workers.start(config, source)
@@ -134,7 +148,7 @@ class Workers:
     def __init__(self, platform, tp_size: int) -> None:
         self.tp_size = tp_size
         self._platform = platform
-        self._error: Optional[WorkerError] = None
+        self._error: WorkerError | None = None
         self._procs: list[Any] = []
         self._conns: list[Any] = []
         # whatever happens to this object (shutdown, garbage collection, interpreter exit), the
@@ -147,8 +161,12 @@ class Workers:
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         for rank in range(1, self.tp_size):
             here, there = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, name=f"octavo-tp{rank}", daemon=True,
-                               args=(rank, self.tp_size, init_method, config, source, there))
+            proc = ctx.Process(
+                target=_worker_main,
+                name=f"octavo-tp{rank}",
+                daemon=True,
+                args=(rank, self.tp_size, init_method, config, source, there),
+            )
             proc.start()
             there.close()  # the worker holds that end: its exit makes our reads hit EOF
             self._procs.append(proc)
@@ -173,8 +191,10 @@ class Workers:
                 if not proc.is_alive():
                     self._fail(f"tensor-parallel worker rank {rank} {_exit_status(proc.exitcode)} during start-up")
                 if time.monotonic() > deadline:
-                    self._fail(f"tensor-parallel worker rank {rank} did not report {expected!r} within "
-                               f"{STARTUP_TIMEOUT_S:.0f} s")
+                    self._fail(
+                        f"tensor-parallel worker rank {rank} did not report {expected!r} within "
+                        f"{STARTUP_TIMEOUT_S:.0f} s"
+                    )
             try:
                 kind, payload = conn.recv()
             except EOFError:
@@ -224,13 +244,17 @@ class Workers:
                 break
             time.sleep(0.05)
         if reasons:
-            self._fail("a tensor-parallel worker failed, the engine cannot continue; restart it. Worker "
-                       + "; ".join(reasons), cause)
-        self._error = WorkerError(f"an earlier step failed on rank 0 ({cause!r}) and left the tensor-parallel "
-                                  "ranks out of step; restart the engine")
+            self._fail(
+                "a tensor-parallel worker failed, the engine cannot continue; restart it. Worker " + "; ".join(reasons),
+                cause,
+            )
+        self._error = WorkerError(
+            f"an earlier step failed on rank 0 ({cause!r}) and left the tensor-parallel "
+            "ranks out of step; restart the engine"
+        )
         self._kill()
 
-    def _fail(self, message: str, cause: Optional[BaseException] = None) -> None:
+    def _fail(self, message: str, cause: BaseException | None = None) -> None:
         self._error = WorkerError(message)
         self._kill()
         raise self._error from cause
@@ -248,7 +272,7 @@ class Workers:
         self._finalizer()
 
 
-def _exit_status(code: Optional[int]) -> str:
+def _exit_status(code: int | None) -> str:
     if code is None:
         return "still exiting"
     if code < 0:  # SIGKILL without a traceback is most often the kernel's out-of-memory killer
@@ -324,7 +348,7 @@ def _worker_main(rank: int, tp_size: int, init_method: str, config, source, conn
             conn.send(("error", traceback.format_exc()))
         except OSError:
             pass
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     finally:
         import torch.distributed as dist
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -56,8 +57,16 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 class GraphRunner:
     """Captured decode graphs of one model over one set of KV caches."""
 
-    def __init__(self, model: torch.nn.Module, platform: Any, kv_caches: list[torch.Tensor],
-                 max_num_seqs: int, max_model_len: int, block_size: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        platform: Any,
+        kv_caches: list[torch.Tensor],
+        max_num_seqs: int,
+        max_model_len: int,
+        block_size: int,
+        device: torch.device,
+    ) -> None:
         self.model = model
         self.platform = platform
         self.kv_caches = kv_caches
@@ -77,7 +86,7 @@ class GraphRunner:
 
     def _meta(self, b: int) -> AttentionMetadata:
         return AttentionMetadata(
-            query_start_loc=self.query_start_loc[:b + 1],
+            query_start_loc=self.query_start_loc[: b + 1],
             seq_lens=self.seq_lens[:b],
             block_tables=self.block_tables[:b],
             slot_mapping=self.slot_mapping[:b],
@@ -104,10 +113,14 @@ class GraphRunner:
             self.graphs[b] = (replay, out, meta)
         self.platform.synchronize()
         self.capture_seconds = time.perf_counter() - t0
-        logger.info("captured decode graphs for %d batch sizes (1..%d) in %.2f s",
-                    len(self.sizes), self.sizes[-1], self.capture_seconds)
+        logger.info(
+            "captured decode graphs for %d batch sizes (1..%d) in %.2f s",
+            len(self.sizes),
+            self.sizes[-1],
+            self.capture_seconds,
+        )
 
-    def padded_size(self, num_seqs: int) -> Optional[int]:
+    def padded_size(self, num_seqs: int) -> int | None:
         for s in self.sizes:
             if s >= num_seqs:
                 return s
@@ -117,7 +130,7 @@ class GraphRunner:
         n = meta.num_seqs
         return n > 0 and meta.num_decodes == n and meta.max_query_len == 1 and self.padded_size(n) is not None
 
-    def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> Optional[torch.Tensor]:
+    def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
         """Hidden states [>= n, hidden] (row i = request i) by replaying the graph of the
         next captured size, or None when this step must run eagerly."""
         if not self.can_run(meta):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -30,14 +30,15 @@ class StepOutput:
     logprobs: dict[str, tuple[float, int, list[tuple[int, float]]]] = field(default_factory=dict)
     # per request: (first prompt position predicted, [(logprob, rank, top-k)] per position)
     prompt_logprobs: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
 
 @dataclass
 class LaunchedStep:
     """A step whose device work is queued: `ModelRunner.collect` turns it into a StepOutput."""
 
-    job: Optional[SampleJob]
+    job: SampleJob | None
     request_ids: list[str]
     prompt_logprobs: dict
 
@@ -54,7 +55,7 @@ def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) ->
         flat += part
         flat += [0] * (-len(flat) % per_line)
     buf = to_device(flat, dtype, device)
-    return [buf[s:s + len(p)] for s, p in zip(starts, parts)]
+    return [buf[s : s + len(p)] for s, p in zip(starts, parts)]
 
 
 class ModelRunner:
@@ -76,17 +77,22 @@ class ModelRunner:
             model.load_weights(iter_weights(source, hf, self.dtype))
         self.model = model.eval()
         self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        logger.info("loaded %s (%.1f MB, %s) in %.2f s", config.model.model, self.model_bytes / 1e6,
-                    str(self.dtype).replace("torch.", ""), time.perf_counter() - t0)
+        logger.info(
+            "loaded %s (%.1f MB, %s) in %.2f s",
+            config.model.model,
+            self.model_bytes / 1e6,
+            str(self.dtype).replace("torch.", ""),
+            time.perf_counter() - t0,
+        )
         self.sampler = Sampler(self.device, self.platform.sample)
         # the last launched step's sampled tokens (device) and each request's row in them:
         # a step scheduled before they reached the host takes its inputs from here
-        self._last_tokens: tuple[Optional[torch.Tensor], dict[str, int]] = (None, {})
+        self._last_tokens: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
         self.kv_caches: list[torch.Tensor] = []
         self.block_size = config.cache.block_size
-        self.graph_runner: Optional[GraphRunner] = None
+        self.graph_runner: GraphRunner | None = None
         # tensor parallelism: hands each step's inputs to the other ranks (octavo.executor)
-        self.send_inputs: Optional[Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], None]] = None
+        self.send_inputs: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], None] | None = None
         # accelerators measure a forward at the largest token budget before the KV cache is
         # sized (the default platform hook does not run it)
         self.platform.profile_memory(self.profile_run)
@@ -105,8 +111,14 @@ class ModelRunner:
         self.graph_runner = None
         if not self.config.enforce_eager and self.platform.graph_capture_supported():
             self.graph_runner = GraphRunner(
-                m, self.platform, self.kv_caches, self.config.scheduler.max_num_seqs,
-                self.config.model.max_model_len, self.block_size, self.device)
+                m,
+                self.platform,
+                self.kv_caches,
+                self.config.scheduler.max_num_seqs,
+                self.config.model.max_model_len,
+                self.block_size,
+                self.device,
+            )
             self.graph_runner.capture()
 
     def _dummy_batch(self, q_lens: list[int], seq_lens: list[int], num_decodes: int):
@@ -119,11 +131,15 @@ class ModelRunner:
         meta = AttentionMetadata(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.zeros((len(seq_lens), -(-max(seq_lens) // self.block_size)), dtype=torch.int32,
-                                     device=dev),
+            block_tables=torch.zeros(
+                (len(seq_lens), -(-max(seq_lens) // self.block_size)), dtype=torch.int32, device=dev
+            ),
             slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
-            max_query_len=max(q_lens), max_seq_len=max(seq_lens),
-            query_start_loc_cpu=qsl, seq_lens_cpu=list(seq_lens), num_decodes=num_decodes,
+            max_query_len=max(q_lens),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=qsl,
+            seq_lens_cpu=list(seq_lens),
+            num_decodes=num_decodes,
         )
         pos = torch.tensor([p for n, s in zip(q_lens, seq_lens) for p in range(s - n, s)], device=dev)
         return torch.zeros(t, dtype=torch.long, device=dev), pos, meta
@@ -204,8 +220,9 @@ class ModelRunner:
             if s.token_ids[-1] == PENDING_TOKEN:
                 row = self._last_tokens[1].get(s.request_id)
                 if row is None or PENDING_TOKEN in s.token_ids[:-1]:
-                    raise RuntimeError(f"request {s.request_id!r} was scheduled on a token that the last "
-                                       "launched step did not sample")
+                    raise RuntimeError(
+                        f"request {s.request_id!r} was scheduled on a token that the last launched step did not sample"
+                    )
                 feed_dst.append(len(input_ids) - 1)
                 feed_src.append(row)
             start = s.start_pos
@@ -221,8 +238,8 @@ class ModelRunner:
             tables += s.block_ids
             tables += [0] * (max_blocks - len(s.block_ids))
         ids, pos, slot_mapping, last, dst, src = _upload(
-            [input_ids, positions, slots, [qsl[i + 1] - 1 for i in rows], feed_dst, feed_src],
-            torch.int64, self.device)
+            [input_ids, positions, slots, [qsl[i + 1] - 1 for i in rows], feed_dst, feed_src], torch.int64, self.device
+        )
         if feed_dst:
             ids.index_copy_(0, dst, self._last_tokens[0].index_select(0, src))
         qsl_t, seq_lens_t, tables_t = _upload([qsl, seq_lens, tables], torch.int32, self.device)
@@ -251,15 +268,18 @@ class ModelRunner:
             n = min(len(s.token_ids), s.num_prompt_tokens - 1 - s.start_pos)
             if n <= 0:
                 continue
-            logp = self.model.compute_logits(hidden[qsl[i]:qsl[i] + n]).log_softmax(dim=-1)
-            targets = to_device(s.all_token_ids[s.start_pos + 1:s.start_pos + 1 + n], torch.long, self.device)
+            logp = self.model.compute_logits(hidden[qsl[i] : qsl[i] + n]).log_softmax(dim=-1)
+            targets = to_device(s.all_token_ids[s.start_pos + 1 : s.start_pos + 1 + n], torch.long, self.device)
             chosen = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
             ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
             top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
-            result[s.request_id] = (s.start_pos + 1, [
-                (c, r, list(zip(ti, tv)))
-                for c, r, ti, tv in zip(chosen.tolist(), ranks.tolist(), top_i.tolist(), top_v.tolist())
-            ])
+            result[s.request_id] = (
+                s.start_pos + 1,
+                [
+                    (c, r, list(zip(ti, tv)))
+                    for c, r, ti, tv in zip(chosen.tolist(), ranks.tolist(), top_i.tolist(), top_v.tolist())
+                ],
+            )
         return result
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -273,14 +293,18 @@ class ModelRunner:
         return hidden
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None,
-                before_sync: Optional[Callable[[], None]] = None) -> StepOutput:
+    def execute(
+        self,
+        out: SchedulerOutput,
+        min_tokens_pending: dict[str, bool] | None = None,
+        before_sync: Callable[[], None] | None = None,
+    ) -> StepOutput:
         """Run one step. `before_sync` (the engine's bookkeeping of the previous step) runs
         while the device computes this one, before the host waits for the sampled tokens."""
         return self.collect(self.launch(out, min_tokens_pending), before_sync)
 
     @torch.inference_mode()
-    def launch(self, out: SchedulerOutput, min_tokens_pending: Optional[dict[str, bool]] = None) -> LaunchedStep:
+    def launch(self, out: SchedulerOutput, min_tokens_pending: dict[str, bool] | None = None) -> LaunchedStep:
         """Queue one step's work on the device (forward, logits, sampling) without waiting
         for it (prompt logprobs, when asked for, do wait)."""
         rows = [i for i, s in enumerate(out.scheduled) if s.sample]
@@ -310,7 +334,7 @@ class ModelRunner:
         self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
         return LaunchedStep(job, rids, prompt_lps)
 
-    def collect(self, step: LaunchedStep, before_sync: Optional[Callable[[], None]] = None) -> StepOutput:
+    def collect(self, step: LaunchedStep, before_sync: Callable[[], None] | None = None) -> StepOutput:
         """Wait for a launched step's sampled tokens. `before_sync` runs first, while the
         device still computes."""
         if before_sync is not None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 # {token_id: Logprob} per position, as vLLM
 SampleLogprobs = list[dict[int, "Logprob"]]
-PromptLogprobs = list[Optional[dict[int, "Logprob"]]]
+PromptLogprobs = list[dict[int, "Logprob"] | None]
 
 
 @dataclass
 class Logprob:
     logprob: float
-    rank: Optional[int] = None
-    decoded_token: Optional[str] = None
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 @dataclass
@@ -22,9 +21,9 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    cumulative_logprob: Optional[float] = None
-    logprobs: Optional[SampleLogprobs] = None
-    finish_reason: Optional[str] = None  # "stop", "length", "abort" or None while running
+    cumulative_logprob: float | None = None
+    logprobs: SampleLogprobs | None = None
+    finish_reason: str | None = None  # "stop", "length", "abort" or None while running
     stop_reason: int | str | None = None  # the stop string or token id that ended it
 
     def finished(self) -> bool:
@@ -34,18 +33,18 @@ class CompletionOutput:
 @dataclass
 class RequestMetrics:
     arrival_time: float
-    first_token_time: Optional[float] = None
-    finished_time: Optional[float] = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
     num_preemptions: int = 0
 
 
 @dataclass
 class RequestOutput:
     request_id: str
-    prompt: Optional[str]
+    prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool
-    prompt_logprobs: Optional[PromptLogprobs] = None
+    prompt_logprobs: PromptLogprobs | None = None
     num_cached_tokens: int = 0
-    metrics: Optional[RequestMetrics] = field(default=None, repr=False)
+    metrics: RequestMetrics | None = field(default=None, repr=False)

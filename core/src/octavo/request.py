@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Optional
 
 from octavo.sampling_params import SamplingParams
 
@@ -30,9 +29,21 @@ class RequestStatus(enum.Enum):
 
 class Request:
     __slots__ = (
-        "request_id", "prompt_token_ids", "sampling_params", "arrival_time", "status",
-        "token_ids", "num_computed_tokens", "block_ids", "block_keys", "num_cached_tokens",
-        "stop_reason", "num_preemptions", "first_token_time", "max_model_len", "num_pending",
+        "request_id",
+        "prompt_token_ids",
+        "sampling_params",
+        "arrival_time",
+        "status",
+        "token_ids",
+        "num_computed_tokens",
+        "block_ids",
+        "block_keys",
+        "num_cached_tokens",
+        "stop_reason",
+        "num_preemptions",
+        "first_token_time",
+        "max_model_len",
+        "num_pending",
     )
 
     def __init__(
@@ -40,8 +51,8 @@ class Request:
         request_id: str,
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,
-        arrival_time: Optional[float] = None,
-        max_model_len: Optional[int] = None,
+        arrival_time: float | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt must have at least one token")
@@ -58,7 +69,7 @@ class Request:
         self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first schedule
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
-        self.first_token_time: Optional[float] = None
+        self.first_token_time: float | None = None
         self.max_model_len = max_model_len
 
     @property
@@ -75,14 +86,14 @@ class Request:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[len(self.prompt_token_ids):]
+        return self.token_ids[len(self.prompt_token_ids) :]
 
     @property
     def is_finished(self) -> bool:
         return self.status.finished
 
     @property
-    def finish_reason(self) -> Optional[str]:
+    def finish_reason(self) -> str | None:
         return self.status.value if self.status.finished else None
 
     def __repr__(self) -> str:

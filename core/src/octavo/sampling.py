@@ -17,8 +17,8 @@ platform's `sample` hook (`inverse_cdf_sample` here is its default); everything 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -30,7 +30,7 @@ from octavo.transfer import copy_to_host_now, to_device
 class SamplerOutput:
     token_ids: list[int]
     # per row: (logprob of the sampled token, its rank, [(token id, logprob)] top-k) or None
-    logprobs: list[Optional[tuple[float, int, list[tuple[int, float]]]]]
+    logprobs: list[tuple[float, int, list[tuple[int, float]]] | None]
 
 
 class SampleJob:
@@ -38,9 +38,13 @@ class SampleJob:
     can feed the next step before the host has seen it; `result()` waits for this job's
     copies to the host only, not for device work queued after it."""
 
-    def __init__(self, token_ids: torch.Tensor, lp_tensors: Optional[list[torch.Tensor]],
-                 params: Sequence[SamplingParams],
-                 copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]]) -> None:
+    def __init__(
+        self,
+        token_ids: torch.Tensor,
+        lp_tensors: list[torch.Tensor] | None,
+        params: Sequence[SamplingParams],
+        copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]],
+    ) -> None:
         self.token_ids = token_ids
         self._params = params
         self._with_lp = lp_tensors is not None
@@ -75,7 +79,8 @@ def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequen
             row = torch.where(mask & (row <= 0), row * p.repetition_penalty, row)
         if out_ids.numel():
             counts = torch.zeros(v, dtype=logits.dtype, device=dev).scatter_add_(
-                0, out_ids, torch.ones_like(out_ids, dtype=logits.dtype))
+                0, out_ids, torch.ones_like(out_ids, dtype=logits.dtype)
+            )
             row = row - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(logits.dtype)
         logits[i] = row
     return logits
@@ -84,7 +89,7 @@ def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequen
 class Sampler:
     """`draw` is the platform's `Platform.sample` (default: `inverse_cdf_sample`, torch ops)."""
 
-    def __init__(self, device: torch.device, draw: Optional[Callable[..., torch.Tensor]] = None) -> None:
+    def __init__(self, device: torch.device, draw: Callable[..., torch.Tensor] | None = None) -> None:
         self.device = device
         self.draw = draw if draw is not None else inverse_cdf_sample
         self.generators: dict[str, random.Random] = {}
@@ -115,7 +120,7 @@ class Sampler:
         params: Sequence[SamplingParams],
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
-        before_sync: Optional[Callable[[], None]] = None,
+        before_sync: Callable[[], None] | None = None,
     ) -> SamplerOutput:
         """`before_sync` runs once every kernel of the step is queued and before the host
         first waits for the device: host work placed there overlaps the device's."""
@@ -211,7 +216,7 @@ def _min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(logits < floor, float("-inf"))
 
 
-def inverse_cdf_sample(logits: torch.Tensor, temperatures: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+def inverse_cdf_sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
     """`Platform.sample` in torch ops: per row of logits [S, V], the token at u[i] of the
     inverse CDF of softmax(logits / temperatures[i]) (temperatures None: 1)."""
     if temperatures is not None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 from octavo.block_manager import BlockManager
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import SamplingParams
-
 
 #: stands in `ScheduledRequest.token_ids` for a token that a launched step is still sampling;
 #: the runner takes it from that step's output on the device
@@ -152,7 +151,9 @@ class Scheduler:
         """The request's pending tokens reach its max_tokens or the context limit."""
         p = req.sampling_params
         n_out = req.num_output_tokens + req.num_pending
-        return (p.max_tokens is not None and n_out >= p.max_tokens) or req.num_tokens + req.num_pending >= self.max_model_len
+        return (
+            p.max_tokens is not None and n_out >= p.max_tokens
+        ) or req.num_tokens + req.num_pending >= self.max_model_len
 
     def _reserve(self, req: Request, n: int, preempted: list[str]) -> bool:
         """Make room for n more tokens of a running request, preempting from the back."""
@@ -214,7 +215,7 @@ class Scheduler:
         # (a step, once scheduled, runs), so the index never points at KV that will not
         # exist. A block holding a pending token waits: its key needs the token's id.
         self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, min(start + n, known))
-        token_ids = req.token_ids[start:start + n]
+        token_ids = req.token_ids[start : start + n]
         token_ids += [PENDING_TOKEN] * (n - len(token_ids))
         sample = start + n == known + req.num_pending
         pending_before = req.num_pending

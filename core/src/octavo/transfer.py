@@ -10,7 +10,7 @@ keeps a buffer until its copy has run, so reusing them is safe and cheap.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

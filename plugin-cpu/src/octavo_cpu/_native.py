@@ -66,8 +66,9 @@ def _code(t: torch.Tensor, what: str) -> int:
     try:
         return _DTYPES[t.dtype]
     except KeyError:
-        raise TypeError(f"{what}: dtype {t.dtype} is not supported by the native CPU kernels "
-                        f"(supported: {list(SUPPORTED_DTYPES)})") from None
+        raise TypeError(
+            f"{what}: dtype {t.dtype} is not supported by the native CPU kernels (supported: {list(SUPPORTED_DTYPES)})"
+        ) from None
 
 
 def _int32(t: torch.Tensor) -> torch.Tensor:
@@ -109,13 +110,32 @@ def paged_attention(
     if num_seqs is None:
         num_seqs = seq_lens.shape[0] - first_seq
     _C.paged_attention(
-        out.data_ptr(), out.stride(0), out.stride(1),
-        q.data_ptr(), q.stride(0), q.stride(1), _code(q, "q"),
-        kv_cache.data_ptr(), *kv_cache.stride()[:4], _code(kv_cache, "kv_cache"),
-        block_tables.data_ptr(), block_tables.stride(0), seq_lens.data_ptr(), query_start_loc.data_ptr(),
-        first_seq, num_seqs, num_heads, num_kv_heads, head_dim, block_size,
-        float(scale), int(sliding_window or 0), q_tile, torch.get_num_threads(),
-        kv_splits, _ATTN_KERNELS[kernel or ATTENTION_KERNEL],
+        out.data_ptr(),
+        out.stride(0),
+        out.stride(1),
+        q.data_ptr(),
+        q.stride(0),
+        q.stride(1),
+        _code(q, "q"),
+        kv_cache.data_ptr(),
+        *kv_cache.stride()[:4],
+        _code(kv_cache, "kv_cache"),
+        block_tables.data_ptr(),
+        block_tables.stride(0),
+        seq_lens.data_ptr(),
+        query_start_loc.data_ptr(),
+        first_seq,
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        float(scale),
+        int(sliding_window or 0),
+        q_tile,
+        torch.get_num_threads(),
+        kv_splits,
+        _ATTN_KERNELS[kernel or ATTENTION_KERNEL],
     )
     return out
 
@@ -125,12 +145,28 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapp
     assert k.stride(-1) == 1 and v.stride(-1) == 1 and kv_cache.stride(-1) == 1
     assert k.dtype == v.dtype and k.shape == v.shape
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
-    slots = slot_mapping if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous() \
+    slots = (
+        slot_mapping
+        if slot_mapping.dtype == torch.int64 and slot_mapping.is_contiguous()
         else slot_mapping.to(torch.int64).contiguous()
+    )
     _C.write_kv(
-        k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0), v.stride(1), _code(k, "k"),
-        kv_cache.data_ptr(), *kv_cache.stride()[:4], _code(kv_cache, "kv_cache"),
-        slots.data_ptr(), slots.shape[0], num_kv_heads, head_dim, block_size, torch.get_num_threads(),
+        k.data_ptr(),
+        k.stride(0),
+        k.stride(1),
+        v.data_ptr(),
+        v.stride(0),
+        v.stride(1),
+        _code(k, "k"),
+        kv_cache.data_ptr(),
+        *kv_cache.stride()[:4],
+        _code(kv_cache, "kv_cache"),
+        slots.data_ptr(),
+        slots.shape[0],
+        num_kv_heads,
+        head_dim,
+        block_size,
+        torch.get_num_threads(),
     )
 
 
@@ -151,8 +187,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         res_out = torch.empty_like(residual)
         res_ptr, res_out_ptr = residual.data_ptr(), res_out.data_ptr()
     _C.rms_norm(
-        out.data_ptr(), hidden, x2.data_ptr(), x2.stride(0), res_ptr, res_out_ptr, hidden,
-        weight.data_ptr(), _code(weight, "weight"), x2.shape[0], hidden, float(eps), _code(x, "x"),
+        out.data_ptr(),
+        hidden,
+        x2.data_ptr(),
+        x2.stride(0),
+        res_ptr,
+        res_out_ptr,
+        hidden,
+        weight.data_ptr(),
+        _code(weight, "weight"),
+        x2.shape[0],
+        hidden,
+        float(eps),
+        _code(x, "x"),
         torch.get_num_threads(),
     )
     out = out.view(x.shape)
@@ -189,8 +236,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         weight = weight.contiguous()
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=x.dtype)
-    _C.linear(y.data_ptr(), n, x2.data_ptr(), x2.stride(0), weight.data_ptr(), weight.stride(0), bias_ptr,
-              m, n, k, _code(x, "x"), torch.get_num_threads())
+    _C.linear(
+        y.data_ptr(),
+        n,
+        x2.data_ptr(),
+        x2.stride(0),
+        weight.data_ptr(),
+        weight.stride(0),
+        bias_ptr,
+        m,
+        n,
+        k,
+        _code(x, "x"),
+        torch.get_num_threads(),
+    )
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
 
 
@@ -203,11 +262,29 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_ca
     assert cos_sin_cache.dtype == torch.float32 and cos_sin_cache.stride(-1) == 1
     rot_dim = cos_sin_cache.shape[-1]
     assert rot_dim % 2 == 0 and rot_dim <= q.shape[-1] and rot_dim <= k.shape[-1]
-    pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() \
+    pos = (
+        positions
+        if positions.dtype == torch.int64 and positions.is_contiguous()
         else positions.to(torch.int64).contiguous()
-    _C.rotary(q.data_ptr(), q.stride(0), q.stride(1), q.shape[1], k.data_ptr(), k.stride(0), k.stride(1),
-              k.shape[1], pos.data_ptr(), pos.shape[0], cos_sin_cache.data_ptr(), cos_sin_cache.stride(0),
-              cos_sin_cache.shape[0], rot_dim, _code(q, "q"), torch.get_num_threads())
+    )
+    _C.rotary(
+        q.data_ptr(),
+        q.stride(0),
+        q.stride(1),
+        q.shape[1],
+        k.data_ptr(),
+        k.stride(0),
+        k.stride(1),
+        k.shape[1],
+        pos.data_ptr(),
+        pos.shape[0],
+        cos_sin_cache.data_ptr(),
+        cos_sin_cache.stride(0),
+        cos_sin_cache.shape[0],
+        rot_dim,
+        _code(q, "q"),
+        torch.get_num_threads(),
+    )
     return q, k
 
 
@@ -219,8 +296,9 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     out = torch.empty(x2.shape[0], d, dtype=x.dtype)
-    _C.silu_and_mul(out.data_ptr(), d, x2.data_ptr(), x2.stride(0), x2.shape[0], d, _code(x, "x"),
-                    torch.get_num_threads())
+    _C.silu_and_mul(
+        out.data_ptr(), d, x2.data_ptr(), x2.stride(0), x2.shape[0], d, _code(x, "x"), torch.get_num_threads()
+    )
     return out.view(*x.shape[:-1], d)
 
 
@@ -234,7 +312,15 @@ def sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Ten
     assert u.shape == (s,) and (temps is None or temps.shape == (s,))
     out = torch.empty(s, dtype=torch.int64)
     if s:
-        _C.sample(out.data_ptr(), logits.data_ptr(), logits.stride(0), s, v,
-                  temps.data_ptr() if temps is not None else 0, u.data_ptr(), _code(logits, "logits"),
-                  torch.get_num_threads())
+        _C.sample(
+            out.data_ptr(),
+            logits.data_ptr(),
+            logits.stride(0),
+            s,
+            v,
+            temps.data_ptr() if temps is not None else 0,
+            u.data_ptr(),
+            _code(logits, "logits"),
+            torch.get_num_threads(),
+        )
     return out

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from octavo.platform import AttentionBackend, AttentionMetadata
 
+from octavo.platform import AttentionBackend, AttentionMetadata
 from octavo_cpu import _native
 
 
@@ -31,8 +31,10 @@ class CpuAttention(AttentionBackend):
         # None = native when the extension imported
         self.use_native = _native.available() if use_native is None else use_native
         if self.use_native and not _native.available():
-            raise RuntimeError(f"octavo-cpu's native kernels did not import: {_native.IMPORT_ERROR}. "
-                               "Reinstall the package (`pip install ./plugin-cpu`) to build them.")
+            raise RuntimeError(
+                f"octavo-cpu's native kernels did not import: {_native.IMPORT_ERROR}. "
+                "Reinstall the package (`pip install ./plugin-cpu`) to build them."
+            )
 
     def _native_ok(self, *tensors: torch.Tensor) -> bool:
         return self.use_native and all(t.dtype in _native.SUPPORTED_DTYPES for t in tensors)
@@ -57,15 +59,25 @@ class CpuAttention(AttentionBackend):
             if q.stride(-1) != 1:
                 q = q.contiguous()
             # decodes and prefills in one call: the kernel tiles each prefill's queries
-            _native.paged_attention(out, q, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-                                    scale, sliding_window, num_seqs=meta.num_seqs)
+            _native.paged_attention(
+                out,
+                q,
+                kv_cache,
+                meta.block_tables,
+                meta.seq_lens,
+                meta.query_start_loc,
+                scale,
+                sliding_window,
+                num_seqs=meta.num_seqs,
+            )
             return out
         if nd > 0:
             out[:nd] = self._decode(q[:nd], kv_cache, meta, nd, scale, sliding_window)
         for i in range(nd, meta.num_seqs):
             s, e = qsl[i], qsl[i + 1]
-            out[s:e] = self._prefill(q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale,
-                                     sliding_window)
+            out[s:e] = self._prefill(
+                q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window
+            )
         return out
 
     @staticmethod
@@ -87,8 +99,12 @@ class CpuAttention(AttentionBackend):
         if sliding_window is not None:
             mask &= kpos > qpos - sliding_window
         o = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1).to(q.dtype), v.transpose(0, 1).to(q.dtype),
-            attn_mask=mask, scale=scale, enable_gqa=hq != hk,
+            q.transpose(0, 1),
+            k.transpose(0, 1).to(q.dtype),
+            v.transpose(0, 1).to(q.dtype),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=hq != hk,
         )
         return o.transpose(0, 1)
 
@@ -108,6 +124,11 @@ class CpuAttention(AttentionBackend):
         if sliding_window is not None:
             mask &= kpos >= seq_lens - sliding_window
         o = F.scaled_dot_product_attention(
-            q.unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=hq != hk,
+            q.unsqueeze(2),
+            k,
+            v,
+            attn_mask=mask[:, None, None, :],
+            scale=scale,
+            enable_gqa=hq != hk,
         )  # [nd, hq, 1, d]
         return o.squeeze(2)

@@ -64,8 +64,14 @@ def _eligible(model, kv_caches) -> bool:
         a = layer.self_attn
         if a.qk_norm_eps is not None or kv.dtype not in _native.SUPPORTED_DTYPES or kv.stride(-1) != 1:
             return False
-        tensors = [layer.input_layernorm, layer.post_attention_layernorm, a.qkv_proj, a.o_proj,
-                   layer.mlp.gate_up_proj, layer.mlp.down_proj] + ([a.qkv_bias] if a.qkv_bias is not None else [])
+        tensors = [
+            layer.input_layernorm,
+            layer.post_attention_layernorm,
+            a.qkv_proj,
+            a.o_proj,
+            layer.mlp.gate_up_proj,
+            layer.mlp.down_proj,
+        ] + ([a.qkv_bias] if a.qkv_bias is not None else [])
         if any(t.dtype != dtype or not t.is_contiguous() for t in tensors):
             return False
     return model.norm.dtype == dtype and len(kv_caches) == len(model.layers)
@@ -77,12 +83,23 @@ def _build_plan(model, kv_caches) -> _Plan | None:
     rows = []
     for layer, kv in zip(model.layers, kv_caches):
         a = layer.self_attn
-        rows.append([
-            layer.input_layernorm.data_ptr(), a.qkv_proj.data_ptr(),
-            a.qkv_bias.data_ptr() if a.qkv_bias is not None else 0, a.o_proj.data_ptr(),
-            layer.post_attention_layernorm.data_ptr(), layer.mlp.gate_up_proj.data_ptr(),
-            layer.mlp.down_proj.data_ptr(), kv.data_ptr(), int(a.sliding_window or 0), 0, 0, 0, 0,
-        ])
+        rows.append(
+            [
+                layer.input_layernorm.data_ptr(),
+                a.qkv_proj.data_ptr(),
+                a.qkv_bias.data_ptr() if a.qkv_bias is not None else 0,
+                a.o_proj.data_ptr(),
+                layer.post_attention_layernorm.data_ptr(),
+                layer.mlp.gate_up_proj.data_ptr(),
+                layer.mlp.down_proj.data_ptr(),
+                kv.data_ptr(),
+                int(a.sliding_window or 0),
+                0,
+                0,
+                0,
+                0,
+            ]
+        )
     a0 = model.layers[0].self_attn
     kv0 = kv_caches[0]
     if any(kv.shape != kv0.shape or kv.stride() != kv0.stride() or kv.dtype != kv0.dtype for kv in kv_caches):
@@ -90,13 +107,22 @@ def _build_plan(model, kv_caches) -> _Plan | None:
     if any(layer.self_attn.scale != a0.scale for layer in model.layers):
         return None
     return _Plan(
-        table=torch.tensor(rows, dtype=torch.int64), hidden=model.config.hidden_size,
-        num_heads=a0.num_heads, num_kv_heads=a0.num_kv_heads, head_dim=a0.head_dim,
-        inter=model.layers[0].mlp.intermediate, eps=float(model.config.rms_norm_eps), scale=float(a0.scale),
-        dtype=model.embed_tokens.dtype, kv_dtype=kv0.dtype, kv_strides=tuple(kv0.stride()[:4]),
+        table=torch.tensor(rows, dtype=torch.int64),
+        hidden=model.config.hidden_size,
+        num_heads=a0.num_heads,
+        num_kv_heads=a0.num_kv_heads,
+        head_dim=a0.head_dim,
+        inter=model.layers[0].mlp.intermediate,
+        eps=float(model.config.rms_norm_eps),
+        scale=float(a0.scale),
+        dtype=model.embed_tokens.dtype,
+        kv_dtype=kv0.dtype,
+        kv_strides=tuple(kv0.stride()[:4]),
         block_size=kv0.shape[2],
-        weights=[(l.self_attn.qkv_proj, l.self_attn.o_proj, l.mlp.gate_up_proj, l.mlp.down_proj)
-                 for l in model.layers],
+        weights=[
+            (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+            for layer in model.layers
+        ],
     )
 
 
@@ -140,20 +166,55 @@ def run_decode(model, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache
     if plan.scratch.numel() < need:
         plan.scratch = torch.empty(need, dtype=plan.dtype)
     scratch = plan.scratch
-    pos = positions if positions.dtype == torch.int64 and positions.is_contiguous() \
+    pos = (
+        positions
+        if positions.dtype == torch.int64 and positions.is_contiguous()
         else positions.to(torch.int64).contiguous()
-    slots = meta.slot_mapping if meta.slot_mapping.dtype == torch.int64 and meta.slot_mapping.is_contiguous() \
+    )
+    slots = (
+        meta.slot_mapping
+        if meta.slot_mapping.dtype == torch.int64 and meta.slot_mapping.is_contiguous()
         else meta.slot_mapping.to(torch.int64).contiguous()
-    bt, seq_lens, qsl = _native._int32(meta.block_tables), _native._int32(meta.seq_lens), \
-        _native._int32(meta.query_start_loc)
+    )
+    bt, seq_lens, qsl = (
+        _native._int32(meta.block_tables),
+        _native._int32(meta.seq_lens),
+        _native._int32(meta.query_start_loc),
+    )
     cs = model.cos_sin_cache
     code = _native._code(x, "x")
     _native._C.decode_step(
-        plan.table.data_ptr(), plan.table.shape[0], plan.hidden, plan.num_heads, plan.num_kv_heads, plan.head_dim,
-        plan.inter, plan.eps, plan.scale, code, _native._code(kv_caches[0], "kv_cache"), plan.block_size,
-        _native._ATTN_KERNELS[_native.ATTENTION_KERNEL], torch.get_num_threads(), *plan.kv_strides,
-        model.norm.data_ptr(), x.data_ptr(), out.data_ptr(), scratch.data_ptr(), m, pos.data_ptr(),
-        slots.data_ptr(), cs.data_ptr(), cs.stride(0), cs.shape[0], cs.shape[-1],
-        bt.data_ptr(), bt.stride(0), seq_lens.data_ptr(), qsl.data_ptr(), m, path == "gemm",
+        plan.table.data_ptr(),
+        plan.table.shape[0],
+        plan.hidden,
+        plan.num_heads,
+        plan.num_kv_heads,
+        plan.head_dim,
+        plan.inter,
+        plan.eps,
+        plan.scale,
+        code,
+        _native._code(kv_caches[0], "kv_cache"),
+        plan.block_size,
+        _native._ATTN_KERNELS[_native.ATTENTION_KERNEL],
+        torch.get_num_threads(),
+        *plan.kv_strides,
+        model.norm.data_ptr(),
+        x.data_ptr(),
+        out.data_ptr(),
+        scratch.data_ptr(),
+        m,
+        pos.data_ptr(),
+        slots.data_ptr(),
+        cs.data_ptr(),
+        cs.stride(0),
+        cs.shape[0],
+        cs.shape[-1],
+        bt.data_ptr(),
+        bt.stride(0),
+        seq_lens.data_ptr(),
+        qsl.data_ptr(),
+        m,
+        path == "gemm",
     )
     return out

@@ -58,8 +58,9 @@ def packed(weight: torch.Tensor) -> torch.Tensor:
     return cached[1]
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           w_packed: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, w_packed: torch.Tensor | None = None
+) -> torch.Tensor:
     """x @ weight.T (+ bias), bf16 in and out, fp32 sums; x [..., K] (rows may be strided).
 
     w_packed: `pack(weight)`, else the cached one is used (built on first use).
@@ -71,6 +72,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     wp = packed(weight) if w_packed is None else w_packed
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=torch.bfloat16)
-    _native._C.gemm(y.data_ptr(), n, x2.data_ptr(), x2.stride(0), wp.data_ptr(), bias_ptr, m, n, k,
-                    torch.get_num_threads())
+    _native._C.gemm(
+        y.data_ptr(), n, x2.data_ptr(), x2.stride(0), wp.data_ptr(), bias_ptr, m, n, k, torch.get_num_threads()
+    )
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

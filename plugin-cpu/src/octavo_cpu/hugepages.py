@@ -28,7 +28,7 @@ class _Chunk:
         self.map = mmap.mmap(-1, size + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         whole = torch.frombuffer(self.map, dtype=torch.uint8)
         start = -whole.data_ptr() % _HUGE
-        self.bytes = whole[start:start + size]
+        self.bytes = whole[start : start + size]
         if hasattr(mmap, "MADV_HUGEPAGE"):
             try:
                 self.map.madvise(mmap.MADV_HUGEPAGE, start, size)
@@ -41,7 +41,7 @@ class _Chunk:
         if off + nbytes > self.bytes.numel():
             return None
         self.used = off + nbytes
-        return self.bytes[off:off + nbytes]
+        return self.bytes[off : off + nbytes]
 
 
 _current: _Chunk | None = None

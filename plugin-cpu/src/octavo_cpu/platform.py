@@ -15,11 +15,10 @@ import os
 
 import numpy as np
 import torch
-from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 
+from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 from octavo_cpu import _native, gemm
 from octavo_cpu.attention import CpuAttention
-
 
 # Rows of x up to which the native GEMV serves a linear, per dtype (past them: torch).
 _LINEAR_MAX_ROWS = {torch.bfloat16: 8, torch.float32: 8}
@@ -108,16 +107,24 @@ class CpuPlatform(Platform):
     def rms_norm(self, x, weight, eps, residual=None):
         # one pass per row instead of ~6 torch ops; other dtypes (and a weight whose dtype
         # differs from x's, which promotes the result) keep the default
-        if (_native.available() and x.dtype in _native.SUPPORTED_DTYPES and weight.dtype == x.dtype
-                and (residual is None or residual.dtype == x.dtype)):
+        if (
+            _native.available()
+            and x.dtype in _native.SUPPORTED_DTYPES
+            and weight.dtype == x.dtype
+            and (residual is None or residual.dtype == x.dtype)
+        ):
             return _native.rms_norm(x, weight, eps, residual)
         return super().rms_norm(x, weight, eps, residual)
 
     def sample(self, logits, temperatures, u):
         # one native call reads each row twice from cache (max, block sums) and scans one
         # block, where the torch path makes five passes and two temporaries of [S, V]
-        if _native.available() and logits.dtype in _native.SUPPORTED_DTYPES and logits.dim() == 2 \
-                and logits.stride(-1) == 1:
+        if (
+            _native.available()
+            and logits.dtype in _native.SUPPORTED_DTYPES
+            and logits.dim() == 2
+            and logits.stride(-1) == 1
+        ):
             return _native.sample(logits, temperatures, u)
         return super().sample(logits, temperatures, u)
 
@@ -133,9 +140,17 @@ class CpuPlatform(Platform):
 
     def rotary(self, q, k, positions, cos_sin_cache):
         # in place through the views of the fused qkv output: no copies, no cat
-        if (_native.available() and q.dtype in _native.SUPPORTED_DTYPES and k.dtype == q.dtype
-                and q.dim() == 3 and k.dim() == 3 and q.stride(-1) == 1 and k.stride(-1) == 1
-                and cos_sin_cache.dtype == torch.float32 and cos_sin_cache.stride(-1) == 1):
+        if (
+            _native.available()
+            and q.dtype in _native.SUPPORTED_DTYPES
+            and k.dtype == q.dtype
+            and q.dim() == 3
+            and k.dim() == 3
+            and q.stride(-1) == 1
+            and k.stride(-1) == 1
+            and cos_sin_cache.dtype == torch.float32
+            and cos_sin_cache.stride(-1) == 1
+        ):
             return _native.rotary(q, k, positions, cos_sin_cache)
         return super().rotary(q, k, positions, cos_sin_cache)
 
@@ -154,7 +169,7 @@ class CpuPlatform(Platform):
         total = free = 0
         try:
             with open("/proc/meminfo") as f:
-                info = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f}
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
             total, free = info.get("MemTotal", 0), info.get("MemAvailable", 0)
         except OSError:
             pass
@@ -195,7 +210,7 @@ class CpuPlatform(Platform):
         except AttributeError:  # no affinity API (not Linux): thread counts only
             cores = list(range(os.cpu_count() or 1))
         share = max(1, len(cores) // world_size)
-        mine = cores[rank * share:(rank + 1) * share] if len(cores) >= world_size else cores
+        mine = cores[rank * share : (rank + 1) * share] if len(cores) >= world_size else cores
         if rank > 0 and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, mine)
         threads = os.environ.get("OMP_NUM_THREADS")

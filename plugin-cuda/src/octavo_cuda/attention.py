@@ -14,6 +14,7 @@ Neither reads a device tensor on the host, so neither waits for the GPU.
 from __future__ import annotations
 
 import torch
+
 from octavo.platform import AttentionBackend, AttentionMetadata
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -52,12 +53,29 @@ class CudaAttention(AttentionBackend):
         assert not meta.query_start_loc_cpu or meta.query_start_loc_cpu[nd] == nd
         if nd > 0:
             decode_attention(
-                out, q, k_cache, v_cache, meta.block_tables, meta.seq_lens, nd,
-                meta.max_seq_len, scale, sliding_window,
+                out,
+                q,
+                k_cache,
+                v_cache,
+                meta.block_tables,
+                meta.seq_lens,
+                nd,
+                meta.max_seq_len,
+                scale,
+                sliding_window,
             )
         if nd < num_seqs:
             prefill_attention(
-                out, q, k_cache, v_cache, meta.block_tables[nd:], meta.seq_lens[nd:],
-                meta.query_start_loc[nd:], q.shape[0] - nd, meta.max_query_len, scale, sliding_window,
+                out,
+                q,
+                k_cache,
+                v_cache,
+                meta.block_tables[nd:],
+                meta.seq_lens[nd:],
+                meta.query_start_loc[nd:],
+                q.shape[0] - nd,
+                meta.max_query_len,
+                scale,
+                sliding_window,
             )
         return out

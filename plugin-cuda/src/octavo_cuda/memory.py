@@ -20,7 +20,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -53,8 +54,9 @@ def profile_peak_bytes(forward: Callable[[], Any], device: torch.device) -> int:
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     torch.cuda.empty_cache()
-    logger.info("memory profile: one forward at the largest token budget peaks at %.2f GiB of activations",
-                peak / 2**30)
+    logger.info(
+        "memory profile: one forward at the largest token budget peaks at %.2f GiB of activations", peak / 2**30
+    )
     return max(0, int(peak))
 
 
@@ -67,7 +69,13 @@ def kv_cache_budget_bytes(config: Any, device: torch.device, activation_bytes: i
     else:
         reserve = activation_bytes + PROFILED_SLACK_BYTES
     budget = total * config.cache.gpu_memory_utilization - in_use - reserve
-    logger.info("KV budget: %.2f GiB = %.2f GiB x %.2f - %.2f GiB in use - %.2f GiB activations (%s)",
-                max(0, budget) / 2**30, total / 2**30, config.cache.gpu_memory_utilization, in_use / 2**30,
-                reserve / 2**30, "profiled + slack" if activation_bytes is not None else "estimated")
+    logger.info(
+        "KV budget: %.2f GiB = %.2f GiB x %.2f - %.2f GiB in use - %.2f GiB activations (%s)",
+        max(0, budget) / 2**30,
+        total / 2**30,
+        config.cache.gpu_memory_utilization,
+        in_use / 2**30,
+        reserve / 2**30,
+        "profiled + slack" if activation_bytes is not None else "estimated",
+    )
     return max(0, int(budget))

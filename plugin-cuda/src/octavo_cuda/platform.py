@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
-from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 
+from octavo.platform import API_VERSION, Availability, DeviceProps, Platform
 from octavo_cuda.attention import CudaAttention
 
 #: bf16 tensor cores and every Triton feature the kernels use arrive with Ampere
@@ -87,8 +87,11 @@ class CudaPlatform(Platform):
     gemv_max_rows = 1
 
     def linear(self, x, weight, bias=None):
-        if x.numel() <= self.gemv_max_rows * x.shape[-1] and weight.dtype == x.dtype and (
-                bias is None or bias.dtype == x.dtype):
+        if (
+            x.numel() <= self.gemv_max_rows * x.shape[-1]
+            and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype)
+        ):
             from octavo_cuda.kernels.gemv import gemv
 
             return gemv(x, weight, bias)
@@ -118,16 +121,16 @@ class CudaPlatform(Platform):
         """Run the runner's profiling forward and keep torch's peak allocation over it."""
         from octavo_cuda.memory import profile_peak_bytes
 
-        self.profiled_activation_bytes = profile_peak_bytes(
-            forward, torch.device("cuda", torch.cuda.current_device()))
+        self.profiled_activation_bytes = profile_peak_bytes(forward, torch.device("cuda", torch.cuda.current_device()))
 
     def kv_cache_budget_bytes(self, config, model_bytes: int) -> int:
         """See octavo_cuda.memory for the formula; model_bytes is already in the
         device's used memory once the weights are loaded, so it is not subtracted again."""
         from octavo_cuda.memory import kv_cache_budget_bytes
 
-        return kv_cache_budget_bytes(config, torch.device("cuda", torch.cuda.current_device()),
-                                     self.profiled_activation_bytes)
+        return kv_cache_budget_bytes(
+            config, torch.device("cuda", torch.cuda.current_device()), self.profiled_activation_bytes
+        )
 
     def warm_up(self, forward) -> None:
         """Triton compiles each kernel variant on first use (seconds each): do it now."""

@@ -1,7 +1,6 @@
 """Entry point module named in pyproject (group `octavo.platforms`)."""
 
 from octavo.platform import hookimpl
-
 from octavo_cuda.platform import CudaPlatform
 
 

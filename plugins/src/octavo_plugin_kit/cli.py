@@ -33,7 +33,6 @@ def new_plugin(name: str, dest_dir: str) -> str:
             "(it becomes the --device name and the import package octavo_NAME)"
         )
     from octavo.platform import API_VERSION
-
     from octavo_plugin_kit import __version__ as kit_version
 
     dist = f"octavo-{name.replace('_', '-')}"
@@ -66,6 +65,7 @@ def new_plugin(name: str, dest_dir: str) -> str:
 
 def _render(text: str, values: dict[str, str]) -> str:
     """Replace each {{key}}; an unknown key is a bug in the template, so it raises."""
+
     def sub(match: re.Match) -> str:
         key = match.group(1)
         if key not in values:

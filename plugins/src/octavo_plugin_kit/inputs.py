@@ -7,9 +7,10 @@ batch always obeys the contract in `octavo.platform.interface` (decodes first,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
+
 from octavo.platform import AttentionMetadata
 
 

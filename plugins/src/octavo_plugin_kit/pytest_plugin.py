@@ -17,8 +17,18 @@ SUITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformanc
 KERNEL_MARKER = "octavo_kernel"
 EXHAUSTIVE_MARKER = "octavo_exhaustive"
 #: table order; any other kernel a test names is listed after these
-KERNELS = ("platform", "write_kv", "attend", "linear", "rms_norm", "rotary", "silu_and_mul", "sample",
-           "communicator", "generate")
+KERNELS = (
+    "platform",
+    "write_kv",
+    "attend",
+    "linear",
+    "rms_norm",
+    "rotary",
+    "silu_and_mul",
+    "sample",
+    "communicator",
+    "generate",
+)
 _PLATFORM_KEY = pytest.StashKey[object]()
 _OPTIONAL_OPS = ("linear", "rms_norm", "rotary", "silu_and_mul", "sample")
 
@@ -128,8 +138,10 @@ class CapabilityReport:
         tr = terminalreporter
         title = "octavo conformance"
         if platform is not None:
-            title += f": platform {platform.name!r} ({platform.package or type(platform).__module__}, " \
-                     f"API {platform.api_version})"
+            title += (
+                f": platform {platform.name!r} ({platform.package or type(platform).__module__}, "
+                f"API {platform.api_version})"
+            )
         tr.write_sep("=", title)
         kernels = [k for k in KERNELS if k in self.outcomes] + sorted(set(self.outcomes) - set(KERNELS))
         tr.write_line(f"{'kernel':<14} {'result':<13} {'source':<14} tests")
@@ -147,8 +159,12 @@ class CapabilityReport:
             if counts["skipped"]:  # why, e.g. an unsupported dtype or block size
                 reasons = sorted(self.skip_reasons[kernel])
                 detail += f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})"
-            tr.write_line(f"{kernel:<14} {result:<13} {_source(platform, kernel):<14} {detail}",
-                          red=result == "failed", green=result == "passed", yellow=result not in ("failed", "passed"))
+            tr.write_line(
+                f"{kernel:<14} {result:<13} {_source(platform, kernel):<14} {detail}",
+                red=result == "failed",
+                green=result == "passed",
+                yellow=result not in ("failed", "passed"),
+            )
 
 
 def _message(longrepr) -> str:

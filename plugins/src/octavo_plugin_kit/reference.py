@@ -11,8 +11,8 @@ Semantics follow `octavo.platform.interface` (module docstring and `Platform`).
 from __future__ import annotations
 
 import torch
-from octavo.platform import API_VERSION, AttentionBackend, AttentionMetadata, Availability, Platform
 
+from octavo.platform import API_VERSION, AttentionBackend, AttentionMetadata, Availability, Platform
 from octavo_plugin_kit.inputs import make_attention_metadata  # noqa: F401  (re-exported: batches go with the ops)
 
 

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 PERCENTILES = (50, 90, 99)
 
@@ -32,7 +32,7 @@ class RequestResult:
     error: str = ""
 
     @property
-    def tpot(self) -> Optional[float]:
+    def tpot(self) -> float | None:
         if self.output_tokens < 2:
             return None
         return (self.latency - self.ttft) / (self.output_tokens - 1)
@@ -68,15 +68,23 @@ def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
     }
 
 
-def _auth(api_key: Optional[str]) -> dict[str, str]:
+def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-async def _one_request(client: Any, url: str, model: str, prompt: list[int], max_tokens: int,
-                       api_key: Optional[str], temperature: float) -> RequestResult:
+async def _one_request(
+    client: Any, url: str, model: str, prompt: list[int], max_tokens: int, api_key: str | None, temperature: float
+) -> RequestResult:
     r = RequestResult(prompt_len=len(prompt), max_tokens=max_tokens)
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
-            "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     last = start
     chunks = 0
@@ -118,7 +126,7 @@ async def _one_request(client: Any, url: str, model: str, prompt: list[int], max
     return r
 
 
-async def _server_peak_running(client: Any, base_url: str, api_key: Optional[str]) -> Optional[float]:
+async def _server_peak_running(client: Any, base_url: str, api_key: str | None) -> float | None:
     """Octavo's high-water mark of requests running in one step, if the server exports it."""
     try:
         resp = await client.get(f"{base_url}/metrics", headers=_auth(api_key))
@@ -130,8 +138,9 @@ async def _server_peak_running(client: Any, base_url: str, api_key: Optional[str
     return None
 
 
-async def run_benchmark(args: argparse.Namespace, prompts: list[list[int]], output_lens: list[int],
-                        model: str) -> tuple[list[RequestResult], float, Optional[float]]:
+async def run_benchmark(
+    args: argparse.Namespace, prompts: list[list[int]], output_lens: list[int], model: str
+) -> tuple[list[RequestResult], float, float | None]:
     import httpx
 
     url = f"{args.base_url}/v1/completions"
@@ -141,8 +150,7 @@ async def run_benchmark(args: argparse.Namespace, prompts: list[list[int]], outp
     sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         # one untimed request first: checks the setup, warms the server
-        warm = await _one_request(client, url, model, prompts[0][:16] or prompts[0], 4, args.api_key,
-                                  args.temperature)
+        warm = await _one_request(client, url, model, prompts[0][:16] or prompts[0], 4, args.api_key, args.temperature)
         if not warm.success:
             raise RuntimeError(f"the warm-up request failed: {warm.error}")
 
@@ -164,7 +172,7 @@ async def run_benchmark(args: argparse.Namespace, prompts: list[list[int]], outp
     return results, duration, peak
 
 
-def _served_model(base_url: str, api_key: Optional[str]) -> tuple[str, Optional[str]]:
+def _served_model(base_url: str, api_key: str | None) -> tuple[str, str | None]:
     import httpx
 
     resp = httpx.get(f"{base_url}/v1/models", headers=_auth(api_key), timeout=30.0)
@@ -179,11 +187,13 @@ def _load_tokenizer(name: str) -> Any:
     try:
         return load_tokenizer(resolve_model_source(name))
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the tokenizer of {name!r} locally ({e}); pass --tokenizer "
-                         "with a local model directory, .gguf file or 'smollm2'") from None
+        raise ValueError(
+            f"cannot load the tokenizer of {name!r} locally ({e}); pass --tokenizer "
+            "with a local model directory, .gguf file or 'smollm2'"
+        ) from None
 
 
-def print_report(s: dict[str, Any], args: argparse.Namespace, peak: Optional[float]) -> None:
+def print_report(s: dict[str, Any], args: argparse.Namespace, peak: float | None) -> None:
     w = 50
     rate = "inf" if not math.isfinite(args.request_rate) else f"{args.request_rate:g}"
     print("{s:{c}^{n}}".format(s=" Serving Benchmark Result ", n=w, c="="))
@@ -203,8 +213,12 @@ def print_report(s: dict[str, Any], args: argparse.Namespace, peak: Optional[flo
         rows.append(("Peak running requests (server)", f"{peak:g}"))
     for k, v in rows:
         print(f"{k:<40}{v:>10}")
-    for key, title in (("ttft_ms", "Time to First Token"), ("tpot_ms", "Time per Output Token (excl. 1st token)"),
-                       ("itl_ms", "Inter-token Latency"), ("e2el_ms", "End-to-end Latency")):
+    for key, title in (
+        ("ttft_ms", "Time to First Token"),
+        ("tpot_ms", "Time per Output Token (excl. 1st token)"),
+        ("itl_ms", "Inter-token Latency"),
+        ("e2el_ms", "End-to-end Latency"),
+    ):
         print("{s:{c}^{n}}".format(s=f" {title} ", n=w, c="-"))
         name = key.split("_")[0].upper()
         print(f"{'Mean ' + name + ' (ms)':<40}{s[key]['mean']:>10.2f}")
@@ -226,18 +240,23 @@ def main(args: argparse.Namespace) -> int:
     served, root = _served_model(args.base_url, args.api_key)
     model = args.model or served
     tokenizer = _load_tokenizer(args.tokenizer or root or model)
-    w = make_workload(tokenizer, len(tokenizer), args.num_prompts, args.input_len, args.output_len,
-                      args.dataset, args.seed)
-    print(f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output "
-          f"tokens ({args.dataset}); server {args.base_url}, model {model}")
+    w = make_workload(
+        tokenizer, len(tokenizer), args.num_prompts, args.input_len, args.output_len, args.dataset, args.seed
+    )
+    print(
+        f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output "
+        f"tokens ({args.dataset}); server {args.base_url}, model {model}"
+    )
     results, duration, peak = asyncio.run(run_benchmark(args, w.prompts, w.output_lens, model))
     summary = summarize(results, duration)
     print_report(summary, args, peak)
     if args.json:
-        config = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
-                  for k, v in vars(args).items() if k not in ("func", "api_key")}
-        report = {"config": config,
-                  "model": model, "peak_running_requests": peak, **summary}
+        config = {
+            k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in vars(args).items()
+            if k not in ("func", "api_key")
+        }
+        report = {"config": config, "model": model, "peak_running_requests": peak, **summary}
         if args.save_requests:
             report["requests"] = [asdict(r) for r in results]
         with open(args.json, "w") as f:
@@ -247,22 +266,36 @@ def main(args: argparse.Namespace) -> int:
 
 def add_bench_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `serve` under `octavo bench` (the lead's cli.py calls this)."""
-    p = subparsers.add_parser("serve", help="online benchmark against a running server (TTFT, TPOT, ITL)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "serve",
+        help="online benchmark against a running server (TTFT, TPOT, ITL)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--base-url", default=None, help="server URL (default http://HOST:PORT)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=None, help="model name to request (default: the server's first)")
-    p.add_argument("--tokenizer", default=None,
-                   help="where to load the tokenizer for the random prompts (default: the served model's root)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="where to load the tokenizer for the random prompts (default: the served model's root)",
+    )
     p.add_argument("--api-key", default=None)
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--dataset", default="random",
-                   help="random (every prompt --input-len tokens) | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths)")
-    p.add_argument("--request-rate", type=float, default=float("inf"),
-                   help="Poisson arrival rate in requests/s (default inf: all at once)")
+    p.add_argument(
+        "--dataset",
+        default="random",
+        help="random (every prompt --input-len tokens) | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths)",
+    )
+    p.add_argument(
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="Poisson arrival rate in requests/s (default inf: all at once)",
+    )
     p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight at once")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)

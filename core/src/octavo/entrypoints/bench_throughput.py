@@ -47,8 +47,9 @@ class Result:
     prompt_tokens: int
 
 
-def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, output_len: int,
-                  dataset: str, seed: int) -> Workload:
+def make_workload(
+    tokenizer, vocab_size: int, num_prompts: int, input_len: int, output_len: int, dataset: str, seed: int
+) -> Workload:
     """Seeded random token ids, special tokens excluded.
 
     dataset "random": every prompt has input_len tokens and every request output_len.
@@ -67,9 +68,13 @@ def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, 
         ranges = dataset.split(":")[1:]
         try:
             lo, hi = (int(x) for x in ranges[0].split("-"))
-            olo, ohi = (int(x) for x in ranges[1].split("-")) if len(ranges) > 1 else (max(1, output_len // 4), output_len)
+            olo, ohi = (
+                (int(x) for x in ranges[1].split("-")) if len(ranges) > 1 else (max(1, output_len // 4), output_len)
+            )
         except ValueError:
-            raise ValueError(f"bad dataset {dataset!r}; use uniform:LOW-HIGH or uniform:LOW-HIGH:OUTLOW-OUTHIGH") from None
+            raise ValueError(
+                f"bad dataset {dataset!r}; use uniform:LOW-HIGH or uniform:LOW-HIGH:OUTLOW-OUTHIGH"
+            ) from None
         in_lens = [rng.randint(lo, hi) for _ in range(num_prompts)]
         out_lens = [rng.randint(olo, ohi) for _ in range(num_prompts)]
     elif dataset.startswith("prefix:"):
@@ -83,8 +88,15 @@ def make_workload(tokenizer, vocab_size: int, num_prompts: int, input_len: int, 
 
 
 def _result(w: Workload, elapsed: float) -> Result:
-    return Result(elapsed, len(w.prompts) / elapsed, w.output_tokens / elapsed,
-                  (w.prompt_tokens + w.output_tokens) / elapsed, len(w.prompts), w.output_tokens, w.prompt_tokens)
+    return Result(
+        elapsed,
+        len(w.prompts) / elapsed,
+        w.output_tokens / elapsed,
+        (w.prompt_tokens + w.output_tokens) / elapsed,
+        len(w.prompts),
+        w.output_tokens,
+        w.prompt_tokens,
+    )
 
 
 def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
@@ -95,14 +107,24 @@ def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
     engine = llm.llm_engine
     # warm-up, not timed: allocator and first-call overheads, on a prompt of the workload's
     # first length (reversed, so the prefix cache gives the timed run nothing)
-    llm.generate([{"prompt_token_ids": w.prompts[0][::-1]}], SamplingParams(max_tokens=4, ignore_eos=True),
-                 use_tqdm=False)
+    llm.generate(
+        [{"prompt_token_ids": w.prompts[0][::-1]}], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False
+    )
     before = engine.get_stats()
     t = time.perf_counter()
     for i, (p, n) in enumerate(zip(w.prompts, w.output_lens)):
-        engine.add_request(f"bench-{i}", {"prompt_token_ids": p},
-                           SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=n, seed=i,
-                                          output_kind=RequestOutputKind.FINAL_ONLY))
+        engine.add_request(
+            f"bench-{i}",
+            {"prompt_token_ids": p},
+            SamplingParams(
+                temperature=1.0,
+                top_p=1.0,
+                ignore_eos=True,
+                max_tokens=n,
+                seed=i,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            ),
+        )
     got = steps = samples = 0
     util_sum = 0.0
     while engine.has_unfinished_requests():
@@ -155,7 +177,7 @@ def run_hf(target: HfTarget, w: Workload, batch_size: int) -> Result:
 
     def batches():
         for i in range(0, len(w.prompts), batch_size):
-            yield w.prompts[i:i + batch_size], w.output_lens[i:i + batch_size]
+            yield w.prompts[i : i + batch_size], w.output_lens[i : i + batch_size]
 
     def run(prompts, out_lens):
         width = max(len(p) for p in prompts)
@@ -163,8 +185,17 @@ def run_hf(target: HfTarget, w: Workload, batch_size: int) -> Result:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         n = max(out_lens)  # a batch runs until its longest request is done
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
-                           temperature=1.0, max_new_tokens=n, min_new_tokens=n, pad_token_id=pad)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                pad_token_id=pad,
+            )
 
     run([w.prompts[0][:16]], [4])  # warm-up
     t = time.perf_counter()
@@ -177,8 +208,10 @@ def run_hf(target: HfTarget, w: Workload, batch_size: int) -> Result:
 
 
 def _print(name: str, r: Result) -> None:
-    print(f"{name:>8}: {r.elapsed_s:8.2f} s  {r.requests_per_s:8.2f} req/s  "
-          f"{r.output_tokens_per_s:9.1f} output tok/s  {r.total_tokens_per_s:9.1f} total tok/s")
+    print(
+        f"{name:>8}: {r.elapsed_s:8.2f} s  {r.requests_per_s:8.2f} req/s  "
+        f"{r.output_tokens_per_s:9.1f} output tok/s  {r.total_tokens_per_s:9.1f} total tok/s"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -188,17 +221,22 @@ def main(args: argparse.Namespace) -> int:
     eargs = EngineArgs.from_cli_args(args)
     llm = LLM(**vars(eargs))
     engine = llm.llm_engine
-    w = make_workload(engine.tokenizer, engine.vocab_size, args.num_prompts, args.input_len, args.output_len,
-                      args.dataset, args.seed)
-    print(f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output tokens "
-          f"({args.dataset}); model {eargs.model} on {engine.platform.name}, {str(engine.model_config.dtype)[6:]}")
+    w = make_workload(
+        engine.tokenizer, engine.vocab_size, args.num_prompts, args.input_len, args.output_len, args.dataset, args.seed
+    )
+    print(
+        f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output tokens "
+        f"({args.dataset}); model {eargs.model} on {engine.platform.name}, {str(engine.model_config.dtype)[6:]}"
+    )
     report: dict = {}
     ours, extra = run_octavo(llm, w)
     report["octavo"] = {**asdict(ours), **extra}
     _print("octavo", ours)
-    print(f"          {extra['steps']} steps, KV slots holding tokens: {100 * extra['kv_slot_utilization_mean']:.1f}% "
-          f"(mean over every 16th step), prefix-cache hit rate {100 * extra['prefix_cache_hit_rate']:.1f}%, "
-          f"{extra['num_preemptions']} preemptions")
+    print(
+        f"          {extra['steps']} steps, KV slots holding tokens: {100 * extra['kv_slot_utilization_mean']:.1f}% "
+        f"(mean over every 16th step), prefix-cache hit rate {100 * extra['prefix_cache_hit_rate']:.1f}%, "
+        f"{extra['num_preemptions']} preemptions"
+    )
     if args.compare == "hf":
         target = HfTarget(engine.model_config, engine.platform, engine.tokenizer)
         llm.shutdown()
@@ -223,9 +261,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--dataset", default="random",
-                   help="random | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths) | "
-                        "prefix:LEN (shared prefix + input-len tokens)")
+    p.add_argument(
+        "--dataset",
+        default="random",
+        help="random | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths) | "
+        "prefix:LEN (shared prefix + input-len tokens)",
+    )
     p.add_argument("--compare", choices=["hf"], default=None)
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--json", default=None, help="write results to this file")

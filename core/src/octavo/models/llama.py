@@ -10,7 +10,7 @@ full checkpoint tensors.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -25,8 +25,7 @@ def _param(*shape: int) -> nn.Parameter:
 
 
 class MLP(nn.Module):
-    def __init__(self, platform: Platform, hidden: int, intermediate: int, tp_rank: int = 0,
-                 tp_size: int = 1) -> None:
+    def __init__(self, platform: Platform, hidden: int, intermediate: int, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
         self.platform = platform
         # column-parallel gate/up and row-parallel down: a rank's slice of the intermediate
@@ -43,8 +42,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, platform: Platform, cfg, head_dim: int, qkv_bias: bool, qk_norm: bool,
-                 tp_rank: int = 0, tp_size: int = 1) -> None:
+    def __init__(
+        self, platform: Platform, cfg, head_dim: int, qkv_bias: bool, qk_norm: bool, tp_rank: int = 0, tp_size: int = 1
+    ) -> None:
         super().__init__()
         self.platform = platform
         self.eps = cfg.rms_norm_eps
@@ -52,10 +52,16 @@ class DecoderLayer(nn.Module):
         if not getattr(cfg, "use_sliding_window", True):
             window = None
         self.self_attn = Attention(
-            platform, cfg.hidden_size, cfg.num_attention_heads,
-            getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads, head_dim,
-            qkv_bias=qkv_bias, qk_norm_eps=cfg.rms_norm_eps if qk_norm else None, sliding_window=window,
-            tp_rank=tp_rank, tp_size=tp_size,
+            platform,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            head_dim,
+            qkv_bias=qkv_bias,
+            qk_norm_eps=cfg.rms_norm_eps if qk_norm else None,
+            sliding_window=window,
+            tp_rank=tp_rank,
+            tp_size=tp_size,
         )
         self.mlp = MLP(platform, cfg.hidden_size, cfg.intermediate_size, tp_rank, tp_size)
         self.input_layernorm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
@@ -95,9 +101,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         self.lm_head = None if self.tie_word_embeddings else _param(cfg.vocab_size, cfg.hidden_size)
-        self.register_buffer(
-            "cos_sin_cache", build_cos_sin_cache(cfg, self.head_dim, max_positions), persistent=False
-        )
+        self.register_buffer("cos_sin_cache", build_cos_sin_cache(cfg, self.head_dim, max_positions), persistent=False)
 
     def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata):
         x = self.embed_tokens.index_select(0, input_ids)
@@ -121,7 +125,7 @@ class LlamaForCausalLM(nn.Module):
         checkpoint tensor must have `full` of them.
         """
         if name.startswith("model."):
-            name = name[len("model."):]
+            name = name[len("model.") :]
         if name == "lm_head.weight":
             return (None, None, None) if self.lm_head is None else (self.lm_head, None, None)
         if name == "embed_tokens.weight":
@@ -151,14 +155,20 @@ class LlamaForCausalLM(nn.Module):
             "post_attention_layernorm.weight": (layer.post_attention_layernorm, None, None),
         }
         if attn.qkv_bias is not None:
-            table.update({
-                "self_attn.q_proj.bias": (attn.qkv_bias, (0, q), q_src),
-                "self_attn.k_proj.bias": (attn.qkv_bias, (q, kv), kv_src),
-                "self_attn.v_proj.bias": (attn.qkv_bias, (q + kv, kv), kv_src),
-            })
+            table.update(
+                {
+                    "self_attn.q_proj.bias": (attn.qkv_bias, (0, q), q_src),
+                    "self_attn.k_proj.bias": (attn.qkv_bias, (q, kv), kv_src),
+                    "self_attn.v_proj.bias": (attn.qkv_bias, (q + kv, kv), kv_src),
+                }
+            )
         if attn.qk_norm_eps is not None:  # per-head norms: the same on every rank
-            table.update({"self_attn.q_norm.weight": (attn.q_norm, None, None),
-                          "self_attn.k_norm.weight": (attn.k_norm, None, None)})
+            table.update(
+                {
+                    "self_attn.q_norm.weight": (attn.q_norm, None, None),
+                    "self_attn.k_norm.weight": (attn.k_norm, None, None),
+                }
+            )
         return table[rest]
 
     @torch.no_grad()
@@ -180,8 +190,9 @@ class LlamaForCausalLM(nn.Module):
             if src is not None:
                 dim, start, full = src
                 if tensor.dim() <= dim or tensor.shape[dim] != full:
-                    raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {full} "
-                                     f"along dimension {dim}")
+                    raise ValueError(
+                        f"weight {name!r} has shape {tuple(tensor.shape)}, expected {full} along dimension {dim}"
+                    )
                 tensor = tensor.narrow(dim, start, dst.shape[dim])
             if tuple(dst.shape) != tuple(tensor.shape):
                 raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dst.shape)}")
@@ -189,5 +200,7 @@ class LlamaForCausalLM(nn.Module):
             seen[id(param)] = seen.get(id(param), 0) + dst.numel()
         missing = [n for pid, n in expected.items() if seen.get(pid, 0) != params[n].numel()]
         if missing:
-            raise ValueError(f"checkpoint is missing weights for: {', '.join(missing[:8])}"
-                             + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+            raise ValueError(
+                f"checkpoint is missing weights for: {', '.join(missing[:8])}"
+                + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            )

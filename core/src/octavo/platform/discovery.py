@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import importlib_metadata
 import pluggy
@@ -101,8 +101,12 @@ def _package_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
 def _describe(cls: object, package: str, version: str) -> PlatformInfo:
     if not (isinstance(cls, type) and issubclass(cls, Platform)):
         return PlatformInfo(
-            name=repr(cls), package=package, package_version=version, api_version="?",
-            score=0, reason="not a subclass of octavo.platform.Platform",
+            name=repr(cls),
+            package=package,
+            package_version=version,
+            api_version="?",
+            score=0,
+            reason="not a subclass of octavo.platform.Platform",
             error=f"{package} returned {cls!r}, which is not a Platform subclass",
         )
     name = cls.name or cls.__name__
@@ -162,8 +166,7 @@ def resolve_platform(device: str = "auto") -> Platform:
     matches = [i for i in infos if i.name == device]
     if not matches:
         raise ValueError(
-            f"no plugin provides device {device!r}; installed: {_summary(infos)}. "
-            f"Try: pip install octavo-{device}"
+            f"no plugin provides device {device!r}; installed: {_summary(infos)}. Try: pip install octavo-{device}"
         )
     usable = [i for i in matches if i.usable]
     if not usable:

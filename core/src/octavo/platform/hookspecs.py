@@ -37,7 +37,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def octavo_platforms() -> "list[type[Platform]]":
+def octavo_platforms() -> list[type[Platform]]:
     """Return the Platform classes this plugin provides.
 
     Called once at discovery. Each class must set ``name`` (the --device name),

@@ -27,8 +27,9 @@ KV-cache layout and attention semantics (the part a kernel author must get right
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -101,14 +102,10 @@ class AttentionBackend:
     #: head sizes the kernels support; None = any
     supported_head_sizes: ClassVar[Sequence[int] | None] = None
 
-    def kv_cache_shape(
-        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
-    ) -> tuple[int, ...]:
+    def kv_cache_shape(self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
         return (2, num_blocks, block_size, num_kv_heads, head_dim)
 
-    def write_kv(
-        self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
-    ) -> None:
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store k, v ([T, num_kv_heads, head_dim]) at their slots (in place)."""
         raise NotImplementedError
 
@@ -162,8 +159,7 @@ class TorchDistributedCommunicator(Communicator):
 
         if not dist.is_initialized():
             raise RuntimeError(
-                "torch.distributed is not initialized: call init_process_group first "
-                "(or run with world_size=1)"
+                "torch.distributed is not initialized: call init_process_group first (or run with world_size=1)"
             )
         self._dist = dist
         self.group = group
@@ -352,8 +348,13 @@ class Platform:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group(self.dist_backend, init_method=init_method, world_size=world_size, rank=rank,
-                                    timeout=datetime.timedelta(seconds=self.dist_timeout_s))
+            dist.init_process_group(
+                self.dist_backend,
+                init_method=init_method,
+                world_size=world_size,
+                rank=rank,
+                timeout=datetime.timedelta(seconds=self.dist_timeout_s),
+            )
         self.communicator = TorchDistributedCommunicator()
         return self.communicator
 
@@ -374,7 +375,7 @@ class Platform:
         device memory runs it while watching its own peak-memory counter and uses the peak in
         `kv_cache_budget_bytes`. The default does not call it (fixed-size caches)."""
 
-    def run_model(self, model: Any, input_ids: Any, positions: Any, kv_caches: list, meta: "AttentionMetadata") -> Any:
+    def run_model(self, model: Any, input_ids: Any, positions: Any, kv_caches: list, meta: AttentionMetadata) -> Any:
         """Optionally run a whole forward of `model` (one of octavo.models) your own way, e.g.
         a decode step in one native call instead of a few hundred op calls from Python.
         Return the hidden states `model(input_ids, positions, kv_caches, meta)` would return
@@ -407,4 +408,3 @@ class Platform:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "api_version": self.api_version, "device_type": self.device_type}
-

@@ -32,6 +32,12 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device)
     if x2.shape[0] > 0 and d > 0:
         _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, BLOCK))](
-            out, x2, d, x2.stride(0), out.stride(0), BLOCK=BLOCK, num_warps=4,
+            out,
+            x2,
+            d,
+            x2.stride(0),
+            out.stride(0),
+            BLOCK=BLOCK,
+            num_warps=4,
         )
     return out.view(*shape[:-1], d)

@@ -36,13 +36,34 @@ MAX_SPLITS = 32
 # view past the batch's decode rows, changes its 16-byte alignment, mid-run)
 @triton.jit(do_not_specialize=["window", "num_splits", "stride_bt", "block_tables", "seq_lens"])
 def _decode_kernel(
-    out, part_out, part_lse, q, k_cache, v_cache, block_tables, seq_lens,
-    scale_log2, window, num_splits,
-    stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_block, stride_slot, stride_kvh, stride_bt,
-    QPK: tl.constexpr, BLOCK_H: tl.constexpr, TILE_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, WINDOW: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    out,
+    part_out,
+    part_lse,
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    scale_log2,
+    window,
+    num_splits,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_block,
+    stride_slot,
+    stride_kvh,
+    stride_bt,
+    QPK: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    TILE_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -60,8 +81,9 @@ def _decode_kernel(
     head = kvh * QPK + rows
     row_ok = rows < QPK
     offs_d = tl.arange(0, HEAD_DIM)
-    qv = tl.load(q + seq.to(tl.int64) * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0)
+    qv = tl.load(
+        q + seq.to(tl.int64) * stride_qt + head[:, None] * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0
+    )
     qv = qv.to(k_cache.dtype.element_ty)
 
     k_cache += kvh * stride_kvh
@@ -74,9 +96,28 @@ def _decode_kernel(
     # [start, end) is the whole mask: no causal or window test per score
     for start_n in range(start, end, TILE_N):
         acc, m_i, l_i = attend_tile(
-            acc, m_i, l_i, qv, k_cache, v_cache, bt, start_n, end, rows, window, scale_log2,  # rows: unused q_pos
-            stride_block, stride_slot, BLOCK_SIZE, TILE_N, HEAD_DIM,
-            True, False, False, DOT_PRECISION, UPCAST,
+            acc,
+            m_i,
+            l_i,
+            qv,
+            k_cache,
+            v_cache,
+            bt,
+            start_n,
+            end,
+            rows,
+            window,
+            scale_log2,  # rows: unused q_pos
+            stride_block,
+            stride_slot,
+            BLOCK_SIZE,
+            TILE_N,
+            HEAD_DIM,
+            True,
+            False,
+            False,
+            DOT_PRECISION,
+            UPCAST,
         )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # an empty split has l = 0 and m = -inf
     acc = acc / l_safe[:, None]
@@ -92,8 +133,14 @@ def _decode_kernel(
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _combine_kernel(
-    out, part_out, part_lse, num_splits, stride_ot, stride_oh,
-    HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    out,
+    part_out,
+    part_lse,
+    num_splits,
+    stride_ot,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -157,18 +204,45 @@ def decode_attention(
     else:
         part_out = part_lse = out  # unused
     _decode_kernel[(num_decodes, hk, splits)](
-        out, part_out, part_lse, q, k_cache, v_cache, block_tables, seq_lens,
-        scale * LOG2E, sliding_window or 0, splits,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        QPK=qpk, BLOCK_H=max(16, triton.next_power_of_2(qpk)), BLOCK_SIZE=block_size, HEAD_DIM=d,
-        WINDOW=bool(sliding_window), SPLIT=splits > 1,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=interpreting(),
+        out,
+        part_out,
+        part_lse,
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        scale * LOG2E,
+        sliding_window or 0,
+        splits,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        QPK=qpk,
+        BLOCK_H=max(16, triton.next_power_of_2(qpk)),
+        BLOCK_SIZE=block_size,
+        HEAD_DIM=d,
+        WINDOW=bool(sliding_window),
+        SPLIT=splits > 1,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST=interpreting(),
         **cfg,
     )
     if splits > 1:
         _combine_kernel[(num_decodes, hq)](
-            out, part_out, part_lse, splits, out.stride(0), out.stride(1),
+            out,
+            part_out,
+            part_lse,
+            splits,
+            out.stride(0),
+            out.stride(1),
             # one padded width for every split count: one compiled variant, not one per power of two
-            HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(max(splits, MAX_SPLITS)), num_warps=4,
+            HEAD_DIM=d,
+            SPLITS_PAD=triton.next_power_of_2(max(splits, MAX_SPLITS)),
+            num_warps=4,
         )

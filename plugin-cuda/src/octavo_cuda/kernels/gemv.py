@@ -18,9 +18,22 @@ from octavo_cuda.kernels import interpreting
 
 
 @triton.jit(do_not_specialize=["M", "N", "K", "stride_x", "stride_y"])
-def _gemv_kernel(y, x, w, b, M, N, K, stride_x, stride_w, stride_y,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 EVEN_K: tl.constexpr):
+def _gemv_kernel(
+    y,
+    x,
+    w,
+    b,
+    M,
+    N,
+    K,
+    stride_x,
+    stride_w,
+    stride_y,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
     pid = tl.program_id(0)
     m = (pid % M).to(tl.int64)
     offs_n = (pid // M) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -36,8 +49,7 @@ def _gemv_kernel(y, x, w, b, M, N, K, stride_x, stride_w, stride_y,
             xv = tl.load(x_row + offs_k)
         else:
             ok = offs_k < K
-            wt = tl.load(w_rows + offs_k[None, :], mask=ok[None, :], other=0.0,
-                         eviction_policy="evict_first")
+            wt = tl.load(w_rows + offs_k[None, :], mask=ok[None, :], other=0.0, eviction_policy="evict_first")
             xv = tl.load(x_row + offs_k, mask=ok, other=0.0)
         acc += wt.to(tl.float32) * xv.to(tl.float32)[None, :]
     out = tl.sum(acc, axis=1)
@@ -53,8 +65,9 @@ def pick_blocks(n: int, k: int) -> tuple[int, int, int]:
     return 4, min(2048, triton.next_power_of_2(max(k, 16))), 4
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+def gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, blocks: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias[N]) with float32 accumulation, in x's dtype."""
     k = x.shape[-1]
     n = weight.shape[0]
@@ -70,8 +83,20 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         if interpreting():
             block_k = min(block_k, 64)
         _gemv_kernel[(m * triton.cdiv(n, block_n),)](
-            y, x2, weight, bias if bias is not None else weight, m, n, k, x2.stride(0), weight.stride(0),
-            y.stride(0), HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-            EVEN_K=k % block_k == 0, num_warps=warps,
+            y,
+            x2,
+            weight,
+            bias if bias is not None else weight,
+            m,
+            n,
+            k,
+            x2.stride(0),
+            weight.stride(0),
+            y.stride(0),
+            HAS_BIAS=bias is not None,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            EVEN_K=k % block_k == 0,
+            num_warps=warps,
         )
     return y.view(*x.shape[:-1], n)

@@ -12,9 +12,20 @@ import triton.language as tl
 
 @triton.jit
 def _write_kv_kernel(
-    k, v, k_cache, v_cache, slot_mapping,
-    stride_kt, stride_kh, stride_vt, stride_vh, stride_slot, stride_head,
-    NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    k,
+    v,
+    k_cache,
+    v_cache,
+    slot_mapping,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_slot,
+    stride_head,
+    NUM_HEADS: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     t = tl.program_id(0)
     slot = tl.load(slot_mapping + t).to(tl.int64)
@@ -31,8 +42,9 @@ def _write_kv_kernel(
     tl.store(v_cache + dst, vt.to(v_cache.dtype.element_ty), mask=ok)
 
 
-def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
     """k, v: [T, Hk, D]; k_cache, v_cache: [num_blocks, block_size, Hk, D]."""
     num_tokens, hk, d = k.shape
     if num_tokens == 0:
@@ -45,8 +57,19 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     assert k_cache.stride(0) == k_cache.shape[1] * k_cache.stride(1) and k_cache.stride(-1) == 1
     assert v_cache.stride() == k_cache.stride()
     _write_kv_kernel[(num_tokens,)](
-        k, v, k_cache, v_cache, slot_mapping,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(1), k_cache.stride(2),
-        NUM_HEADS=hk, HEADS_PAD=triton.next_power_of_2(hk), HEAD_DIM=d,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        NUM_HEADS=hk,
+        HEADS_PAD=triton.next_power_of_2(hk),
+        HEAD_DIM=d,
         num_warps=4 if hk * d >= 2048 else 2,
     )

@@ -27,21 +27,28 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def attend_tile(
-    acc, m_i, l_i,  # running state: [M, HEAD_DIM] f32, [M] f32, [M] f32
+    acc,
+    m_i,
+    l_i,  # running state: [M, HEAD_DIM] f32, [M] f32, [M] f32
     q,  # [M, HEAD_DIM], the cache's dtype
-    k_cache, v_cache,  # pointers to keys / values of this KV head in block 0, slot 0
+    k_cache,
+    v_cache,  # pointers to keys / values of this KV head in block 0, slot 0
     block_table,  # pointer to this request's row of the block table (int32 page ids)
     start_n,  # first key position of the tile
     key_end,  # with BOUND, positions >= key_end are neither loaded nor seen
     q_pos,  # [M] absolute position of each row's query token (for CAUSAL / WINDOW)
     window,  # sliding window W (with WINDOW): a row sees keys > q_pos - W
     scale_log2,  # softmax scale * log2(e)
-    stride_block, stride_slot,
-    BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    stride_block,
+    stride_slot,
+    BLOCK_SIZE: tl.constexpr,
+    TILE_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     BOUND: tl.constexpr,  # the tile may reach key_end; without it loads go unmasked
     CAUSAL: tl.constexpr,  # the tile may cross the diagonal of some row
     WINDOW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, TILE_N)
     offs_d = tl.arange(0, HEAD_DIM)

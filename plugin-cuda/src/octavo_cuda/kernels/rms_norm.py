@@ -14,9 +14,19 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    out, res_out, x, residual, weight, n_cols, eps,
-    stride_x, stride_r, stride_o, stride_ro,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    out,
+    res_out,
+    x,
+    residual,
+    weight,
+    n_cols,
+    eps,
+    stride_x,
+    stride_r,
+    stride_o,
+    stride_ro,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -54,9 +64,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     block = triton.next_power_of_2(n)
     if x2.shape[0] > 0:
         _rms_norm_kernel[(x2.shape[0],)](
-            out, res_out, x2, r2, weight, n, eps,
-            x2.stride(0), r2.stride(0), out.stride(0), res_out.stride(0),
-            HAS_RESIDUAL=residual is not None, BLOCK=block,
+            out,
+            res_out,
+            x2,
+            r2,
+            weight,
+            n,
+            eps,
+            x2.stride(0),
+            r2.stride(0),
+            out.stride(0),
+            res_out.stride(0),
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=block,
             num_warps=min(16, max(1, block // 512)),
         )
     out = out.view(shape)

@@ -13,9 +13,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _rope_heads(src, dst, stride_sh, stride_dh, cos, sin,
-                NUM_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                HALF: tl.constexpr, HALF_PAD: tl.constexpr, REST_PAD: tl.constexpr):
+def _rope_heads(
+    src,
+    dst,
+    stride_sh,
+    stride_dh,
+    cos,
+    sin,
+    NUM_HEADS: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HALF: tl.constexpr,
+    HALF_PAD: tl.constexpr,
+    REST_PAD: tl.constexpr,
+):
     h = tl.arange(0, HEADS_PAD)[:, None]
     i = tl.arange(0, HALF_PAD)[None, :]
     ok = (h < NUM_HEADS) & (i < HALF)
@@ -32,21 +43,63 @@ def _rope_heads(src, dst, stride_sh, stride_dh, cos, sin,
 
 @triton.jit
 def _rotary_kernel(
-    q, k, q_out, k_out, positions, cos_sin,
-    stride_qt, stride_qh, stride_kt, stride_kh,
-    stride_qot, stride_qoh, stride_kot, stride_koh, stride_cs,
-    HQ: tl.constexpr, HQ_PAD: tl.constexpr, HK: tl.constexpr, HK_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, REST_PAD: tl.constexpr,
+    q,
+    k,
+    q_out,
+    k_out,
+    positions,
+    cos_sin,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_qot,
+    stride_qoh,
+    stride_kot,
+    stride_koh,
+    stride_cs,
+    HQ: tl.constexpr,
+    HQ_PAD: tl.constexpr,
+    HK: tl.constexpr,
+    HK_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HALF: tl.constexpr,
+    HALF_PAD: tl.constexpr,
+    REST_PAD: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t).to(tl.int64)
     i = tl.arange(0, HALF_PAD)[None, :]
     cos = tl.load(cos_sin + pos * stride_cs + i, mask=i < HALF, other=0.0)
     sin = tl.load(cos_sin + pos * stride_cs + HALF + i, mask=i < HALF, other=0.0)
-    _rope_heads(q + t * stride_qt, q_out + t * stride_qot, stride_qh, stride_qoh, cos, sin,
-                HQ, HQ_PAD, HEAD_DIM, HALF, HALF_PAD, REST_PAD)
-    _rope_heads(k + t * stride_kt, k_out + t * stride_kot, stride_kh, stride_koh, cos, sin,
-                HK, HK_PAD, HEAD_DIM, HALF, HALF_PAD, REST_PAD)
+    _rope_heads(
+        q + t * stride_qt,
+        q_out + t * stride_qot,
+        stride_qh,
+        stride_qoh,
+        cos,
+        sin,
+        HQ,
+        HQ_PAD,
+        HEAD_DIM,
+        HALF,
+        HALF_PAD,
+        REST_PAD,
+    )
+    _rope_heads(
+        k + t * stride_kt,
+        k_out + t * stride_kot,
+        stride_kh,
+        stride_koh,
+        cos,
+        sin,
+        HK,
+        HK_PAD,
+        HEAD_DIM,
+        HALF,
+        HALF_PAD,
+        REST_PAD,
+    )
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor):
@@ -67,11 +120,28 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_ca
     half = rot // 2
     rest = d - rot
     _rotary_kernel[(num_tokens,)](
-        q, k, q_out, k_out, positions, cos_sin_cache,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1), cos_sin_cache.stride(0),
-        HQ=hq, HQ_PAD=triton.next_power_of_2(hq), HK=hk, HK_PAD=triton.next_power_of_2(hk),
-        HEAD_DIM=d, HALF=half, HALF_PAD=triton.next_power_of_2(half),
+        q,
+        k,
+        q_out,
+        k_out,
+        positions,
+        cos_sin_cache,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        q_out.stride(0),
+        q_out.stride(1),
+        k_out.stride(0),
+        k_out.stride(1),
+        cos_sin_cache.stride(0),
+        HQ=hq,
+        HQ_PAD=triton.next_power_of_2(hq),
+        HK=hk,
+        HK_PAD=triton.next_power_of_2(hk),
+        HEAD_DIM=d,
+        HALF=half,
+        HALF_PAD=triton.next_power_of_2(half),
         REST_PAD=triton.next_power_of_2(rest) if rest else 0,
         num_warps=4,
     )

@@ -65,8 +65,17 @@ def check_attend(platform, head_dim, gqa, block_size, dtype, q_lens, seq_lens, w
     """One attention case end to end; `pad_tokens` adds slot -1 rows to this step's write."""
     _skip_unsupported(platform, head_dim, block_size, dtype)
     kernel = "write_kv" if pad_tokens else "attend"
-    case = label(kernel, head_dim=head_dim, gqa=gqa, block=block_size, dtype=dtype, window=window,
-                 pad=pad_tokens or None, q_lens=q_lens, seq_lens=seq_lens)
+    case = label(
+        kernel,
+        head_dim=head_dim,
+        gqa=gqa,
+        block=block_size,
+        dtype=dtype,
+        window=window,
+        pad=pad_tokens or None,
+        q_lens=q_lens,
+        seq_lens=seq_lens,
+    )
     g = generator_for(case)
     dev = platform.torch_device()
     num_blocks = sum(-(-s // block_size) for s in seq_lens) + (0 if pad_tokens else SPARE_BLOCKS)
@@ -108,8 +117,9 @@ def _insert_rows(x: torch.Tensor, at: torch.Tensor, rows: torch.Tensor) -> torch
 
 
 @pytest.mark.octavo_kernel("attend")
-@pytest.mark.parametrize("head_dim,gqa,block_size,dtype", grid(
-    ("hd", HEAD_DIMS), ("gqa", GQA_RATIOS), ("block", BLOCK_SIZES), ("", DTYPES)))
+@pytest.mark.parametrize(
+    "head_dim,gqa,block_size,dtype", grid(("hd", HEAD_DIMS), ("gqa", GQA_RATIOS), ("block", BLOCK_SIZES), ("", DTYPES))
+)
 def test_attend_shapes(octavo_platform, head_dim, gqa, block_size, dtype):
     check_attend(octavo_platform, head_dim, gqa, block_size, dtype, *MIXED)
 

@@ -29,9 +29,16 @@ def tiny_llama_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-llama")
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
         # wide weights spread the logits, so greedy picks are not near-ties that
         # rounding order could flip between two correct implementations
         initializer_range=0.2,
@@ -67,7 +74,7 @@ def _hf_greedy(model_dir) -> list[list[int]]:
             for _ in range(MAX_TOKENS):
                 logits = model(torch.tensor([ids])).logits[0, -1]
                 ids.append(int(logits.argmax()))
-            results.append(ids[len(prompt):])
+            results.append(ids[len(prompt) :])
     return results
 
 
@@ -89,6 +96,5 @@ def test_greedy_matches_trusted_run(octavo_platform, octavo_platform_name, tiny_
     got = _octavo_greedy(tiny_llama_dir, octavo_platform_name)
     for prompt, g, w in zip(PROMPTS, got, want):
         assert g == w, (
-            f"generate[model=tiny-llama, dtype=fp32, prompt_len={len(prompt)}]: greedy tokens {g} "
-            f"!= {trusted}'s {w}"
+            f"generate[model=tiny-llama, dtype=fp32, prompt_len={len(prompt)}]: greedy tokens {g} != {trusted}'s {w}"
         )

@@ -31,16 +31,19 @@ def _randn(*shape, generator, dtype, dev, scale=1.0):
 
 @pytest.mark.octavo_kernel("linear")
 @dtype_param
-@pytest.mark.parametrize("tokens,in_features,out_features,bias", [
-    (1, 64, 128, True),
-    (37, 256, 96, False),
-    (128, 896, 1152, True),
-], ids=["decode", "odd", "large"])
+@pytest.mark.parametrize(
+    "tokens,in_features,out_features,bias",
+    [
+        (1, 64, 128, True),
+        (37, 256, 96, False),
+        (128, 896, 1152, True),
+    ],
+    ids=["decode", "odd", "large"],
+)
 def test_linear(octavo_platform, tokens, in_features, out_features, bias, dtype):
     p = octavo_platform
     require_dtype(p, dtype)
-    case = label("linear", tokens=tokens, in_features=in_features, out_features=out_features,
-                 bias=bias, dtype=dtype)
+    case = label("linear", tokens=tokens, in_features=in_features, out_features=out_features, bias=bias, dtype=dtype)
     g, dev = generator_for(case), p.torch_device()
     x = _randn(tokens, in_features, generator=g, dtype=dtype, dev=dev)
     # weights scaled like a trained layer, so outputs stay O(1) at every width
@@ -54,8 +57,7 @@ def test_linear(octavo_platform, tokens, in_features, out_features, bias, dtype)
 @pytest.mark.octavo_kernel("rms_norm")
 @dtype_param
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("shape", [(1, 64), (37, 896), (16, 4096), (5, 8, 128)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(1, 64), (37, 896), (16, 4096), (5, 8, 128)], ids=lambda s: "x".join(map(str, s)))
 def test_rms_norm(octavo_platform, shape, with_residual, dtype):
     p = octavo_platform
     require_dtype(p, dtype)
@@ -68,14 +70,16 @@ def test_rms_norm(octavo_platform, shape, with_residual, dtype):
     # inputs are cloned: a fused kernel may update x or residual in place
     args = (x.clone(), weight, eps) + ((residual.clone(),) if with_residual else ())
     out = call("rms_norm", case, p.rms_norm, *args)
-    ref = reference.rms_norm(x.float().cpu(), weight.float().cpu(), eps,
-                             residual.float().cpu() if with_residual else None)
+    ref = reference.rms_norm(
+        x.float().cpu(), weight.float().cpu(), eps, residual.float().cpu() if with_residual else None
+    )
     if not with_residual:
         assert_close(case, out, ref, dtype)
         return
     if not (isinstance(out, tuple) and len(out) == 2):
-        pytest.fail(f"{case}: with a residual, must return (normed, x + residual), got {type(out).__name__}",
-                    pytrace=False)
+        pytest.fail(
+            f"{case}: with a residual, must return (normed, x + residual), got {type(out).__name__}", pytrace=False
+        )
     assert_close(case + " normed", out[0], ref[0], dtype)
     assert_close(case + " residual", out[1], ref[1], dtype)
 
@@ -118,12 +122,16 @@ def test_silu_and_mul(octavo_platform, shape, dtype):
 
 
 @pytest.mark.octavo_kernel("sample")
-@pytest.mark.parametrize("rows,vocab,temperature,banned", [
-    (1, 100, None, 0.0),
-    (16, 4099, 0.7, 0.5),  # vocab off every vector and block width; half the tokens at -inf
-    (64, 49152, 1.3, 0.0),
-    (4, 2048, None, 0.999),  # a couple of tokens left
-], ids=["one-row", "ragged-masked", "smollm2-vocab", "few-left"])
+@pytest.mark.parametrize(
+    "rows,vocab,temperature,banned",
+    [
+        (1, 100, None, 0.0),
+        (16, 4099, 0.7, 0.5),  # vocab off every vector and block width; half the tokens at -inf
+        (64, 49152, 1.3, 0.0),
+        (4, 2048, None, 0.999),  # a couple of tokens left
+    ],
+    ids=["one-row", "ragged-masked", "smollm2-vocab", "few-left"],
+)
 def test_sample(octavo_platform, rows, vocab, temperature, banned):
     """The inverse CDF at u: the token k with cdf[k - 1] <= u < cdf[k], where u also sits
     at the ends of [0, 1) and on the edge of a most likely token."""
@@ -139,7 +147,7 @@ def test_sample(octavo_platform, rows, vocab, temperature, banned):
     u = torch.rand(rows, generator=g)
     u[0] = 0.0
     if rows > 1:
-        u[1] = 1.0 - 2.0 ** -24  # the largest float32 below 1
+        u[1] = 1.0 - 2.0**-24  # the largest float32 below 1
     cdf = reference.sample_cdf(logits, temps)
     if rows > 2:  # just past the end of the most likely token's interval
         top = int(logits[2].argmax())
@@ -158,5 +166,8 @@ def test_sample(octavo_platform, rows, vocab, temperature, banned):
         hi = float(cdf[i, k])
         if not lo - tol <= float(u[i]) < hi + tol:
             want = int(torch.searchsorted(cdf[i], torch.tensor([float(u[i])], dtype=torch.float64), right=True))
-            pytest.fail(f"{case}: row {i} at u={float(u[i]):.7f} drew token {k} (cdf {lo:.7f}..{hi:.7f}); "
-                        f"the inverse CDF gives {want}", pytrace=False)
+            pytest.fail(
+                f"{case}: row {i} at u={float(u[i]):.7f} drew token {k} (cdf {lo:.7f}..{hi:.7f}); "
+                f"the inverse CDF gives {want}",
+                pytrace=False,
+            )

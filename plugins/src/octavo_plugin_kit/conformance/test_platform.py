@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from octavo.platform import API_VERSION, AttentionBackend, Availability, Communicator, DeviceProps, api_compatible
 
 
@@ -49,7 +50,9 @@ def test_copy_to_host(octavo_platform):
     wait = p.copy_to_host([tokens, logprobs])
     tokens.add_(1000)  # queued after the copy: must not show in it
     host = wait()
-    assert len(host) == 2 and all(h.device.type == "cpu" for h in host), "platform: copy_to_host must return host tensors"
+    assert len(host) == 2 and all(h.device.type == "cpu" for h in host), (
+        "platform: copy_to_host must return host tensors"
+    )
     assert host[0].tolist() == [3 * i for i in range(7)], f"platform: copy_to_host gave {host[0].tolist()}"
     assert torch.equal(host[1], torch.linspace(-1, 0, 5)), f"platform: copy_to_host gave {host[1].tolist()}"
 
@@ -77,6 +80,9 @@ def test_single_process_collectives(octavo_platform):
     assert isinstance(comm, Communicator), f"communicator: init_communicator returned {type(comm).__name__}"
     assert (comm.world_size, comm.rank) == (1, 0), f"communicator: world {comm.world_size}, rank {comm.rank}"
     x = torch.arange(6, dtype=torch.float32, device=p.torch_device()).reshape(2, 3)
-    for op, out in (("all_reduce", comm.all_reduce(x.clone())), ("all_gather", comm.all_gather(x.clone())),
-                    ("broadcast", comm.broadcast(x.clone()))):
+    for op, out in (
+        ("all_reduce", comm.all_reduce(x.clone())),
+        ("all_gather", comm.all_gather(x.clone())),
+        ("broadcast", comm.broadcast(x.clone())),
+    ):
         assert torch.equal(out.cpu(), x.cpu()), f"communicator: {op} with world_size 1 changed its input"

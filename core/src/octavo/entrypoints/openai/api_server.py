@@ -18,7 +18,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -66,9 +66,9 @@ def octavo_version() -> str:
 @dataclass
 class ServerSettings:
     served_model_names: list[str]
-    api_key: Optional[str] = None
-    chat_template: Optional[str] = None  # the template text (already read from its file)
-    model_root: Optional[str] = None
+    api_key: str | None = None
+    chat_template: str | None = None  # the template text (already read from its file)
+    model_root: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -85,8 +85,11 @@ class APIKeyMiddleware:
         auth = dict(scope.get("headers") or ()).get(b"authorization", b"")
         if hmac.compare_digest(auth, self.expected):
             return await self.app(scope, receive, send)
-        err = AuthenticationError() if auth else AuthenticationError(
-            "Missing API key: pass it as 'Authorization: Bearer <key>'.")
+        err = (
+            AuthenticationError()
+            if auth
+            else AuthenticationError("Missing API key: pass it as 'Authorization: Bearer <key>'.")
+        )
         return await err.to_response()(scope, receive, send)
 
 
@@ -154,15 +157,26 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        cards = [ModelCard(id=name, created=settings.created, root=settings.model_root or name,
-                           max_model_len=completions.max_model_len) for name in settings.served_model_names]
+        cards = [
+            ModelCard(
+                id=name,
+                created=settings.created,
+                root=settings.model_root or name,
+                max_model_len=completions.max_model_len,
+            )
+            for name in settings.served_model_names
+        ]
         return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.get("/v1/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> JSONResponse:
         completions.model_name(model_id)  # 404 if unknown
-        card = ModelCard(id=model_id, created=settings.created, root=settings.model_root or model_id,
-                         max_model_len=completions.max_model_len)
+        card = ModelCard(
+            id=model_id,
+            created=settings.created,
+            root=settings.model_root or model_id,
+            max_model_len=completions.max_model_len,
+        )
         return JSONResponse(card.model_dump())
 
     @app.get("/health")
@@ -188,9 +202,13 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
             add_special = True if body.add_special_tokens is None else body.add_special_tokens
             ids = completions.encode(body.prompt, add_special)
         else:
-            text = chat.render(body.messages, add_generation_prompt=body.add_generation_prompt,
-                               continue_final_message=body.continue_final_message,
-                               chat_template=body.chat_template, chat_template_kwargs=body.chat_template_kwargs)
+            text = chat.render(
+                body.messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                chat_template=body.chat_template,
+                chat_template_kwargs=body.chat_template_kwargs,
+            )
             ids = chat.encode(text, bool(body.add_special_tokens))
         resp = TokenizeResponse(count=len(ids), max_model_len=completions.max_model_len, tokens=ids)
         if body.return_token_strs:
@@ -218,12 +236,17 @@ def run_server(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     engine = AsyncLLMEngine.from_engine_args(engine_args, max_waiting_requests=args.max_waiting_requests)
     logger.info("model %s loaded in %.1f s", engine_args.model, time.perf_counter() - t0)
-    settings = ServerSettings(served_model_names=names, api_key=args.api_key, chat_template=chat_template,
-                              model_root=engine_args.model)
+    settings = ServerSettings(
+        served_model_names=names, api_key=args.api_key, chat_template=chat_template, model_root=engine_args.model
+    )
     app = build_app(engine, settings)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-        access_log=not args.disable_access_log, timeout_keep_alive=5,
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.uvicorn_log_level,
+        access_log=not args.disable_access_log,
+        timeout_keep_alive=5,
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = uvicorn.Server(config)

@@ -8,7 +8,7 @@ The `type`/`code` strings are the ones OpenAI's own API sends for the same situa
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Optional
+from typing import Any
 
 from fastapi.responses import JSONResponse
 
@@ -17,8 +17,15 @@ class APIError(Exception):
     status: int = HTTPStatus.BAD_REQUEST
     type: str = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 status: Optional[int] = None, type: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -29,8 +36,7 @@ class APIError(Exception):
             self.type = type
 
     def to_response(self) -> JSONResponse:
-        return error_response(self.message, status=int(self.status), type=self.type, param=self.param,
-                              code=self.code)
+        return error_response(self.message, status=int(self.status), type=self.type, param=self.param, code=self.code)
 
 
 class BadRequestError(APIError):
@@ -38,24 +44,31 @@ class BadRequestError(APIError):
 
 
 class ContextLengthError(BadRequestError):
-    def __init__(self, max_model_len: int, num_prompt_tokens: int, max_tokens: Optional[int],
-                 param: str = "messages") -> None:
+    def __init__(
+        self, max_model_len: int, num_prompt_tokens: int, max_tokens: int | None, param: str = "messages"
+    ) -> None:
         if max_tokens is None or num_prompt_tokens >= max_model_len:
-            msg = (f"This model's maximum context length is {max_model_len} tokens. However, your "
-                   f"{param} resulted in {num_prompt_tokens} tokens, which leaves no room for the "
-                   f"completion. Please reduce the length of the {param}.")
+            msg = (
+                f"This model's maximum context length is {max_model_len} tokens. However, your "
+                f"{param} resulted in {num_prompt_tokens} tokens, which leaves no room for the "
+                f"completion. Please reduce the length of the {param}."
+            )
         else:
-            msg = (f"This model's maximum context length is {max_model_len} tokens. However, you "
-                   f"requested {num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the "
-                   f"{param}, {max_tokens} in the completion). Please reduce the length of the "
-                   f"{param} or completion.")
+            msg = (
+                f"This model's maximum context length is {max_model_len} tokens. However, you "
+                f"requested {num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the "
+                f"{param}, {max_tokens} in the completion). Please reduce the length of the "
+                f"{param} or completion."
+            )
         super().__init__(msg, param=param, code="context_length_exceeded")
 
 
 class AuthenticationError(APIError):
     status = HTTPStatus.UNAUTHORIZED
 
-    def __init__(self, message: str = "Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'.") -> None:
+    def __init__(
+        self, message: str = "Incorrect or missing API key. Pass it as 'Authorization: Bearer <key>'."
+    ) -> None:
         super().__init__(message, code="invalid_api_key")
 
 
@@ -65,8 +78,11 @@ class NotFoundError(APIError):
 
 class ModelNotFoundError(NotFoundError):
     def __init__(self, model: str, served: list[str]) -> None:
-        super().__init__(f"The model `{model}` does not exist. This server serves: {', '.join(served)}.",
-                         param="model", code="model_not_found")
+        super().__init__(
+            f"The model `{model}` does not exist. This server serves: {', '.join(served)}.",
+            param="model",
+            code="model_not_found",
+        )
 
 
 class ServiceUnavailableError(APIError):
@@ -79,16 +95,17 @@ class InternalServerError(APIError):
     type = "server_error"
 
 
-def error_body(message: str, *, type: str, param: Optional[str] = None, code: Any = None) -> dict:
+def error_body(message: str, *, type: str, param: str | None = None, code: Any = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(message: str, *, status: int, type: str = "invalid_request_error",
-                   param: Optional[str] = None, code: Any = None) -> JSONResponse:
+def error_response(
+    message: str, *, status: int, type: str = "invalid_request_error", param: str | None = None, code: Any = None
+) -> JSONResponse:
     return JSONResponse(error_body(message, type=type, param=param, code=code), status_code=status)
 
 
-def validation_message(errors: list[dict]) -> tuple[str, Optional[str]]:
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     """One readable line (and the first offending field) from pydantic/FastAPI validation errors."""
     parts, param = [], None
     for e in errors[:5]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,14 +35,14 @@ class UsageInfo(OpenAIModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    prompt_tokens_details: Optional[dict[str, int]] = None
+    prompt_tokens_details: dict[str, int] | None = None
 
 
 class ErrorInfo(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Union[int, str, None] = None
+    param: str | None = None
+    code: int | str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -52,35 +52,35 @@ class ErrorResponse(BaseModel):
 class _SamplingFields(OpenAIModel):
     """Fields both generation endpoints share (OpenAI's and vLLM's extras)."""
 
-    model: Optional[str] = None
+    model: str | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    logit_bias: Optional[dict[str, float]] = None
+    logit_bias: dict[str, float] | None = None
     n: int = 1
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    user: Optional[str] = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
     # vLLM's extra sampling parameters
-    best_of: Optional[int] = None
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
-    stop_token_ids: Optional[list[int]] = None
+    best_of: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    prompt_logprobs: Optional[int] = None
-    request_id: Optional[str] = None  # vLLM: the id the server logs and returns
+    prompt_logprobs: int | None = None
+    request_id: str | None = None  # vLLM: the id the server logs and returns
     use_beam_search: bool = False  # vLLM: beam search with n beams (completions only)
     length_penalty: float = 1.0
 
-    def _logit_bias(self) -> Optional[dict[int, float]]:
+    def _logit_bias(self) -> dict[int, float] | None:
         if not self.logit_bias:
             return None
         try:
@@ -88,8 +88,7 @@ class _SamplingFields(OpenAIModel):
         except ValueError:
             raise ValueError("invalid sampling parameter logit_bias: keys must be token ids") from None
 
-    def _sampling_params(self, max_tokens: Optional[int], logprobs: Optional[int],
-                         stream: bool) -> SamplingParams:
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None, stream: bool) -> SamplingParams:
         return SamplingParams(
             n=self.n,
             best_of=self.best_of,
@@ -121,20 +120,21 @@ class _SamplingFields(OpenAIModel):
 
     @property
     def continuous_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage
-                    and self.stream_options.continuous_usage_stats)
+        return bool(
+            self.stream_options and self.stream_options.include_usage and self.stream_options.continuous_usage_stats
+        )
 
 
 # ---- /v1/completions --------------------------------------------------------------------
-PromptInput = Union[str, list[str], list[int], list[list[int]]]
+PromptInput = str | list[str] | list[int] | list[list[int]]
 
 
 class CompletionRequest(_SamplingFields):
     prompt: PromptInput
-    max_tokens: Optional[int] = 16
+    max_tokens: int | None = 16
     echo: bool = False
-    logprobs: Optional[int] = None
-    suffix: Optional[str] = None
+    logprobs: int | None = None
+    suffix: str | None = None
     add_special_tokens: bool = True  # vLLM: BOS etc. when tokenizing a text prompt
 
     @field_validator("prompt")
@@ -144,7 +144,7 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt must not be an empty list")
         return v
 
-    def to_sampling_params(self, max_tokens: Optional[int]) -> SamplingParams:
+    def to_sampling_params(self, max_tokens: int | None) -> SamplingParams:
         params = self._sampling_params(max_tokens, self.logprobs, self.stream)
         if self.echo and self.logprobs is not None and params.prompt_logprobs is None:
             params.prompt_logprobs = self.logprobs
@@ -153,17 +153,17 @@ class CompletionRequest(_SamplingFields):
 
 class CompletionLogProbs(OpenAIModel):
     text_offset: list[int] = Field(default_factory=list)
-    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
     tokens: list[str] = Field(default_factory=list)
-    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
 class CompletionResponseChoice(OpenAIModel):
     index: int
     text: str
-    logprobs: Optional[CompletionLogProbs] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Union[int, str, None] = None
+    logprobs: CompletionLogProbs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 class CompletionResponse(OpenAIModel):
@@ -172,8 +172,8 @@ class CompletionResponse(OpenAIModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[CompletionResponseChoice]
-    usage: Optional[UsageInfo] = None
-    system_fingerprint: Optional[str] = None
+    usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
 
 
 class CompletionStreamResponse(CompletionResponse):
@@ -183,13 +183,13 @@ class CompletionStreamResponse(CompletionResponse):
 # ---- /v1/chat/completions ---------------------------------------------------------------
 class ChatContentPart(OpenAIModel):
     type: str
-    text: Optional[str] = None
+    text: str | None = None
 
 
 class ChatMessage(OpenAIModel):
     role: str
-    content: Union[str, list[ChatContentPart], None] = None
-    name: Optional[str] = None
+    content: str | list[ChatContentPart] | None = None
+    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -199,28 +199,27 @@ class ChatMessage(OpenAIModel):
         out = []
         for part in self.content:
             if part.type != "text" or part.text is None:
-                raise ValueError(f"message content part of type {part.type!r} is not supported "
-                                 "(only 'text' parts)")
+                raise ValueError(f"message content part of type {part.type!r} is not supported (only 'text' parts)")
             out.append(part.text)
         return "\n".join(out)
 
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage]
-    max_tokens: Optional[int] = None  # deprecated by OpenAI in favour of max_completion_tokens
-    max_completion_tokens: Optional[int] = None
+    max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: Optional[int] = None
-    response_format: Optional[dict[str, Any]] = None
-    tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Union[str, dict[str, Any], None] = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     # vLLM's extras
     echo: bool = False  # prepend the last message's content when it is the assistant's
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False  # the template already has them
-    chat_template: Optional[str] = None
-    chat_template_kwargs: Optional[dict[str, Any]] = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -230,10 +229,10 @@ class ChatCompletionRequest(_SamplingFields):
         return v
 
     @property
-    def requested_max_tokens(self) -> Optional[int]:
+    def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def to_sampling_params(self, max_tokens: Optional[int]) -> SamplingParams:
+    def to_sampling_params(self, max_tokens: int | None) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("invalid sampling parameter top_logprobs: needs logprobs=true")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
@@ -242,14 +241,14 @@ class ChatCompletionRequest(_SamplingFields):
 
 class ChatResponseMessage(OpenAIModel):
     role: str = "assistant"
-    content: Optional[str] = None
+    content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatTopLogprob(OpenAIModel):
     token: str
     logprob: float
-    bytes: Optional[list[int]] = None
+    bytes: list[int] | None = None
 
 
 class ChatTokenLogprob(ChatTopLogprob):
@@ -257,15 +256,15 @@ class ChatTokenLogprob(ChatTopLogprob):
 
 
 class ChatLogProbs(OpenAIModel):
-    content: Optional[list[ChatTokenLogprob]] = None
+    content: list[ChatTokenLogprob] | None = None
 
 
 class ChatCompletionResponseChoice(OpenAIModel):
     index: int
     message: ChatResponseMessage
-    logprobs: Optional[ChatLogProbs] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Union[int, str, None] = None
+    logprobs: ChatLogProbs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 class ChatCompletionResponse(OpenAIModel):
@@ -274,21 +273,21 @@ class ChatCompletionResponse(OpenAIModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[ChatCompletionResponseChoice]
-    usage: Optional[UsageInfo] = None
-    system_fingerprint: Optional[str] = None
+    usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
 
 
 class DeltaMessage(OpenAIModel):
-    role: Optional[str] = None
-    content: Optional[str] = None
+    role: str | None = None
+    content: str | None = None
 
 
 class ChatCompletionStreamChoice(OpenAIModel):
     index: int
     delta: DeltaMessage
-    logprobs: Optional[ChatLogProbs] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Union[int, str, None] = None
+    logprobs: ChatLogProbs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 class ChatCompletionStreamResponse(OpenAIModel):
@@ -297,8 +296,8 @@ class ChatCompletionStreamResponse(OpenAIModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[ChatCompletionStreamChoice]
-    usage: Optional[UsageInfo] = None
-    system_fingerprint: Optional[str] = None
+    usage: UsageInfo | None = None
+    system_fingerprint: str | None = None
 
 
 # ---- /v1/models -------------------------------------------------------------------------
@@ -307,8 +306,8 @@ class ModelCard(OpenAIModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "octavo"
-    root: Optional[str] = None
-    max_model_len: Optional[int] = None
+    root: str | None = None
+    max_model_len: int | None = None
 
 
 class ModelList(OpenAIModel):
@@ -318,14 +317,14 @@ class ModelList(OpenAIModel):
 
 # ---- /tokenize and /detokenize (vLLM's shapes) -----------------------------------------
 class TokenizeRequest(OpenAIModel):
-    model: Optional[str] = None
-    prompt: Optional[str] = None
-    messages: Optional[list[ChatMessage]] = None
-    add_special_tokens: Optional[bool] = None  # default: True for a prompt, False for messages
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    chat_template: Optional[str] = None
-    chat_template_kwargs: Optional[dict[str, Any]] = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     return_token_strs: bool = False
 
 
@@ -333,11 +332,11 @@ class TokenizeResponse(OpenAIModel):
     count: int
     max_model_len: int
     tokens: list[int]
-    token_strs: Optional[list[str]] = None
+    token_strs: list[str] | None = None
 
 
 class DetokenizeRequest(OpenAIModel):
-    model: Optional[str] = None
+    model: str | None = None
     tokens: list[int]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -42,7 +42,7 @@ from octavo.outputs import CompletionOutput
 ROLE = "assistant"
 
 
-def load_chat_template(value: Optional[str]) -> Optional[str]:
+def load_chat_template(value: str | None) -> str | None:
     """--chat-template: a file holding a Jinja template, or the template itself."""
     if value is None:
         return None
@@ -58,19 +58,27 @@ def load_chat_template(value: Optional[str]) -> Optional[str]:
 
 
 class OpenAIServingChat(OpenAIServing):
-    def __init__(self, *args: Any, chat_template: Optional[str] = None, **kw: Any) -> None:
+    def __init__(self, *args: Any, chat_template: str | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.chat_template = chat_template
 
     # ---- prompt -------------------------------------------------------------------------
-    def render(self, messages: list[ChatMessage], *, add_generation_prompt: bool = True,
-               continue_final_message: bool = False, chat_template: Optional[str] = None,
-               chat_template_kwargs: Optional[dict[str, Any]] = None) -> str:
+    def render(
+        self,
+        messages: list[ChatMessage],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
         """The prompt text the chat template makes of the messages (400 on any template error)."""
         template = chat_template or self.chat_template or getattr(self.tokenizer, "chat_template", None)
         if not template:
-            raise BadRequestError("this model has no chat template; start the server with "
-                                  "--chat-template FILE or use /v1/completions", param="messages")
+            raise BadRequestError(
+                "this model has no chat template; start the server with --chat-template FILE or use /v1/completions",
+                param="messages",
+            )
         try:
             conversation = [{"role": m.role, "content": m.text()} for m in messages]
         except ValueError as e:
@@ -79,24 +87,32 @@ class OpenAIServingChat(OpenAIServing):
             add_generation_prompt = False  # vLLM refuses both; continuing wins, as the caller asked
         try:
             text = self.tokenizer.apply_chat_template(
-                conversation, chat_template=template, tokenize=False,
+                conversation,
+                chat_template=template,
+                tokenize=False,
                 add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message, **(chat_template_kwargs or {}))
+                continue_final_message=continue_final_message,
+                **(chat_template_kwargs or {}),
+            )
         except Exception as e:  # noqa: BLE001 - jinja's errors and raise_exception() in templates
-            raise BadRequestError(f"the chat template could not render these messages: {e}",
-                                  param="messages") from None
+            raise BadRequestError(f"the chat template could not render these messages: {e}", param="messages") from None
         return text if isinstance(text, str) else str(text)
 
-    async def create_chat_completion(self, req: ChatCompletionRequest,
-                                     raw: Request) -> Union[JSONResponse, EventStreamResponse]:
+    async def create_chat_completion(
+        self, req: ChatCompletionRequest, raw: Request
+    ) -> JSONResponse | EventStreamResponse:
         model = self.model_name(req.model)
         if req.use_beam_search:
             raise BadRequestError("use_beam_search is supported on /v1/completions only", param="use_beam_search")
         if req.tools and req.tool_choice not in (None, "none"):
             raise BadRequestError("tool calling is not supported by this server", param="tools")
-        text = self.render(req.messages, add_generation_prompt=req.add_generation_prompt,
-                           continue_final_message=req.continue_final_message,
-                           chat_template=req.chat_template, chat_template_kwargs=req.chat_template_kwargs)
+        text = self.render(
+            req.messages,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+            chat_template=req.chat_template,
+            chat_template_kwargs=req.chat_template_kwargs,
+        )
         ids = self.encode(text, req.add_special_tokens)
         max_tokens = self.max_tokens_for(len(ids), req.requested_max_tokens, "messages")
         try:
@@ -117,35 +133,57 @@ class OpenAIServingChat(OpenAIServing):
                 s.abort()
 
     # ---- non-streaming ----------------------------------------------------------------------
-    async def _full(self, req: ChatCompletionRequest, request_id: str, model: str, ids: list[int],
-                    streams: list[RequestStream], echo: str) -> JSONResponse:
+    async def _full(
+        self,
+        req: ChatCompletionRequest,
+        request_id: str,
+        model: str,
+        ids: list[int],
+        streams: list[RequestStream],
+        echo: str,
+    ) -> JSONResponse:
         (out,) = await final_outputs(streams)
         choices = []
         num_generated = 0
         for c in sorted(out.outputs, key=lambda c: c.index):
             num_generated += len(c.token_ids)
-            choices.append(ChatCompletionResponseChoice(
-                index=c.index, message=ChatResponseMessage(role=ROLE, content=echo + c.text),
-                logprobs=self._logprobs(c, req.top_logprobs or 0) if req.logprobs else None,
-                finish_reason=c.finish_reason, stop_reason=c.stop_reason))
-        usage = UsageInfo(prompt_tokens=len(ids), completion_tokens=num_generated,
-                          total_tokens=len(ids) + num_generated)
+            choices.append(
+                ChatCompletionResponseChoice(
+                    index=c.index,
+                    message=ChatResponseMessage(role=ROLE, content=echo + c.text),
+                    logprobs=self._logprobs(c, req.top_logprobs or 0) if req.logprobs else None,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+            )
+        usage = UsageInfo(
+            prompt_tokens=len(ids), completion_tokens=num_generated, total_tokens=len(ids) + num_generated
+        )
         resp = ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
         return JSONResponse(resp.model_dump())
 
     # ---- streaming -------------------------------------------------------------------------
-    async def _stream(self, req: ChatCompletionRequest, request_id: str, model: str, ids: list[int],
-                      streams: list[RequestStream], echo: str) -> AsyncIterator[str]:
+    async def _stream(
+        self,
+        req: ChatCompletionRequest,
+        request_id: str,
+        model: str,
+        ids: list[int],
+        streams: list[RequestStream],
+        echo: str,
+    ) -> AsyncIterator[str]:
         created = int(time.time())
         num_prompt = len(ids)
         num_generated = 0
 
-        def chunk(choice: Optional[ChatCompletionStreamChoice]) -> str:
-            resp = ChatCompletionStreamResponse(id=request_id, created=created, model=model,
-                                                choices=[choice] if choice else [])
+        def chunk(choice: ChatCompletionStreamChoice | None) -> str:
+            resp = ChatCompletionStreamResponse(
+                id=request_id, created=created, model=model, choices=[choice] if choice else []
+            )
             if req.continuous_usage or (choice is None and req.include_usage):
-                resp.usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
-                                       total_tokens=num_prompt + num_generated)
+                resp.usage = UsageInfo(
+                    prompt_tokens=num_prompt, completion_tokens=num_generated, total_tokens=num_prompt + num_generated
+                )
             data = resp.model_dump()
             for c in data["choices"]:  # OpenAI's deltas carry only the fields that changed
                 c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
@@ -160,10 +198,15 @@ class OpenAIServingChat(OpenAIServing):
                     if not c.text and not c.token_ids and c.finish_reason is None:
                         continue
                     num_generated += len(c.token_ids)
-                    yield chunk(ChatCompletionStreamChoice(
-                        index=c.index, delta=DeltaMessage(content=c.text),
-                        logprobs=self._logprobs(c, req.top_logprobs or 0) if req.logprobs else None,
-                        finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                    yield chunk(
+                        ChatCompletionStreamChoice(
+                            index=c.index,
+                            delta=DeltaMessage(content=c.text),
+                            logprobs=self._logprobs(c, req.top_logprobs or 0) if req.logprobs else None,
+                            finish_reason=c.finish_reason,
+                            stop_reason=c.stop_reason,
+                        )
+                    )
             if req.include_usage:
                 yield chunk(None)
         except APIError as e:
@@ -179,9 +222,24 @@ class OpenAIServingChat(OpenAIServing):
             entry = c.logprobs[i] if c.logprobs is not None and i < len(c.logprobs) else {}
             chosen = entry.get(tid)
             tok = self.token_str(tid, chosen)
-            top = [ChatTopLogprob(token=(s := self.token_str(t, l)), logprob=max(l.logprob, -9999.0),
-                                  bytes=list(s.encode("utf-8", errors="replace")))
-                   for t, l in self.top_logprobs(entry, k)] if k else []
-            content.append(ChatTokenLogprob(token=tok, logprob=max(chosen.logprob, -9999.0) if chosen else -9999.0,
-                                            bytes=list(tok.encode("utf-8", errors="replace")), top_logprobs=top))
+            top = (
+                [
+                    ChatTopLogprob(
+                        token=(s := self.token_str(t, lp)),
+                        logprob=max(lp.logprob, -9999.0),
+                        bytes=list(s.encode("utf-8", errors="replace")),
+                    )
+                    for t, lp in self.top_logprobs(entry, k)
+                ]
+                if k
+                else []
+            )
+            content.append(
+                ChatTokenLogprob(
+                    token=tok,
+                    logprob=max(chosen.logprob, -9999.0) if chosen else -9999.0,
+                    bytes=list(tok.encode("utf-8", errors="replace")),
+                    top_logprobs=top,
+                )
+            )
         return ChatLogProbs(content=content)

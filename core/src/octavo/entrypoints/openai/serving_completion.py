@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Optional, Union
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -35,7 +34,7 @@ from octavo.outputs import CompletionOutput, PromptLogprobs, SampleLogprobs
 
 
 class OpenAIServingCompletion(OpenAIServing):
-    async def create_completion(self, req: CompletionRequest, raw: Request) -> Union[JSONResponse, EventStreamResponse]:
+    async def create_completion(self, req: CompletionRequest, raw: Request) -> JSONResponse | EventStreamResponse:
         model = self.model_name(req.model)
         if req.suffix:
             raise BadRequestError("suffix is not supported", param="suffix")
@@ -60,7 +59,7 @@ class OpenAIServingCompletion(OpenAIServing):
             for s in streams:  # no-op once finished; frees the KV of a request nobody awaits
                 s.abort()
 
-    def _prompts(self, req: CompletionRequest) -> list[tuple[Optional[str], list[int]]]:
+    def _prompts(self, req: CompletionRequest) -> list[tuple[str | None, list[int]]]:
         """(text or None, token ids) for each prompt of the request."""
         p = req.prompt
         if isinstance(p, str):
@@ -81,35 +80,66 @@ class OpenAIServingCompletion(OpenAIServing):
                 out.append((None, ids))
         return out
 
-    def _prompt_text(self, text: Optional[str], ids: list[int]) -> str:
+    def _prompt_text(self, text: str | None, ids: list[int]) -> str:
         return text if text is not None else self.tokenizer.decode(ids)
 
     # ---- non-streaming ----------------------------------------------------------------------
-    async def _beam_search(self, req: CompletionRequest, request_id: str, model: str,
-                           prompts: list[tuple[Optional[str], list[int]]], submissions) -> JSONResponse:
+    async def _beam_search(
+        self,
+        req: CompletionRequest,
+        request_id: str,
+        model: str,
+        prompts: list[tuple[str | None, list[int]]],
+        submissions,
+    ) -> JSONResponse:
         from octavo.beam_search import BeamSearchParams
 
         if req.stream:
-            raise BadRequestError("use_beam_search cannot stream: the best beams are known only at the end",
-                                  param="stream")
+            raise BadRequestError(
+                "use_beam_search cannot stream: the best beams are known only at the end", param="stream"
+            )
         if req.logprobs is not None or req.echo:
             raise BadRequestError("use_beam_search does not return logprobs or echo", param="use_beam_search")
         try:
-            params = [BeamSearchParams(beam_width=req.n, max_tokens=sp.max_tokens, ignore_eos=req.ignore_eos,
-                                       length_penalty=req.length_penalty) for _, sp in submissions]
+            params = [
+                BeamSearchParams(
+                    beam_width=req.n,
+                    max_tokens=sp.max_tokens,
+                    ignore_eos=req.ignore_eos,
+                    length_penalty=req.length_penalty,
+                )
+                for _, sp in submissions
+            ]
         except ValueError as e:
             raise BadRequestError(str(e), param="n") from None
-        finals = await asyncio.gather(*(self.engine.beam_search(ids, p, f"{request_id}-{i}")
-                                        for i, ((ids, _), p) in enumerate(zip(submissions, params))))
+        finals = await asyncio.gather(
+            *(
+                self.engine.beam_search(ids, p, f"{request_id}-{i}")
+                for i, ((ids, _), p) in enumerate(zip(submissions, params))
+            )
+        )
         return self._respond(req, request_id, model, prompts, list(finals), req.n)
 
-    async def _full(self, req: CompletionRequest, request_id: str, model: str,
-                    prompts: list[tuple[Optional[str], list[int]]], streams: list[RequestStream],
-                    n: int) -> JSONResponse:
+    async def _full(
+        self,
+        req: CompletionRequest,
+        request_id: str,
+        model: str,
+        prompts: list[tuple[str | None, list[int]]],
+        streams: list[RequestStream],
+        n: int,
+    ) -> JSONResponse:
         return self._respond(req, request_id, model, prompts, await final_outputs(streams), n)
 
-    def _respond(self, req: CompletionRequest, request_id: str, model: str,
-                 prompts: list[tuple[Optional[str], list[int]]], finals, n: int) -> JSONResponse:
+    def _respond(
+        self,
+        req: CompletionRequest,
+        request_id: str,
+        model: str,
+        prompts: list[tuple[str | None, list[int]]],
+        finals,
+        n: int,
+    ) -> JSONResponse:
         choices: list[CompletionResponseChoice] = []
         num_generated = 0
         for p, out in enumerate(finals):
@@ -122,20 +152,39 @@ class OpenAIServingCompletion(OpenAIServing):
                     prompt_text = self._prompt_text(text_p, ids)
                     text = prompt_text + text
                 if req.logprobs is not None:
-                    logprobs = self._logprobs(c, req.logprobs, out.prompt_logprobs if req.echo else None,
-                                              ids if req.echo else None)
-                choices.append(CompletionResponseChoice(index=p * n + c.index, text=text, logprobs=logprobs,
-                                                        finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                    logprobs = self._logprobs(
+                        c, req.logprobs, out.prompt_logprobs if req.echo else None, ids if req.echo else None
+                    )
+                choices.append(
+                    CompletionResponseChoice(
+                        index=p * n + c.index,
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason=c.finish_reason,
+                        stop_reason=c.stop_reason,
+                    )
+                )
         num_prompt = sum(len(ids) for _, ids in prompts)
-        resp = CompletionResponse(id=request_id, model=model, choices=choices,
-                                  usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
-                                                  total_tokens=num_prompt + num_generated))
+        resp = CompletionResponse(
+            id=request_id,
+            model=model,
+            choices=choices,
+            usage=UsageInfo(
+                prompt_tokens=num_prompt, completion_tokens=num_generated, total_tokens=num_prompt + num_generated
+            ),
+        )
         return JSONResponse(resp.model_dump())
 
     # ---- streaming -------------------------------------------------------------------------
-    async def _stream(self, req: CompletionRequest, request_id: str, model: str,
-                      prompts: list[tuple[Optional[str], list[int]]], streams: list[RequestStream],
-                      n: int) -> AsyncIterator[str]:
+    async def _stream(
+        self,
+        req: CompletionRequest,
+        request_id: str,
+        model: str,
+        prompts: list[tuple[str | None, list[int]]],
+        streams: list[RequestStream],
+        n: int,
+    ) -> AsyncIterator[str]:
         created = int(time.time())
         num_prompt = sum(len(ids) for _, ids in prompts)
         num_generated = 0
@@ -161,19 +210,40 @@ class OpenAIServingCompletion(OpenAIServing):
                         if logprobs.text_offset:
                             offsets[index] = logprobs.text_offset[-1] + len(logprobs.tokens[-1])
                     chunk = CompletionStreamResponse(
-                        id=request_id, created=created, model=model,
-                        choices=[CompletionResponseChoice(index=index, text=text, logprobs=logprobs,
-                                                          finish_reason=c.finish_reason,
-                                                          stop_reason=c.stop_reason)])
+                        id=request_id,
+                        created=created,
+                        model=model,
+                        choices=[
+                            CompletionResponseChoice(
+                                index=index,
+                                text=text,
+                                logprobs=logprobs,
+                                finish_reason=c.finish_reason,
+                                stop_reason=c.stop_reason,
+                            )
+                        ],
+                    )
                     if req.continuous_usage:
-                        chunk.usage = UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
-                                                total_tokens=num_prompt + num_generated)
+                        chunk.usage = UsageInfo(
+                            prompt_tokens=num_prompt,
+                            completion_tokens=num_generated,
+                            total_tokens=num_prompt + num_generated,
+                        )
                     yield sse(chunk)
             if req.include_usage:
-                yield sse(CompletionStreamResponse(
-                    id=request_id, created=created, model=model, choices=[],
-                    usage=UsageInfo(prompt_tokens=num_prompt, completion_tokens=num_generated,
-                                    total_tokens=num_prompt + num_generated)))
+                yield sse(
+                    CompletionStreamResponse(
+                        id=request_id,
+                        created=created,
+                        model=model,
+                        choices=[],
+                        usage=UsageInfo(
+                            prompt_tokens=num_prompt,
+                            completion_tokens=num_generated,
+                            total_tokens=num_prompt + num_generated,
+                        ),
+                    )
+                )
         except APIError as e:
             yield sse(error_body(e.message, type=e.type, param=e.param, code=e.code))
         except Exception as e:  # noqa: BLE001 - the stream has started: report in-band
@@ -181,10 +251,16 @@ class OpenAIServingCompletion(OpenAIServing):
         yield SSE_DONE
 
     # ---- logprobs -------------------------------------------------------------------------
-    def _logprobs(self, c: CompletionOutput, k: int, prompt_logprobs: Optional[PromptLogprobs],
-                  prompt_ids: Optional[list[int]], offset: int = 0) -> CompletionLogProbs:
+    def _logprobs(
+        self,
+        c: CompletionOutput,
+        k: int,
+        prompt_logprobs: PromptLogprobs | None,
+        prompt_ids: list[int] | None,
+        offset: int = 0,
+    ) -> CompletionLogProbs:
         lp = CompletionLogProbs()
-        pieces: list[tuple[list[int], Optional[SampleLogprobs]]] = []
+        pieces: list[tuple[list[int], SampleLogprobs | None]] = []
         if prompt_ids is not None:
             pieces.append((prompt_ids, prompt_logprobs))
         pieces.append((c.token_ids, c.logprobs))
@@ -198,8 +274,12 @@ class OpenAIServingCompletion(OpenAIServing):
                 offset += len(tok)
                 lp.token_logprobs.append(max(chosen.logprob, -9999.0) if chosen else None)
                 if entry:
-                    lp.top_logprobs.append({self.token_str(t, l): max(l.logprob, -9999.0)
-                                            for t, l in self.top_logprobs(entry, max(k, 1))})
+                    lp.top_logprobs.append(
+                        {
+                            self.token_str(t, lp): max(lp.logprob, -9999.0)
+                            for t, lp in self.top_logprobs(entry, max(k, 1))
+                        }
+                    )
                 else:
                     lp.top_logprobs.append(None)
         return lp

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -28,8 +28,7 @@ T = TypeVar("T")
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncLLMEngine, served_model_names: list[str],
-                 metrics: Any = None) -> None:
+    def __init__(self, engine: AsyncLLMEngine, served_model_names: list[str], metrics: Any = None) -> None:
         self.engine = engine
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer
@@ -38,7 +37,7 @@ class OpenAIServing:
         self._vocab_size = len(self.tokenizer)
 
     # ---- checks ------------------------------------------------------------------------
-    def model_name(self, requested: Optional[str]) -> str:
+    def model_name(self, requested: str | None) -> str:
         """The name to answer with; 404 for a model this server does not serve."""
         if requested is None or requested == "":
             return self.served_model_names[0]
@@ -52,17 +51,19 @@ class OpenAIServing:
     def check_token_ids(self, ids: list[int], param: str) -> None:
         for t in ids:
             if not isinstance(t, int) or not 0 <= t < self._vocab_size:
-                raise BadRequestError(f"token id {t!r} in {param} is out of the vocabulary "
-                                      f"[0, {self._vocab_size})", param=param)
+                raise BadRequestError(
+                    f"token id {t!r} in {param} is out of the vocabulary [0, {self._vocab_size})", param=param
+                )
 
-    def max_tokens_for(self, num_prompt_tokens: int, requested: Optional[int], param: str) -> int:
+    def max_tokens_for(self, num_prompt_tokens: int, requested: int | None, param: str) -> int:
         """Check prompt + max_tokens against the context; None means "the rest of it"."""
         if num_prompt_tokens == 0:
             raise BadRequestError(f"the {param} is empty", param=param)
         if requested is not None and (not isinstance(requested, int) or requested < 1):
             name = "max_tokens"
-            raise BadRequestError(f"invalid sampling parameter {name}={requested!r}: must be an "
-                                  "integer >= 1 or null", param=name)
+            raise BadRequestError(
+                f"invalid sampling parameter {name}={requested!r}: must be an integer >= 1 or null", param=name
+            )
         if num_prompt_tokens >= self.max_model_len:
             raise ContextLengthError(self.max_model_len, num_prompt_tokens, requested, param)
         if requested is None:
@@ -72,12 +73,10 @@ class OpenAIServing:
         return requested
 
     # ---- submission --------------------------------------------------------------------
-    async def submit(self, request_id: str, prompt_token_ids: list[int],
-                     params: SamplingParams) -> RequestStream:
+    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> RequestStream:
         """Hand a request to the engine; engine-side rejections become OpenAI errors."""
         try:
-            return await self.engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids},
-                                                 params)
+            return await self.engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids}, params)
         except QueueFullError as e:
             if self.metrics is not None:
                 self.metrics.rejected.inc()
@@ -89,8 +88,9 @@ class OpenAIServing:
         except RuntimeError as e:  # EngineDeadError and friends
             raise InternalServerError(str(e)) from None
 
-    async def submit_all(self, request_id: str,
-                         requests: list[tuple[list[int], SamplingParams]]) -> list[RequestStream]:
+    async def submit_all(
+        self, request_id: str, requests: list[tuple[list[int], SamplingParams]]
+    ) -> list[RequestStream]:
         """Submit one request per prompt; if any is refused, abort those already accepted."""
         if len(requests) == 1:
             return [await self.submit(request_id, *requests[0])]
@@ -105,14 +105,15 @@ class OpenAIServing:
         return streams
 
     # ---- helpers for the response ------------------------------------------------------
-    def token_str(self, token_id: int, lp: Optional[Logprob]) -> str:
+    def token_str(self, token_id: int, lp: Logprob | None) -> str:
         if lp is not None and lp.decoded_token is not None:
             return lp.decoded_token
         return self.tokenizer.decode([token_id])
 
     def top_logprobs(self, entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
-        items = sorted(entry.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30,
-                                                      -kv[1].logprob))
+        items = sorted(
+            entry.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30, -kv[1].logprob)
+        )
         return items[:k]
 
 
@@ -205,8 +206,9 @@ class EventStreamResponse(StreamingResponse):
     """
 
     def __init__(self, content: AsyncIterator[str], streams: list[RequestStream]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self._streams = streams
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
