@@ -27,6 +27,9 @@ class FakeTokenizer:
     def __len__(self) -> int:
         return 128
 
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(i): i for i in range(128)}
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 128 for c in text]
 
@@ -76,6 +79,7 @@ class FakeEngine:
     ) -> None:
         self.tokenizer = FakeTokenizer()
         self.model_config = SimpleNamespace(max_model_len=max_model_len, model="fake")
+        self.vocab_size = 128
         self.max_num_seqs = max_num_seqs
         self.step_delay = step_delay
         self.capacity = capacity_tokens

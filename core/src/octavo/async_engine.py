@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +41,11 @@ class QueueFullError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     """The engine thread stopped (crashed or shut down); no request can be served."""
+
+
+class RequestFailedError(RuntimeError):
+    """A fault in this request's own work ended it (finish_reason "error"); the engine and
+    every other request went on."""
 
 
 class StatLogger(Protocol):
@@ -124,6 +129,9 @@ class AsyncLLMEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dead: BaseException | None = None
         self._stats = EngineStatsSnapshot()
+        #: called on the event loop, with the error, when the engine thread dies; the server
+        #: stops there, so that a supervisor restarts it (an engine never comes back)
+        self.dead_callbacks: list[Callable[[BaseException], None]] = []
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -139,6 +147,11 @@ class AsyncLLMEngine:
     @property
     def model_config(self) -> Any:
         return self.engine.model_config
+
+    @property
+    def vocab_size(self) -> int:
+        """Columns of the model's logits: token ids in requests must be below it."""
+        return int(self.engine.vocab_size)
 
     @property
     def stats(self) -> EngineStatsSnapshot:
@@ -416,6 +429,13 @@ class AsyncLLMEngine:
                 t.last_token = now
                 t.num_output_tokens += new_tokens
             stream.last = out
+            if out.error is not None:  # failed alone: the consumer gets the error, not the output
+                stream.error = RequestFailedError(f"request {out.request_id} failed: {out.error}")
+                stream.finished = True
+                stream.queue.put_nowait(_END)
+                del self._streams[out.request_id]
+                self._notify_finished(stream, out)
+                continue
             stream.queue.put_nowait(out)
             if out.finished:
                 stream.finished = True
@@ -435,10 +455,16 @@ class AsyncLLMEngine:
         for fut in futs:
             _set_exception(fut, EngineDeadError(f"the engine thread died: {error!r}"))
         for stream in list(self._streams.values()):
-            stream.error = error
+            stream.error = EngineDeadError(f"the engine thread died: {error!r}")
+            stream.error.__cause__ = error
             stream.finished = True
             stream.queue.put_nowait(_END)
         self._streams.clear()
+        for callback in self.dead_callbacks:
+            try:
+                callback(error)
+            except Exception:  # noqa: BLE001 - one callback must not keep the others from running
+                logger.exception("engine-dead callback failed")
 
 
 class RequestStream:
@@ -477,7 +503,7 @@ async def _drain(stream: _Stream) -> AsyncIterator[RequestOutput]:
         item = await stream.queue.get()
         if item is _END:
             if stream.error is not None:
-                raise EngineDeadError(f"the engine thread died: {stream.error!r}") from stream.error
+                raise stream.error
             return
         yield item
 

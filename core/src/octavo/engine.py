@@ -65,6 +65,7 @@ class _Group:
         self.metrics = RequestMetrics(arrival_time=arrival)
         # vLLM's shape: None for the first prompt token, then {token: Logprob} per position
         self.prompt_logprobs: list | None = [None] if params.prompt_logprobs is not None else None
+        self.error: str | None = None  # set when the request failed (LLMEngine._fail)
 
     @property
     def finished(self) -> bool:
@@ -109,6 +110,8 @@ class LLMEngine:
         self._unprocessed: tuple[list[tuple[Request, int]], dict, float] | None = None
         # async scheduling: the launched step the host has not waited for yet
         self._inflight = None
+        # outputs of requests that failed alone since the last step returned (LLMEngine._fail)
+        self._failed_outputs: list[RequestOutput] = []
         logger.info("engine ready on %s in %.2f s", self.platform.name, time.perf_counter() - t0)
 
     @classmethod
@@ -180,6 +183,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         if params.best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
             raise ValueError("best_of > n cannot stream: the best samples are known only at the end")
+        params.verify_token_ids(self.vocab_size)
         text, ids = self._tokenize(prompt)
         if not ids:
             raise ValueError("the prompt is empty; give at least one token")
@@ -259,8 +263,13 @@ class LLMEngine:
         With async scheduling the next step is also scheduled and launched before the host
         waits for this one (see `_step_async`).
         """
-        if self.config.scheduler.async_scheduling:
-            return self._step_async()
+        outputs = self._step_async() if self.config.scheduler.async_scheduling else self._step_sync()
+        if self._failed_outputs:
+            outputs += self._failed_outputs
+            self._failed_outputs = []
+        return outputs
+
+    def _step_sync(self) -> list[RequestOutput]:
         sched_out = self.scheduler.schedule()
         previous, self._unprocessed = self._unprocessed, None
         outputs: list[RequestOutput] = []
@@ -324,9 +333,42 @@ class LLMEngine:
             raise
 
     def _apply(self, sched_out, step_out) -> list[tuple[Request, int]]:
-        """A finished step's prompt logprobs and tokens into the requests; (request, new token) each."""
+        """A finished step's prompt logprobs and tokens into the requests; (request, new token) each.
+        Requests whose own work failed in the step end with an error."""
         self._add_prompt_logprobs(step_out)
-        return [(req, req.token_ids[-1]) for req in self.scheduler.update(sched_out, step_out.sampled)]
+        tokens = [(req, req.token_ids[-1]) for req in self.scheduler.update(sched_out, step_out.sampled)]
+        for rid, error in step_out.failed.items():
+            self._fail(rid, error)
+        return tokens
+
+    def _fail(self, request_id: str, error: str) -> None:
+        """End the user request that `request_id` (one of its samples) belongs to with an
+        error: every sample's blocks are freed, and its last output, finish_reason "error",
+        comes out of the next `step()`. The engine and the other requests go on."""
+        group = self.group_of.get(request_id)
+        if group is None:  # finished, aborted or failed already
+            return
+        logger.error("request %s failed and was ended alone: %s", group.request_id, error)
+        group.error = error
+        for s in group.samples:
+            self.scheduler.finish(s.req, RequestStatus.FINISHED_ERROR)
+        self.groups.pop(group.request_id, None)
+        self._forget(group)
+        group.metrics.finished_time = time.monotonic()
+        self._failed_outputs.append(
+            RequestOutput(
+                request_id=group.request_id,
+                prompt=group.prompt,
+                prompt_token_ids=group.prompt_ids,
+                outputs=[
+                    CompletionOutput(index=i, text="", token_ids=[], finish_reason="error")
+                    for i in range(group.params.n)
+                ],
+                finished=True,
+                metrics=group.metrics,
+                error=error,
+            )
+        )
 
     @staticmethod
     def _min_tokens_pending(sched_out) -> dict[str, bool]:
@@ -363,24 +405,23 @@ class LLMEngine:
             if group.metrics.first_token_time is None:
                 group.metrics.first_token_time = now
                 self.prompt_tokens_total += len(group.prompt_ids)
-            lp = logprobs.get(req.request_id)
-            if lp is not None and sample.logprobs is not None:
-                chosen, rank, alts = lp
-                entry = {tid: Logprob(v, r + 1, None) for r, (tid, v) in enumerate(alts)}
-                entry[token] = Logprob(chosen, rank, None)
-                sample.logprobs.append(entry)
-                sample.cumulative_logprob += chosen
-            stop = sample.detok.add_token(token)
-            if stop is not None and not req.is_finished:
-                # a step already queued may compute one more token for it: the scheduler
-                # no longer knows the request, so its update drops that token
-                self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED, stop)
-            elif req.is_finished:
-                sample.detok.flush()
+            try:
+                self._add_token(sample, req, token, logprobs.get(req.request_id))
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                logger.exception("detokenizing request %s failed", group.request_id)
+                self._fail(req.request_id, f"{type(e).__name__}: {e}")
+                continue
             touched[group.request_id] = group
         outputs = []
         for group in touched.values():
-            out = self._make_output(group)
+            if group.error is not None:
+                continue
+            try:
+                out = self._make_output(group)
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                logger.exception("building the output of request %s failed", group.request_id)
+                self._fail(group.samples[0].req.request_id, f"{type(e).__name__}: {e}")
+                continue
             if group.finished:
                 group.metrics.finished_time = now
                 group.metrics.num_preemptions = sum(s.req.num_preemptions for s in group.samples)
@@ -389,6 +430,22 @@ class LLMEngine:
             if out is not None:
                 outputs.append(out)
         return outputs
+
+    def _add_token(self, sample: _Sample, req: Request, token: int, lp) -> None:
+        """One sample's new token: its logprobs, its text, a stop string it completes."""
+        if lp is not None and sample.logprobs is not None:
+            chosen, rank, alts = lp
+            entry = {tid: Logprob(v, r + 1, None) for r, (tid, v) in enumerate(alts)}
+            entry[token] = Logprob(chosen, rank, None)
+            sample.logprobs.append(entry)
+            sample.cumulative_logprob += chosen
+        stop = sample.detok.add_token(token)
+        if stop is not None and not req.is_finished:
+            # a step already queued may compute one more token for it: the scheduler
+            # no longer knows the request, so its update drops that token
+            self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED, stop)
+        elif req.is_finished:
+            sample.detok.flush()
 
     def _make_output(self, group: _Group) -> RequestOutput | None:
         kind = group.params.output_kind

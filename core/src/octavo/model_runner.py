@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
 from octavo.models import get_model_class
 from octavo.platform import AttentionMetadata, Platform
-from octavo.sampling import SampleJob, Sampler
+from octavo.request import RequestFailure
+from octavo.sampling import RowByRowJob, SampleJob, Sampler
 from octavo.scheduler import PENDING_TOKEN, SchedulerOutput
 from octavo.transfer import to_device
 
@@ -32,15 +34,18 @@ class StepOutput:
     prompt_logprobs: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = field(
         default_factory=dict
     )
+    # requests whose own work raised this step (request id -> error): they fail, the rest go on
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class LaunchedStep:
     """A step whose device work is queued: `ModelRunner.collect` turns it into a StepOutput."""
 
-    job: SampleJob | None
+    job: SampleJob | RowByRowJob | None
     request_ids: list[str]
     prompt_logprobs: dict
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -212,23 +217,27 @@ class ModelRunner:
         feed_src: list[int] = []
         for s in out.scheduled:
             n = len(s.token_ids)
+            try:  # one request's inputs: if they cannot be built, it fails alone (RequestFailure)
+                start = s.start_pos
+                blocks = s.block_ids
+                req_slots = [blocks[p // bs] * bs + p % bs for p in range(start, start + n)]
+                feed = None
+                if s.token_ids[-1] == PENDING_TOKEN:
+                    feed = self._last_tokens[1].get(s.request_id)
+                    if feed is None or PENDING_TOKEN in s.token_ids[:-1]:
+                        raise RuntimeError("it was scheduled on a token that the last launched step did not sample")
+            except Exception as e:
+                raise RequestFailure(s.request_id, e) from e
             if counting_decodes and n == 1:
                 num_decodes += 1
             else:
                 counting_decodes = False
             input_ids.extend(s.token_ids)
-            if s.token_ids[-1] == PENDING_TOKEN:
-                row = self._last_tokens[1].get(s.request_id)
-                if row is None or PENDING_TOKEN in s.token_ids[:-1]:
-                    raise RuntimeError(
-                        f"request {s.request_id!r} was scheduled on a token that the last launched step did not sample"
-                    )
+            if feed is not None:
                 feed_dst.append(len(input_ids) - 1)
-                feed_src.append(row)
-            start = s.start_pos
+                feed_src.append(feed)
             positions.extend(range(start, start + n))
-            blocks = s.block_ids
-            slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, start + n))
+            slots.extend(req_slots)
             qsl.append(qsl[-1] + n)
             seq_lens.append(start + n)
             max_blocks = max(max_blocks, len(blocks))
@@ -256,9 +265,10 @@ class ModelRunner:
         )
         return ids, pos, meta, last
 
-    def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int]):
+    def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], failed: dict[str, str]):
         """For requests that asked for prompt_logprobs: the logprob of each prompt token
-        given the tokens before it (and the top-k alternatives), for this chunk's rows."""
+        given the tokens before it (and the top-k alternatives), for this chunk's rows.
+        A request whose computation raises goes into `failed`."""
         result: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = {}
         for i, s in enumerate(out.scheduled):
             k = s.sampling_params.prompt_logprobs
@@ -268,19 +278,22 @@ class ModelRunner:
             n = min(len(s.token_ids), s.num_prompt_tokens - 1 - s.start_pos)
             if n <= 0:
                 continue
-            logp = self.model.compute_logits(hidden[qsl[i] : qsl[i] + n]).log_softmax(dim=-1)
-            targets = to_device(s.all_token_ids[s.start_pos + 1 : s.start_pos + 1 + n], torch.long, self.device)
-            chosen = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
-            ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
-            top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
-            result[s.request_id] = (
-                s.start_pos + 1,
-                [
-                    (c, r, list(zip(ti, tv)))
-                    for c, r, ti, tv in zip(chosen.tolist(), ranks.tolist(), top_i.tolist(), top_v.tolist())
-                ],
-            )
+            try:
+                result[s.request_id] = self._prompt_logprobs_of(s, hidden[qsl[i] : qsl[i] + n], k)
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                logger.exception("prompt logprobs failed for request %s", s.request_id)
+                failed[s.request_id] = f"{type(e).__name__}: {e}"
         return result
+
+    def _prompt_logprobs_of(self, s, hidden: torch.Tensor, k: int):
+        n = hidden.shape[0]
+        logp = self.model.compute_logits(hidden).log_softmax(dim=-1)
+        targets = to_device(s.all_token_ids[s.start_pos + 1 : s.start_pos + 1 + n], torch.long, self.device)
+        chosen = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        ranks = (logp > chosen.unsqueeze(1)).sum(dim=1) + 1
+        top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+        rows = zip(chosen.tolist(), ranks.tolist(), top_i.tolist(), top_v.tolist())
+        return s.start_pos + 1, [(c, r, list(zip(ti, tv))) for c, r, ti, tv in rows]
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states of one flat batch (every tensor-parallel rank runs it; call it in
@@ -307,18 +320,29 @@ class ModelRunner:
     def launch(self, out: SchedulerOutput, min_tokens_pending: dict[str, bool] | None = None) -> LaunchedStep:
         """Queue one step's work on the device (forward, logits, sampling) without waiting
         for it (prompt logprobs, when asked for, do wait)."""
-        rows = [i for i, s in enumerate(out.scheduled) if s.sample]
-        # `last` is uploaded with the inputs: an upload queued behind the forward would wait for it
-        ids, pos, meta, last = self._prepare(out, rows)
+        failed: dict[str, str] = {}
+        while True:  # a request whose inputs cannot be built fails; the step runs without it
+            rows = [i for i, s in enumerate(out.scheduled) if s.sample]
+            try:
+                # `last` is uploaded with the inputs: an upload queued behind the forward would wait for it
+                ids, pos, meta, last = self._prepare(out, rows)
+                break
+            except RequestFailure as f:
+                logger.error("request %s failed while its step was prepared: %s", f.request_id, f)
+                failed[f.request_id] = str(f)
+                out = dataclasses.replace(out, scheduled=[s for s in out.scheduled if s.request_id != f.request_id])
+                if out.is_empty:
+                    self._last_tokens = (None, {})
+                    return LaunchedStep(None, [], {}, failed)
         if self.send_inputs is not None:
             self.send_inputs(ids, pos, meta)
         hidden = self.forward(ids, pos, meta)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
-            prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu)
+            prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu, failed)
         if not rows:
             self._last_tokens = (None, {})
-            return LaunchedStep(None, [], prompt_lps)
+            return LaunchedStep(None, [], prompt_lps, failed)
         logits = self.model.compute_logits(hidden.index_select(0, last))
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
@@ -332,7 +356,7 @@ class ModelRunner:
             copy_to_host=self.platform.copy_to_host,
         )
         self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
-        return LaunchedStep(job, rids, prompt_lps)
+        return LaunchedStep(job, rids, prompt_lps, failed)
 
     def collect(self, step: LaunchedStep, before_sync: Callable[[], None] | None = None) -> StepOutput:
         """Wait for a launched step's sampled tokens. `before_sync` runs first, while the
@@ -340,8 +364,10 @@ class ModelRunner:
         if before_sync is not None:
             before_sync()
         if step.job is None:
-            return StepOutput({}, prompt_logprobs=step.prompt_logprobs)
+            return StepOutput({}, prompt_logprobs=step.prompt_logprobs, failed=step.failed)
         result = step.job.result()
-        sampled = dict(zip(step.request_ids, result.token_ids))
-        lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None}
-        return StepOutput(sampled, lps, step.prompt_logprobs)
+        failed = dict(step.failed)
+        failed.update((step.request_ids[i], msg) for i, msg in result.failed.items())
+        sampled = {r: t for r, t in zip(step.request_ids, result.token_ids) if r not in failed}
+        lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None and r not in failed}
+        return StepOutput(sampled, lps, step.prompt_logprobs, failed)

@@ -16,14 +16,17 @@ platform's `sample` hook (`inverse_cdf_sample` here is its default); everything 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from octavo.sampling_params import SamplingParams
 from octavo.transfer import copy_to_host_now, to_device
+
+logger = logging.getLogger("octavo")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class SamplerOutput:
     token_ids: list[int]
     # per row: (logprob of the sampled token, its rank, [(token id, logprob)] top-k) or None
     logprobs: list[tuple[float, int, list[tuple[int, float]]] | None]
+    # rows whose sampling raised, with the error; their token_ids entry means nothing
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 class SampleJob:
@@ -57,6 +62,27 @@ class SampleJob:
         if self._with_lp:
             lps = _logprob_rows(self._params, *host[1:])
         return SamplerOutput(tokens, lps)
+
+
+class RowByRowJob:
+    """A batch sampled one row at a time after the batched sampling raised: the rows that
+    raise alone fail (their requests end with an error), the others go on. `token_ids`
+    holds 0 for a failed row, so a step launched on it computes a token nobody keeps."""
+
+    def __init__(self, jobs: list[SampleJob | None], failed: dict[int, str], device: torch.device) -> None:
+        self._jobs = jobs
+        self.failed = failed
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        self.token_ids = torch.cat([zero if j is None else j.token_ids.view(1) for j in jobs])
+
+    def result(self) -> SamplerOutput:
+        tokens: list[int] = []
+        lps: list = []
+        for job in self._jobs:
+            out = SamplerOutput([0], [None]) if job is None else job.result()
+            tokens += out.token_ids
+            lps += out.logprobs
+        return SamplerOutput(tokens, lps, dict(self.failed))
 
 
 def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequence[tuple[list[int], int]]):
@@ -137,29 +163,72 @@ class Sampler:
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
         copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]] = copy_to_host_now,
-    ) -> SampleJob:
+    ) -> SampleJob | RowByRowJob:
         """Queue the sampling of one token per row; nothing waits for the device.
         `copy_to_host` starts the copies of the results (the platform's, which on an
-        asynchronous device does not wait for work queued later)."""
+        asynchronous device does not wait for work queued later).
+
+        One request's fault must not fail the batch: if the batched sampling raises, each
+        row is sampled alone and only the rows that raise again fail (`SamplerOutput.failed`).
+        `logits` is never changed in place once a row may be retried, so the retry sees the
+        model's logits."""
+        try:
+            return self._launch(logits, request_ids, params, histories, eos_masks, copy_to_host)
+        except Exception:
+            logger.exception("sampling a batch of %d rows failed; sampling its rows one by one", len(params))
+        jobs: list[SampleJob | None] = []
+        failed: dict[int, str] = {}
+        for i in range(len(params)):
+            try:
+                mask = eos_masks[i : i + 1] if eos_masks else ()
+                row = slice(i, i + 1)
+                jobs.append(
+                    self._launch(logits[row], request_ids[row], params[row], histories[row], mask, copy_to_host)
+                )
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                logger.exception("sampling failed for request %s", request_ids[i])
+                failed[i] = f"{type(e).__name__}: {e}"
+                jobs.append(None)
+        return RowByRowJob(jobs, failed, logits.device)
+
+    def _launch(self, logits, request_ids, params, histories, eos_masks, copy_to_host) -> SampleJob:
         raw = logits
-        want_lp = [p.logprobs is not None for p in params]
-        logits = logits.clone() if any(want_lp) else logits
-        # logit bias, min_tokens (ban EOS / stop tokens) and penalties change the distribution
+        want_lp = any(p.logprobs is not None for p in params)
+        edit = [self._edits_row(p, bool(eos_masks and eos_masks[i])) for i, p in enumerate(params)]
+        if want_lp or any(edit):  # the raw logits stay intact for logprobs and for a retry
+            logits = logits.clone()
+        # logit bias, allowed tokens, min_tokens (ban EOS / stop tokens) and penalties change
+        # the distribution
         for i, p in enumerate(params):
-            if p.logit_bias:
-                ids = to_device(list(p.logit_bias.keys()), torch.long, self.device)
-                logits[i, ids] += to_device(list(p.logit_bias.values()), logits.dtype, self.device)
-            if eos_masks and eos_masks[i]:
-                ban = list(p._eos_token_ids) + list(p.stop_token_ids)
-                logits[i, ban] = float("-inf")
+            if edit[i]:
+                self._edit_row(logits, i, p, bool(eos_masks and eos_masks[i]))
         logits = _apply_penalties(logits, params, histories)
 
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
         else:
             tokens = self._sample(logits, request_ids, params)
-        lp_tensors = self._logprobs(raw, tokens, params) if any(want_lp) else None
+        lp_tensors = self._logprobs(raw, tokens, params) if want_lp else None
         return SampleJob(tokens, lp_tensors, params, copy_to_host)
+
+    @staticmethod
+    def _edits_row(p: SamplingParams, ban_eos: bool) -> bool:
+        return bool(p.logit_bias) or p.allowed_token_ids is not None or ban_eos or p.penalized
+
+    def _edit_row(self, logits: torch.Tensor, i: int, p: SamplingParams, ban_eos: bool) -> None:
+        """One row's masks and biases, in place (penalties follow, batched)."""
+        dev = self.device
+        if p.allowed_token_ids is not None:
+            keep = to_device(p.allowed_token_ids, torch.long, dev)
+            allowed = logits[i].index_select(0, keep)
+            logits[i].fill_(float("-inf"))
+            logits[i].index_copy_(0, keep, allowed)
+        if p.logit_bias:
+            ids = to_device(list(p.logit_bias.keys()), torch.long, dev)
+            logits[i, ids] += to_device(list(p.logit_bias.values()), logits.dtype, dev)
+        if ban_eos:
+            ban = list(p._eos_token_ids) + list(p.stop_token_ids)
+            logits[i, ban] = float("-inf")
 
     def _sample(self, logits, request_ids, params) -> torch.Tensor:
         dev = self.device
@@ -263,7 +332,8 @@ def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
     v = logits.shape[1]
     dev = logits.device
     sorted_logits, idx = logits.sort(dim=-1, descending=True)
-    k = to_device([kk if kk > 0 else v for kk in top_k], torch.long, dev).clamp(max=v)
+    # clamped on the host: a top_k past the vocabulary is "off", and may not fit an int64
+    k = to_device([min(kk, v) if kk > 0 else v for kk in top_k], torch.long, dev)
     ranks = torch.arange(v, device=dev).unsqueeze(0)
     drop = ranks >= k.unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))

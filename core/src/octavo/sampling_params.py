@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
+
+#: most top alternatives `logprobs` / `prompt_logprobs` may ask for
+MAX_LOGPROBS = 20
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class RequestOutputKind(enum.Enum):
@@ -37,6 +45,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
+    # sample only among these tokens (vLLM's name); None = every token
+    allowed_token_ids: list[int] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     # filled by the engine: the model's end-of-sequence ids
     _eos_token_ids: tuple[int, ...] = field(default=(), repr=False)
@@ -49,6 +59,8 @@ class SamplingParams:
         else:
             self.stop = list(self.stop)
         self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.allowed_token_ids is not None:
+            self.allowed_token_ids = list(self.allowed_token_ids)
         if self.top_k is None or self.top_k == -1:
             self.top_k = 0
         if self.best_of is None:
@@ -59,50 +71,69 @@ class SamplingParams:
         def bad(name: str, value: object, want: str) -> ValueError:
             return ValueError(f"invalid sampling parameter {name}={value!r}: {want}")
 
-        if not isinstance(self.n, int) or self.n < 1:
+        def real(name: str, lo: float, hi: float, want: str, lo_open: bool = False) -> None:
+            # bools are ints in Python, and NaN / inf compare in surprising ways: refuse them all
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or not (lo < v if lo_open else lo <= v) or not v <= hi:
+                raise bad(name, v, want)
+
+        if not _is_int(self.n) or self.n < 1:
             raise bad("n", self.n, "must be an integer >= 1")
-        if not isinstance(self.best_of, int) or self.best_of < self.n:
+        if not _is_int(self.best_of) or self.best_of < self.n:
             raise bad("best_of", self.best_of, f"must be an integer >= n ({self.n})")
-        if not -2.0 <= self.presence_penalty <= 2.0:
-            raise bad("presence_penalty", self.presence_penalty, "must be in [-2, 2]")
-        if not -2.0 <= self.frequency_penalty <= 2.0:
-            raise bad("frequency_penalty", self.frequency_penalty, "must be in [-2, 2]")
-        if not self.repetition_penalty > 0.0:
-            raise bad("repetition_penalty", self.repetition_penalty, "must be > 0")
-        if not self.temperature >= 0.0:
-            raise bad("temperature", self.temperature, "must be >= 0 (0 = greedy)")
-        if not 0.0 < self.top_p <= 1.0:
-            raise bad("top_p", self.top_p, "must be in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        real("presence_penalty", -2.0, 2.0, "must be in [-2, 2]")
+        real("frequency_penalty", -2.0, 2.0, "must be in [-2, 2]")
+        real("repetition_penalty", 0.0, math.inf, "must be a finite number > 0", lo_open=True)
+        real("temperature", 0.0, math.inf, "must be a finite number >= 0 (0 = greedy)")
+        real("top_p", 0.0, 1.0, "must be in (0, 1]", lo_open=True)
+        if not _is_int(self.top_k) or self.top_k < 0:
             raise bad("top_k", self.top_k, "must be an integer >= 0 (0 or -1 disables it)")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise bad("min_p", self.min_p, "must be in [0, 1]")
-        if self.seed is not None and not isinstance(self.seed, int):
+        real("min_p", 0.0, 1.0, "must be in [0, 1]")
+        if self.seed is not None and not _is_int(self.seed):
             raise bad("seed", self.seed, "must be an integer or None")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
             raise bad("max_tokens", self.max_tokens, "must be an integer >= 1 or None")
-        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+        if not _is_int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", self.min_tokens, "must be an integer >= 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise bad("min_tokens", self.min_tokens, f"must be <= max_tokens ({self.max_tokens})")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20):
-            raise bad("logprobs", self.logprobs, "must be an integer in [0, 20]")
-        if self.prompt_logprobs is not None and (
-            not isinstance(self.prompt_logprobs, int) or not 0 <= self.prompt_logprobs <= 20
-        ):
-            raise bad("prompt_logprobs", self.prompt_logprobs, "must be an integer in [0, 20]")
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and (not _is_int(v) or not 0 <= v <= MAX_LOGPROBS):
+                raise bad(name, v, f"must be an integer in [0, {MAX_LOGPROBS}]")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise bad("stop", self.stop, "must be non-empty strings")
-        for t in self.stop_token_ids:
-            if not isinstance(t, int) or t < 0:
-                raise bad("stop_token_ids", self.stop_token_ids, "must be non-negative integers")
-        if self.logit_bias:
-            for k, v in self.logit_bias.items():
-                if not isinstance(k, int) or not -100.0 <= float(v) <= 100.0:
-                    raise bad("logit_bias", {k: v}, "keys must be token ids, values in [-100, 100]")
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            ids = getattr(self, name)
+            if ids is not None and not all(_is_int(t) and t >= 0 for t in ids):
+                raise bad(name, ids, "must be token ids (integers >= 0)")
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise bad("allowed_token_ids", self.allowed_token_ids, "must not be empty (omit it to allow every token)")
+        if self.logit_bias is not None and not isinstance(self.logit_bias, dict):
+            raise bad("logit_bias", self.logit_bias, "must be a mapping of token id to bias")
+        for k, v in (self.logit_bias or {}).items():
+            finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not _is_int(k) or k < 0 or not finite or not -100.0 <= v <= 100.0:
+                raise bad("logit_bias", {k: v}, "keys must be token ids (integers >= 0), values in [-100, 100]")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise bad("output_kind", self.output_kind, "must be a RequestOutputKind")
+
+    def verify_token_ids(self, vocab_size: int) -> None:
+        """Refuse token ids the model does not have (logits have `vocab_size` columns): a
+        ValueError naming the field and the first bad id, before the request reaches a step."""
+        fields = {
+            "logit_bias": list(self.logit_bias or ()),
+            "stop_token_ids": self.stop_token_ids,
+            "allowed_token_ids": self.allowed_token_ids or (),
+        }
+        for name, ids in fields.items():
+            for t in ids:
+                if t >= vocab_size:
+                    raise ValueError(
+                        f"invalid sampling parameter {name}: token id {t} is outside the vocabulary [0, {vocab_size})"
+                    )
 
     @property
     def greedy(self) -> bool:

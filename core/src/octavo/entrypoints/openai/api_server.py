@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from octavo.async_engine import AsyncLLMEngine
+from octavo.async_engine import AsyncLLMEngine, EngineDeadError, RequestFailedError
 from octavo.entrypoints.openai.errors import (
     APIError,
     AuthenticationError,
@@ -33,6 +33,7 @@ from octavo.entrypoints.openai.errors import (
     error_response,
     validation_message,
 )
+from octavo.entrypoints.openai.limits import RequestLimits
 from octavo.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics
 from octavo.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -70,6 +71,7 @@ class ServerSettings:
     chat_template: str | None = None  # the template text (already read from its file)
     model_root: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 class APIKeyMiddleware:
@@ -93,10 +95,55 @@ class APIKeyMiddleware:
         return await err.to_response()(scope, receive, send)
 
 
+class BodySizeLimitMiddleware:
+    """Pure ASGI: refuse a request body over `max_bytes` with 413 before anything parses it.
+
+    A declared Content-Length is checked at once; a chunked body is read up to the limit and
+    handed on whole (the JSON routes read it whole anyway), so no route sees a partial body."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:  # then wait for the client to go away, as the real receive would
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        err = APIError(
+            f"the request body is larger than this server accepts ({self.max_bytes} bytes, --max-request-body-bytes)",
+            status=413,
+            code="request_too_large",
+        )
+        await err.to_response()(scope, receive, send)
+
+
 def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics(engine, settings.served_model_names[0])
     engine.stat_loggers.append(metrics)
-    common = dict(served_model_names=settings.served_model_names, metrics=metrics)
+    common = dict(served_model_names=settings.served_model_names, metrics=metrics, limits=settings.limits)
     completions = OpenAIServingCompletion(engine, **common)
     chat = OpenAIServingChat(engine, chat_template=settings.chat_template, **common)
 
@@ -114,6 +161,9 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.settings = settings
+    # the last added runs first: a client without the key is refused before its body is read,
+    # and an oversized body before any route parses it
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
 
@@ -134,6 +184,14 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         if e.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
         return error_response(message, status=e.status_code, type=kind)
+
+    @app.exception_handler(RequestFailedError)
+    async def _request_failed(request: Request, e: RequestFailedError) -> JSONResponse:
+        return error_response(str(e), status=500, type="server_error")
+
+    @app.exception_handler(EngineDeadError)
+    async def _engine_dead(request: Request, e: EngineDeadError) -> JSONResponse:
+        return error_response(f"{e}; the server is shutting down", status=503, type="server_error")
 
     @app.exception_handler(ClientDisconnected)
     async def _disconnected(request: Request, e: ClientDisconnected) -> Response:
@@ -198,11 +256,13 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         completions.model_name(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise BadRequestError("give exactly one of prompt or messages", param="prompt")
+        completions.check_chat_template(body.chat_template)
         if body.prompt is not None:
             add_special = True if body.add_special_tokens is None else body.add_special_tokens
+            completions.check_prompt_bytes([body.prompt], "prompt")
             ids = completions.encode(body.prompt, add_special)
         else:
-            text = chat.render(
+            text = chat.render_checked(
                 body.messages,
                 add_generation_prompt=body.add_generation_prompt,
                 continue_final_message=body.continue_final_message,
@@ -226,6 +286,8 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
 
 # ---- the `octavo serve` command ------------------------------------------------------------
 def run_server(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM (exit status 0) or until the engine dies (status 1: a
+    supervisor should restart the process; an engine never comes back)."""
     import uvicorn
 
     from octavo.engine_args import EngineArgs
@@ -237,7 +299,11 @@ def run_server(args: argparse.Namespace) -> int:
     engine = AsyncLLMEngine.from_engine_args(engine_args, max_waiting_requests=args.max_waiting_requests)
     logger.info("model %s loaded in %.1f s", engine_args.model, time.perf_counter() - t0)
     settings = ServerSettings(
-        served_model_names=names, api_key=args.api_key, chat_template=chat_template, model_root=engine_args.model
+        served_model_names=names,
+        api_key=args.api_key,
+        chat_template=chat_template,
+        model_root=engine_args.model,
+        limits=RequestLimits.from_cli_args(args),
     )
     app = build_app(engine, settings)
     config = uvicorn.Config(
@@ -250,7 +316,16 @@ def run_server(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.shutdown_timeout,
     )
     server = uvicorn.Server(config)
+    died: list[BaseException] = []
+
+    def on_engine_dead(error: BaseException) -> None:
+        # the requests in flight have had their errors; stop serving, as after SIGTERM
+        logger.critical("the engine died (%r): the server stops and exits with status 1", error)
+        died.append(error)
+        server.should_exit = True
+
+    engine.dead_callbacks.append(on_engine_dead)
     # uvicorn installs SIGINT/SIGTERM handlers: stop accepting, let requests in flight finish for
     # up to --shutdown-timeout seconds, cancel the rest; the lifespan then stops the engine
     asyncio.run(server.serve())
-    return 0
+    return 1 if died else 0

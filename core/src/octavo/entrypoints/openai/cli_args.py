@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from octavo.async_engine import DEFAULT_MAX_WAITING_REQUESTS
+from octavo.entrypoints.openai.limits import add_limit_args
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -41,6 +42,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--uvicorn-log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"]
     )
     g.add_argument("--disable-access-log", action="store_true", help="no per-request log lines")
+    add_limit_args(parser)
     return parser
 
 

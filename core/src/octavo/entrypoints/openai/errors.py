@@ -117,7 +117,10 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         where = ".".join(loc)
         if param is None and loc:
             param = loc[0]
-        parts.append(f"{where}: {e.get('msg', 'invalid value')}" if where else e.get("msg", "invalid value"))
+        msg = e.get("msg", "invalid value")
+        if e.get("type") == "extra_forbidden":
+            msg = "this server does not support this field (it would otherwise be ignored)"
+        parts.append(f"{where}: {msg}" if where else msg)
     if len(errors) > 5:
         parts.append(f"... and {len(errors) - 5} more")
     return "; ".join(parts) or "invalid request", param

@@ -1,9 +1,11 @@
 """The OpenAI API's request and response bodies (the subset Octavo serves), as pydantic models.
 
 Requests accept OpenAI's fields plus the extra sampling fields vLLM accepts (top_k, min_p,
-repetition_penalty, stop_token_ids, ignore_eos, min_tokens, ...). Unknown fields are ignored,
-as OpenAI does, so newer clients keep working. `to_sampling_params()` is the one place a
-request becomes engine input; range checks live in `SamplingParams` (their ValueError -> 400).
+repetition_penalty, stop_token_ids, ignore_eos, min_tokens, allowed_token_ids, ...). A field
+this server does not implement is refused with a 400 that names it (`RequestModel`): ignoring
+it would answer a different question than the client asked. `to_sampling_params()` is the one
+place a request becomes engine input; range checks live in `SamplingParams` (their
+ValueError -> 400), bounds in `limits.py`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
 
+class RequestModel(BaseModel):
+    """A request body: unknown fields are an error (FastAPI answers 400 naming them)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
 # ---- shared pieces ----------------------------------------------------------------------
-class StreamOptions(OpenAIModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False  # vLLM: usage in every chunk
 
@@ -49,7 +57,7 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-class _SamplingFields(OpenAIModel):
+class _SamplingFields(RequestModel):
     """Fields both generation endpoints share (OpenAI's and vLLM's extras)."""
 
     model: str | None = None
@@ -70,6 +78,7 @@ class _SamplingFields(OpenAIModel):
     min_p: float | None = None
     repetition_penalty: float | None = None
     stop_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     min_tokens: int = 0
@@ -102,6 +111,7 @@ class _SamplingFields(OpenAIModel):
             seed=self.seed,
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
+            allowed_token_ids=self.allowed_token_ids,
             include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos,
             max_tokens=max_tokens,
@@ -181,15 +191,30 @@ class CompletionStreamResponse(CompletionResponse):
 
 
 # ---- /v1/chat/completions ---------------------------------------------------------------
-class ChatContentPart(OpenAIModel):
+class ChatContentPart(RequestModel):
     type: str
     text: str | None = None
 
 
-class ChatMessage(OpenAIModel):
-    role: str
+#: the roles OpenAI's chat API knows ("function" is its deprecated name for "tool")
+ChatRole = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ChatMessage(RequestModel):
+    role: ChatRole
     content: str | list[ChatContentPart] | None = None
     name: str | None = None
+    # an earlier assistant turn's tool calls and a tool result's id: the chat template renders them
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def template_fields(self) -> dict[str, Any]:
+        """The message as chat templates read it."""
+        msg: dict[str, Any] = {"role": self.role, "content": self.text()}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(self, key) is not None:
+                msg[key] = getattr(self, key)
+        return msg
 
     def text(self) -> str:
         if self.content is None:
@@ -316,7 +341,7 @@ class ModelList(OpenAIModel):
 
 
 # ---- /tokenize and /detokenize (vLLM's shapes) -----------------------------------------
-class TokenizeRequest(OpenAIModel):
+class TokenizeRequest(RequestModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -335,7 +360,7 @@ class TokenizeResponse(OpenAIModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(OpenAIModel):
+class DetokenizeRequest(RequestModel):
     model: str | None = None
     tokens: list[int]
 

@@ -34,12 +34,27 @@ from octavo.entrypoints.openai.serving_engine import (
     cancel_on_disconnect,
     final_outputs,
     merge_streams,
-    sampling_error,
     sse,
 )
 from octavo.outputs import CompletionOutput
 
 ROLE = "assistant"
+
+
+def check_unimplemented(req: ChatCompletionRequest) -> None:
+    """Refuse what this server accepts in the schema but cannot honour yet: answering with
+    unconstrained text would break a client that relies on the contract."""
+    fmt = req.response_format
+    if fmt is not None and fmt.get("type", "text") != "text":
+        raise BadRequestError(
+            f"response_format type {fmt.get('type')!r} is not supported by this server yet (only 'text')",
+            param="response_format",
+        )
+    if req.tools and req.tool_choice != "none":
+        raise BadRequestError(
+            "tool calling is not supported by this server yet; send tool_choice='none' to chat without tools",
+            param="tools",
+        )
 
 
 def load_chat_template(value: str | None) -> str | None:
@@ -63,6 +78,16 @@ class OpenAIServingChat(OpenAIServing):
         self.chat_template = chat_template
 
     # ---- prompt -------------------------------------------------------------------------
+    def render_checked(self, messages: list[ChatMessage], **kw: Any) -> str:
+        """`render`, after the bound on the messages' text (`limits.py`): a conversation whose
+        text cannot fit the context is refused before the template runs."""
+        try:
+            texts = [m.text() for m in messages]
+        except ValueError as e:
+            raise BadRequestError(str(e), param="messages") from None
+        self.check_prompt_bytes(texts, "messages")
+        return self.render(messages, **kw)
+
     def render(
         self,
         messages: list[ChatMessage],
@@ -80,7 +105,7 @@ class OpenAIServingChat(OpenAIServing):
                 param="messages",
             )
         try:
-            conversation = [{"role": m.role, "content": m.text()} for m in messages]
+            conversation = [m.template_fields() for m in messages]
         except ValueError as e:
             raise BadRequestError(str(e), param="messages") from None
         if continue_final_message and add_generation_prompt:
@@ -104,9 +129,11 @@ class OpenAIServingChat(OpenAIServing):
         model = self.model_name(req.model)
         if req.use_beam_search:
             raise BadRequestError("use_beam_search is supported on /v1/completions only", param="use_beam_search")
-        if req.tools and req.tool_choice not in (None, "none"):
-            raise BadRequestError("tool calling is not supported by this server", param="tools")
-        text = self.render(
+        check_unimplemented(req)
+        self.check_request_limits(req)
+        self.check_chat_template(req.chat_template)
+        self.sampling_params(req, None)  # every field checked before the prompt is built
+        text = self.render_checked(
             req.messages,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
@@ -115,10 +142,7 @@ class OpenAIServingChat(OpenAIServing):
         )
         ids = self.encode(text, req.add_special_tokens)
         max_tokens = self.max_tokens_for(len(ids), req.requested_max_tokens, "messages")
-        try:
-            params = req.to_sampling_params(max_tokens)
-        except ValueError as e:
-            raise sampling_error(e) from None
+        params = self.sampling_params(req, max_tokens)
         request_id = req.request_id or random_id("chatcmpl")
         streams = await self.submit_all(request_id, [(ids, params)])
         echo = ""

@@ -27,7 +27,6 @@ from octavo.entrypoints.openai.serving_engine import (
     cancel_on_disconnect,
     final_outputs,
     merge_streams,
-    sampling_error,
     sse,
 )
 from octavo.outputs import CompletionOutput, PromptLogprobs, SampleLogprobs
@@ -38,14 +37,13 @@ class OpenAIServingCompletion(OpenAIServing):
         model = self.model_name(req.model)
         if req.suffix:
             raise BadRequestError("suffix is not supported", param="suffix")
+        self.check_request_limits(req)
+        self.sampling_params(req, None)  # every field checked before any prompt is tokenized
         prompts = self._prompts(req)
         submissions = []
         for _, ids in prompts:
             max_tokens = self.max_tokens_for(len(ids), req.max_tokens, "prompt")
-            try:
-                submissions.append((ids, req.to_sampling_params(max_tokens)))
-            except ValueError as e:
-                raise sampling_error(e) from None
+            submissions.append((ids, self.sampling_params(req, max_tokens)))
         request_id = req.request_id or random_id("cmpl")
         n = req.n
         if req.use_beam_search:
@@ -71,6 +69,7 @@ class OpenAIServingCompletion(OpenAIServing):
         out = []
         for item in items:
             if isinstance(item, str):
+                self.check_prompt_bytes([item], "prompt")
                 out.append((item, self.encode(item, req.add_special_tokens)))
             else:
                 ids = list(item)

@@ -21,6 +21,7 @@ from octavo.entrypoints.openai.errors import (
     ModelNotFoundError,
     ServiceUnavailableError,
 )
+from octavo.entrypoints.openai.limits import RequestLimits, prompt_byte_bound
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.sampling_params import SamplingParams
 
@@ -28,13 +29,26 @@ T = TypeVar("T")
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncLLMEngine, served_model_names: list[str], metrics: Any = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncLLMEngine,
+        served_model_names: list[str],
+        metrics: Any = None,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self.engine = engine
         self.served_model_names = served_model_names
         self.tokenizer = engine.tokenizer
         self.max_model_len = int(engine.model_config.max_model_len)
         self.metrics = metrics
-        self._vocab_size = len(self.tokenizer)
+        self.limits = limits or RequestLimits()
+        # prompts must be ids the tokenizer knows and the model embeds; sampling fields only
+        # need a column of the logits
+        self._vocab_size = min(len(self.tokenizer), engine.vocab_size)
+        self._model_vocab_size = engine.vocab_size
+        self.max_prompt_bytes = self.limits.max_prompt_bytes
+        if self.max_prompt_bytes is None:
+            self.max_prompt_bytes = prompt_byte_bound(self.tokenizer, self.max_model_len)
 
     # ---- checks ------------------------------------------------------------------------
     def model_name(self, requested: str | None) -> str:
@@ -47,6 +61,53 @@ class OpenAIServing:
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def check_prompt_bytes(self, texts: list[str], param: str) -> None:
+        """Refuse prompt text too long to fit the context before paying for its tokenization."""
+        size = sum(len(t.encode("utf-8", errors="replace")) for t in texts)
+        if size > self.max_prompt_bytes:
+            raise BadRequestError(
+                f"the {param} has {size} bytes of text, more than this server accepts ({self.max_prompt_bytes}: "
+                f"it cannot fit the model's context of {self.max_model_len} tokens); shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    def check_request_limits(self, req: Any) -> None:
+        """The bounds of `limits.py` on one generation request's fields (400 naming the field)."""
+        lim = self.limits
+        stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+        checks = [  # (field, its size, the most allowed, the flag that sets it)
+            ("n", req.n, lim.max_n, "--max-n"),
+            ("best_of", req.best_of or 0, lim.max_n, "--max-n"),
+            ("stop", len(stops), lim.max_stop, "--max-stop"),
+            ("stop_token_ids", len(req.stop_token_ids or ()), lim.max_stop, "--max-stop"),
+            ("logit_bias", len(req.logit_bias or ()), lim.max_logit_bias, "--max-logit-bias"),
+            ("allowed_token_ids", len(req.allowed_token_ids or ()), self._model_vocab_size, "the vocabulary size"),
+        ]
+        for name, size, most, flag in checks:
+            if size > most:
+                raise BadRequestError(
+                    f"{name}: {size} is more than this server allows ({most}; see {flag})", param=name
+                )
+
+    def check_chat_template(self, template: str | None) -> None:
+        if template is not None and not self.limits.trust_request_chat_template:
+            raise BadRequestError(
+                "this server does not run chat templates sent in requests (start it with "
+                "--trust-request-chat-template to allow them)",
+                param="chat_template",
+            )
+
+    def sampling_params(self, req: Any, max_tokens: int | None) -> SamplingParams:
+        """The request's SamplingParams, each field checked (ranges, and token ids against the
+        model's vocabulary): any problem is a 400 naming the field."""
+        try:
+            params = req.to_sampling_params(max_tokens)
+            params.verify_token_ids(self._model_vocab_size)
+        except ValueError as e:
+            raise sampling_error(e) from None
+        return params
 
     def check_token_ids(self, ids: list[int], param: str) -> None:
         for t in ids:
@@ -119,7 +180,7 @@ class OpenAIServing:
 
 def sampling_error(e: ValueError) -> BadRequestError:
     """A SamplingParams ValueError as a 400 that names the field."""
-    m = re.match(r"invalid sampling parameter (\w+)=", str(e))
+    m = re.match(r"invalid sampling parameter (\w+)\b", str(e))
     return BadRequestError(str(e), param=m.group(1) if m else None)
 
 
