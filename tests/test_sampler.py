@@ -160,7 +160,7 @@ def test_inverse_cdf_matches_a_full_scan_and_skips_zero_weights(v):
     """The two-level inverse CDF against one cumulative sum over the whole row, in float64
     (where both agree exactly), with zero-weight runs inside and across blocks and the
     extreme uniforms 0 and 1 - 2^-53."""
-    from octavo.sampling import _inverse_cdf
+    from octavo.platform.ops import _inverse_cdf
 
     g = torch.Generator().manual_seed(v)
     rows = 64

@@ -79,6 +79,7 @@ class EngineStatsSnapshot:
     max_num_running_seen: int = 0  # high-water mark of num_running since start
     kv_slot_utilization: float = 1.0  # allocated KV slots holding tokens (refreshed every few steps)
     num_steps: int = 0  # loop iterations of the engine thread
+    num_recompiles: int = 0  # compilations after warm-up (static-shape platforms)
 
 
 _END = object()  # stream sentinel: no more outputs
@@ -407,6 +408,7 @@ class AsyncLLMEngine:
             max_num_running_seen=max(prev.max_num_running_seen, s.num_running),
             kv_slot_utilization=prev.kv_slot_utilization if s.kv_slot_utilization is None else s.kv_slot_utilization,
             num_steps=prev.num_steps + 1,
+            num_recompiles=getattr(s, "num_recompiles", 0),
         )
 
     # ---- back on the event loop ------------------------------------------------------------

@@ -152,12 +152,6 @@ class BlockManager:
             if rc == 1:
                 self.free_queue[b] = None
 
-    def reset_prefix_cache(self) -> None:
-        self._cached.clear()
-        self._block_key.clear()
-        self._key_ids.clear()
-        self._key_of_id.clear()
-
     def check_invariants(self) -> None:
         for b in range(self.num_blocks):
             in_free = b in self.free_queue

@@ -69,11 +69,6 @@ class ModelConfig:
     tokenizer: str | None
     seed: int = 0
 
-    @property
-    def architecture(self) -> str:
-        archs = getattr(self.hf_config, "architectures", None) or []
-        return archs[0] if archs else f"{self.hf_config.model_type}"
-
 
 @dataclass
 class CacheConfig:
@@ -88,9 +83,11 @@ class CacheConfig:
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
-    max_waiting: int = 0  # 0 = unbounded (the server bounds it)
     # schedule and launch step N+1 while step N runs (see LLMEngine.step)
     async_scheduling: bool = False
+    # the platform's SchedulingPolicy: split long prompts over steps; mix prefills and decodes
+    chunked_prefill: bool = True
+    mixed_steps: bool = True
 
 
 @dataclass

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.engine_args import EngineArgs
-from octavo.executor import start_workers
 from octavo.loader.source import load_tokenizer
-from octavo.model_runner import ModelRunner
 from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -35,6 +33,8 @@ class EngineStats:
     # allocated KV slots holding real tokens, 0..1; walks every block table, so only computed
     # when asked for (get_stats(with_utilization=True) or get_kv_cache_utilization())
     kv_slot_utilization: float | None = None
+    # compilations after warm-up (static-shape platforms: a step shape they did not compile)
+    num_recompiles: int = 0
 
 
 class _Sample:
@@ -78,27 +78,27 @@ class LLMEngine:
         self.config, self.platform, source = args.create_config()
         self.model_config = self.config.model
         self.tokenizer = load_tokenizer(source, args.tokenizer)
-        # tensor parallelism: ranks 1.. start and load their shards while this process loads rank 0's
-        self.workers = start_workers(self.config, self.platform, source)
+        # the platform's step runner (core's eager ModelRunner unless the platform brings its
+        # own); it starts any tensor-parallel workers and loads the weights
+        self.runner = self.platform.make_runner(self.config, source)
         try:
-            self.runner = ModelRunner(self.config, self.platform, source)
             num_blocks = self._num_kv_blocks()  # every rank holds its share of the heads in as many blocks
-            if self.workers is None:
-                self.runner.allocate_kv_cache(num_blocks)
-            else:
-                self.workers.allocate_kv_cache(num_blocks, self.runner.allocate_kv_cache)
-                self.runner.send_inputs = self.workers.send_step
-        except BaseException as e:
-            if self.workers is not None:
-                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
-            self.shutdown()
+            self.runner.initialize_kv_cache(num_blocks)
+        except BaseException:
+            self.runner.shutdown()
             raise
         cache = self.config.cache
         self.block_manager = BlockManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         sc = self.config.scheduler
         self.scheduler = Scheduler(
-            self.block_manager, sc.max_num_seqs, sc.max_num_batched_tokens, self.model_config.max_model_len
+            self.block_manager,
+            sc.max_num_seqs,
+            sc.max_num_batched_tokens,
+            self.model_config.max_model_len,
+            chunked_prefill=sc.chunked_prefill,
+            mixed_steps=sc.mixed_steps,
         )
+
         self.eos_token_ids = self._eos_ids()
         self.vocab_size = self.model_config.hf_config.vocab_size
         self.groups: dict[str, _Group] = {}
@@ -119,19 +119,20 @@ class LLMEngine:
         return cls(args)
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel workers, if any (idempotent; garbage collection and
-        interpreter exit do it too). The engine cannot step afterwards."""
-        if getattr(self, "workers", None) is not None:
-            self.workers.shutdown()
+        """Release the runner (tensor-parallel workers, compiled programs; idempotent: garbage
+        collection and interpreter exit do it too). The engine cannot step afterwards."""
+        if getattr(self, "runner", None) is not None:
+            self.runner.shutdown()
 
     def _num_kv_blocks(self) -> int:
+        """As many blocks as the device's budget holds at the attention back end's price per
+        block (summed over layers), or the user's override."""
         cache = self.config.cache
-        per_block = self.runner.kv_bytes_per_block()
+        per_block = self.runner.kv_cache_bytes_per_block()
         if cache.num_blocks is not None:
             num_blocks = cache.num_blocks
         else:
-            budget = self.platform.kv_cache_budget_bytes(self.config, self.runner.model_bytes)
-            num_blocks = budget // per_block
+            num_blocks = self.runner.kv_cache_budget_bytes() // per_block
         max_len = self.model_config.max_model_len
         if num_blocks * cache.block_size < max_len and cache.num_blocks is None:
             raise ValueError(
@@ -220,7 +221,7 @@ class LLMEngine:
                 if params.best_of > params.n and p.logprobs is None:
                     p.logprobs = 0  # ranking needs each sample's cumulative logprob
             rid = request_id if params.best_of == 1 else f"{request_id}#{i}"
-            req = Request(rid, ids, p, arrival, max_len)
+            req = Request(rid, ids, p, arrival)
             group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
         self.groups[request_id] = group
         for s in group.samples:
@@ -242,7 +243,7 @@ class LLMEngine:
         for s in group.samples:
             self.sample_of.pop(s.req.request_id, None)
             self.group_of.pop(s.req.request_id, None)
-            self.runner.sampler.forget(s.req.request_id)
+            self.runner.forget(s.req.request_id)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.groups)
@@ -281,9 +282,7 @@ class LLMEngine:
         if sched_out.is_empty:
             process_previous()
             return outputs
-        step_out = self._on_runner(
-            self.runner.execute, sched_out, self._min_tokens_pending(sched_out), before_sync=process_previous
-        )
+        step_out = self.runner.execute(sched_out, self._min_tokens_pending(sched_out), before_sync=process_previous)
         tokens = self._apply(sched_out, step_out)
         if tokens:
             self._unprocessed = (tokens, step_out.logprobs, time.monotonic())
@@ -308,10 +307,7 @@ class LLMEngine:
             inflight = None
         sched_out = self.scheduler.schedule()
         if not sched_out.is_empty:
-            self._inflight = (
-                sched_out,
-                self._on_runner(self.runner.launch, sched_out, self._min_tokens_pending(sched_out)),
-            )
+            self._inflight = (sched_out, self.runner.launch(sched_out, self._min_tokens_pending(sched_out)))
         if inflight is not None:
             outputs += self._finish(inflight)
         return outputs
@@ -319,18 +315,9 @@ class LLMEngine:
     def _finish(self, launched) -> list[RequestOutput]:
         """Wait for a launched step, apply its tokens and build their outputs."""
         sched_out, step = launched
-        step_out = self._on_runner(self.runner.collect, step)
+        step_out = self.runner.collect(step)
         tokens = self._apply(sched_out, step_out)
         return self._process_tokens(tokens, step_out.logprobs, time.monotonic()) if tokens else []
-
-    def _on_runner(self, fn, *args, **kwargs):
-        """Call into the runner; a failure a tensor-parallel worker caused becomes its WorkerError."""
-        try:
-            return fn(*args, **kwargs)
-        except BaseException as e:
-            if self.workers is not None:
-                self.workers.step_failed(e)  # raises WorkerError if a worker caused it
-            raise
 
     def _apply(self, sched_out, step_out) -> list[tuple[Request, int]]:
         """A finished step's prompt logprobs and tokens into the requests; (request, new token) each.
@@ -527,4 +514,5 @@ class LLMEngine:
             prefix_cache_queries=bm.prefix_queries,
             prefix_cache_hits=bm.prefix_hits,
             kv_slot_utilization=self.get_kv_cache_utilization() if with_utilization else None,
+            num_recompiles=self.runner.stats().num_recompiles,
         )

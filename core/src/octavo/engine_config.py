@@ -17,7 +17,7 @@ from octavo.config import (
 )
 from octavo.layers.attention import shard_heads
 from octavo.loader.source import ModelSource, load_hf_config, resolve_model_source
-from octavo.platform import Platform, resolve_platform
+from octavo.platform import AttentionSpec, Platform, resolve_platform
 
 logger = logging.getLogger("octavo")
 
@@ -37,14 +37,54 @@ def _check_tensor_parallel(tp: int, hf_config, platform: Platform) -> None:
         return
     heads = hf_config.num_attention_heads
     shard_heads(heads, getattr(hf_config, "num_key_value_heads", None) or heads, tp, 0)
+    if platform.spmd:
+        return  # the platform's runner runs the ranks itself
+    from octavo.model_runner import ModelRunner
+
+    if platform.runner_cls is not None and not issubclass(platform.runner_cls, ModelRunner):
+        raise ValueError(
+            f"device {platform.name!r} runs steps with its own runner ({platform.runner_cls.__name__}), which "
+            "neither derives from core's ModelRunner (worker processes) nor declares spmd; use tensor_parallel_size=1"
+        )
     import torch.distributed as dist
 
-    if not dist.is_available() or not dist.is_backend_available(platform.dist_backend):
+    backend = platform.device.dist_backend
+    if not dist.is_available() or not dist.is_backend_available(backend):
         raise ValueError(
-            f"tensor_parallel_size={tp} needs torch.distributed with the {platform.dist_backend!r} "
+            f"tensor_parallel_size={tp} needs torch.distributed with the {backend!r} "
             f"backend (device {platform.name!r}), which this torch build lacks; use "
             "tensor_parallel_size=1"
         )
+
+
+def _attention_spec(hf_config) -> AttentionSpec:
+    """The model's attention as the platform must serve it (checked before anything loads)."""
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    window = getattr(hf_config, "sliding_window", None) if getattr(hf_config, "use_sliding_window", True) else None
+    heads = hf_config.num_attention_heads
+    return AttentionSpec(
+        heads, getattr(hf_config, "num_key_value_heads", None) or heads, head_dim, head_dim**-0.5, window
+    )
+
+
+def _scheduler_config(args, platform: Platform) -> SchedulerConfig:
+    """The user's limits within the platform's policy: its default token budget, and with
+    static shapes never more tokens or requests per step than its largest buckets."""
+    policy = platform.scheduling
+    batched_tokens = args.max_num_batched_tokens or policy.default_max_num_batched_tokens
+    max_seqs = args.max_num_seqs
+    if max_seqs < 1 or batched_tokens < 1:
+        raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+    if policy.static_shapes is not None:
+        batched_tokens = min(batched_tokens, policy.static_shapes.token_buckets[-1])
+        max_seqs = min(max_seqs, policy.static_shapes.request_buckets[-1])
+    return SchedulerConfig(
+        max_num_seqs=max_seqs,
+        max_num_batched_tokens=batched_tokens,
+        async_scheduling=policy.async_scheduling if args.async_scheduling is None else args.async_scheduling,
+        chunked_prefill=policy.chunked_prefill,
+        mixed_steps=policy.mixed_steps,
+    )
 
 
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
@@ -53,32 +93,34 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     if args.load_format not in ("auto", "dummy"):
         raise ValueError(f"unknown load_format {args.load_format!r}; choose auto or dummy")
     hf_config = load_hf_config(source)
+    device = platform.device
 
     dtype = parse_dtype(args.dtype)
     if dtype is None:
         # a GGUF's quantized weights have no dtype of their own: let the platform pick
-        dtype = platform.default_dtype(None if source.is_gguf else _checkpoint_dtype(hf_config))
-    if dtype not in platform.supported_dtypes:
+        dtype = device.default_dtype(None if source.is_gguf else _checkpoint_dtype(hf_config))
+    if dtype not in device.supported_dtypes:
         raise ValueError(
             f"dtype {dtype} is not supported on device {platform.name!r}; "
-            f"supported: {[str(d).replace('torch.', '') for d in platform.supported_dtypes]}"
+            f"supported: {[str(d).replace('torch.', '') for d in device.supported_dtypes]}"
         )
 
     limit = getattr(hf_config, "max_position_embeddings", None) or 2048
     max_model_len = args.max_model_len or limit
     if max_model_len > limit:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings ({limit})")
-    if args.block_size < 1 or args.block_size & (args.block_size - 1):
-        raise ValueError(f"block_size must be a power of two, got {args.block_size}")
-    batched_tokens = args.max_num_batched_tokens or platform.default_max_num_batched_tokens
-    if args.max_num_seqs < 1 or batched_tokens < 1:
-        raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+    block_size = platform.scheduling.block_size or args.block_size
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two, got {block_size}")
+    scheduler = _scheduler_config(args, platform)
+    if not scheduler.chunked_prefill and scheduler.max_num_batched_tokens < max_model_len:
+        raise ValueError(
+            f"device {platform.name!r} runs each prompt in one step, so a step's token budget "
+            f"({scheduler.max_num_batched_tokens}) must hold a whole context of max_model_len={max_model_len}: "
+            "raise --max-num-batched-tokens or lower --max-model-len"
+        )
     _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
-    err = platform.attention.check_config(
-        head_dim=getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads,
-        block_size=args.block_size,
-        dtype=dtype,
-    )
+    err = platform.attention.supports(_attention_spec(hf_config), dtype, block_size)
     if err:
         raise ValueError(f"device {platform.name!r} cannot run this model: {err}")
 
@@ -94,17 +136,13 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             seed=args.seed,
         ),
         cache=CacheConfig(
-            block_size=args.block_size,
+            block_size=block_size,
             kv_cache_memory=parse_size(args.kv_cache_memory),
             gpu_memory_utilization=args.gpu_memory_utilization,
             enable_prefix_caching=args.enable_prefix_caching,
             num_blocks=args.num_gpu_blocks_override,
         ),
-        scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=batched_tokens,
-            async_scheduling=platform.async_scheduling if args.async_scheduling is None else args.async_scheduling,
-        ),
+        scheduler=scheduler,
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
         device=platform.name,
         enforce_eager=args.enforce_eager,

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from octavo.platform import AttentionMetadata
+from octavo.platform import ForwardBatch
 
 logger = logging.getLogger("octavo")
 
@@ -64,8 +64,8 @@ class WorkerError(RuntimeError):
 
 @dataclass(frozen=True)
 class StepInputs:
-    """Rank 0 -> workers: one step's forward inputs on the host (what `ModelRunner._prepare`
-    built: token ids, positions and the attention metadata)."""
+    """Rank 0 -> workers: one step's ForwardBatch on the host (what `ModelRunner._prepare`
+    built), as numpy arrays that pickle cheaply."""
 
     input_ids: np.ndarray  # int64 [T]
     positions: np.ndarray  # int64 [T]
@@ -73,43 +73,47 @@ class StepInputs:
     query_start_loc: np.ndarray  # int32 [B + 1]
     seq_lens: np.ndarray  # int32 [B]
     block_tables: np.ndarray  # int32 [B, max_blocks]
+    counts: np.ndarray  # int32 [2]: real tokens, real requests
     max_query_len: int
     max_seq_len: int
-    num_decodes: int
 
     @classmethod
-    def from_tensors(cls, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> StepInputs:
+    def from_batch(cls, batch: ForwardBatch) -> StepInputs:
         def host(t: torch.Tensor) -> np.ndarray:
             return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
 
+        counts = np.array([int(batch.num_tokens_t), int(batch.num_reqs_t)], dtype=np.int32)
         return cls(
-            host(ids),
-            host(pos),
-            host(meta.slot_mapping),
-            host(meta.query_start_loc),
-            host(meta.seq_lens),
-            host(meta.block_tables),
-            meta.max_query_len,
-            meta.max_seq_len,
-            meta.num_decodes,
+            host(batch.input_ids),
+            host(batch.positions),
+            host(batch.slot_mapping),
+            host(batch.query_start_loc),
+            host(batch.seq_lens),
+            host(batch.block_tables),
+            counts,
+            batch.max_query_len,
+            batch.max_seq_len,
         )
 
-    def to_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def to_batch(self, device: torch.device) -> ForwardBatch:
         def dev(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(device)
 
-        meta = AttentionMetadata(
+        counts = dev(self.counts)
+        return ForwardBatch(
+            input_ids=dev(self.input_ids),
+            positions=dev(self.positions),
+            slot_mapping=dev(self.slot_mapping),
             query_start_loc=dev(self.query_start_loc),
             seq_lens=dev(self.seq_lens),
             block_tables=dev(self.block_tables),
-            slot_mapping=dev(self.slot_mapping),
             max_query_len=self.max_query_len,
             max_seq_len=self.max_seq_len,
             query_start_loc_cpu=self.query_start_loc.tolist(),
             seq_lens_cpu=self.seq_lens.tolist(),
-            num_decodes=self.num_decodes,
+            num_tokens_t=counts[0],
+            num_reqs_t=counts[1],
         )
-        return dev(self.input_ids), dev(self.positions), meta
 
 
 def _free_port() -> int:
@@ -172,7 +176,7 @@ class Workers:
             self._procs.append(proc)
             self._conns.append(here)
         self._wait_all("joining")  # each worker is about to join: now rank 0 may block in init
-        self._platform.init_communicator(self.tp_size, 0, init_method)
+        self._platform.join_group(self.tp_size, 0, init_method)
 
     def allocate_kv_cache(self, num_blocks: int, allocate_here: Callable[[int], None]) -> None:
         """Size every rank's KV cache alike and wait until the workers are ready to step.
@@ -205,11 +209,11 @@ class Workers:
             assert kind == expected, (kind, expected)
 
     # ---- per step ---------------------------------------------------------------------------
-    def send_step(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> None:
+    def send_step(self, batch: ForwardBatch) -> None:
         """Hand this step's inputs to every worker (ModelRunner calls it before its forward)."""
         if self._error is not None:
             raise self._error
-        msg = StepInputs.from_tensors(ids, pos, meta)
+        msg = StepInputs.from_batch(batch)
         try:
             for conn in self._conns:
                 conn.send(msg)
@@ -323,24 +327,23 @@ def _worker_main(rank: int, tp_size: int, init_method: str, config, source, conn
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     try:
-        from octavo.model_runner import ModelRunner
         from octavo.platform import resolve_platform
 
         platform = resolve_platform(config.device)
         platform.check_and_update_config(config)
         conn.send(("joining", None))
-        platform.init_communicator(tp_size, rank, init_method)
-        runner = ModelRunner(config, platform, source)
+        platform.join_group(tp_size, rank, init_method)
+        runner = platform.make_runner(config, source)
         kind, num_blocks = conn.recv()
         assert kind == "kv", kind
-        runner.allocate_kv_cache(num_blocks)
+        runner.initialize_kv_cache(num_blocks)
         conn.send(("ready", None))
         with torch.inference_mode():
             while True:
                 msg = conn.recv()
                 if msg is None:
                     break
-                runner.forward(*msg.to_tensors(runner.device))
+                runner.forward(msg.to_batch(runner.device))
     except EOFError:
         pass  # rank 0 is gone
     except BaseException:

@@ -1,11 +1,11 @@
-"""Replayable device graphs for decode steps (CUDA graphs on NVIDIA), vendor-neutral.
+"""Replayable device graphs for decode steps (CUDA / HIP / XPU graphs), vendor-neutral.
 
 A decode step of a small model, or of a large one at small batch, costs more in host
-launches than in device work: one step is a few hundred kernel launches. The runner
-captures the model forward (embedding .. final norm) once per batch size in
-`capture_sizes()` into a replayable graph through the platform's optional
-`capture_graph`, and a pure-decode step is then padded to the next captured size,
-copied into the static input buffers and replayed.
+launches than in device work: one step is a few hundred kernel launches. A platform's runner
+(`ModelRunner.make_graph_runner`) builds a GraphRunner with its own `capture` function; the
+forward (embedding .. final norm) is captured once per batch size in `sizes` into a
+replayable graph, and a pure-decode step is then padded to the next captured size, copied
+into the static input buffers and replayed.
 
 What a captured graph freezes, and how the runner keeps it valid:
 
@@ -14,18 +14,17 @@ What a captured graph freezes, and how the runner keeps it valid:
   `block_tables` padded to the blocks of `max_model_len`) and each step copies its
   values in before the replay;
 * host-side metadata: kernels size their launches from Python numbers, which the
-  graph freezes. Captured batches are `num_decodes = batch`, `max_query_len = 1` and
-  `max_seq_len = max_model_len` (an upper bound, so e.g. a split-K decode kernel's
-  split count is fixed for the graph); the host lists are updated in place on each
-  replay for platforms whose "graph" re-runs Python;
+  graph freezes. Captured batches have `max_query_len = 1` and `max_seq_len =
+  max_model_len` (an upper bound, so e.g. a split-K decode kernel's split count is fixed
+  for the graph); the host lists are updated in place on each replay for platforms whose
+  "graph" re-runs Python;
 * padding rows (batch < captured size): slot -1 (`write_kv` stores nothing),
   seq_len 1, and a block-table row of valid block ids (stale rows of earlier steps or
   zeros), so attention reads one key of an allocated block and the row's output,
   which nobody reads, stays finite. Rows are independent in every op, so padding never
   changes a real row.
 
-Only steps whose requests all have q_len 1 replay; mixed and prefill steps run eagerly,
-as does everything with `enforce_eager=True` or on a platform without graph support.
+Only steps whose requests all have q_len 1 replay; mixed and prefill steps run eagerly.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 
-from octavo.platform import AttentionMetadata
+from octavo.platform import ForwardBatch
 
 logger = logging.getLogger("octavo")
 
@@ -55,23 +54,27 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 class GraphRunner:
-    """Captured decode graphs of one model over one set of KV caches."""
+    """Captured decode graphs of one forward over one set of KV caches.
+
+    `forward(batch)` computes hidden states (the runner's eager forward); `capture(fn)`
+    is the platform's: it captures the device work of `fn()` and returns (output, replay),
+    `output` being what `fn` returned during capture (tensors at fixed addresses that each
+    `replay()` rewrites). Graphs should share one memory pool, captured largest first.
+    """
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        platform: Any,
-        kv_caches: list[torch.Tensor],
-        max_num_seqs: int,
+        forward: Callable[[ForwardBatch], torch.Tensor],
+        capture: Callable[[Callable[[], Any]], tuple[Any, Callable[[], None]]],
+        sizes: list[int],
         max_model_len: int,
         block_size: int,
         device: torch.device,
     ) -> None:
-        self.model = model
-        self.platform = platform
-        self.kv_caches = kv_caches
+        self.forward = forward
+        self.capture_fn = capture
         self.max_model_len = max_model_len
-        self.sizes = capture_sizes(max_num_seqs)
+        self.sizes = sorted(sizes)
         n = self.sizes[-1]
         self.max_blocks = -(-max_model_len // block_size)
         with torch.device(device):
@@ -81,20 +84,21 @@ class GraphRunner:
             self.seq_lens = torch.ones(n, dtype=torch.int32)
             self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
             self.block_tables = torch.zeros((n, self.max_blocks), dtype=torch.int32)
-        self.graphs: dict[int, tuple[Callable[[], None], torch.Tensor, AttentionMetadata]] = {}
+        self.graphs: dict[int, tuple[Callable[[], None], torch.Tensor, ForwardBatch]] = {}
         self.capture_seconds = 0.0
 
-    def _meta(self, b: int) -> AttentionMetadata:
-        return AttentionMetadata(
+    def _batch(self, b: int) -> ForwardBatch:
+        return ForwardBatch(
+            input_ids=self.input_ids[:b],
+            positions=self.positions[:b],
+            slot_mapping=self.slot_mapping[:b],
             query_start_loc=self.query_start_loc[: b + 1],
             seq_lens=self.seq_lens[:b],
             block_tables=self.block_tables[:b],
-            slot_mapping=self.slot_mapping[:b],
             max_query_len=1,
             max_seq_len=self.max_model_len,
             query_start_loc_cpu=list(range(b + 1)),
             seq_lens_cpu=[1] * b,
-            num_decodes=b,
         )
 
     @torch.inference_mode()
@@ -102,16 +106,14 @@ class GraphRunner:
         """Capture every size, largest first (smaller graphs then reuse the pool's memory)."""
         t0 = time.perf_counter()
         for b in sorted(self.sizes, reverse=True):
-            meta = self._meta(b)
-            ids, pos = self.input_ids[:b], self.positions[:b]
+            batch = self._batch(b)
 
-            def forward(ids=ids, pos=pos, meta=meta) -> torch.Tensor:
-                return self.model(ids, pos, self.kv_caches, meta)
+            def fn(batch=batch) -> torch.Tensor:
+                return self.forward(batch)
 
-            forward()  # warm-up outside the graph: kernel compilation, library handles
-            out, replay = self.platform.capture_graph(forward)
-            self.graphs[b] = (replay, out, meta)
-        self.platform.synchronize()
+            fn()  # warm-up outside the graph: kernel compilation, library handles
+            out, replay = self.capture_fn(fn)
+            self.graphs[b] = (replay, out, batch)
         self.capture_seconds = time.perf_counter() - t0
         logger.info(
             "captured decode graphs for %d batch sizes (1..%d) in %.2f s",
@@ -126,29 +128,34 @@ class GraphRunner:
                 return s
         return None
 
-    def can_run(self, meta: AttentionMetadata) -> bool:
-        n = meta.num_seqs
-        return n > 0 and meta.num_decodes == n and meta.max_query_len == 1 and self.padded_size(n) is not None
+    def can_run(self, batch: ForwardBatch) -> bool:
+        n = batch.num_reqs
+        return (
+            n > 0
+            and batch.max_query_len == 1
+            and batch.query_start_loc_cpu[-1] == n
+            and (self.padded_size(n) is not None)
+        )
 
-    def run(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
+    def run(self, batch: ForwardBatch) -> torch.Tensor | None:
         """Hidden states [>= n, hidden] (row i = request i) by replaying the graph of the
         next captured size, or None when this step must run eagerly."""
-        if not self.can_run(meta):
+        if not self.can_run(batch):
             return None
-        n = meta.num_seqs
+        n = batch.num_reqs
         b = self.padded_size(n)
-        replay, out, gmeta = self.graphs[b]
-        self.input_ids[:n].copy_(ids, non_blocking=True)
-        self.positions[:n].copy_(pos, non_blocking=True)
-        self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
-        self.seq_lens[:n].copy_(meta.seq_lens, non_blocking=True)
-        w = meta.block_tables.shape[1]
-        self.block_tables[:n, :w].copy_(meta.block_tables, non_blocking=True)
+        replay, out, gbatch = self.graphs[b]
+        self.input_ids[:n].copy_(batch.input_ids, non_blocking=True)
+        self.positions[:n].copy_(batch.positions, non_blocking=True)
+        self.slot_mapping[:n].copy_(batch.slot_mapping, non_blocking=True)
+        self.seq_lens[:n].copy_(batch.seq_lens, non_blocking=True)
+        w = batch.block_tables.shape[1]
+        self.block_tables[:n, :w].copy_(batch.block_tables, non_blocking=True)
         if b > n:
             self.slot_mapping[n:b].fill_(-1)
             self.seq_lens[n:b].fill_(1)
         # host copies, for platforms whose replay re-runs Python (a CUDA graph ignores them)
-        gmeta.seq_lens_cpu[:n] = meta.seq_lens_cpu
-        gmeta.seq_lens_cpu[n:] = [1] * (b - n)
+        gbatch.seq_lens_cpu[:n] = batch.seq_lens_cpu
+        gbatch.seq_lens_cpu[n:] = [1] * (b - n)
         replay()
         return out

@@ -1,4 +1,20 @@
-"""SchedulerOutput -> flat device tensors -> model -> sampler -> StepOutput."""
+"""Core's eager step runner: SchedulerOutput -> flat device tensors -> model -> sampler -> StepOutput.
+
+The default `StepRunner` (octavo.platform.runner): it builds core's model on the platform's
+parts (attention back end, linear method, fused ops, communicator), runs it op by op, and
+samples with the platform's draw. Platforms subclass it where they run something their own
+way: graphs of decode steps (`make_graph_runner`), start-up warm-up shapes (`warm_up_batches`),
+a whole forward of their own (`forward`).
+
+Tensor parallelism across processes lives here too: rank 0 (the engine's process) starts the
+other ranks (octavo.executor), each of which builds this same runner class and runs the
+forward on the inputs rank 0 hands it. With `Platform.spmd` the runner gets all ranks in
+one process instead, and nothing is started.
+
+With `SchedulingPolicy.static_shapes` every step is padded to a bucket (`_prepare`):
+padding tokens carry slot -1 and position 0, padding requests q_len 0 and seq_len 0, the
+block tables are as wide as their bucket, and the rows to sample are padded with row 0.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +23,23 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from octavo.config import EngineConfig
 from octavo.graph_runner import GraphRunner
+from octavo.layers.linear import Linear
 from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
 from octavo.models import get_model_class
-from octavo.platform import AttentionMetadata, Platform
+from octavo.platform import ForwardBatch, Platform, StepOutput, StepRunner
 from octavo.request import RequestFailure
 from octavo.sampling import RowByRowJob, SampleJob, Sampler
 from octavo.scheduler import PENDING_TOKEN, SchedulerOutput
 from octavo.transfer import to_device
 
 logger = logging.getLogger("octavo")
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """Runner -> scheduler: one sampled token per request that reached its end this step."""
-
-    sampled: dict[str, int]
-    logprobs: dict[str, tuple[float, int, list[tuple[int, float]]]] = field(default_factory=dict)
-    # per request: (first prompt position predicted, [(logprob, rank, top-k)] per position)
-    prompt_logprobs: dict[str, tuple[int, list[tuple[float, int, list[tuple[int, float]]]]]] = field(
-        default_factory=dict
-    )
-    # requests whose own work raised this step (request id -> error): they fail, the rest go on
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,8 +54,8 @@ class LaunchedStep:
 
 def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """Several int lists in one host-to-device copy, returned as views. Each part starts on a
-    64-byte boundary: kernels compiled for aligned pointers (Triton specializes on 16-byte
-    alignment) would otherwise be compiled again for every new misalignment."""
+    64-byte boundary: JIT compilers specialize kernels on pointer alignment, and would compile
+    them again for every new misalignment."""
     per_line = 64 // torch.empty((), dtype=dtype).element_size()
     flat: list[int] = []
     starts = []
@@ -63,11 +67,36 @@ def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) ->
     return [buf[s : s + len(p)] for s, p in zip(starts, parts)]
 
 
-class ModelRunner:
+class ModelRunner(StepRunner):
+    #: run `warm_up_batches()` after the KV cache is allocated
+    warm_up_at_start = False
+
     def __init__(self, config: EngineConfig, platform: Platform, source: ModelSource) -> None:
-        self.config = config
-        self.platform = platform
-        self.device = platform.torch_device()
+        super().__init__(config, platform, source)
+        from octavo.executor import start_workers  # imports this module: not at the top
+
+        # tensor parallelism: ranks 1.. start and load their shards while this process loads rank 0's
+        self.workers = start_workers(config, platform, source) if self._is_driver() else None
+        try:
+            self._load_model(config, platform, source)
+        except BaseException as e:
+            self._worker_failure(e)
+            self.shutdown()
+            raise
+        self.sampler = Sampler(self.device, platform.ops.sample)
+        # the last launched step's sampled tokens (device) and each request's row in them:
+        # a step scheduled before they reached the host takes its inputs from here
+        self._last_tokens: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
+        self.kv_caches: list[Any] = []
+        self.block_size = config.cache.block_size
+        self.static = platform.scheduling.static_shapes
+        self.graph_runner: GraphRunner | None = None
+
+    def _is_driver(self) -> bool:
+        return self.platform.communicator.rank == 0 and not self.platform.spmd
+
+    def _load_model(self, config: EngineConfig, platform: Platform, source: ModelSource) -> None:
+        self.device = platform.device.torch_device()
         self.dtype = config.model.dtype
         hf = config.model.hf_config
         t0 = time.perf_counter()
@@ -80,7 +109,12 @@ class ModelRunner:
             init_dummy(model, config.model.seed)
         else:
             model.load_weights(iter_weights(source, hf, self.dtype))
+        # the linear method owns its weights' layout: it may repack them now that all are in
+        for module in model.modules():
+            if isinstance(module, Linear):
+                module.method.process_weights_after_loading(module)
         self.model = model.eval()
+        self.specs = model.attention_specs()
         self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         logger.info(
             "loaded %s (%.1f MB, %s) in %.2f s",
@@ -89,65 +123,81 @@ class ModelRunner:
             str(self.dtype).replace("torch.", ""),
             time.perf_counter() - t0,
         )
-        self.sampler = Sampler(self.device, self.platform.sample)
-        # the last launched step's sampled tokens (device) and each request's row in them:
-        # a step scheduled before they reached the host takes its inputs from here
-        self._last_tokens: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
-        self.kv_caches: list[torch.Tensor] = []
-        self.block_size = config.cache.block_size
-        self.graph_runner: GraphRunner | None = None
-        # tensor parallelism: hands each step's inputs to the other ranks (octavo.executor)
-        self.send_inputs: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], None] | None = None
-        # accelerators measure a forward at the largest token budget before the KV cache is
-        # sized (the default platform hook does not run it)
-        self.platform.profile_memory(self.profile_run)
 
     # ---- KV cache ---------------------------------------------------------------------
-    def kv_bytes_per_block(self) -> int:
-        m = self.model
-        per_token = 2 * m.num_kv_heads * m.head_dim * torch.empty((), dtype=self.dtype).element_size()
-        return per_token * self.block_size * len(m.layers)
+    def _kv_specs(self):
+        attention, bs = self.platform.attention, self.config.cache.block_size
+        return [attention.kv_cache_spec(spec, self.dtype, bs) for spec in self.specs]
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        m = self.model
-        shape = self.platform.attention.kv_cache_shape(num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
-        self.kv_caches = [self.platform.allocate_kv_cache(shape, self.dtype) for _ in m.layers]
-        self.platform.warm_up(self.warmup)
-        self.graph_runner = None
-        if not self.config.enforce_eager and self.platform.graph_capture_supported():
-            self.graph_runner = GraphRunner(
-                m,
-                self.platform,
-                self.kv_caches,
-                self.config.scheduler.max_num_seqs,
-                self.config.model.max_model_len,
-                self.block_size,
-                self.device,
-            )
-            self.graph_runner.capture()
+    def kv_cache_bytes_per_block(self) -> int:
+        return sum(s.page_bytes for s in self._kv_specs())
 
-    def _dummy_batch(self, q_lens: list[int], seq_lens: list[int], num_decodes: int):
-        """(input_ids, positions, metadata) of a batch that stores nothing (slot -1) and reads
-        only block 0 (every page), for the profiling and warm-up forwards."""
+    def kv_cache_budget_bytes(self) -> int:
+        return self.platform.device.kv_cache_budget_bytes(self.config, self.profile_run)
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        if self.workers is not None:  # every rank allocates alike; warm-up forwards run collectives
+            self.workers.allocate_kv_cache(num_blocks, self._allocate)
+        else:
+            self._allocate(num_blocks)
+
+    def _allocate(self, num_blocks: int) -> None:
+        attention = self.platform.attention
+        self.kv_caches = [attention.allocate(spec, kv, num_blocks) for spec, kv in zip(self.specs, self._kv_specs())]
+        with torch.inference_mode():
+            if self.static is not None:
+                self._compile_static_shapes()
+            elif self.warm_up_at_start:
+                for q_lens, seq_lens in self.warm_up_batches():
+                    self.forward(self._dummy_batch(q_lens, seq_lens))
+            self.platform.device.synchronize()
+            self.graph_runner = None if self.config.enforce_eager else self.make_graph_runner()
+
+    def warm_up_batches(self) -> list[tuple[list[int], list[int]]]:
+        """(q_lens, seq_lens) of the dummy batches run at start-up when `warm_up_at_start`:
+        the shapes whose kernels compile on first use. Default: none."""
+        return []
+
+    def make_graph_runner(self) -> GraphRunner | None:
+        """Captured decode graphs over the allocated cache, or None (the default) to run every
+        step eagerly. Called after warm-up, unless enforce_eager."""
+        return None
+
+    def _compile_static_shapes(self) -> None:
+        """Run every shape of the static-shape buckets once, so a compiling forward compiles
+        them all now. Each is a real padded step: one request of the bucket's tokens plus
+        padding, over block 0 (slot -1: nothing is stored)."""
+        t0 = time.perf_counter()
+        shapes = self.static.shapes()
+        for tokens, reqs, width in shapes:
+            q = min(tokens, width * self.block_size, self.config.model.max_model_len)
+            self.forward(self._dummy_batch([q], [q], pad_to=(tokens, reqs, width)))
+        logger.info("ran %d static shapes at start-up in %.2f s", len(shapes), time.perf_counter() - t0)
+
+    def _dummy_batch(
+        self, q_lens: list[int], seq_lens: list[int], pad_to: tuple[int, int, int] | None = None
+    ) -> ForwardBatch:
+        """A batch that stores nothing (slot -1) and reads only block 0 (every page), for the
+        profiling and warm-up forwards."""
         qsl = [0]
         for n in q_lens:
             qsl.append(qsl[-1] + n)
-        t, dev = qsl[-1], self.device
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.zeros(
-                (len(seq_lens), -(-max(seq_lens) // self.block_size)), dtype=torch.int32, device=dev
-            ),
-            slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=dev),
-            max_query_len=max(q_lens),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=qsl,
-            seq_lens_cpu=list(seq_lens),
-            num_decodes=num_decodes,
-        )
-        pos = torch.tensor([p for n, s in zip(q_lens, seq_lens) for p in range(s - n, s)], device=dev)
-        return torch.zeros(t, dtype=torch.long, device=dev), pos, meta
+        width = max(-(-s // self.block_size) for s in seq_lens)
+        t = qsl[-1]
+        positions = [p for n, s in zip(q_lens, seq_lens) for p in range(s - n, s)]
+        tokens, reqs, width = pad_to or (t, len(seq_lens), width)
+        return self._batch(
+            [0] * tokens,
+            positions + [0] * (tokens - t),
+            [-1] * tokens,
+            qsl + [t] * (reqs - len(seq_lens)),
+            list(seq_lens) + [0] * (reqs - len(seq_lens)),
+            [0] * (reqs * width),
+            width,
+            [],
+            t,
+            len(seq_lens),
+        )[0]
 
     # ---- memory profiling ---------------------------------------------------------------
     @torch.inference_mode()
@@ -163,43 +213,21 @@ class ModelRunner:
         while total > 0:
             lens.append(min(max_len, total))
             total -= lens[-1]
-        m = self.model
-        shape = self.platform.attention.kv_cache_shape(1, self.block_size, m.num_kv_heads, m.head_dim)
-        kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        ids, pos, meta = self._dummy_batch(lens, lens, num_decodes=0)
-        t = ids.shape[0]
-        hidden = self.model(ids, pos, [kv] * len(m.layers), meta)
-        rows = min(sc.max_num_seqs, t)
+        attention = self.platform.attention
+        caches = [attention.allocate(spec, kv, 1) for spec, kv in zip(self.specs, self._kv_specs())]
+        batch = self._dummy_batch(lens, lens)
+        hidden = self.model(batch.input_ids, batch.positions, caches, attention.build_metadata(batch))
+        rows = min(sc.max_num_seqs, batch.input_ids.shape[0])
         logits = self.model.compute_logits(hidden[:rows])
         from octavo.sampling_params import SamplingParams
 
         params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50)] * rows
-        self.sampler(logits, [f"profile-{i}" for i in range(rows)], params, [([0], 1)] * rows)
-        del hidden, logits, kv
-
-    @torch.inference_mode()
-    def warmup(self) -> None:
-        """A few small eager forwards that take the kernels through the batch shapes serving
-        meets: one long decode (split over its context), many short decodes, prefill chunks
-        of each length class. Platforms that compile kernels on first use (Triton) then
-        compile at start-up instead of in the middle of the first requests. Nothing is
-        stored (slot -1); every page points at block 0, which holds no one's tokens yet."""
-        max_len = self.config.model.max_model_len
-        max_seqs = self.config.scheduler.max_num_seqs
-        budget = self.config.scheduler.max_num_batched_tokens
-        # (decode context lengths, prefill chunk lengths); all under the token budget
-        batches = [([max_len], [2]), ([1] * min(max_seqs, max(1, budget - 128)), [5]), ([64], [9]), ([64], [128])]
-        for decode_lens, chunk_lens in batches:
-            decode_lens = [min(n, max_len) for n in decode_lens]
-            chunk_lens = [min(n, max_len) for n in chunk_lens if len(decode_lens) + n <= budget]
-            q_lens = [1] * len(decode_lens) + chunk_lens
-            ids, pos, meta = self._dummy_batch(q_lens, list(decode_lens) + chunk_lens, len(decode_lens))
-            self.model(ids, pos, self.kv_caches, meta)
-        self.platform.synchronize()
+        self.sampler.launch(logits, [f"profile-{i}" for i in range(rows)], params, [([0], 1)] * rows).result()
+        del hidden, logits, caches
 
     # ---- one step -----------------------------------------------------------------------
-    def _prepare(self, out: SchedulerOutput, rows: list[int]):
-        """Flat inputs of one step, plus `last`: the row of each sampled request's last token.
+    def _prepare(self, out: SchedulerOutput, rows: list[int]) -> tuple[ForwardBatch, torch.Tensor]:
+        """The step's ForwardBatch, plus `last`: the row of each sampled request's last token.
         Everything travels in two uploads (one int64, one int32 buffer): each upload costs
         the host tens of microseconds, and the device waits for all of them. A token the
         previous step is still sampling (PENDING_TOKEN) is copied from its output on the
@@ -210,9 +238,7 @@ class ModelRunner:
         slots: list[int] = []
         qsl = [0]
         seq_lens: list[int] = []
-        max_blocks = 0
-        num_decodes = 0
-        counting_decodes = True
+        width = 0
         feed_dst: list[int] = []  # rows of input_ids to take from the last step's tokens
         feed_src: list[int] = []
         for s in out.scheduled:
@@ -228,10 +254,6 @@ class ModelRunner:
                         raise RuntimeError("it was scheduled on a token that the last launched step did not sample")
             except Exception as e:
                 raise RequestFailure(s.request_id, e) from e
-            if counting_decodes and n == 1:
-                num_decodes += 1
-            else:
-                counting_decodes = False
             input_ids.extend(s.token_ids)
             if feed is not None:
                 feed_dst.append(len(input_ids) - 1)
@@ -240,30 +262,53 @@ class ModelRunner:
             slots.extend(req_slots)
             qsl.append(qsl[-1] + n)
             seq_lens.append(start + n)
-            max_blocks = max(max_blocks, len(blocks))
-        b = len(seq_lens)
+            width = max(width, len(blocks))
+        num_tokens, num_reqs = len(input_ids), len(seq_lens)
+        last = [qsl[i + 1] - 1 for i in rows]
+        if self.static is not None:  # pad to the buckets: see the module doc
+            tokens, reqs, width = self.static.pad(num_tokens, num_reqs, width)
+            input_ids += [0] * (tokens - num_tokens)
+            positions += [0] * (tokens - num_tokens)
+            slots += [-1] * (tokens - num_tokens)
+            qsl += [num_tokens] * (reqs - num_reqs)
+            seq_lens += [0] * (reqs - num_reqs)
+            last += [0] * (reqs - len(last))
         tables: list[int] = []
         for s in out.scheduled:
             tables += s.block_ids
-            tables += [0] * (max_blocks - len(s.block_ids))
-        ids, pos, slot_mapping, last, dst, src = _upload(
-            [input_ids, positions, slots, [qsl[i + 1] - 1 for i in rows], feed_dst, feed_src], torch.int64, self.device
+            tables += [0] * (width - len(s.block_ids))
+        tables += [0] * (width * (len(seq_lens) - num_reqs))
+        batch, last_t, dst, src = self._batch(
+            input_ids, positions, slots, qsl, seq_lens, tables, width, [last, feed_dst, feed_src], num_tokens, num_reqs
         )
         if feed_dst:
-            ids.index_copy_(0, dst, self._last_tokens[0].index_select(0, src))
-        qsl_t, seq_lens_t, tables_t = _upload([qsl, seq_lens, tables], torch.int32, self.device)
-        meta = AttentionMetadata(
+            batch.input_ids.index_copy_(0, dst, self._last_tokens[0].index_select(0, src))
+        return batch, last_t
+
+    def _batch(
+        self, input_ids, positions, slots, qsl, seq_lens, tables, width, extra, num_tokens, num_reqs
+    ) -> tuple[Any, ...]:
+        """Upload a step's lists (and `extra` int64 lists, returned as tensors after the batch)."""
+        ids, pos, slot_mapping, *extra_t = _upload([input_ids, positions, slots, *extra], torch.int64, self.device)
+        qsl_t, seq_lens_t, tables_t, counts = _upload(
+            [qsl, seq_lens, tables, [num_tokens, num_reqs]], torch.int32, self.device
+        )
+        real_qsl = qsl[: num_reqs + 1]
+        batch = ForwardBatch(
+            input_ids=ids,
+            positions=pos,
+            slot_mapping=slot_mapping,
             query_start_loc=qsl_t,
             seq_lens=seq_lens_t,
-            block_tables=tables_t.view(b, max_blocks),
-            slot_mapping=slot_mapping,
-            max_query_len=max(qsl[i + 1] - qsl[i] for i in range(b)),
-            max_seq_len=max(seq_lens),
+            block_tables=tables_t.view(len(seq_lens), width),
+            max_query_len=max((real_qsl[i + 1] - real_qsl[i] for i in range(num_reqs)), default=0),
+            max_seq_len=max(seq_lens, default=0),
             query_start_loc_cpu=qsl,
             seq_lens_cpu=seq_lens,
-            num_decodes=num_decodes,
+            num_tokens_t=counts[0],
+            num_reqs_t=counts[1],
         )
-        return ids, pos, meta, last
+        return (batch, *extra_t)
 
     def _prompt_logprobs(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], failed: dict[str, str]):
         """For requests that asked for prompt_logprobs: the logprob of each prompt token
@@ -295,37 +340,32 @@ class ModelRunner:
         rows = zip(chosen.tolist(), ranks.tolist(), top_i.tolist(), top_v.tolist())
         return s.start_pos + 1, [(c, r, list(zip(ti, tv))) for c, r, ti, tv in rows]
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states of one flat batch (every tensor-parallel rank runs it; call it in
-        inference mode)."""
-        hidden = self.graph_runner.run(ids, pos, meta) if self.graph_runner is not None else None
+        inference mode). A decode step replays a captured graph where there is one."""
+        hidden = self.graph_runner.run(batch) if self.graph_runner is not None else None
         if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
-            hidden = self.platform.run_model(self.model, ids, pos, self.kv_caches, meta)
-        if hidden is None:
-            hidden = self.model(ids, pos, self.kv_caches, meta)
+            meta = self.platform.attention.build_metadata(batch)
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, meta)
         return hidden
-
-    @torch.inference_mode()
-    def execute(
-        self,
-        out: SchedulerOutput,
-        min_tokens_pending: dict[str, bool] | None = None,
-        before_sync: Callable[[], None] | None = None,
-    ) -> StepOutput:
-        """Run one step. `before_sync` (the engine's bookkeeping of the previous step) runs
-        while the device computes this one, before the host waits for the sampled tokens."""
-        return self.collect(self.launch(out, min_tokens_pending), before_sync)
 
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput, min_tokens_pending: dict[str, bool] | None = None) -> LaunchedStep:
         """Queue one step's work on the device (forward, logits, sampling) without waiting
         for it (prompt logprobs, when asked for, do wait)."""
+        try:
+            return self._launch(out, min_tokens_pending or {})
+        except BaseException as e:
+            self._worker_failure(e)
+            raise
+
+    def _launch(self, out: SchedulerOutput, pending: dict[str, bool]) -> LaunchedStep:
         failed: dict[str, str] = {}
         while True:  # a request whose inputs cannot be built fails; the step runs without it
             rows = [i for i, s in enumerate(out.scheduled) if s.sample]
             try:
                 # `last` is uploaded with the inputs: an upload queued behind the forward would wait for it
-                ids, pos, meta, last = self._prepare(out, rows)
+                batch, last = self._prepare(out, rows)
                 break
             except RequestFailure as f:
                 logger.error("request %s failed while its step was prepared: %s", f.request_id, f)
@@ -334,26 +374,25 @@ class ModelRunner:
                 if out.is_empty:
                     self._last_tokens = (None, {})
                     return LaunchedStep(None, [], {}, failed)
-        if self.send_inputs is not None:
-            self.send_inputs(ids, pos, meta)
-        hidden = self.forward(ids, pos, meta)
+        if self.workers is not None:
+            self.workers.send_step(batch)
+        hidden = self.forward(batch)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
-            prompt_lps = self._prompt_logprobs(out, hidden, meta.query_start_loc_cpu, failed)
+            prompt_lps = self._prompt_logprobs(out, hidden, batch.query_start_loc_cpu, failed)
         if not rows:
             self._last_tokens = (None, {})
             return LaunchedStep(None, [], prompt_lps, failed)
-        logits = self.model.compute_logits(hidden.index_select(0, last))
+        logits = self.model.compute_logits(hidden.index_select(0, last))[: len(rows)]
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
-        pending = min_tokens_pending or {}
         job = self.sampler.launch(
             logits,
             rids,
             [s.sampling_params for s in chosen],
             [(s.all_token_ids, s.num_prompt_tokens) for s in chosen],
             [pending.get(r, False) for r in rids],
-            copy_to_host=self.platform.copy_to_host,
+            copy_to_host=self.platform.device.copy_to_host,
         )
         self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
         return LaunchedStep(job, rids, prompt_lps, failed)
@@ -365,9 +404,28 @@ class ModelRunner:
             before_sync()
         if step.job is None:
             return StepOutput({}, prompt_logprobs=step.prompt_logprobs, failed=step.failed)
-        result = step.job.result()
+        try:
+            result = step.job.result()
+        except BaseException as e:
+            self._worker_failure(e)
+            raise
         failed = dict(step.failed)
         failed.update((step.request_ids[i], msg) for i, msg in result.failed.items())
         sampled = {r: t for r, t in zip(step.request_ids, result.token_ids) if r not in failed}
         lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None and r not in failed}
         return StepOutput(sampled, lps, step.prompt_logprobs, failed)
+
+    def forget(self, request_id: str) -> None:
+        self.sampler.forget(request_id)
+
+    def _worker_failure(self, cause: BaseException) -> None:
+        """A step (or start-up) raised here: if a tensor-parallel worker caused it, raise its
+        WorkerError instead (octavo.executor)."""
+        if getattr(self, "workers", None) is not None:
+            self.workers.step_failed(cause)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (idempotent; garbage collection and
+        interpreter exit do it too). The runner cannot step afterwards."""
+        if getattr(self, "workers", None) is not None:
+            self.workers.shutdown()

@@ -50,8 +50,6 @@ class Request:
         "num_cached_tokens",
         "stop_reason",
         "num_preemptions",
-        "first_token_time",
-        "max_model_len",
         "num_pending",
     )
 
@@ -61,7 +59,6 @@ class Request:
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,
         arrival_time: float | None = None,
-        max_model_len: int | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError(f"request {request_id!r}: the prompt must have at least one token")
@@ -78,8 +75,6 @@ class Request:
         self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first schedule
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
-        self.first_token_time: float | None = None
-        self.max_model_len = max_model_len
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from octavo.platform.ops import inverse_cdf_sample
 from octavo.sampling_params import SamplingParams
 from octavo.transfer import copy_to_host_now, to_device
 
@@ -146,14 +147,9 @@ class Sampler:
         params: Sequence[SamplingParams],
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
-        before_sync: Callable[[], None] | None = None,
     ) -> SamplerOutput:
-        """`before_sync` runs once every kernel of the step is queued and before the host
-        first waits for the device: host work placed there overlaps the device's."""
-        job = self.launch(logits, request_ids, params, histories, eos_masks)
-        if before_sync is not None:
-            before_sync()
-        return job.result()
+        """`launch` and wait for the result."""
+        return self.launch(logits, request_ids, params, histories, eos_masks).result()
 
     def launch(
         self,
@@ -283,48 +279,6 @@ def _min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     those more than -log(min_p) below the row's max (min_p 0 bans nothing)."""
     floor = logits.max(dim=-1, keepdim=True).values + torch.log(min_p).unsqueeze(1)
     return logits.masked_fill(logits < floor, float("-inf"))
-
-
-def inverse_cdf_sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
-    """`Platform.sample` in torch ops: per row of logits [S, V], the token at u[i] of the
-    inverse CDF of softmax(logits / temperatures[i]) (temperatures None: 1)."""
-    if temperatures is not None:
-        logits = logits / temperatures.to(logits.dtype).unsqueeze(1)
-    # unnormalized probabilities: the inverse CDF scales u by each row's total
-    weights = (logits - logits.max(dim=-1, keepdim=True).values).exp_()
-    return _inverse_cdf(weights, u)
-
-
-#: tokens per block of the two-level inverse CDF
-_CDF_BLOCK = 256
-
-
-def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Per row, the first token whose cumulative weight exceeds u * the row's total.
-
-    Two levels, because a cumulative sum over the whole vocabulary is a serial scan per row
-    (3 ms for 64 x 49,152 on a CPU core, more than the rest of sampling): block totals (a
-    vectorized sum), their cumulative sum (V / 256 entries), then the scan inside the one
-    block each row lands in. The targets are clamped below each level's total, so rounding
-    can neither run past the end nor land on a zero-weight token (a token whose weight adds
-    nothing is never the first to exceed a target).
-    """
-    s, v = weights.shape
-    bs = _CDF_BLOCK
-    nb = -(-v // bs)
-    if nb * bs != v:
-        weights = torch.nn.functional.pad(weights, (0, nb * bs - v))
-    blocks = weights.view(s, nb, bs)
-    csum = blocks.sum(dim=-1).cumsum(dim=-1)  # [S, nb]
-    total = csum[:, -1:]
-    zero = torch.zeros_like(total)
-    t = torch.minimum(u.to(weights.dtype).unsqueeze(1) * total, torch.nextafter(total, zero))
-    j = torch.searchsorted(csum, t, right=True).clamp_(max=nb - 1)  # [S, 1]: csum[j-1] <= t < csum[j]
-    before = torch.where(j > 0, csum.gather(1, (j - 1).clamp(min=0)), zero)
-    local = blocks.gather(1, j.unsqueeze(-1).expand(s, 1, bs)).squeeze(1).cumsum(dim=-1)  # [S, bs]
-    t_in = torch.minimum((t - before).clamp_(min=0), torch.nextafter(local[:, -1:], zero))
-    k = torch.searchsorted(local, t_in, right=True).clamp_(max=bs - 1)
-    return (j * bs + k).squeeze(1).clamp_(max=v - 1)  # (a row of all zeros; softmax weights never are)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

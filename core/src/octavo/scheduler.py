@@ -50,11 +50,18 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_model_len: int,
+        chunked_prefill: bool = True,
+        mixed_steps: bool = True,
     ) -> None:
         self.bm = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        # the platform's policy (octavo.platform.scheduling): False/False suits compiled-graph
+        # devices, which run a prompt in one step and keep prefill and decode programs apart
+        self.chunked_prefill = chunked_prefill
+        self.mixed_steps = mixed_steps
+        self._last_phase: str | None = None
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -113,7 +120,22 @@ class Scheduler:
         request whose token that step is sampling (`num_pending`) is scheduled for the
         position of that token, which the runner feeds from the device. A request whose
         pending token is its last by length (max_tokens, max_model_len) is not scheduled.
+
+        Without mixed steps a step is all prefills or all decodes: the two kinds alternate
+        while both have work. Without chunked prefill a prompt is admitted only whole.
         """
+        if self.mixed_steps:
+            return self._schedule(None)
+        phase = self._next_phase()
+        out = self._schedule(phase)
+        if out.is_empty:  # nothing of that kind could run: the other kind may
+            phase = "decode" if phase == "prefill" else "prefill"
+            out = self._schedule(phase)
+        self._last_phase = phase if not out.is_empty else self._last_phase
+        return out
+
+    def _schedule(self, phase: str | None) -> SchedulerOutput:
+        """One step of requests of `phase` ("prefill", "decode"; None: both)."""
         budget = self.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
@@ -121,7 +143,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            if req.num_pending and self._ends_by_length(req):
+            if (req.num_pending and self._ends_by_length(req)) or (phase and self._phase_of(req) != phase):
                 i += 1
                 continue
             n = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
@@ -131,7 +153,7 @@ class Scheduler:
             budget -= n
             i += 1
 
-        if not preempted:
+        if not preempted and phase != "decode":
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 req = self.waiting[0]
                 if req.num_pending:
@@ -146,6 +168,21 @@ class Scheduler:
                 budget -= n
 
         return SchedulerOutput(scheduled, self.max_num_batched_tokens - budget, preempted)
+
+    @staticmethod
+    def _phase_of(req: Request) -> str:
+        """A running request's next work: "decode" (its one newest token) or "prefill"."""
+        left = req.num_tokens + req.num_pending - req.num_computed_tokens
+        return "decode" if req.num_computed_tokens > 0 and left == 1 else "prefill"
+
+    def _next_phase(self) -> str:
+        """Prefill when new or unfinished prompts wait, unless the last step was a prefill
+        and decodes wait too (so neither kind starves)."""
+        kinds = {self._phase_of(r) for r in self.running}
+        prefill_waits = "prefill" in kinds or (self.waiting and len(self.running) < self.max_num_seqs)
+        if prefill_waits and not (self._last_phase == "prefill" and "decode" in kinds):
+            return "prefill"
+        return "decode"
 
     def _ends_by_length(self, req: Request) -> bool:
         """The request's pending tokens reach its max_tokens or the context limit."""
@@ -175,6 +212,8 @@ class Scheduler:
         hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, limit)
         num_hit = len(hit_blocks) * self.bm.block_size
         n = min(req.num_tokens - num_hit, budget)
+        if not self.chunked_prefill and n < req.num_tokens - num_hit:
+            return 0  # the whole prompt or nothing
         total = num_hit + n
         # blocks the cache hits revive from the free queue are no longer free
         new_blocks = self.bm.blocks_needed(total) - len(hit_blocks)

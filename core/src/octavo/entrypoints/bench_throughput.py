@@ -158,7 +158,7 @@ def load_hf_model(target: HfTarget):
 
     cfg = target.model_config
     dtype = cfg.dtype
-    device = target.platform.torch_device()
+    device = target.platform.device.torch_device()
     if cfg.load_format == "dummy":
         # built on the device: initialising 8B random parameters on the CPU takes minutes
         with torch.device(device):

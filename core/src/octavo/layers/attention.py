@@ -8,11 +8,14 @@ partial o_proj outputs are summed by the communicator's all_reduce.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from octavo.platform import AttentionMetadata, Platform
+from octavo.layers.linear import Linear
+from octavo.layers.norm import RMSNorm
+from octavo.platform import AttentionSpec, Platform
 
 
 @dataclass(frozen=True)
@@ -98,43 +101,39 @@ class Attention(nn.Module):
         # `shard` to slice them out of the checkpoint's q/k/v/o tensors
         self.shard = shard_heads(num_heads, num_kv_heads, tp_size, tp_rank)
         self.total_num_heads, self.total_num_kv_heads = num_heads, num_kv_heads
-        self.num_heads, self.num_kv_heads = self.shard.num_heads, self.shard.num_kv_heads
-        self.head_dim = head_dim
-        self.q_size = self.num_heads * head_dim
-        self.kv_size = self.num_kv_heads * head_dim
-        self.scale = head_dim**-0.5
-        self.sliding_window = sliding_window
-        # q, k and v in one GEMM: [q; k; v] rows, loaded shard by shard
-        self.qkv_proj = nn.Parameter(torch.empty(self.q_size + 2 * self.kv_size, hidden_size), requires_grad=False)
-        self.qkv_bias = (
-            nn.Parameter(torch.empty(self.q_size + 2 * self.kv_size), requires_grad=False) if qkv_bias else None
+        self.spec = AttentionSpec(
+            num_heads=self.shard.num_heads,
+            num_kv_heads=self.shard.num_kv_heads,
+            head_dim=head_dim,
+            scale=head_dim**-0.5,
+            sliding_window=sliding_window,
         )
-        self.o_proj = nn.Parameter(torch.empty(hidden_size, self.q_size), requires_grad=False)
-        self.qk_norm_eps = qk_norm_eps
-        if qk_norm_eps is not None:  # Qwen3: RMSNorm over each head's q and k
-            self.q_norm = nn.Parameter(torch.ones(head_dim), requires_grad=False)
-            self.k_norm = nn.Parameter(torch.ones(head_dim), requires_grad=False)
+        self.q_size = self.spec.num_heads * head_dim
+        self.kv_size = self.spec.num_kv_heads * head_dim
+        # q, k and v in one GEMM: [q; k; v] rows, loaded shard by shard
+        self.qkv_proj = Linear(hidden_size, self.q_size + 2 * self.kv_size, platform.linear, bias=qkv_bias)
+        self.o_proj = Linear(self.q_size, hidden_size, platform.linear)
+        # Qwen3: RMSNorm over each head's q and k
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps, platform.ops) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(head_dim, qk_norm_eps, platform.ops) if qk_norm_eps is not None else None
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor,
         cos_sin_cache: torch.Tensor,
-        kv_cache: torch.Tensor,
-        meta: AttentionMetadata,
+        kv_cache: Any,
+        meta: Any,
     ) -> torch.Tensor:
         p = self.platform
         t = x.shape[0]
-        qkv = p.linear(x, self.qkv_proj, self.qkv_bias)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.num_heads, self.head_dim)
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        if self.qk_norm_eps is not None:
-            q = p.rms_norm(q, self.q_norm, self.qk_norm_eps)
-            k = p.rms_norm(k, self.k_norm, self.qk_norm_eps)
-        q, k = p.rotary(q, k, positions, cos_sin_cache)
-        p.attention.write_kv(k, v, kv_cache, meta.slot_mapping)
-        o = p.attention.attend(q, kv_cache, meta, self.scale, self.sliding_window)
-        out = p.linear(o.reshape(t, self.q_size), self.o_proj)
-        return p.communicator.all_reduce(out)
+        spec = self.spec
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(t, spec.num_heads, spec.head_dim)
+        k = k.reshape(t, spec.num_kv_heads, spec.head_dim)
+        v = v.reshape(t, spec.num_kv_heads, spec.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = p.ops.rotary(q, k, positions, cos_sin_cache)
+        o = p.attention.forward(q, k, v, kv_cache, meta, spec)
+        return p.communicator.all_reduce(self.o_proj(o.reshape(t, self.q_size)))

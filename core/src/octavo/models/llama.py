@@ -16,12 +16,11 @@ import torch
 from torch import nn
 
 from octavo.layers.attention import Attention, even_split
+from octavo.layers.linear import Linear
+from octavo.layers.norm import RMSNorm
 from octavo.layers.rotary import build_cos_sin_cache
-from octavo.platform import AttentionMetadata, Platform
-
-
-def _param(*shape: int) -> nn.Parameter:
-    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+from octavo.models.structure import DecoderLayerStructure, DecoderStructure
+from octavo.platform import AttentionSpec, Platform
 
 
 class MLP(nn.Module):
@@ -32,13 +31,12 @@ class MLP(nn.Module):
         # features needs no communication until down_proj's partial sums are all-reduced
         self.total_intermediate = intermediate
         self.inter_start, self.intermediate = even_split(intermediate, tp_size, tp_rank)
-        self.gate_up_proj = _param(2 * self.intermediate, hidden)  # [gate; up] in one GEMM
-        self.down_proj = _param(hidden, self.intermediate)
+        self.gate_up_proj = Linear(hidden, 2 * self.intermediate, platform.linear)  # [gate; up] in one GEMM
+        self.down_proj = Linear(self.intermediate, hidden, platform.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.platform
-        h = p.silu_and_mul(p.linear(x, self.gate_up_proj))
-        return p.communicator.all_reduce(p.linear(h, self.down_proj))
+        return p.communicator.all_reduce(self.down_proj(p.ops.silu_and_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
@@ -46,8 +44,6 @@ class DecoderLayer(nn.Module):
         self, platform: Platform, cfg, head_dim: int, qkv_bias: bool, qk_norm: bool, tp_rank: int = 0, tp_size: int = 1
     ) -> None:
         super().__init__()
-        self.platform = platform
-        self.eps = cfg.rms_norm_eps
         window = getattr(cfg, "sliding_window", None)
         if not getattr(cfg, "use_sliding_window", True):
             window = None
@@ -64,18 +60,17 @@ class DecoderLayer(nn.Module):
             tp_size=tp_size,
         )
         self.mlp = MLP(platform, cfg.hidden_size, cfg.intermediate_size, tp_rank, tp_size)
-        self.input_layernorm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
-        self.post_attention_layernorm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
 
     def forward(self, x, residual, positions, cos_sin, kv_cache, meta):
-        p = self.platform
         if residual is None:
             residual = x
-            h = p.rms_norm(x, self.input_layernorm, self.eps)
+            h = self.input_layernorm(x)
         else:
-            h, residual = p.rms_norm(x, self.input_layernorm, self.eps, residual)
+            h, residual = self.input_layernorm(x, residual)
         h = self.self_attn(h, positions, cos_sin, kv_cache, meta)
-        h, residual = p.rms_norm(h, self.post_attention_layernorm, self.eps, residual)
+        h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
 
@@ -91,29 +86,56 @@ class LlamaForCausalLM(nn.Module):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.qkv_bias = bool(getattr(cfg, "attention_bias", self.qkv_bias)) or self.qkv_bias
         self.tp_size, self.tp_rank = platform.communicator.world_size, platform.communicator.rank
-        self.embed_tokens = _param(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
         self.layers = nn.ModuleList(
             DecoderLayer(platform, cfg, self.head_dim, self.qkv_bias, self.qk_norm, self.tp_rank, self.tp_size)
             for _ in range(cfg.num_hidden_layers)
         )
-        # this rank's kv heads: what its KV cache holds
-        self.num_kv_heads = self.layers[0].self_attn.num_kv_heads
-        self.norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = None if self.tie_word_embeddings else _param(cfg.vocab_size, cfg.hidden_size)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, platform.linear)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens  # one parameter, loaded once
         self.register_buffer("cos_sin_cache", build_cos_sin_cache(cfg, self.head_dim, max_positions), persistent=False)
 
-    def forward(self, input_ids, positions, kv_caches: list[torch.Tensor], meta: AttentionMetadata):
+    def attention_specs(self) -> list[AttentionSpec]:
+        """Each layer's attention, as this rank runs it: what its KV cache must hold."""
+        return [layer.self_attn.spec for layer in self.layers]
+
+    def forward(self, input_ids, positions, kv_caches: list, meta):
         x = self.embed_tokens.index_select(0, input_ids)
         residual = None
         for layer, kv in zip(self.layers, kv_caches):
             x, residual = layer(x, residual, positions, self.cos_sin_cache, kv, meta)
-        x, _ = self.platform.rms_norm(x, self.norm, self.config.rms_norm_eps, residual)
+        x, _ = self.norm(x, residual)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self.embed_tokens if self.lm_head is None else self.lm_head
-        return self.platform.linear(hidden, w).float()
+        return self.lm_head(hidden).float()
+
+    def structure(self) -> DecoderStructure | None:
+        """The layers as `DecoderStructure` describes them (what a platform's runner may
+        compute its own way); None where this model's math is not that structure's."""
+        return DecoderStructure(
+            embed=self.embed_tokens,
+            layers=[
+                DecoderLayerStructure(
+                    input_norm=layer.input_layernorm,
+                    qkv=layer.self_attn.qkv_proj,
+                    q_norm=layer.self_attn.q_norm,
+                    k_norm=layer.self_attn.k_norm,
+                    attention=layer.self_attn.spec,
+                    o=layer.self_attn.o_proj,
+                    post_norm=layer.post_attention_layernorm,
+                    gate_up=layer.mlp.gate_up_proj,
+                    down=layer.mlp.down_proj,
+                )
+                for layer in self.layers
+            ],
+            norm=self.norm,
+            cos_sin_cache=self.cos_sin_cache,
+            tp_size=self.tp_size,
+        )
 
     # ---- weights -------------------------------------------------------------------
     def _target(self, name: str):
@@ -126,47 +148,48 @@ class LlamaForCausalLM(nn.Module):
         """
         if name.startswith("model."):
             name = name[len("model.") :]
-        if name == "lm_head.weight":
-            return (None, None, None) if self.lm_head is None else (self.lm_head, None, None)
+        if name == "lm_head.weight":  # tied: the embedding, loaded under its own name
+            return (None, None, None) if self.tie_word_embeddings else (self.lm_head.weight, None, None)
         if name == "embed_tokens.weight":
             return self.embed_tokens, None, None
         if name == "norm.weight":
-            return self.norm, None, None
+            return self.norm.weight, None, None
         parts = name.split(".")
         if parts[0] != "layers":
             raise KeyError(name)
         layer = self.layers[int(parts[1])]
         attn = layer.self_attn
         rest = ".".join(parts[2:])
-        q, kv, inter, hd = attn.q_size, attn.kv_size, layer.mlp.intermediate, attn.head_dim
+        q, kv, inter, hd = attn.q_size, attn.kv_size, layer.mlp.intermediate, attn.spec.head_dim
         # this rank's slices of the full tensors (the whole tensors without tensor parallelism)
         q_src = (0, attn.shard.q_start * hd, attn.total_num_heads * hd)
         kv_src = (0, attn.shard.kv_start * hd, attn.total_num_kv_heads * hd)
         inter_src = (0, layer.mlp.inter_start, layer.mlp.total_intermediate)
         table = {
-            "self_attn.q_proj.weight": (attn.qkv_proj, (0, q), q_src),
-            "self_attn.k_proj.weight": (attn.qkv_proj, (q, kv), kv_src),
-            "self_attn.v_proj.weight": (attn.qkv_proj, (q + kv, kv), kv_src),
-            "self_attn.o_proj.weight": (attn.o_proj, None, (1, *q_src[1:])),
-            "mlp.gate_proj.weight": (layer.mlp.gate_up_proj, (0, inter), inter_src),
-            "mlp.up_proj.weight": (layer.mlp.gate_up_proj, (inter, inter), inter_src),
-            "mlp.down_proj.weight": (layer.mlp.down_proj, None, (1, *inter_src[1:])),
-            "input_layernorm.weight": (layer.input_layernorm, None, None),
-            "post_attention_layernorm.weight": (layer.post_attention_layernorm, None, None),
+            "self_attn.q_proj.weight": (attn.qkv_proj.weight, (0, q), q_src),
+            "self_attn.k_proj.weight": (attn.qkv_proj.weight, (q, kv), kv_src),
+            "self_attn.v_proj.weight": (attn.qkv_proj.weight, (q + kv, kv), kv_src),
+            "self_attn.o_proj.weight": (attn.o_proj.weight, None, (1, *q_src[1:])),
+            "mlp.gate_proj.weight": (layer.mlp.gate_up_proj.weight, (0, inter), inter_src),
+            "mlp.up_proj.weight": (layer.mlp.gate_up_proj.weight, (inter, inter), inter_src),
+            "mlp.down_proj.weight": (layer.mlp.down_proj.weight, None, (1, *inter_src[1:])),
+            "input_layernorm.weight": (layer.input_layernorm.weight, None, None),
+            "post_attention_layernorm.weight": (layer.post_attention_layernorm.weight, None, None),
         }
-        if attn.qkv_bias is not None:
+        bias = attn.qkv_proj.bias
+        if bias is not None:
             table.update(
                 {
-                    "self_attn.q_proj.bias": (attn.qkv_bias, (0, q), q_src),
-                    "self_attn.k_proj.bias": (attn.qkv_bias, (q, kv), kv_src),
-                    "self_attn.v_proj.bias": (attn.qkv_bias, (q + kv, kv), kv_src),
+                    "self_attn.q_proj.bias": (bias, (0, q), q_src),
+                    "self_attn.k_proj.bias": (bias, (q, kv), kv_src),
+                    "self_attn.v_proj.bias": (bias, (q + kv, kv), kv_src),
                 }
             )
-        if attn.qk_norm_eps is not None:  # per-head norms: the same on every rank
+        if attn.q_norm is not None:  # per-head norms: the same on every rank
             table.update(
                 {
-                    "self_attn.q_norm.weight": (attn.q_norm, None, None),
-                    "self_attn.k_norm.weight": (attn.k_norm, None, None),
+                    "self_attn.q_norm.weight": (attn.q_norm.weight, None, None),
+                    "self_attn.k_norm.weight": (attn.k_norm.weight, None, None),
                 }
             )
         return table[rest]

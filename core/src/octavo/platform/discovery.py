@@ -1,8 +1,13 @@
 """Find platforms: one pluggy PluginManager over the entry point group `octavo.platforms`.
 
-Discovery never swallows a failure: a plugin that fails to import, returns something
-that is not a Platform, or was built for another contract version shows up in
-`discover_platforms()` with its error, and `resolve_platform` names it.
+The mechanism is pluggy's: each entry point names a module whose `@hookimpl` functions
+implement the hooks of `hookspecs.py`; pluggy checks their arguments at registration and
+`check_pending()` refuses a function marked as a hook that no spec names (a misspelt hook).
+
+Discovery never swallows a failure: a plugin that fails to import, implements an unknown
+hook, returns something that is not a Platform, breaks the contract (`contract.check_platform`)
+or was built for another contract version shows up in `discover_platforms()` with its error,
+and `resolve_platform` names it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import importlib_metadata
 import pluggy
 
 from octavo.platform import hookspecs
-from octavo.platform.interface import API_VERSION, Platform, api_compatible
+from octavo.platform.contract import check_platform
+from octavo.platform.platform import Platform
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +71,12 @@ def get_plugin_manager(refresh: bool = False) -> pluggy.PluginManager:
         try:
             module = ep.load()
             pm.register(module, name=ep.name)
+            try:
+                pm.check_pending()
+            except pluggy.PluginValidationError as e:
+                pm.unregister(name=ep.name)
+                known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("octavo_")))
+                raise pluggy.PluginValidationError(e.plugin, f"{e}; octavo's hooks are: {known}") from None
         except Exception as e:  # report, never skip silently
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
             logger.warning("octavo plugin %r from %s failed to load: %s", ep.name, package, detail)
@@ -99,23 +111,15 @@ def _package_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
 
 
 def _describe(cls: object, package: str, version: str) -> PlatformInfo:
+    errors = check_platform(cls)
     if not (isinstance(cls, type) and issubclass(cls, Platform)):
+        msg = f"{package} returned {cls!r}, which is not a Platform subclass"
         return PlatformInfo(
-            name=repr(cls),
-            package=package,
-            package_version=version,
-            api_version="?",
-            score=0,
-            reason="not a subclass of octavo.platform.Platform",
-            error=f"{package} returned {cls!r}, which is not a Platform subclass",
+            repr(cls), package, version, "?", 0, "not a subclass of octavo.platform.Platform", error=msg
         )
     name = cls.name or cls.__name__
-    if not api_compatible(cls.api_version):
-        msg = (
-            f"platform {name!r} from {package} {version} was built for plugin API "
-            f"{cls.api_version or '(none)'}, but this octavo speaks plugin API {API_VERSION}; "
-            f"install a release of {package} built for API {API_VERSION.split('.')[0]}.x"
-        )
+    if errors:
+        msg = f"platform {name!r} from {package} {version} breaks the plugin contract: " + "; ".join(errors)
         return PlatformInfo(name, package, version, str(cls.api_version), 0, msg, cls, error=msg)
     try:
         avail = cls.availability()

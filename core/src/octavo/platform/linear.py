@@ -1,0 +1,36 @@
+"""The linear method: it owns a linear layer's weights, their layout and the GEMM over them.
+
+Core's models build every projection as an `octavo.layers.linear.Linear` module and hand it
+to the method three times: `create_weights` when the module is built (the parameters the
+checkpoint loader fills, in the checkpoint's layout), `process_weights_after_loading` once
+every weight of the model is in (repack, transpose, quantize, or keep a packed copy: the
+method may add attributes to the layer, which it owns), and `apply` for every forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octavo.platform.device import Device
+
+
+class LinearMethod:
+    """y = x @ weight.T + bias over weights stored [out_features, in_features], as in
+    checkpoints. The default is torch's linear on the weights as loaded."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def create_weights(self, layer: nn.Module, in_features: int, out_features: int, bias: bool) -> None:
+        """Register the parameters the checkpoint loader fills: `weight` [out, in] and, with
+        `bias`, `bias` [out] (values are set by loading; dtype and device follow the model's)."""
+        layer.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        layer.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once per layer after every weight of the model is loaded. Default: nothing."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in_features] -> [..., out_features], in x's dtype."""
+        return torch.nn.functional.linear(x, layer.weight, layer.bias)

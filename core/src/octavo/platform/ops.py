@@ -1,0 +1,148 @@
+"""Fused ops: the small kernels between the GEMMs, each defined here once.
+
+The functions below are the definition of each op's semantics, written to be obviously right
+(float32 inside, one rounding to the input's dtype at the end, except where the models'
+reference implementation rounds in between, as `rms_norm` says). They are also the defaults
+of `FusedOps`, which a platform subclasses to run its own kernels; the plugin kit's
+conformance suite checks those kernels against these definitions (`octavo_plugin_kit.reference`
+re-exports them beside the reference attention).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from octavo.platform.device import Device
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim.
+
+    With `residual`, x is first replaced by x + residual, rounded to x's dtype (the residual
+    stream lives in that dtype), and (normed, x + residual) is returned. The normalized value
+    is rounded to x's dtype before the weight multiplies it, as Hugging Face's Llama does:
+    greedy output equal to transformers' in bf16 depends on that rounding.
+    """
+    if residual is not None:
+        x = (x.float() + residual.float()).to(x.dtype)
+    xf = x.float()
+    normed = (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
+    out = (normed.float() * weight.float()).to(x.dtype)
+    return out if residual is None else (out, x)
+
+
+def rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox (rotate-half) rotary embedding of the first rot_dim features of each head.
+
+    q: [T, Hq, D], k: [T, Hk, D]; cos_sin_cache[p] = cat(cos(p * f), sin(p * f)) over the
+    rot_dim / 2 frequencies f (float32). Feature pairs (i, i + rot_dim / 2) rotate by angle
+    p * f_i; features past rot_dim pass through (partial rotary). An implementation may
+    rotate q and k in place and return them (callers use only the results).
+    """
+    rot_dim = cos_sin_cache.shape[-1]
+    half = rot_dim // 2
+    table = cos_sin_cache.float()[positions.long()]  # [T, rot_dim]
+    cos, sin = table[:, None, :half], table[:, None, half:]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:rot_dim]
+        parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., rot_dim:]]
+        return torch.cat(parts, dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., 2 * d] -> silu(gate) * up with gate = x[..., :d], up = x[..., d:]."""
+    d = x.shape[-1] // 2
+    gate, up = x[..., :d].float(), x[..., d:].float()
+    return (gate * torch.sigmoid(gate) * up).to(x.dtype)
+
+
+def inverse_cdf_sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+    """The draw of `FusedOps.sample` in torch ops: per row of logits [S, V], the token at u[i]
+    of the inverse CDF of softmax(logits / temperatures[i]) (temperatures None: 1)."""
+    if temperatures is not None:
+        logits = logits / temperatures.to(logits.dtype).unsqueeze(1)
+    # unnormalized probabilities: the inverse CDF scales u by each row's total
+    weights = (logits - logits.max(dim=-1, keepdim=True).values).exp_()
+    return _inverse_cdf(weights, u)
+
+
+#: tokens per block of the two-level inverse CDF
+_CDF_BLOCK = 256
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative weight exceeds u * the row's total.
+
+    Two levels, because a cumulative sum over the whole vocabulary is a serial scan per row
+    (3 ms for 64 x 49,152 on a CPU core, more than the rest of sampling): block totals (a
+    vectorized sum), their cumulative sum (V / 256 entries), then the scan inside the one
+    block each row lands in. The targets are clamped below each level's total, so rounding
+    can neither run past the end nor land on a zero-weight token (a token whose weight adds
+    nothing is never the first to exceed a target).
+    """
+    s, v = weights.shape
+    bs = _CDF_BLOCK
+    nb = -(-v // bs)
+    if nb * bs != v:
+        weights = torch.nn.functional.pad(weights, (0, nb * bs - v))
+    blocks = weights.view(s, nb, bs)
+    csum = blocks.sum(dim=-1).cumsum(dim=-1)  # [S, nb]
+    total = csum[:, -1:]
+    zero = torch.zeros_like(total)
+    t = torch.minimum(u.to(weights.dtype).unsqueeze(1) * total, torch.nextafter(total, zero))
+    j = torch.searchsorted(csum, t, right=True).clamp_(max=nb - 1)  # [S, 1]: csum[j-1] <= t < csum[j]
+    before = torch.where(j > 0, csum.gather(1, (j - 1).clamp(min=0)), zero)
+    local = blocks.gather(1, j.unsqueeze(-1).expand(s, 1, bs)).squeeze(1).cumsum(dim=-1)  # [S, bs]
+    t_in = torch.minimum((t - before).clamp_(min=0), torch.nextafter(local[:, -1:], zero))
+    k = torch.searchsorted(local, t_in, right=True).clamp_(max=bs - 1)
+    return (j * bs + k).squeeze(1).clamp_(max=v - 1)  # (a row of all zeros; softmax weights never are)
+
+
+class FusedOps:
+    """The small ops of the model graph. Every method has a default (the definitions above,
+    in torch ops); a platform subclasses this to run its own kernels where they pay, and keeps
+    the default elsewhere."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def rms_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """See `rms_norm` above."""
+        return rms_norm(x, weight, eps, residual)
+
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See `rotary` above."""
+        return rotary(q, k, positions, cos_sin_cache)
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """See `silu_and_mul` above."""
+        return silu_and_mul(x)
+
+    def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+        """One token per row of logits [S, V] (float32), by inverse CDF: with weights
+        exp(logits / t - max), the first token whose cumulative weight exceeds u[i] times
+        the row's total (t = temperatures[i], all 1 when None; u [S] in [0, 1)). Tokens at
+        -inf (top-k / top-p / min-p / banned) weigh 0 and are never drawn. Returns [S] int64."""
+        return inverse_cdf_sample(logits, temperatures, u)
