@@ -35,6 +35,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(VENV)/bin/octavo bench throughput --model smollm2 --device cpu --num-prompts 64 --input-len 256 --output-len 128 --compare hf

@@ -177,7 +177,7 @@ class AsyncLLMEngine:
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="octavo-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._loop,), name="octavo-engine", daemon=True)
         self._thread.start()
 
     # ---- requests ----------------------------------------------------------------------
@@ -218,6 +218,7 @@ class AsyncLLMEngine:
             raise QueueFullError(self._queue_full_message())
         stream = _Stream(request_id, params, prompt)
         self._streams[request_id] = stream
+        assert self._loop is not None  # add_request started the engine on this loop
         fut = self._loop.create_future()
         self._send(("add", request_id, prompt, params, fut))
         try:
@@ -325,7 +326,7 @@ class AsyncLLMEngine:
             self._commands.append(cmd)
             self._cv.notify()
 
-    def _run(self) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         engine = self.engine
         live: set[str] = set()  # ids the engine holds unfinished (only this thread touches it)
         commands: list[tuple] = []
@@ -337,7 +338,7 @@ class AsyncLLMEngine:
                     commands, self._commands = self._commands, []
                     self._num_pending_adds = 0
                     stop = self._stop
-                self._apply(commands, live)
+                self._apply(commands, live, loop)
                 commands = []
                 if stop:
                     if live:
@@ -350,7 +351,7 @@ class AsyncLLMEngine:
                 if not engine.has_unfinished_requests():
                     live.clear()
                 stats = self._snapshot()
-                self._loop.call_soon_threadsafe(self._deliver, outputs, stats)
+                loop.call_soon_threadsafe(self._deliver, outputs, stats)
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request
             logger.exception("engine thread died")
             with self._cv:
@@ -358,13 +359,13 @@ class AsyncLLMEngine:
                 self._commands = []
             futs = [c[-1] for c in commands if c[0] == "add"]
             try:
-                self._loop.call_soon_threadsafe(self._on_dead, e, futs)
+                loop.call_soon_threadsafe(self._on_dead, e, futs)
             except RuntimeError:  # the loop is closed: nobody left to tell
                 pass
         finally:
             engine.shutdown()  # stopped or dead, it steps no more: stop tensor-parallel workers
 
-    def _apply(self, commands: list[tuple], live: set[str]) -> None:
+    def _apply(self, commands: list[tuple], live: set[str], loop: asyncio.AbstractEventLoop) -> None:
         engine = self.engine
         aborts: list[str] = []
         for cmd in commands:
@@ -382,10 +383,10 @@ class AsyncLLMEngine:
                     raise QueueFullError(self._queue_full_message())
                 engine.add_request(rid, prompt, params, arrival_time=time.monotonic())
             except Exception as e:  # noqa: BLE001 - handed to the caller
-                self._loop.call_soon_threadsafe(_set_exception, fut, e)
+                loop.call_soon_threadsafe(_set_exception, fut, e)
             else:
                 live.add(rid)
-                self._loop.call_soon_threadsafe(_set_result, fut)
+                loop.call_soon_threadsafe(_set_result, fut)
         if aborts:
             engine.abort_request(aborts)
 

@@ -25,7 +25,9 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
         self.text = ""
-        self.stop_hold = max((len(s) for s in params.stop), default=1) - 1
+        assert isinstance(params.stop, list)  # SamplingParams.__post_init__ made it one
+        self.stops = params.stop
+        self.stop_hold = max((len(s) for s in self.stops), default=1) - 1
         self.sent = 0  # characters already returned by `delta`
 
     def _decode(self, ids: list[int]) -> str:
@@ -63,7 +65,7 @@ class IncrementalDetokenizer:
             self.prefix_offset = self.read_offset = len(self.ids)
 
     def _check_stop(self, before: int) -> str | None:
-        for stop in self.params.stop:
+        for stop in self.stops:
             # only look where the new text could have completed a stop string
             i = self.text.find(stop, max(0, before - len(stop) + 1))
             if i != -1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
@@ -13,7 +14,7 @@ from octavo.loader.source import load_tokenizer
 from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
-from octavo.scheduler import Scheduler
+from octavo.scheduler import Scheduler, SchedulerOutput
 
 logger = logging.getLogger("octavo")
 
@@ -72,6 +73,11 @@ class _Group:
         return all(s.req.is_finished for s in self.samples)
 
 
+def _cumulative_logprob(sample: _Sample) -> float:
+    assert sample.cumulative_logprob is not None  # add_request asks every ranked sample for logprobs
+    return sample.cumulative_logprob
+
+
 class LLMEngine:
     def __init__(self, args: EngineArgs) -> None:
         t0 = time.perf_counter()
@@ -109,7 +115,7 @@ class LLMEngine:
         # the last step's new tokens, turned into outputs during the next step
         self._unprocessed: tuple[list[tuple[Request, int]], dict, float] | None = None
         # async scheduling: the launched step the host has not waited for yet
-        self._inflight = None
+        self._inflight: tuple[SchedulerOutput, Any] | None = None
         # outputs of requests that failed alone since the last step returned (LLMEngine._fail)
         self._failed_outputs: list[RequestOutput] = []
         logger.info("engine ready on %s in %.2f s", self.platform.name, time.perf_counter() - t0)
@@ -182,7 +188,9 @@ class LLMEngine:
     ) -> None:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
-        if params.best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
+        best_of = params.best_of
+        assert best_of is not None  # SamplingParams.__post_init__ defaults it to n
+        if best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
             raise ValueError("best_of > n cannot stream: the best samples are known only at the end")
         params.verify_token_ids(self.vocab_size)
         text, ids = self._tokenize(prompt)
@@ -212,15 +220,15 @@ class LLMEngine:
         params._eos_token_ids = self.eos_token_ids
         arrival = time.monotonic() if arrival_time is None else arrival_time
         group = _Group(request_id, text, ids, params, arrival)
-        for i in range(params.best_of):
+        for i in range(best_of):
             p = params
-            if params.best_of > 1:
+            if best_of > 1:
                 p = params.clone()
                 if p.seed is not None:
                     p.seed += i  # distinct but reproducible samples
-                if params.best_of > params.n and p.logprobs is None:
+                if best_of > params.n and p.logprobs is None:
                     p.logprobs = 0  # ranking needs each sample's cumulative logprob
-            rid = request_id if params.best_of == 1 else f"{request_id}#{i}"
+            rid = request_id if best_of == 1 else f"{request_id}#{i}"
             req = Request(rid, ids, p, arrival)
             group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
         self.groups[request_id] = group
@@ -371,7 +379,7 @@ class LLMEngine:
         for rid, (first, entries) in step_out.prompt_logprobs.items():
             group = self.group_of.get(rid)
             # n > 1 samples share one prompt: take the first sample's
-            if group is None or group.samples[0].req.request_id != rid:
+            if group is None or group.prompt_logprobs is None or group.samples[0].req.request_id != rid:
                 continue
             for j, (chosen, rank, alts) in enumerate(entries):
                 if first + j != len(group.prompt_logprobs):
@@ -438,12 +446,12 @@ class LLMEngine:
         kind = group.params.output_kind
         finished = group.finished
         params = group.params
-        ranked = params.best_of > params.n
+        ranked = len(group.samples) > params.n  # best_of > n
         if (kind == RequestOutputKind.FINAL_ONLY or ranked) and not finished:
             return None
         samples = group.samples
         if ranked:  # best_of: the n samples with the highest cumulative logprob
-            samples = sorted(samples, key=lambda s: s.cumulative_logprob, reverse=True)[: params.n]
+            samples = sorted(samples, key=_cumulative_logprob, reverse=True)[: params.n]
         delta = kind == RequestOutputKind.DELTA
         comps = []
         for index, s in enumerate(samples):

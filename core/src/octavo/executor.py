@@ -82,6 +82,7 @@ class StepInputs:
         def host(t: torch.Tensor) -> np.ndarray:
             return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
 
+        assert batch.num_tokens_t is not None and batch.num_reqs_t is not None  # ModelRunner._batch sets them
         counts = np.array([int(batch.num_tokens_t), int(batch.num_reqs_t)], dtype=np.int32)
         return cls(
             host(batch.input_ids),
@@ -327,6 +328,7 @@ def _worker_main(rank: int, tp_size: int, init_method: str, config, source, conn
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     try:
+        from octavo.model_runner import ModelRunner
         from octavo.platform import resolve_platform
 
         platform = resolve_platform(config.device)
@@ -334,6 +336,8 @@ def _worker_main(rank: int, tp_size: int, init_method: str, config, source, conn
         conn.send(("joining", None))
         platform.join_group(tp_size, rank, init_method)
         runner = platform.make_runner(config, source)
+        # only ModelRunners start workers (engine_config refuses other runners without spmd)
+        assert isinstance(runner, ModelRunner), type(runner)
         kind, num_blocks = conn.recv()
         assert kind == "kv", kind
         runner.initialize_kv_cache(num_blocks)

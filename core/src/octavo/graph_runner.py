@@ -128,22 +128,20 @@ class GraphRunner:
                 return s
         return None
 
-    def can_run(self, batch: ForwardBatch) -> bool:
+    def _replay_size(self, batch: ForwardBatch) -> int | None:
+        """The captured size a pure-decode batch replays at; None when it must run eagerly."""
         n = batch.num_reqs
-        return (
-            n > 0
-            and batch.max_query_len == 1
-            and batch.query_start_loc_cpu[-1] == n
-            and (self.padded_size(n) is not None)
-        )
+        if n == 0 or batch.max_query_len != 1 or batch.query_start_loc_cpu[-1] != n:
+            return None
+        return self.padded_size(n)
 
     def run(self, batch: ForwardBatch) -> torch.Tensor | None:
         """Hidden states [>= n, hidden] (row i = request i) by replaying the graph of the
         next captured size, or None when this step must run eagerly."""
-        if not self.can_run(batch):
+        b = self._replay_size(batch)
+        if b is None:
             return None
         n = batch.num_reqs
-        b = self.padded_size(n)
         replay, out, gbatch = self.graphs[b]
         self.input_ids[:n].copy_(batch.input_ids, non_blocking=True)
         self.positions[:n].copy_(batch.positions, non_blocking=True)

@@ -168,6 +168,7 @@ class ModelRunner(StepRunner):
         them all now. Each is a real padded step: one request of the bucket's tokens plus
         padding, over block 0 (slot -1: nothing is stored)."""
         t0 = time.perf_counter()
+        assert self.static is not None  # called only for a platform with static shapes
         shapes = self.static.shapes()
         for tokens, reqs, width in shapes:
             q = min(tokens, width * self.block_size, self.config.model.max_model_len)
@@ -282,7 +283,9 @@ class ModelRunner(StepRunner):
             input_ids, positions, slots, qsl, seq_lens, tables, width, [last, feed_dst, feed_src], num_tokens, num_reqs
         )
         if feed_dst:
-            batch.input_ids.index_copy_(0, dst, self._last_tokens[0].index_select(0, src))
+            last_tokens = self._last_tokens[0]
+            assert last_tokens is not None  # feed_dst's rows were found in its request map
+            batch.input_ids.index_copy_(0, dst, last_tokens.index_select(0, src))
         return batch, last_t
 
     def _batch(
@@ -421,11 +424,13 @@ class ModelRunner(StepRunner):
     def _worker_failure(self, cause: BaseException) -> None:
         """A step (or start-up) raised here: if a tensor-parallel worker caused it, raise its
         WorkerError instead (octavo.executor)."""
-        if getattr(self, "workers", None) is not None:
-            self.workers.step_failed(cause)
+        workers = getattr(self, "workers", None)  # None too when __init__ failed before setting it
+        if workers is not None:
+            workers.step_failed(cause)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent; garbage collection and
         interpreter exit do it too). The runner cannot step afterwards."""
-        if getattr(self, "workers", None) is not None:
-            self.workers.shutdown()
+        workers = getattr(self, "workers", None)  # None too when __init__ failed before setting it
+        if workers is not None:
+            workers.shutdown()

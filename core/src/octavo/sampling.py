@@ -223,7 +223,7 @@ class Sampler:
             ids = to_device(list(p.logit_bias.keys()), torch.long, dev)
             logits[i, ids] += to_device(list(p.logit_bias.values()), logits.dtype, dev)
         if ban_eos:
-            ban = list(p._eos_token_ids) + list(p.stop_token_ids)
+            ban = list(p._eos_token_ids) + list(p.stop_token_ids or ())
             logits[i, ban] = float("-inf")
 
     def _sample(self, logits, request_ids, params) -> torch.Tensor:
@@ -263,7 +263,7 @@ class Sampler:
 
 def _logprob_rows(params, chosen, ranks, top_v, top_i):
     chosen, ranks, top_v, top_i = chosen.tolist(), ranks.tolist(), top_v.tolist(), top_i.tolist()
-    out = []
+    out: list[tuple[float, int, list[tuple[int, float]]] | None] = []
     for i, p in enumerate(params):
         if p.logprobs is None:
             out.append(None)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 #: most top alternatives `logprobs` / `prompt_logprobs` may ask for
 MAX_LOGPROBS = 20
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -102,6 +103,7 @@ class SamplingParams:
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or not 0 <= v <= MAX_LOGPROBS):
                 raise bad(name, v, f"must be an integer in [0, {MAX_LOGPROBS}]")
+        assert isinstance(self.stop, list)  # __post_init__ made it one
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise bad("stop", self.stop, "must be non-empty strings")
@@ -125,7 +127,7 @@ class SamplingParams:
         ValueError naming the field and the first bad id, before the request reaches a step."""
         fields = {
             "logit_bias": list(self.logit_bias or ()),
-            "stop_token_ids": self.stop_token_ids,
+            "stop_token_ids": self.stop_token_ids or (),
             "allowed_token_ids": self.allowed_token_ids or (),
         }
         for name, ids in fields.items():

@@ -303,7 +303,7 @@ class Scheduler:
             if not p.ignore_eos and token in p._eos_token_ids:
                 self.finish(req, RequestStatus.FINISHED_STOPPED, None)
                 return
-            if token in p.stop_token_ids:
+            if p.stop_token_ids and token in p.stop_token_ids:
                 self.finish(req, RequestStatus.FINISHED_STOPPED, token)
                 return
         if (p.max_tokens is not None and n_out >= p.max_tokens) or req.num_tokens >= self.max_model_len:

@@ -133,7 +133,9 @@ class Attention(nn.Module):
         k = k.reshape(t, spec.num_kv_heads, spec.head_dim)
         v = v.reshape(t, spec.num_kv_heads, spec.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         q, k = p.ops.rotary(q, k, positions, cos_sin_cache)
         o = p.attention.forward(q, k, v, kv_cache, meta, spec)
         return p.communicator.all_reduce(self.o_proj(o.reshape(t, self.q_size)))

@@ -24,13 +24,14 @@ def supported_architectures() -> list[str]:
 
 def get_model_class(hf_config):
     archs = list(getattr(hf_config, "architectures", None) or [])
-    if not archs and getattr(hf_config, "model_type", None) in _MODEL_TYPES:
-        archs = [_MODEL_TYPES[hf_config.model_type]]
+    model_type = getattr(hf_config, "model_type", None)
+    if not archs and model_type in _MODEL_TYPES:
+        archs = [_MODEL_TYPES[model_type]]
     for arch in archs:
         if arch in _REGISTRY:
             module, name = _REGISTRY[arch]
             return getattr(importlib.import_module(module), name)
     raise ValueError(
-        f"model architecture {archs or getattr(hf_config, 'model_type', '?')} is not supported; "
+        f"model architecture {archs or model_type or '?'} is not supported; "
         f"supported: {', '.join(supported_architectures())}"
     )

@@ -11,6 +11,7 @@ full checkpoint tensors.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -77,6 +78,7 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     qkv_bias = False
     qk_norm = False
+    cos_sin_cache: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(self, platform: Platform, hf_config, max_positions: int) -> None:
         super().__init__()
@@ -100,7 +102,11 @@ class LlamaForCausalLM(nn.Module):
 
     def attention_specs(self) -> list[AttentionSpec]:
         """Each layer's attention, as this rank runs it: what its KV cache must hold."""
-        return [layer.self_attn.spec for layer in self.layers]
+        return [layer.self_attn.spec for layer in self._decoder_layers()]
+
+    def _decoder_layers(self) -> list[DecoderLayer]:
+        # nn.ModuleList is not generic: a type checker sees Modules where __init__ put DecoderLayers
+        return cast("list[DecoderLayer]", list(self.layers))
 
     def forward(self, input_ids, positions, kv_caches: list, meta):
         x = self.embed_tokens.index_select(0, input_ids)
@@ -130,7 +136,7 @@ class LlamaForCausalLM(nn.Module):
                     gate_up=layer.mlp.gate_up_proj,
                     down=layer.mlp.down_proj,
                 )
-                for layer in self.layers
+                for layer in self._decoder_layers()
             ],
             norm=self.norm,
             cos_sin_cache=self.cos_sin_cache,
@@ -157,7 +163,7 @@ class LlamaForCausalLM(nn.Module):
         parts = name.split(".")
         if parts[0] != "layers":
             raise KeyError(name)
-        layer = self.layers[int(parts[1])]
+        layer = self._decoder_layers()[int(parts[1])]
         attn = layer.self_attn
         rest = ".".join(parts[2:])
         q, kv, inter, hd = attn.q_size, attn.kv_size, layer.mlp.intermediate, attn.spec.head_dim
@@ -185,13 +191,11 @@ class LlamaForCausalLM(nn.Module):
                     "self_attn.v_proj.bias": (bias, (q + kv, kv), kv_src),
                 }
             )
-        if attn.q_norm is not None:  # per-head norms: the same on every rank
-            table.update(
-                {
-                    "self_attn.q_norm.weight": (attn.q_norm.weight, None, None),
-                    "self_attn.k_norm.weight": (attn.k_norm.weight, None, None),
-                }
-            )
+        # per-head norms: the same on every rank
+        if attn.q_norm is not None:
+            table["self_attn.q_norm.weight"] = (attn.q_norm.weight, None, None)
+        if attn.k_norm is not None:
+            table["self_attn.k_norm.weight"] = (attn.k_norm.weight, None, None)
         return table[rest]
 
     @torch.no_grad()

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from octavo.layers.linear import Linear
+from octavo.layers.norm import RMSNorm
 from octavo.platform import AttentionSpec
 
 
@@ -22,22 +24,22 @@ from octavo.platform import AttentionSpec
 class DecoderLayerStructure:
     """One layer: x -> h = input_norm(x + residual); attention; post_norm; SiLU-gated MLP."""
 
-    input_norm: Any  # octavo.layers.norm.RMSNorm: .weight [H], .eps
-    qkv: Any  # octavo.layers.linear.Linear: rows [q; k; v] of this rank's heads, bias optional
-    q_norm: Any | None  # RMSNorm over each q head (Qwen3), or None
-    k_norm: Any | None  # RMSNorm over each k head, or None
+    input_norm: RMSNorm  # .weight [H], .eps
+    qkv: Linear  # rows [q; k; v] of this rank's heads, bias optional
+    q_norm: RMSNorm | None  # over each q head (Qwen3), or None
+    k_norm: RMSNorm | None  # over each k head, or None
     attention: AttentionSpec
-    o: Any  # Linear [H, q heads x head_dim]
-    post_norm: Any  # RMSNorm [H]
-    gate_up: Any  # Linear: rows [gate; up]
-    down: Any  # Linear [H, intermediate]
+    o: Linear  # [H, q heads x head_dim]
+    post_norm: RMSNorm  # [H]
+    gate_up: Linear  # rows [gate; up]
+    down: Linear  # [H, intermediate]
 
 
 @dataclass(frozen=True)
 class DecoderStructure:
     embed: torch.Tensor  # [vocab, H]
     layers: list[DecoderLayerStructure]
-    norm: Any  # the final RMSNorm
+    norm: RMSNorm  # the final norm
     cos_sin_cache: torch.Tensor  # [max_positions, rot_dim] float32, neox rotary
     tp_size: int  # > 1: row-parallel outputs (o, down) are all-reduced over the ranks
 
@@ -68,6 +70,7 @@ def decoder_forward(
         v = v.reshape(t, spec.num_kv_heads, spec.head_dim)
         if layer.q_norm is not None:
             q = ops.rms_norm(q, layer.q_norm.weight, layer.q_norm.eps)
+        if layer.k_norm is not None:
             k = ops.rms_norm(k, layer.k_norm.weight, layer.k_norm.eps)
         q, k = ops.rotary(q, k, positions, structure.cos_sin_cache)
         o = platform.attention.forward(q, k, v, kv, meta, spec)

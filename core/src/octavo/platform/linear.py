@@ -25,12 +25,15 @@ class LinearMethod:
     def create_weights(self, layer: nn.Module, in_features: int, out_features: int, bias: bool) -> None:
         """Register the parameters the checkpoint loader fills: `weight` [out, in] and, with
         `bias`, `bias` [out] (values are set by loading; dtype and device follow the model's)."""
-        layer.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        layer.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        layer.register_parameter("weight", nn.Parameter(torch.empty(out_features, in_features), requires_grad=False))
+        layer.register_parameter("bias", nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Called once per layer after every weight of the model is loaded. Default: nothing."""
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """x [..., in_features] -> [..., out_features], in x's dtype."""
-        return torch.nn.functional.linear(x, layer.weight, layer.bias)
+        weight, bias = layer.weight, layer.bias
+        # nn.Module types attributes as Tensor | Module: these are create_weights' parameters
+        assert isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor))
+        return torch.nn.functional.linear(x, weight, bias)

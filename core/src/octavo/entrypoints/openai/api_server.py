@@ -143,9 +143,9 @@ class BodySizeLimitMiddleware:
 def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
     metrics = ServerMetrics(engine, settings.served_model_names[0])
     engine.stat_loggers.append(metrics)
-    common = dict(served_model_names=settings.served_model_names, metrics=metrics, limits=settings.limits)
-    completions = OpenAIServingCompletion(engine, **common)
-    chat = OpenAIServingChat(engine, chat_template=settings.chat_template, **common)
+    names, limits = settings.served_model_names, settings.limits
+    completions = OpenAIServingCompletion(engine, names, metrics, limits)
+    chat = OpenAIServingChat(engine, names, metrics, limits, chat_template=settings.chat_template)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -203,7 +203,7 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         return error_response(f"internal error: {type(e).__name__}: {e}", status=500, type="server_error")
 
     # ---- routes -----------------------------------------------------------------------------
-    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 500, 503)}
+    errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 500, 503)}
 
     @app.post("/v1/completions", responses=errors)
     async def create_completion(body: CompletionRequest, request: Request):
@@ -262,6 +262,7 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
             completions.check_prompt_bytes([body.prompt], "prompt")
             ids = completions.encode(body.prompt, add_special)
         else:
+            assert body.messages is not None  # exactly one of the two, checked above
             text = chat.render_checked(
                 body.messages,
                 add_generation_prompt=body.add_generation_prompt,

@@ -8,7 +8,7 @@ request finishes. Each server owns its own registry, so several apps can live in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -147,25 +147,21 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_EngineCollector(engine, model_name))
         self.model_name = model_name
-        kw = dict(labelnames=["model_name"], registry=self.registry)
-        self.ttft = Histogram(
-            "octavo:time_to_first_token_seconds", "Time to first token.", buckets=TTFT_BUCKETS, **kw
-        ).labels(model_name)
-        self.tpot = Histogram(
+
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, doc, ["model_name"], registry=self.registry, buckets=buckets).labels(model_name)
+
+        self.ttft = histogram("octavo:time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
+        self.tpot = histogram(
             "octavo:time_per_output_token_seconds",
             "Mean time per output token after the first, per request.",
-            buckets=TPOT_BUCKETS,
-            **kw,
-        ).labels(model_name)
-        self.e2e = Histogram(
-            "octavo:e2e_request_latency_seconds", "End-to-end request latency.", buckets=LATENCY_BUCKETS, **kw
-        ).labels(model_name)
-        self.prompt_tokens = Histogram(
-            "octavo:request_prompt_tokens", "Prompt tokens per request.", buckets=TOKEN_BUCKETS, **kw
-        ).labels(model_name)
-        self.generation_tokens = Histogram(
-            "octavo:request_generation_tokens", "Generated tokens per request.", buckets=TOKEN_BUCKETS, **kw
-        ).labels(model_name)
+            TPOT_BUCKETS,
+        )
+        self.e2e = histogram("octavo:e2e_request_latency_seconds", "End-to-end request latency.", LATENCY_BUCKETS)
+        self.prompt_tokens = histogram("octavo:request_prompt_tokens", "Prompt tokens per request.", TOKEN_BUCKETS)
+        self.generation_tokens = histogram(
+            "octavo:request_generation_tokens", "Generated tokens per request.", TOKEN_BUCKETS
+        )
         self.success = Counter(
             "octavo:request_success",
             "Finished requests, by finish reason.",
@@ -175,7 +171,10 @@ class ServerMetrics:
         for reason in ("stop", "length", "abort"):
             self.success.labels(model_name, reason)  # export zeros before the first request
         self.rejected = Counter(
-            "octavo:request_rejected", "Requests refused because the waiting queue was full (HTTP 503).", **kw
+            "octavo:request_rejected",
+            "Requests refused because the waiting queue was full (HTTP 503).",
+            ["model_name"],
+            registry=self.registry,
         ).labels(model_name)
 
     def on_request_finished(self, output: RequestOutput, timing: RequestTiming) -> None:

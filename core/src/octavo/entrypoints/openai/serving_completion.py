@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -29,7 +29,7 @@ from octavo.entrypoints.openai.serving_engine import (
     merge_streams,
     sse,
 )
-from octavo.outputs import CompletionOutput, PromptLogprobs, SampleLogprobs
+from octavo.outputs import CompletionOutput, Logprob, PromptLogprobs
 
 
 class OpenAIServingCompletion(OpenAIServing):
@@ -66,7 +66,7 @@ class OpenAIServingCompletion(OpenAIServing):
             items = [p]
         else:
             items = list(p)
-        out = []
+        out: list[tuple[str | None, list[int]]] = []
         for item in items:
             if isinstance(item, str):
                 self.check_prompt_bytes([item], "prompt")
@@ -259,7 +259,7 @@ class OpenAIServingCompletion(OpenAIServing):
         offset: int = 0,
     ) -> CompletionLogProbs:
         lp = CompletionLogProbs()
-        pieces: list[tuple[list[int], SampleLogprobs | None]] = []
+        pieces: list[tuple[list[int], Sequence[dict[int, Logprob] | None] | None]] = []
         if prompt_ids is not None:
             pieces.append((prompt_ids, prompt_logprobs))
         pieces.append((c.token_ids, c.logprobs))

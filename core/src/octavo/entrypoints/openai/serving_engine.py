@@ -46,9 +46,8 @@ class OpenAIServing:
         # need a column of the logits
         self._vocab_size = min(len(self.tokenizer), engine.vocab_size)
         self._model_vocab_size = engine.vocab_size
-        self.max_prompt_bytes = self.limits.max_prompt_bytes
-        if self.max_prompt_bytes is None:
-            self.max_prompt_bytes = prompt_byte_bound(self.tokenizer, self.max_model_len)
+        most = self.limits.max_prompt_bytes
+        self.max_prompt_bytes = most if most is not None else prompt_byte_bound(self.tokenizer, self.max_model_len)
 
     # ---- checks ------------------------------------------------------------------------
     def model_name(self, requested: str | None) -> str:
