@@ -1,8 +1,9 @@
-"""octavo-cpu passes the conformance suite, and the suite's entry points behave.
+"""The platforms the repository ships pass the conformance suite, and the suite's entry points behave.
 
-The full run goes through a subprocess from an unrelated directory, exactly as a
-vendor types it (`pytest --octavo-platform cpu`); the quicker checks call
-`run_check` in-process.
+The full runs go through a subprocess from an unrelated directory, exactly as a vendor types it
+(`pytest --octavo-platform NAME`): for octavo-cpu, and for the kit's reference platform, which
+the kit does not register (it is far too slow to serve with) and these tests install as the
+fixture plugin "reference". The quicker checks call `run_check` in-process against it.
 """
 
 from __future__ import annotations
@@ -11,35 +12,63 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
+from fixtures.plugins import installed_plugins
 
+from octavo.platform import AttentionBackend, Device, FusedOps, LinearMethod, Platform
 from octavo_plugin_kit.cli import run_check
+from octavo_plugin_kit.pytest_plugin import _source
 
 # The suite's tensors are small: extra OpenMP threads only spin-wait, which on a busy
 # 2-core machine makes the run 5-10x slower.
 SMALL_SHAPES_ENV = {"OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-KERNELS = ("platform", "write_kv", "attend", "linear", "rms_norm", "rotary", "silu_and_mul", "communicator")
+KERNELS = (
+    "platform",
+    "kv_cache",
+    "write_kv",
+    "attend",
+    "linear",
+    "rms_norm",
+    "rotary",
+    "silu_and_mul",
+    "sample",
+    "communicator",
+    "generate",
+)
+# platform -> the package its header names
+FULL_RUNS = {"reference": "octavo-plugin-kit", "cpu": "octavo-cpu"}
 
 
-def test_cpu_passes_the_whole_suite_from_any_directory(tmp_path):
+@pytest.fixture(scope="module")
+def reference_installed(tmp_path_factory):
+    """The kit's ReferencePlatform installed as device "reference"; yields the site directory."""
+    dists = {"octavo-fixture-reference": ("reference", "octavo_fixture_reference")}
+    with installed_plugins(tmp_path_factory.mktemp("site"), dists) as site:
+        yield site
+
+
+@pytest.mark.parametrize("name", list(FULL_RUNS))
+def test_passes_the_whole_suite_from_any_directory(tmp_path, reference_installed, name):
     # an unrelated project with its own failing test: the suite must run instead of it
     (tmp_path / "test_unrelated.py").write_text("def test_not_the_suite():\n    assert False\n")
+    pythonpath = os.pathsep.join(filter(None, [str(reference_installed), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--octavo-platform", "cpu", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--octavo-platform", name, "-q", "-p", "no:cacheprovider"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
-        env={**os.environ, **SMALL_SHAPES_ENV},
+        timeout=900,
+        env={**os.environ, **SMALL_SHAPES_ENV, "PYTHONPATH": pythonpath},
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "test_not_the_suite" not in out
     passed = int(re.search(r"^(\d+) passed.* in [\d.]+s", out, re.M).group(1))  # pytest's last line
     assert passed >= 100, f"only {passed} conformance tests ran:\n{out[-3000:]}"
-    assert "octavo conformance: platform 'cpu' (octavo-cpu, API 1.0)" in out
+    assert f"octavo conformance: platform '{name}' ({FULL_RUNS[name]}, API 2.0)" in out, out[-3000:]
     for kernel in KERNELS:
         assert re.search(rf"^{kernel}\s+passed", out, re.M), f"{kernel} missing from the table:\n{out[-3000:]}"
 
@@ -53,24 +82,24 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_run_check_forwards_pytest_arguments(capsys, one_thread):
-    assert run_check("cpu", ["-q", "-s", "-k", "silu_and_mul"]) == 0
+def test_run_check_forwards_pytest_arguments(capsys, reference_installed, one_thread):
+    assert run_check("reference", ["-q", "-s", "-k", "test_linear"]) == 0
     out = capsys.readouterr().out
-    # octavo-cpu provides silu_and_mul itself (a native kernel), so the source is the platform
-    assert re.search(r"^silu_and_mul\s+passed\s+platform\s+9 passed", out, re.M), out
-    assert not re.search(r"^attend", out, re.M), "-k must select only the silu_and_mul tests"
+    # the reference platform runs its own linear method, so the source is the platform
+    assert re.search(r"^linear\s+passed\s+platform\s+9 passed", out, re.M), out
+    assert not re.search(r"^attend", out, re.M), "-k must select only the linear tests"
 
 
-def test_run_check_exhaustive_runs_every_combination(capsys, one_thread):
-    assert run_check("cpu", ["-q", "-s", "-k", "test_write_kv_default_layout", "--octavo-exhaustive"]) == 0
+def test_run_check_exhaustive_runs_every_combination(capsys, reference_installed, one_thread):
+    assert run_check("reference", ["-q", "-s", "-k", "test_write_kv_default_layout", "--octavo-exhaustive"]) == 0
     assert re.search(r"^write_kv\s+passed\s+27 passed", capsys.readouterr().out, re.M)
 
 
-def test_unknown_platform_is_one_usage_error_naming_what_is_installed(capsys):
+def test_unknown_platform_is_one_usage_error_naming_what_is_installed(capsys, reference_installed):
     assert run_check("no_such_device", ["-q", "-s"]) == pytest.ExitCode.USAGE_ERROR
     err = capsys.readouterr().err
     assert "cannot use platform 'no_such_device'" in err
-    assert "installed:" in err and "cpu (octavo-cpu" in err
+    assert "installed:" in err and "cpu (octavo-cpu" in err and "reference (octavo-fixture-reference" in err
     assert "pip install octavo-no_such_device" in err
 
 
@@ -83,34 +112,41 @@ def test_the_suite_skips_cleanly_without_a_platform(capsys):
     assert "passed" not in out and "choose a platform with --octavo-platform NAME" in out
 
 
-def test_table_reports_skips_with_reasons_and_kernels_not_provided(capsys, one_thread):
-    """A platform that supports less: one dtype, one block size, no rotary yet."""
-    import types
-
+def _run_registered(platform_cls: type[Platform], args: list[str]) -> int:
+    """run_check against a platform registered by hand for the run, under its name."""
     from octavo.platform import get_plugin_manager, hookimpl
     from octavo.platform.discovery import register_plugin
+
+    plugin = types.ModuleType(f"{platform_cls.name}_plugin")
+    plugin.octavo_platforms = hookimpl(lambda: [platform_cls])
+    register_plugin(plugin, name=platform_cls.name)
+    try:
+        return run_check(platform_cls.name, args)
+    finally:
+        get_plugin_manager(refresh=True)
+
+
+def test_table_reports_skips_with_reasons_and_kernels_not_provided(capsys, one_thread):
+    """A platform that supports less: one dtype, one block size, no rotary yet."""
     from octavo_plugin_kit.reference import ReferenceAttention, ReferencePlatform
+
+    class PartialDevice(Device):
+        supported_dtypes = (torch.float32,)
 
     class PartialAttention(ReferenceAttention):
         supported_block_sizes = (16,)
 
-    class PartialPlatform(ReferencePlatform):
-        name = "kit_partial"
-        supported_dtypes = (torch.float32,)
-
-        def make_attention_backend(self):
-            return PartialAttention()
-
+    class PartialOps(FusedOps):
         def rotary(self, q, k, positions, cos_sin_cache):
             raise NotImplementedError("fused rotary lands in v2")
 
-    plugin = types.ModuleType("kit_partial_plugin")
-    plugin.octavo_platforms = hookimpl(lambda: [PartialPlatform])
-    register_plugin(plugin, name="kit_partial")
-    try:
-        code = run_check("kit_partial", ["-q", "-s", "-k", "rotary or test_attend_shapes"])
-    finally:
-        get_plugin_manager(refresh=True)
+    class PartialPlatform(ReferencePlatform):
+        name = "kit_partial"
+        device_cls = PartialDevice
+        attention_cls = PartialAttention
+        ops_cls = PartialOps
+
+    code = _run_registered(PartialPlatform, ["-q", "-s", "-k", "rotary or test_attend_shapes"])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     # rotary: 6 fp32 cases not provided, 12 in other dtypes skipped
@@ -127,3 +163,84 @@ def test_table_reports_skips_with_reasons_and_kernels_not_provided(capsys, one_t
         out,
         re.M,
     ), out[-2000:]
+
+
+def test_non_causal_cases_skip_with_the_back_ends_reason(capsys, one_thread):
+    from octavo_plugin_kit.reference import ReferenceAttention, ReferencePlatform
+
+    class CausalOnlyAttention(ReferenceAttention):
+        def supports(self, layer, dtype, block_size):
+            return (
+                "only causal attention (decoders)" if not layer.causal else super().supports(layer, dtype, block_size)
+            )
+
+    class CausalOnlyPlatform(ReferencePlatform):
+        name = "kit_causal_only"
+        attention_cls = CausalOnlyAttention
+
+    code = _run_registered(CausalOnlyPlatform, ["-q", "-s", "-k", "test_attend_non_causal or test_attend_padded"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert re.search(
+        r"^attend\s+passed\s+3 passed, 9 skipped \(kit_causal_only: only causal attention \(decoders\)\)$", out, re.M
+    ), out[-2000:]
+
+
+def test_two_rank_check_skips_where_torch_sees_too_few_devices(capsys):
+    """A platform on a device type with fewer than 2 devices here: the 2-rank collectives
+    test skips, saying how many devices torch sees, instead of failing or hanging."""
+    from octavo_plugin_kit.conformance.checks import devices_of_type
+    from octavo_plugin_kit.reference import ReferencePlatform
+
+    if (devices_of_type("cuda") or 0) >= 2:
+        pytest.skip("this machine has 2 CUDA devices: the collectives would really run")
+
+    class GpuDevice(Device):
+        type = "cuda"
+
+    class GpuPlatform(ReferencePlatform):
+        name = "kit_one_gpu"
+        device_cls = GpuDevice
+
+    code = _run_registered(GpuPlatform, ["-q", "-s", "-k", "two_ranks"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert re.search(
+        r"^communicator\s+skipped\s+1 skipped \(a 2-rank run needs 2 'cuda' devices; torch sees [01] here\)$",
+        out,
+        re.M,
+    ), out[-2000:]
+
+
+def test_source_column_reads_the_platforms_parts():
+    """ "core default" where the part keeps the base's method, "platform" where it overrides."""
+    from octavo_plugin_kit.reference import ReferenceAttention
+
+    class Ops(FusedOps):
+        def rms_norm(self, x, weight, eps, residual=None):
+            return super().rms_norm(x, weight, eps, residual)
+
+    class PackedLinear(LinearMethod):
+        def process_weights_after_loading(self, layer):
+            pass
+
+    class Mixed(Platform):
+        name = "mixed"
+        attention_cls = ReferenceAttention
+        ops_cls = Ops
+        linear_cls = PackedLinear
+
+    class Plain(Platform):
+        name = "plain"
+        attention_cls = AttentionBackend
+
+    mixed, plain = Mixed(), Plain()
+    assert [_source(mixed, k) for k in ("linear", "rms_norm", "rotary", "silu_and_mul", "sample")] == [
+        "platform",
+        "platform",
+        "core default",
+        "core default",
+        "core default",
+    ]
+    assert {_source(plain, k) for k in ("linear", "rms_norm", "rotary", "silu_and_mul", "sample")} == {"core default"}
+    assert _source(mixed, "attend") == ""  # required kernels have no default to compare with

@@ -1,8 +1,12 @@
 """Octavo plugin kit: what a hardware vendor needs besides the core.
 
-- `reference`: every kernel hook in plain float32 torch (`ReferencePlatform`), the
+- `reference`: the reference attention and linear method in plain float32 torch, the fused
+  ops' definitions (re-exported from core), and `ReferencePlatform` built from them: the
   ground truth of the conformance suite;
-- `inputs`: random paged batches (`make_attention_metadata`) and rotary tables;
+- `static_platform`: `StaticReferencePlatform`, the CPU as a static-shape device (device
+  "static-reference"), for tests and to read;
+- `inputs`: random paged batches (`make_forward_batch`, padded like a static-shape step
+  on request) and rotary tables;
 - `conformance/` + `pytest_plugin`: `pytest --octavo-platform NAME`;
 - `cli`: `run_check` and `new_plugin` behind `octavo plugins check|new`;
 - `template/`: the package `new_plugin` writes.

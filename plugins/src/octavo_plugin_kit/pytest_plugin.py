@@ -19,6 +19,7 @@ EXHAUSTIVE_MARKER = "octavo_exhaustive"
 #: table order; any other kernel a test names is listed after these
 KERNELS = (
     "platform",
+    "kv_cache",
     "write_kv",
     "attend",
     "linear",
@@ -30,7 +31,14 @@ KERNELS = (
     "generate",
 )
 _PLATFORM_KEY = pytest.StashKey[object]()
-_OPTIONAL_OPS = ("linear", "rms_norm", "rotary", "silu_and_mul", "sample")
+#: optional kernel -> (the platform's part that runs it, the part's methods that make it up)
+_OPTIONAL_OPS = {
+    "linear": ("linear", ("create_weights", "process_weights_after_loading", "apply")),
+    "rms_norm": ("ops", ("rms_norm",)),
+    "rotary": ("ops", ("rotary",)),
+    "silu_and_mul": ("ops", ("silu_and_mul",)),
+    "sample": ("ops", ("sample",)),
+}
 
 
 def pytest_addoption(parser):
@@ -178,9 +186,13 @@ def _message(longrepr) -> str:
 
 
 def _source(platform, kernel: str) -> str:
-    """Whether the platform overrides an optional op or keeps the core default."""
+    """Whether the platform's part overrides an optional op or keeps the core default."""
     if platform is None or kernel not in _OPTIONAL_OPS:
         return ""
-    from octavo.platform import Platform
+    from octavo.platform import FusedOps, LinearMethod
 
-    return "core default" if getattr(type(platform), kernel) is getattr(Platform, kernel) else "platform"
+    part, methods = _OPTIONAL_OPS[kernel]
+    base = {"linear": LinearMethod, "ops": FusedOps}[part]
+    cls = type(getattr(platform, part))
+    overridden = any(getattr(cls, m) is not getattr(base, m) for m in methods)
+    return "platform" if overridden else "core default"

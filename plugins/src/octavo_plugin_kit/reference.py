@@ -1,19 +1,37 @@
-"""The reference implementation of every kernel hook, in plain torch.
+"""The reference implementation of every kernel of the contract, in plain torch.
 
 Each op is written to be obviously right, not fast: loops over requests and tokens,
 explicit masks and formulas, every computation in float32. Results come back in the
 input's dtype, as the contract asks of a platform; pass float32 inputs to get an
 unrounded reference (the conformance suite does).
 
-Semantics follow `octavo.platform.interface` (module docstring and `Platform`).
+The fused ops (`rms_norm`, `rotary`, `silu_and_mul`) are defined once, in core's
+`octavo.platform.ops` (they are also the defaults of `FusedOps`), and re-exported here
+beside the attention, KV-cache and GEMM references, which are defined here. Semantics
+follow `octavo.platform.attention` (module docstring) and the part classes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from octavo.platform import API_VERSION, AttentionBackend, AttentionMetadata, Availability, Platform
-from octavo_plugin_kit.inputs import make_attention_metadata  # noqa: F401  (re-exported: batches go with the ops)
+from octavo.platform import AttentionBackend, AttentionSpec, Availability, ForwardBatch, LinearMethod, Platform
+from octavo.platform.ops import rms_norm, rotary, silu_and_mul
+from octavo_plugin_kit.inputs import make_forward_batch
+
+__all__ = [
+    "ReferenceAttention",
+    "ReferenceLinearMethod",
+    "ReferencePlatform",
+    "attend",
+    "linear",
+    "make_forward_batch",
+    "rms_norm",
+    "rotary",
+    "sample_cdf",
+    "silu_and_mul",
+    "write_kv",
+]
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -39,15 +57,18 @@ def _gather_context(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: 
 def attend(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
-    meta: AttentionMetadata,
+    meta: ForwardBatch,
     scale: float,
     sliding_window: int | None = None,
+    causal: bool = True,
 ) -> torch.Tensor:
-    """Paged varlen causal GQA attention; q: [T, num_heads, head_dim] -> [T, num_heads, head_dim].
+    """Paged varlen GQA attention; q: [T, num_heads, head_dim] -> [T, num_heads, head_dim].
 
     Request i's queries are the last q_len_i of its seq_len_i positions; query j sits at
-    absolute position seq_len_i - q_len_i + j and sees positions p with p <= it and,
-    with a sliding window W, p > it - W.
+    absolute position seq_len_i - q_len_i + j and, causal, sees positions p with p <= it and,
+    with a sliding window W, p > it - W; not causal, it sees all seq_len_i positions. A
+    request with q_len 0 (padding) has no queries; rows past the last request's (padding
+    tokens) are left zero.
     """
     num_heads, num_kv_heads = q.shape[1], kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -56,6 +77,8 @@ def attend(
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     for i, seq_len in enumerate(seq_lens):
         start, end = qsl[i], qsl[i + 1]
+        if end == start:
+            continue
         k, v = _gather_context(kv_cache, meta.block_tables[i], seq_len)  # [S, num_kv_heads, D]
         k, v = k.to(q.device), v.to(q.device)
         # query head h = kv_head * group + g reads KV head h // group = kv_head
@@ -63,7 +86,7 @@ def attend(
         scores = torch.einsum("lkgd,skd->kgls", qi, k) * scale
         q_pos = torch.arange(seq_len - (end - start), seq_len, device=q.device)[:, None]
         k_pos = torch.arange(seq_len, device=q.device)[None, :]
-        visible = k_pos <= q_pos  # [L, S]
+        visible = k_pos <= q_pos if causal else torch.ones_like(k_pos <= q_pos)  # [L, S]
         if sliding_window is not None:
             visible &= k_pos > q_pos - sliding_window
         probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
@@ -71,59 +94,8 @@ def attend(
     return out.to(q.dtype)
 
 
-def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """weight * x / sqrt(mean(x^2) + eps) over the last dim. With `residual`, x is first
-    replaced by x + residual and (normed, x + residual) is returned."""
-    xf = x.float()
-    if residual is not None:
-        xf = xf + residual.float()
-    normed = xf / torch.sqrt((xf * xf).mean(dim=-1, keepdim=True) + eps) * weight.float()
-    if residual is None:
-        return normed.to(x.dtype)
-    return normed.to(x.dtype), xf.to(x.dtype)
-
-
-def rotary(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neox (rotate-half) rotary embedding of the first rot_dim features of each head.
-
-    cos_sin_cache[p] = cat(cos(p * f), sin(p * f)) over the rot_dim / 2 frequencies f;
-    feature pairs (i, i + rot_dim / 2) rotate by angle p * f_i; features past rot_dim
-    pass through (partial rotary).
-    """
-    rot_dim = cos_sin_cache.shape[-1]
-    half = rot_dim // 2
-    table = cos_sin_cache.float()[positions.long()]  # [T, rot_dim]
-    cos, sin = table[:, None, :half], table[:, None, half:]
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        out = x.float().clone()
-        x1, x2 = out[..., :half].clone(), out[..., half:rot_dim].clone()
-        out[..., :half] = x1 * cos - x2 * sin
-        out[..., half:rot_dim] = x2 * cos + x1 * sin
-        return out.to(x.dtype)
-
-    return rotate(q), rotate(k)
-
-
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x: [..., 2 * d] -> silu(gate) * up with gate = x[..., :d], up = x[..., d:]."""
-    d = x.shape[-1] // 2
-    gate, up = x[..., :d].float(), x[..., d:].float()
-    return (gate * torch.sigmoid(gate) * up).to(x.dtype)
-
-
 def sample_cdf(logits: torch.Tensor, temperatures: torch.Tensor | None) -> torch.Tensor:
-    """For `Platform.sample`: each row's cumulative distribution, float64 [S, V], of
+    """For `FusedOps.sample`: each row's cumulative distribution, float64 [S, V], of
     softmax(logits / t). Token k is the right draw at u when cdf[k - 1] <= u < cdf[k]
     (sums in another order move those edges by rounding only)."""
     x = logits.double()
@@ -143,37 +115,29 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
 class ReferenceAttention(AttentionBackend):
     """The default KV layout and the reference attention, for any block and head size."""
 
-    def write_kv(self, k, v, kv_cache, slot_mapping) -> None:
-        write_kv(k, v, kv_cache, slot_mapping)
+    def write_kv(self, k, v, kv_cache, meta) -> None:
+        write_kv(k, v, kv_cache, meta.slot_mapping)
 
-    def attend(self, q, kv_cache, meta, scale, sliding_window=None):
-        return attend(q, kv_cache, meta, scale, sliding_window)
+    def attend(self, q, kv_cache, meta, layer: AttentionSpec):
+        return attend(q, kv_cache, meta, layer.scale, layer.sliding_window, layer.causal)
+
+
+class ReferenceLinearMethod(LinearMethod):
+    def apply(self, layer, x):
+        return linear(x, layer.weight, layer.bias)
 
 
 class ReferencePlatform(Platform):
-    """Every kernel from this module. Not registered as a plugin: tests and the plugin
-    template use it directly, and it is far too slow to serve with."""
+    """Every kernel from this module (the fused ops are core's defaults, the same
+    definitions). Not registered as a plugin: tests and the plugin template use it
+    directly, and it is far too slow to serve with."""
 
     name = "reference"
-    api_version = API_VERSION
-    device_type = "cpu"
+    api_version = "2.0"
     package = "octavo-plugin-kit"
+    attention_cls = ReferenceAttention
+    linear_cls = ReferenceLinearMethod
 
     @classmethod
     def availability(cls) -> Availability:
         return Availability(score=1, reason="slow reference ops, for tests")
-
-    def make_attention_backend(self) -> ReferenceAttention:
-        return ReferenceAttention()
-
-    def linear(self, x, weight, bias=None):
-        return linear(x, weight, bias)
-
-    def rms_norm(self, x, weight, eps, residual=None):
-        return rms_norm(x, weight, eps, residual)
-
-    def rotary(self, q, k, positions, cos_sin_cache):
-        return rotary(q, k, positions, cos_sin_cache)
-
-    def silu_and_mul(self, x):
-        return silu_and_mul(x)

@@ -1,17 +1,19 @@
 """Find platforms: one pluggy PluginManager over the entry point group `octavo.platforms`.
 
 The mechanism is pluggy's: each entry point names a module whose `@hookimpl` functions
-implement the hooks of `hookspecs.py`; pluggy checks their arguments at registration and
-`check_pending()` refuses a function marked as a hook that no spec names (a misspelt hook).
+implement the hooks of `hookspecs.py`; pluggy checks their arguments at registration, and a
+module with a function marked as a hook that no spec names (a misspelt hook), or with no hook
+at all (a forgotten @hookimpl), is refused with the hook names it should have used.
 
 Discovery never swallows a failure: a plugin that fails to import, implements an unknown
-hook, returns something that is not a Platform, breaks the contract (`contract.check_platform`)
-or was built for another contract version shows up in `discover_platforms()` with its error,
-and `resolve_platform` names it.
+hook, returns something that is not a list of Platform classes, breaks the contract
+(`contract.check_platform`) or was built for another contract version shows up in
+`discover_platforms()` with its error, and `resolve_platform` names it.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import traceback
 from collections.abc import Iterable
@@ -51,7 +53,7 @@ _manager: pluggy.PluginManager | None = None
 _load_errors: list[PlatformInfo] = []
 
 
-def _dist_of(ep) -> tuple[str, str]:
+def _dist_of(ep: importlib_metadata.EntryPoint) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return "?", "?"
@@ -71,12 +73,10 @@ def get_plugin_manager(refresh: bool = False) -> pluggy.PluginManager:
         try:
             module = ep.load()
             pm.register(module, name=ep.name)
-            try:
-                pm.check_pending()
-            except pluggy.PluginValidationError as e:
+            why = _hook_errors(pm, module)
+            if why:
                 pm.unregister(name=ep.name)
-                known = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("octavo_")))
-                raise pluggy.PluginValidationError(e.plugin, f"{e}; octavo's hooks are: {known}") from None
+                raise pluggy.PluginValidationError(module, why)
         except Exception as e:  # report, never skip silently
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
             logger.warning("octavo plugin %r from %s failed to load: %s", ep.name, package, detail)
@@ -95,9 +95,40 @@ def get_plugin_manager(refresh: bool = False) -> pluggy.PluginManager:
     return pm
 
 
+def _hook_errors(pm: pluggy.PluginManager, module: object) -> str | None:
+    """Why the just-registered plugin `module` cannot work: a function marked @hookimpl whose
+    name no hook has (pluggy's `check_pending`), or no hook implemented at all."""
+    known = sorted(n for n in dir(hookspecs) if n.startswith("octavo_"))
+    callers = pm.get_hookcallers(module) or []
+    unknown = [c.name for c in callers if not c.has_spec()]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return (
+            f"{getattr(module, '__name__', module)}.{unknown[0]} is marked @hookimpl, but octavo has no hook of "
+            f"that name: {hint}octavo's hooks are: {', '.join(known)}"
+        )
+    if not callers:
+        return (
+            f"{getattr(module, '__name__', module)} implements none of octavo's hooks ({', '.join(known)}): "
+            "mark each with @hookimpl (from octavo.platform import hookimpl)"
+        )
+    try:
+        pm.check_pending()  # what pluggy knows beyond the above
+    except pluggy.PluginValidationError as e:
+        return str(e)
+    return None
+
+
 def register_plugin(module: object, name: str | None = None) -> None:
-    """Register a plugin module by hand (tests, embedding apps)."""
-    get_plugin_manager().register(module, name=name)
+    """Register a plugin module by hand (tests, embedding apps), with the checks discovery
+    applies to an entry point's module (PluginValidationError saying what is wrong)."""
+    pm = get_plugin_manager()
+    pm.register(module, name=name)
+    why = _hook_errors(pm, module)
+    if why:
+        pm.unregister(module)
+        raise pluggy.PluginValidationError(module, why)
 
 
 def _package_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
@@ -142,7 +173,11 @@ def discover_platforms(refresh: bool = False) -> list[PlatformInfo]:
             msg = f"octavo_platforms() raised {type(e).__name__}: {e}"
             infos.append(PlatformInfo(impl.plugin_name, package, version, "?", 0, msg, error=msg))
             continue
-        for cls in classes or ():
+        if not isinstance(classes, (list, tuple)):
+            msg = f"octavo_platforms() must return a list of Platform classes, not {classes!r}"
+            infos.append(PlatformInfo(impl.plugin_name, package, version, "?", 0, msg, error=msg))
+            continue
+        for cls in classes:
             infos.append(_describe(cls, package, version))
     return infos
 

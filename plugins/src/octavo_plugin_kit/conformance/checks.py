@@ -81,8 +81,19 @@ def generator_for(case_label: str) -> torch.Generator:
 
 
 def require_dtype(platform: Any, dtype: torch.dtype) -> None:
-    if dtype not in platform.supported_dtypes:
+    if dtype not in platform.device.supported_dtypes:
         pytest.skip(f"{platform.name} does not support {DTYPE_NAMES.get(dtype, dtype)}")
+
+
+def devices_of_type(device_type: str) -> int | None:
+    """How many devices of this torch device type torch sees here; None: no limit (host
+    processes share the CPU, so any number of ranks fit)."""
+    if device_type == "cpu":
+        return None
+    try:
+        return int(torch.get_device_module(device_type).device_count())
+    except Exception:  # a device type torch has no module for: it sees none
+        return 0
 
 
 def call(kernel: str, case_label: str, fn: Callable[..., Any], *args: Any) -> Any:

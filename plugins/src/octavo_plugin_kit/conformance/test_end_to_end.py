@@ -84,7 +84,7 @@ def test_greedy_matches_trusted_run(octavo_platform, octavo_platform_name, tiny_
         from octavo import LLM  # noqa: F401
     except ImportError as e:
         pytest.skip(f"octavo.LLM is not available in this octavo ({e}); end-to-end check skipped")
-    if torch.float32 not in octavo_platform.supported_dtypes:
+    if torch.float32 not in octavo_platform.device.supported_dtypes:
         pytest.skip(f"{octavo_platform_name} does not support float32")
     from octavo.platform import discover_platforms
 

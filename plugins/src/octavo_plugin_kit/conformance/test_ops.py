@@ -1,7 +1,8 @@
-"""Conformance of the dense kernels: linear, rms_norm, rotary, silu_and_mul, and sample.
+"""Conformance of the dense kernels: the linear method, and the fused ops (rms_norm,
+rotary, silu_and_mul, sample) through `platform.ops`.
 
 These have core defaults, so a platform that keeps them passes trivially; the
-checks matter once a vendor swaps in a fused kernel. Shapes cover a decode (one
+checks matter once a vendor swaps in its own kernels. Shapes cover a decode (one
 token), an odd token count, and the head-shaped inputs the layers pass (q/k norm).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from octavo.layers.linear import Linear
 from octavo_plugin_kit import reference
 from octavo_plugin_kit.conformance.checks import (
     DTYPE_NAMES,
@@ -41,17 +43,39 @@ def _randn(*shape, generator, dtype, dev, scale=1.0):
     ids=["decode", "odd", "large"],
 )
 def test_linear(octavo_platform, tokens, in_features, out_features, bias, dtype):
+    """The linear method's three calls on a real `octavo.layers.linear.Linear`, as the
+    runner makes them: create_weights (building the layer on the device), the loader's
+    copy into the parameters, process_weights_after_loading, then apply (the forward)."""
     p = octavo_platform
     require_dtype(p, dtype)
     case = label("linear", tokens=tokens, in_features=in_features, out_features=out_features, bias=bias, dtype=dtype)
-    g, dev = generator_for(case), p.torch_device()
+    g, dev = generator_for(case), p.device.torch_device()
     x = _randn(tokens, in_features, generator=g, dtype=dtype, dev=dev)
     # weights scaled like a trained layer, so outputs stay O(1) at every width
     w = _randn(out_features, in_features, generator=g, dtype=dtype, dev=dev, scale=in_features**-0.5)
     b = _randn(out_features, generator=g, dtype=dtype, dev=dev) if bias else None
-    out = call("linear", case, p.linear, x, w, b)
+    layer = call("linear", case, _loaded_linear, p.linear, w, b)
+    out = call("linear", case, layer, x.clone())
     ref = reference.linear(x.float().cpu(), w.float().cpu(), None if b is None else b.float().cpu())
     assert_close(case, out, ref, dtype)
+
+
+def _loaded_linear(method, w: torch.Tensor, b: torch.Tensor | None) -> Linear:
+    """A Linear built, loaded and processed as core's runner does it for a model."""
+    out_features, in_features = w.shape
+    with torch.device(w.device):
+        layer = Linear(in_features, out_features, method, bias=b is not None)
+    layer.to(dtype=w.dtype)
+    loaded = dict(layer.named_parameters())
+    missing = {"weight"} | ({"bias"} if b is not None else set())
+    if not missing <= loaded.keys():
+        raise AssertionError(f"create_weights registered {sorted(loaded)}; the loader fills {sorted(missing)}")
+    with torch.no_grad():
+        loaded["weight"].copy_(w)
+        if b is not None:
+            loaded["bias"].copy_(b)
+    method.process_weights_after_loading(layer)
+    return layer
 
 
 @pytest.mark.octavo_kernel("rms_norm")
@@ -63,13 +87,13 @@ def test_rms_norm(octavo_platform, shape, with_residual, dtype):
     require_dtype(p, dtype)
     eps = 1e-6
     case = label("rms_norm", shape=list(shape), residual=with_residual, dtype=dtype)
-    g, dev = generator_for(case), p.torch_device()
+    g, dev = generator_for(case), p.device.torch_device()
     x = _randn(*shape, generator=g, dtype=dtype, dev=dev, scale=2.0)
     weight = (1 + 0.2 * torch.randn(shape[-1], generator=g)).to(dtype).to(dev)
     residual = _randn(*shape, generator=g, dtype=dtype, dev=dev) if with_residual else None
     # inputs are cloned: a fused kernel may update x or residual in place
     args = (x.clone(), weight, eps) + ((residual.clone(),) if with_residual else ())
-    out = call("rms_norm", case, p.rms_norm, *args)
+    out = call("rms_norm", case, p.ops.rms_norm, *args)
     ref = reference.rms_norm(
         x.float().cpu(), weight.float().cpu(), eps, residual.float().cpu() if with_residual else None
     )
@@ -94,13 +118,13 @@ def test_rotary(octavo_platform, head_dim, rotary_fraction, dtype):
     rot_dim = int(head_dim * rotary_fraction)
     tokens, num_heads, num_kv_heads, max_pos = 37, 8, 2, 4096
     case = label("rotary", head_dim=head_dim, rot_dim=rot_dim, tokens=tokens, dtype=dtype)
-    g, dev = generator_for(case), p.torch_device()
+    g, dev = generator_for(case), p.device.torch_device()
     q = _randn(tokens, num_heads, head_dim, generator=g, dtype=dtype, dev=dev)
     k = _randn(tokens, num_kv_heads, head_dim, generator=g, dtype=dtype, dev=dev)
     positions = torch.randint(0, max_pos, (tokens,), generator=g)
     positions[:3] = torch.tensor([0, 1, max_pos - 1])  # the ends of the table
     cache = make_cos_sin_cache(rot_dim, max_pos, base=500000.0)
-    out = call("rotary", case, p.rotary, q.clone(), k.clone(), positions.to(dev), cache.to(dev))
+    out = call("rotary", case, p.ops.rotary, q.clone(), k.clone(), positions.to(dev), cache.to(dev))
     if not (isinstance(out, tuple) and len(out) == 2):
         pytest.fail(f"{case}: must return (q, k), got {type(out).__name__}", pytrace=False)
     ref_q, ref_k = reference.rotary(q.float().cpu(), k.float().cpu(), positions, cache)
@@ -115,9 +139,9 @@ def test_silu_and_mul(octavo_platform, shape, dtype):
     p = octavo_platform
     require_dtype(p, dtype)
     case = label("silu_and_mul", shape=list(shape), dtype=dtype)
-    g, dev = generator_for(case), p.torch_device()
+    g, dev = generator_for(case), p.device.torch_device()
     x = _randn(*shape, generator=g, dtype=dtype, dev=dev, scale=3.0)
-    out = call("silu_and_mul", case, p.silu_and_mul, x.clone())
+    out = call("silu_and_mul", case, p.ops.silu_and_mul, x.clone())
     assert_close(case, out, reference.silu_and_mul(x.float().cpu()), dtype)
 
 
@@ -137,7 +161,7 @@ def test_sample(octavo_platform, rows, vocab, temperature, banned):
     at the ends of [0, 1) and on the edge of a most likely token."""
     p = octavo_platform
     case = label("sample", rows=rows, vocab=vocab, temperature=temperature, banned=banned)
-    g, dev = generator_for(case), p.torch_device()
+    g, dev = generator_for(case), p.device.torch_device()
     logits = torch.randn(rows, vocab, generator=g) * 4.0
     if banned:
         mask = torch.rand(rows, vocab, generator=g) < banned
@@ -152,7 +176,7 @@ def test_sample(octavo_platform, rows, vocab, temperature, banned):
     if rows > 2:  # just past the end of the most likely token's interval
         top = int(logits[2].argmax())
         u[2] = float(cdf[2, top]) + 1e-6 if float(cdf[2, top]) + 1e-6 < 1.0 else 0.5
-    out = call("sample", case, p.sample, logits.to(dev), None if temps is None else temps.to(dev), u.to(dev))
+    out = call("sample", case, p.ops.sample, logits.to(dev), None if temps is None else temps.to(dev), u.to(dev))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rows,):
         pytest.fail(f"{case}: expected a tensor of {rows} token ids, got {out!r}", pytrace=False)
     tokens = out.cpu().long()
