@@ -114,10 +114,14 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
         raise ValueError(f"block_size must be a power of two, got {block_size}")
     scheduler = _scheduler_config(args, platform)
     if not scheduler.chunked_prefill and scheduler.max_num_batched_tokens < max_model_len:
+        fix = "raise --max-num-batched-tokens or lower --max-model-len"
+        static = platform.scheduling.static_shapes
+        if static is not None and scheduler.max_num_batched_tokens == static.token_buckets[-1]:
+            fix = f"lower --max-model-len (the device compiles steps of at most {static.token_buckets[-1]} tokens)"
         raise ValueError(
             f"device {platform.name!r} runs each prompt in one step, so a step's token budget "
             f"({scheduler.max_num_batched_tokens}) must hold a whole context of max_model_len={max_model_len}: "
-            "raise --max-num-batched-tokens or lower --max-model-len"
+            f"{fix}"
         )
     _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
     err = platform.attention.supports(_attention_spec(hf_config), dtype, block_size)

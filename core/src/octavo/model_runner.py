@@ -166,10 +166,13 @@ class ModelRunner(StepRunner):
     def _compile_static_shapes(self) -> None:
         """Run every shape of the static-shape buckets once, so a compiling forward compiles
         them all now. Each is a real padded step: one request of the bucket's tokens plus
-        padding, over block 0 (slot -1: nothing is stored)."""
+        padding, over block 0 (slot -1: nothing is stored). Buckets past the largest step
+        the config allows (token budget, max_num_seqs, max_model_len's blocks) are skipped."""
         t0 = time.perf_counter()
+        sc = self.config.scheduler
+        widest = -(-self.config.model.max_model_len // self.block_size)
         assert self.static is not None  # called only for a platform with static shapes
-        shapes = self.static.shapes()
+        shapes = self.static.shapes((sc.max_num_batched_tokens, sc.max_num_seqs, widest))
         for tokens, reqs, width in shapes:
             q = min(tokens, width * self.block_size, self.config.model.max_model_len)
             self.forward(self._dummy_batch([q], [q], pad_to=(tokens, reqs, width)))

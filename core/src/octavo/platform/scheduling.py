@@ -43,11 +43,25 @@ class StaticShapes:
             bucket_for(self.block_buckets, width),
         )
 
-    def shapes(self) -> list[tuple[int, int, int]]:
-        """Every (tokens, requests, block width) a step can have: what warm-up compiles. A
-        request bucket larger than its token bucket cannot occur (each request has a token)."""
+    def shapes(self, largest: tuple[int, int, int] | None = None) -> list[tuple[int, int, int]]:
+        """Every (tokens, requests, block width) a step can have: what warm-up compiles.
+        `largest`: the most tokens, requests and block-table width the engine will ever put in
+        a step; buckets past those that hold them never occur. A request bucket whose smallest
+        count exceeds the token bucket cannot occur either (each request has a token)."""
+        top = (
+            self.pad(*largest)
+            if largest
+            else (self.token_buckets[-1], self.request_buckets[-1], self.block_buckets[-1])
+        )
+        fewest_reqs = dict(zip(self.request_buckets, (1, *(r + 1 for r in self.request_buckets))))
         return [
-            (t, r, w) for t in self.token_buckets for r in self.request_buckets if r <= t for w in self.block_buckets
+            (t, r, w)
+            for t in self.token_buckets
+            if t <= top[0]
+            for r in self.request_buckets
+            if r <= top[1] and fewest_reqs[r] <= t
+            for w in self.block_buckets
+            if w <= top[2]
         ]
 
 
