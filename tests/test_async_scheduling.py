@@ -214,10 +214,10 @@ def test_async_scheduling_flag(flag, expected):
     argv = [] if flag is None else (["--async-scheduling"] if flag else ["--no-async-scheduling"])
     args = EngineArgs.from_cli_args(EngineArgs.add_cli_args(argparse.ArgumentParser()).parse_args(argv))
     assert args.async_scheduling is flag
-    from octavo.platform import resolve_platform
-
-    platform = resolve_platform("cpu")
-    assert (platform.async_scheduling if flag is None else flag) is expected
+    args.device = "cpu"
+    config, platform, _ = args.create_config()
+    assert platform.scheduling.async_scheduling is False  # the cpu platform's default
+    assert config.scheduler.async_scheduling is expected
 
 
 def test_tensor_parallel_with_async_scheduling(tiny_model_dirs, hf_reference):

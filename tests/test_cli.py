@@ -19,7 +19,7 @@ def test_plugins_lists_cpu_with_score_and_reason():
     assert "native kernels (" in line, "octavo-cpu's compiled kernels did not build or import"
     data = json.loads(octavo("plugins", "--json").stdout)
     cpu = next(d for d in data if d["name"] == "cpu")
-    assert cpu["usable"] and cpu["score"] > 0 and cpu["api_version"] == "1.0"
+    assert cpu["usable"] and cpu["score"] > 0 and cpu["api_version"] == "2.0"
 
 
 def test_generate_with_the_default_model():
@@ -91,9 +91,13 @@ def test_cpu_kv_cache_is_zero_and_costs_no_memory_until_used():
 
     from octavo.platform import resolve_platform
 
+    from octavo.platform import AttentionSpec
+
     p = resolve_platform("cpu")
+    layer = AttentionSpec(num_heads=8, num_kv_heads=8, head_dim=64, scale=0.125)
+    spec = p.attention.kv_cache_spec(layer, torch.bfloat16, 16)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kv = p.allocate_kv_cache((2, 4096, 16, 8, 64), torch.bfloat16)  # 128 MiB
+    kv = p.attention.allocate(layer, spec, 4096)  # 128 MiB
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert kv.shape == (2, 4096, 16, 8, 64) and kv.dtype == torch.bfloat16
     assert (after - before) * 1024 < 32 * 2**20  # not written at allocation (ru_maxrss is in KiB)

@@ -38,7 +38,7 @@ def _llm(path, tp):
 
 
 def _worker_pids(llm) -> list[int]:
-    return [p.pid for p in llm.llm_engine.workers._procs]
+    return [p.pid for p in llm.llm_engine.runner.workers._procs]
 
 
 def _gone(pid: int, timeout: float = 10.0) -> bool:
@@ -83,7 +83,7 @@ def test_tp2_replicates_a_single_kv_head(tmp_path, hf_reference):
     path = make_tiny_model("qwen2", str(tmp_path / "mqa"), config=cfg)
     prompts = random_prompts(3, LENGTHS, vocab=len(smollm2_tokenizer()), seed=4)
     llm = _llm(path, 2)
-    assert llm.llm_engine.runner.model.num_kv_heads == 1
+    assert {spec.num_kv_heads for spec in llm.llm_engine.runner.model.attention_specs()} == {1}
     assert _greedy_ids(llm, prompts) == hf_reference(path, prompts, NEW_TOKENS)
     llm.shutdown()
 
@@ -133,7 +133,7 @@ def test_workers_exit_when_the_engine_process_dies(tiny_model_dirs):
         if __name__ == "__main__":
             llm = LLM(model={tiny_model_dirs["llama"]!r}, device="cpu", dtype="float32",
                       kv_cache_memory="64MiB", tensor_parallel_size=2)
-            print(*[p.pid for p in llm.llm_engine.workers._procs], flush=True)
+            print(*[p.pid for p in llm.llm_engine.runner.workers._procs], flush=True)
             os.kill(os.getpid(), signal.SIGKILL)  # a crash: no atexit, no finalizers
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -113,15 +113,21 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     if block_size < 1 or block_size & (block_size - 1):
         raise ValueError(f"block_size must be a power of two, got {block_size}")
     scheduler = _scheduler_config(args, platform)
+    static = platform.scheduling.static_shapes
     if not scheduler.chunked_prefill and scheduler.max_num_batched_tokens < max_model_len:
         fix = "raise --max-num-batched-tokens or lower --max-model-len"
-        static = platform.scheduling.static_shapes
         if static is not None and scheduler.max_num_batched_tokens == static.token_buckets[-1]:
             fix = f"lower --max-model-len (the device compiles steps of at most {static.token_buckets[-1]} tokens)"
         raise ValueError(
             f"device {platform.name!r} runs each prompt in one step, so a step's token budget "
             f"({scheduler.max_num_batched_tokens}) must hold a whole context of max_model_len={max_model_len}: "
             f"{fix}"
+        )
+    if static is not None and static.block_buckets[-1] * block_size < max_model_len:
+        raise ValueError(
+            f"device {platform.name!r} compiles block tables of at most {static.block_buckets[-1]} blocks of "
+            f"{block_size} tokens, fewer than max_model_len={max_model_len}: lower --max-model-len to "
+            f"{static.block_buckets[-1] * block_size} or less"
         )
     _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
     err = platform.attention.supports(_attention_spec(hf_config), dtype, block_size)

@@ -356,11 +356,13 @@ class ModelRunner(StepRunner):
         return hidden
 
     @torch.inference_mode()
-    def launch(self, out: SchedulerOutput, min_tokens_pending: dict[str, bool] | None = None) -> LaunchedStep:
+    def launch(
+        self, scheduler_output: SchedulerOutput, min_tokens_pending: dict[str, bool] | None = None
+    ) -> LaunchedStep:
         """Queue one step's work on the device (forward, logits, sampling) without waiting
         for it (prompt logprobs, when asked for, do wait)."""
         try:
-            return self._launch(out, min_tokens_pending or {})
+            return self._launch(scheduler_output, min_tokens_pending or {})
         except BaseException as e:
             self._worker_failure(e)
             raise
@@ -403,9 +405,10 @@ class ModelRunner(StepRunner):
         self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
         return LaunchedStep(job, rids, prompt_lps, failed)
 
-    def collect(self, step: LaunchedStep, before_sync: Callable[[], None] | None = None) -> StepOutput:
+    def collect(self, launched: LaunchedStep, before_sync: Callable[[], None] | None = None) -> StepOutput:
         """Wait for a launched step's sampled tokens. `before_sync` runs first, while the
         device still computes."""
+        step = launched
         if before_sync is not None:
             before_sync()
         if step.job is None:
