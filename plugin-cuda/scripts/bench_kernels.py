@@ -22,8 +22,9 @@ import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 from octavo.platform import Platform
-from octavo_cuda.kernels.decode_attention import choose_num_splits, decode_attention, decode_config
-from octavo_cuda.kernels.prefill_attention import prefill_attention, prefill_config
+from octavo_triton.decode_attention import choose_num_splits, decode_attention, decode_config
+from octavo_triton.prefill_attention import prefill_attention, prefill_config
+from octavo_triton.tuning import for_device
 
 DEV = "cuda"
 DT = torch.bfloat16
@@ -64,7 +65,7 @@ def bench_decode(batch, ctx, hq=32, hk=8, d=128, bs=16, sweep=True):
 
     rows = []
     auto = choose_num_splits(batch, hk, ctx, q.device)
-    configs = [decode_config(d, DT)]
+    configs = [decode_config(d, DT, for_device(q.device))]
     if sweep:
         configs += [dict(TILE_N=t, num_warps=4, num_stages=s) for t, s in itertools.product((32, 64, 128), (2, 3, 4))]
     for cfg in configs:
@@ -161,7 +162,7 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
         prefill_attention(out, q, kv[0], kv[1], tables, seq_lens, qsl, batch * q_len, q_len, scale, None, config=cfg)
 
     rows = []
-    configs = [prefill_config(d, DT, hq // hk, q_len)]
+    configs = [prefill_config(d, DT, hq // hk, q_len, for_device(q.device))]
     if sweep:
         # the first run swept (64, 128) x (32, 64, 128) x (4, 8 warps) x (2, 3 stages):
         # 4 warps won everywhere and TILE_N 128 never; this keeps the contenders
@@ -219,7 +220,7 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
 
 def bench_ops(tokens=8192, hidden=4096, inter=14336, hq=32, hk=8, d=128):
     from octavo_cuda import CudaPlatform
-    from octavo_cuda.kernels.kv_cache import write_kv
+    from octavo_triton.kv_cache import write_kv
 
     ours, torch_default = CudaPlatform(), Platform.__new__(Platform)
     gen = torch.Generator(device=DEV).manual_seed(2)

@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LOG="$OUT/e2e_$1.log"
 python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -2
-python3 -m pip install -q --no-deps --no-build-isolation -e ./core -e ./plugins -e ./plugin-cuda 2>&1 | tail -2
+python3 -m pip install -q --no-deps --no-build-isolation -e ./core -e ./plugins -e ./triton-kernels -e ./plugin-cuda 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader | tee -a "$LOG"
 python3 plugin-cuda/scripts/make_llama8b_dir.py .gpu/tok /tmp/llama8b
 M="--model /tmp/llama8b --load-format dummy --dtype bfloat16 --max-model-len 4096 --device cuda"

@@ -1,4 +1,4 @@
-"""Decode-shaped linears on the GPU: cuBLAS (torch) against octavo_cuda's Triton GEMV.
+"""Decode-shaped linears on the GPU: cuBLAS (torch) against octavo_triton's GEMV.
 
 `python3 gemv_bench.py [--rows 1,2,4] [--sweep]`. Llama-3.1-8B shapes, bf16. Each shape
 runs over 32 distinct weights (as the 32 layers do), captured in one CUDA graph, so
@@ -14,7 +14,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from octavo_cuda.kernels.gemv import gemv, pick_blocks
+from octavo_triton.gemv import gemv, pick_blocks
+from octavo_triton.tuning import for_device
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", default="1,2,4,8")
@@ -78,7 +79,7 @@ for m in [int(r) for r in args.rows.split(",")]:
         t_ours = graph_time(lambda: [gemv(x, w) for w in ws])
         line = (
             f"{name:8s} {n:6d}x{k:5d}: cuBLAS {t_cublas / len(ws) * 1e6:7.1f} us ({nbytes / t_cublas / 1e12:.2f} TB/s)"
-            f"  triton {pick_blocks(n, k)} {t_ours / len(ws) * 1e6:7.1f} us ({nbytes / t_ours / 1e12:.2f} TB/s)"
+            f"  triton {pick_blocks(n, k, for_device(dev))} {t_ours / len(ws) * 1e6:7.1f} us ({nbytes / t_ours / 1e12:.2f} TB/s)"
         )
         print(line, flush=True)
         if args.sweep and m == 1:

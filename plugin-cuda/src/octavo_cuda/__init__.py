@@ -1,7 +1,7 @@
 """octavo-cuda: the NVIDIA GPU platform for Octavo.
 
 Importing this package never imports triton and never touches the GPU, so discovery
-works on machines without either; the kernels (`octavo_cuda.kernels`) load on first use.
+works on machines without either; the kernels (`octavo_triton`, a dependency) load on first use.
 """
 
 from octavo_cuda.platform import CudaPlatform

@@ -37,13 +37,13 @@ class CudaAttention(AttentionBackend):
         return None
 
     def write_kv(self, k, v, kv_cache, slot_mapping) -> None:
-        from octavo_cuda.kernels.kv_cache import write_kv
+        from octavo_triton.kv_cache import write_kv
 
         write_kv(k, v, kv_cache[0], kv_cache[1], slot_mapping)
 
     def attend(self, q, kv_cache, meta: AttentionMetadata, scale: float, sliding_window=None):
-        from octavo_cuda.kernels.decode_attention import decode_attention
-        from octavo_cuda.kernels.prefill_attention import prefill_attention
+        from octavo_triton.decode_attention import decode_attention
+        from octavo_triton.prefill_attention import prefill_attention
 
         out = torch.empty_like(q)
         k_cache, v_cache = kv_cache[0], kv_cache[1]

@@ -92,23 +92,23 @@ class CudaPlatform(Platform):
             and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype)
         ):
-            from octavo_cuda.kernels.gemv import gemv
+            from octavo_triton.gemv import gemv
 
             return gemv(x, weight, bias)
         return super().linear(x, weight, bias)
 
     def rms_norm(self, x, weight, eps, residual=None):
-        from octavo_cuda.kernels.rms_norm import rms_norm
+        from octavo_triton.rms_norm import rms_norm
 
         return rms_norm(x, weight, eps, residual)
 
     def rotary(self, q, k, positions, cos_sin_cache):
-        from octavo_cuda.kernels.rotary import rotary
+        from octavo_triton.rotary import rotary
 
         return rotary(q, k, positions, cos_sin_cache)
 
     def silu_and_mul(self, x):
-        from octavo_cuda.kernels.activation import silu_and_mul
+        from octavo_triton.activation import silu_and_mul
 
         return silu_and_mul(x)
 

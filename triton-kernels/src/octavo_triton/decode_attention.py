@@ -9,7 +9,8 @@ own softmax sum plus that sum's log2 (lse), and `_combine_kernel` merges them wi
 weights 2^(lse_i - max lse). With one split the first kernel writes the output itself.
 
 The QPK query heads of one KV head are the rows of one tile (padded to 16 for
-tl.dot), so each key is read once per group, not once per query head.
+tl.dot), so each key is read once per group, not once per query head. Tiles and the
+split-K limits come from the target's entry in `octavo_triton.tuning`.
 """
 
 import functools
@@ -18,17 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo_cuda.kernels import interpreting
-from octavo_cuda.kernels.paged_tile import attend_tile
+from octavo_triton import interpreting
+from octavo_triton.paged_tile import attend_tile
+from octavo_triton.tuning import Tuning, for_device
 
 LOG2E = 1.4426950408889634
-#: measured on an H100 under CUDA graphs (docs/cuda.md): batch 1 at 1024 keys ran
-#: fastest with 16 splits of 64 keys, so even one tile per split pays off
-MIN_KEYS_PER_SPLIT = 64
-#: programs to aim for, per SM: about 3 keeps enough loads in flight
-PROGRAMS_PER_SM = 3
-#: past 32 the merge costs more than it gains (batch 1 x 4096 keys: 32 splits beat 50 and 64)
-MAX_SPLITS = 32
 
 
 # arguments that change from step to step are not specialized on (Triton would compile a new
@@ -157,22 +152,29 @@ def _combine_kernel(
 
 
 @functools.lru_cache(maxsize=8)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132  # the interpreter: pretend to be an H100 so splits get exercised
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def _compute_units(device: torch.device) -> int:
+    """SMs (NVIDIA), CUs (AMD: torch's ROCm build reports them the same way) or Xe-cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "xpu":
+        return torch.xpu.get_device_properties(device).gpu_subslice_count
+    return 132  # the interpreter: pretend to be an H100 so splits get exercised
 
 
-def choose_num_splits(num_decodes: int, num_kv_heads: int, max_keys: int, device: torch.device) -> int:
-    """About PROGRAMS_PER_SM programs per SM, each with at least MIN_KEYS_PER_SPLIT keys."""
+def choose_num_splits(
+    num_decodes: int, num_kv_heads: int, max_keys: int, device: torch.device, tuning: Tuning | None = None
+) -> int:
+    """About split_k.programs_per_cu programs per compute unit, each with at least
+    split_k.min_keys keys, at most split_k.max_splits splits."""
+    split_k = (tuning or for_device(device)).split_k
     programs = max(1, num_decodes * num_kv_heads)
-    want = triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), programs)
-    return max(1, min(want, triton.cdiv(max_keys, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+    want = triton.cdiv(split_k.programs_per_cu * _compute_units(device), programs)
+    return max(1, min(want, triton.cdiv(max_keys, split_k.min_keys), split_k.max_splits))
 
 
-def decode_config(head_dim: int, dtype: torch.dtype) -> dict:
-    tile_n = 32 if head_dim > 128 or dtype == torch.float32 else 64
-    return dict(TILE_N=tile_n, num_warps=4, num_stages=2)
+def decode_config(head_dim: int, dtype: torch.dtype, tuning: Tuning) -> dict:
+    tiles = tuning.tiles(tuning.decode, head_dim, dtype.itemsize)
+    return dict(TILE_N=tiles.tile_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
 
 def decode_attention(
@@ -188,15 +190,17 @@ def decode_attention(
     sliding_window: int | None = None,
     num_splits: int | None = None,
     config: dict | None = None,
+    tuning: Tuning | None = None,  # default: the table's entry for q's device
 ) -> None:
     if num_decodes == 0:
         return
+    tuning = tuning or for_device(q.device)
     _, block_size, hk, d = k_cache.shape
     hq = q.shape[1]
     qpk = hq // hk
     max_keys = min(max_seq_len, sliding_window) if sliding_window else max_seq_len
-    splits = num_splits or choose_num_splits(num_decodes, hk, max_keys, q.device)
-    cfg = dict(config or decode_config(d, q.dtype))
+    splits = num_splits or choose_num_splits(num_decodes, hk, max_keys, q.device, tuning)
+    cfg = dict(config or decode_config(d, q.dtype, tuning))
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1
     if splits > 1:
         part_out = torch.empty((num_decodes, hq, splits, d), dtype=torch.float32, device=q.device)
@@ -229,7 +233,7 @@ def decode_attention(
         HEAD_DIM=d,
         WINDOW=bool(sliding_window),
         SPLIT=splits > 1,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else tuning.dot_precision,
         UPCAST=interpreting(),
         **cfg,
     )
@@ -243,6 +247,6 @@ def decode_attention(
             out.stride(1),
             # one padded width for every split count: one compiled variant, not one per power of two
             HEAD_DIM=d,
-            SPLITS_PAD=triton.next_power_of_2(max(splits, MAX_SPLITS)),
-            num_warps=4,
+            SPLITS_PAD=triton.next_power_of_2(max(splits, tuning.split_k.max_splits)),
+            num_warps=tuning.combine_warps,
         )

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.tuning import Tuning, for_device
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -44,7 +46,13 @@ def _rms_norm_kernel(
     tl.store(out + row * stride_o + cols, (normed * w).to(out.dtype.element_ty), mask=ok)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    tuning: Tuning | None = None,  # default: the table's entry for x's device
+):
     shape = x.shape
     n = shape[-1]
     x2 = x.reshape(-1, n)
@@ -63,6 +71,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x_dtype), device=x.device)
     block = triton.next_power_of_2(n)
     if x2.shape[0] > 0:
+        rows = (tuning or for_device(x.device)).rows
         _rms_norm_kernel[(x2.shape[0],)](
             out,
             res_out,
@@ -77,7 +86,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
             res_out.stride(0),
             HAS_RESIDUAL=residual is not None,
             BLOCK=block,
-            num_warps=min(16, max(1, block // 512)),
+            num_warps=min(rows.norm_max_warps, max(1, block // rows.norm_cols_per_warp)),
         )
     out = out.view(shape)
     return out if residual is None else (out, res_out.view(shape))

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+from octavo_triton.tuning import Tuning, for_device
 
 
 @triton.jit
@@ -23,7 +23,8 @@ def _silu_and_mul_kernel(out, x, d, stride_x, stride_o, BLOCK: tl.constexpr):
     tl.store(out + row * stride_o + cols, (act * up).to(ty), mask=ok)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+def silu_and_mul(x: torch.Tensor, tuning: Tuning | None = None) -> torch.Tensor:
+    """tuning: the launch parameters; default, the table's entry for x's device."""
     shape = x.shape
     d = shape[-1] // 2
     x2 = x.reshape(-1, 2 * d)
@@ -31,13 +32,14 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         x2 = x2.contiguous()
     out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device)
     if x2.shape[0] > 0 and d > 0:
-        _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, BLOCK))](
+        rows = (tuning or for_device(x.device)).rows
+        _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, rows.silu_block))](
             out,
             x2,
             d,
             x2.stride(0),
             out.stride(0),
-            BLOCK=BLOCK,
-            num_warps=4,
+            BLOCK=rows.silu_block,
+            num_warps=rows.silu_warps,
         )
     return out.view(*shape[:-1], d)

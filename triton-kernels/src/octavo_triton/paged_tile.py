@@ -18,11 +18,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    if UPCAST:  # only under the CPU interpreter, see octavo_cuda.kernels.interpreting
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+def _operand(x, UPCAST: tl.constexpr):
+    if UPCAST:  # only under the CPU interpreter, see octavo_triton.interpreting
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -65,7 +64,10 @@ def attend_tile(
         k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs)
-    s = _dot(q, k, None, DOT_PRECISION, UPCAST) * scale_log2
+    # no accumulator argument: a None passed through a jit function's parameter reaches
+    # tl.dot as constexpr(None), which triton 3.3 (and triton-xpu 3.3) rejects ("'constexpr'
+    # object has no attribute 'handle'")
+    s = tl.dot(_operand(q, UPCAST), _operand(k, UPCAST), input_precision=DOT_PRECISION) * scale_log2
     if BOUND:
         s = tl.where(n_ok[None, :], s, float("-inf"))
     if CAUSAL:
@@ -87,5 +89,7 @@ def attend_tile(
     else:
         v = tl.load(v_ptrs)
     # accumulate in place (the matrix unit adds into acc) rather than add a fresh product
-    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST)
+    acc = tl.dot(
+        _operand(p.to(v.dtype), UPCAST), _operand(v, UPCAST), acc * alpha[:, None], input_precision=DOT_PRECISION
+    )
     return acc, m_new, l_i

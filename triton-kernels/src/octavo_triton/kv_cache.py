@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.tuning import Tuning, for_device
+
 
 @triton.jit
 def _write_kv_kernel(
@@ -43,7 +45,12 @@ def _write_kv_kernel(
 
 
 def write_kv(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    tuning: Tuning | None = None,  # default: the table's entry for k's device
 ) -> None:
     """k, v: [T, Hk, D]; k_cache, v_cache: [num_blocks, block_size, Hk, D]."""
     num_tokens, hk, d = k.shape
@@ -71,5 +78,5 @@ def write_kv(
         NUM_HEADS=hk,
         HEADS_PAD=triton.next_power_of_2(hk),
         HEAD_DIM=d,
-        num_warps=4 if hk * d >= 2048 else 2,
+        num_warps=(tuning or for_device(k.device)).rows.kv_write_warps[hk * d >= 2048],
     )

@@ -10,15 +10,17 @@ The grid is sized without reading q_len on the host (no device sync, graph frien
 program b of axis 0 finds its request by binary search over query_start_loc, using
 the fact that request i's q-blocks fit in [qsl[i] // BLOCK_Q + i, qsl[i+1] // BLOCK_Q
 + i + 1); programs that land past a request's last q-block return at once. (The same
-trick as vLLM's unified Triton attention.)
+trick as vLLM's unified Triton attention.) Tiles come from the target's entry in
+`octavo_triton.tuning`.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from octavo_cuda.kernels import interpreting
-from octavo_cuda.kernels.paged_tile import attend_tile
+from octavo_triton import interpreting
+from octavo_triton.paged_tile import attend_tile
+from octavo_triton.tuning import Tuning, for_device
 
 LOG2E = 1.4426950408889634
 
@@ -169,19 +171,13 @@ def _prefill_kernel(
     tl.store(out + o_off[:, None] + offs_d[None, :], acc.to(out.dtype.element_ty), mask=row_ok[:, None])
 
 
-def prefill_config(head_dim: int, dtype: torch.dtype, qpk: int, max_query_len: int) -> dict:
-    """Tile shapes, from sweeps on an H100 (docs/cuda.md). BLOCK_M shrinks for short
-    chunks so a batch of 2-token chunks does not pay for 128 rows; tl.dot needs at
-    least 16 rows and columns."""
-    if dtype == torch.float32:  # 4-byte tiles: keep shared memory in bounds
-        big, tile_n, num_warps, num_stages = 64, 32, 4, 2
-    elif head_dim in (64, 256):
-        big, tile_n, num_warps, num_stages = 128, 64, 8, 2
-    else:  # 128 measured; 16 and 32 share its shape
-        big, tile_n, num_warps, num_stages = 128, 64, 4, 3
+def prefill_config(head_dim: int, dtype: torch.dtype, qpk: int, max_query_len: int, tuning: Tuning) -> dict:
+    """The table's tiles for this input. BLOCK_M shrinks for short chunks so a batch of
+    2-token chunks does not pay for 128 rows; tl.dot needs at least 16 rows and columns."""
+    tiles = tuning.tiles(tuning.prefill, head_dim, dtype.itemsize)
     block_m = max(16, triton.next_power_of_2(qpk))
-    block_m = max(block_m, min(big, triton.next_power_of_2(max(1, max_query_len) * qpk)))
-    return dict(BLOCK_M=block_m, TILE_N=tile_n, num_warps=num_warps, num_stages=num_stages)
+    block_m = max(block_m, min(tiles.block_m, triton.next_power_of_2(max(1, max_query_len) * qpk)))
+    return dict(BLOCK_M=block_m, TILE_N=tiles.tile_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
 
 def prefill_attention(
@@ -197,14 +193,16 @@ def prefill_attention(
     scale: float,
     sliding_window: int | None = None,
     config: dict | None = None,
+    tuning: Tuning | None = None,  # default: the table's entry for q's device
 ) -> None:
     num_seqs = seq_lens.shape[0]
     if num_seqs == 0:
         return
+    tuning = tuning or for_device(q.device)
     _, block_size, hk, d = k_cache.shape
     hq = q.shape[1]
     qpk = hq // hk
-    cfg = dict(config or prefill_config(d, q.dtype, qpk, max_query_len))
+    cfg = dict(config or prefill_config(d, q.dtype, qpk, max_query_len, tuning))
     block_m = cfg.pop("BLOCK_M")
     block_q = block_m // qpk
     assert block_q >= 1 and q.stride(-1) == 1 and k_cache.stride(-1) == 1
@@ -234,7 +232,7 @@ def prefill_attention(
         BLOCK_SIZE=block_size,
         HEAD_DIM=d,
         WINDOW=bool(sliding_window),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else tuning.dot_precision,
         UPCAST=interpreting(),
         **cfg,
     )

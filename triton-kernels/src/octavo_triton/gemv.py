@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo_cuda.kernels import interpreting
+from octavo_triton import interpreting
+from octavo_triton.tuning import Tuning, for_device
 
 
 @triton.jit(do_not_specialize=["M", "N", "K", "stride_x", "stride_y"])
@@ -58,15 +59,18 @@ def _gemv_kernel(
     tl.store(y + m * stride_y + offs_n, out.to(y.dtype.element_ty), mask=offs_n < N)
 
 
-def pick_blocks(n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for an N x K weight. gemv_bench.py --sweep on the H100
-    (Llama-3.1-8B shapes): 4 x 2048 with 4 warps was the best or within 1% of it for
-    every weight (16 elements, two 16-byte loads, per thread per row and step)."""
-    return 4, min(2048, triton.next_power_of_2(max(k, 16))), 4
+def pick_blocks(n: int, k: int, tuning: Tuning) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for an N x K weight."""
+    g = tuning.gemv
+    return g.block_n, min(g.max_block_k, triton.next_power_of_2(max(k, 16))), g.num_warps
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, blocks: tuple[int, int, int] | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    blocks: tuple[int, int, int] | None = None,
+    tuning: Tuning | None = None,  # default: the table's entry for x's device
 ) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias[N]) with float32 accumulation, in x's dtype."""
     k = x.shape[-1]
@@ -79,7 +83,7 @@ def gemv(
     m = x2.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m and n:
-        block_n, block_k, warps = blocks or pick_blocks(n, k)
+        block_n, block_k, warps = blocks or pick_blocks(n, k, tuning or for_device(x.device))
         if interpreting():
             block_k = min(block_k, 64)
         _gemv_kernel[(m * triton.cdiv(n, block_n),)](

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.tuning import Tuning, for_device
+
 
 @triton.jit
 def _rope_heads(
@@ -102,7 +104,13 @@ def _rotary_kernel(
     )
 
 
-def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor):
+def rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    tuning: Tuning | None = None,  # default: the table's entry for q's device
+):
     """q: [T, Hq, D], k: [T, Hk, D], positions: [T] -> new (q, k)."""
     num_tokens, hq, d = q.shape
     hk = k.shape[1]
@@ -143,6 +151,6 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_ca
         HALF=half,
         HALF_PAD=triton.next_power_of_2(half),
         REST_PAD=triton.next_power_of_2(rest) if rest else 0,
-        num_warps=4,
+        num_warps=(tuning or for_device(q.device)).rows.rotary_warps,
     )
     return q_out, k_out
