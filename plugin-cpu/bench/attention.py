@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from octavo.platform import AttentionMetadata
+from octavo.platform import AttentionSpec, ForwardBatch
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
+from octavo_cpu.device import CpuDevice
 
 HQ, HK, D, BS = 9, 3, 64, 16
 # (query lengths, context lengths, calls per timing): prefill chunks, a big decode batch,
@@ -48,16 +49,17 @@ def make_case(lens_q, lens_ctx, dtype, head_dim, scatter: bool, gen: torch.Gener
     for n in lens_q:
         qsl.append(qsl[-1] + n)
     q = torch.randn(qsl[-1], HQ, head_dim, generator=gen).to(dtype)
-    meta = AttentionMetadata(
+    meta = ForwardBatch(
+        input_ids=torch.zeros(qsl[-1], dtype=torch.int64),
+        positions=torch.tensor([p for n, c in zip(lens_q, lens_ctx) for p in range(c - n, c)]),
+        slot_mapping=torch.zeros(qsl[-1], dtype=torch.int64),
         query_start_loc=torch.tensor(qsl, dtype=torch.int32),
         seq_lens=torch.tensor(lens_ctx, dtype=torch.int32),
         block_tables=tables,
-        slot_mapping=torch.zeros(qsl[-1], dtype=torch.int64),
         max_query_len=max(lens_q),
         max_seq_len=max(lens_ctx),
         query_start_loc_cpu=qsl,
         seq_lens_cpu=list(lens_ctx),
-        num_decodes=sum(1 for n in lens_q if n == 1),
     )
     return q, kv, meta
 
@@ -105,7 +107,8 @@ def main() -> None:
         f"{'contiguous' if args.contiguous else 'scattered'} blocks, {args.stat} {'CPU' if args.cpu_time else 'wall'} "
         "time of single calls"
     )
-    backend = CpuAttention()
+    backend = CpuAttention(CpuDevice())
+    layer = AttentionSpec(HQ, HK, args.head_dim, 0.125)
     for lens_q, lens_ctx, calls in CASES:
         q, kv, meta = make_case(lens_q, lens_ctx, dtype, args.head_dim, not args.contiguous, gen)
         flop = sum(4 * HQ * args.head_dim * (c * n - n * (n - 1) / 2) for n, c in zip(lens_q, lens_ctx))
@@ -113,8 +116,8 @@ def main() -> None:
         for _ in range(args.reps):
             for k in kernels:
                 _native.ATTENTION_KERNEL = k
-                backend.attend(q, kv, meta, 0.125)  # warm
-                times[k] += time_calls(lambda: backend.attend(q, kv, meta, 0.125), calls, clock)
+                backend.attend(q, kv, meta, layer)  # warm
+                times[k] += time_calls(lambda: backend.attend(q, kv, meta, layer), calls, clock)
         _native.ATTENTION_KERNEL = "auto"
         row = f"q={lens_q[0]:>3} x{len(lens_q):<3} ctx={lens_ctx[0]:<4}"
         stat = statistics.median if args.stat == "median" else min

@@ -4,10 +4,12 @@
         [--modes native,native-ops,torch,torch-linear]
 
 One engine (SmolLM2-135M, the platform's default dtype), one request of --input-len random
-prompt tokens at a time; each decode step is timed. The modes swap CpuPlatform's linear,
-rotary and silu_and_mul (and the one-call decode step, `run_model`) on the live platform
-object between rounds, so both run in one
-process, alternating, on the same weights: the ratio holds on a noisy machine. Medians.
+prompt tokens at a time; each decode step is timed. The modes swap the CPU linear method's
+`apply` and CpuOps' rotary and silu_and_mul for core's torch defaults (and turn the one-call
+decode step, `decode_forward.run_decode`, off) on the live platform between rounds, so all
+run in one process, alternating, on the same weights: the ratio holds on a noisy machine.
+Medians. With a torch-linear mode the linears keep their [out, in] weights beside the packed
+copies (CpuLinearMethod lets go of them once packed; torch's linear reads them).
 
 --profile runs one more native round under cProfile (top functions by own time, per token)
 or torch.profiler (ops by self CPU time, per token).
@@ -26,7 +28,9 @@ import time
 import types
 
 from octavo import LLM, SamplingParams
-from octavo.platform import Platform
+from octavo.platform import FusedOps, LinearMethod
+from octavo_cpu import decode_forward
+from octavo_cpu.linear import CpuLinearMethod
 
 MODES = {  # which dense ops fall back to the core defaults
     "native": (),
@@ -34,20 +38,33 @@ MODES = {  # which dense ops fall back to the core defaults
     "torch-linear": ("linear",),
     "native-ops": (),  # native kernels called op by op from Python (no one-call decode step)
 }
+RUN_DECODE = decode_forward.run_decode
+
+
+def keep_unpacked_weights() -> None:
+    """Keep each linear's [out, in] weight beside its packed copy, for torch's linear."""
+    process = CpuLinearMethod.process_weights_after_loading
+
+    def keeping(self, layer):
+        weight = layer.weight
+        process(self, layer)
+        layer.weight = weight
+
+    CpuLinearMethod.process_weights_after_loading = keeping
 
 
 def set_mode(platform, mode: str) -> None:
-    # the one-call decode step (CpuPlatform.run_model) only in "native": the other modes time
-    # the model's op-by-op path
-    if mode == "native":
-        vars(platform).pop("run_model", None)
-    else:
-        platform.run_model = lambda *args: None
-    for op in ("linear", "rotary", "silu_and_mul"):
-        if op in MODES[mode]:
-            setattr(platform, op, types.MethodType(getattr(Platform, op), platform))
-        elif op in vars(platform):
-            delattr(platform, op)  # back to CpuPlatform's method
+    # the one-call decode step only in "native": the other modes time the model's op-by-op path
+    decode_forward.run_decode = RUN_DECODE if mode == "native" else lambda *args: None
+    for part, base, op in (
+        (platform.linear, LinearMethod, "apply"),
+        (platform.ops, FusedOps, "rotary"),
+        (platform.ops, FusedOps, "silu_and_mul"),
+    ):
+        if ("linear" if op == "apply" else op) in MODES[mode]:
+            setattr(part, op, types.MethodType(getattr(base, op), part))
+        elif op in vars(part):
+            delattr(part, op)  # back to the CPU part's method
 
 
 def decode_steps(engine, prompt: list[int], output_len: int, rid: str) -> list[float]:
@@ -74,12 +91,14 @@ def main() -> None:
     ap.add_argument("--modes", default="native,torch")
     ap.add_argument("--profile", choices=["cprofile", "torch"], default=None)
     args = ap.parse_args()
+    modes = args.modes.split(",")
+    if any("linear" in MODES[m] for m in modes):
+        keep_unpacked_weights()
     llm = LLM(model="smollm2", device="cpu")
     engine = llm.llm_engine
     platform = engine.platform
     rng = random.Random(0)
     prompt = [rng.randrange(100, 40000) for _ in range(args.input_len)]
-    modes = args.modes.split(",")
     per_mode: dict[str, list[float]] = {m: [] for m in modes}
     n = 0
     for m in modes:  # warm-up

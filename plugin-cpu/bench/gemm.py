@@ -39,7 +39,7 @@ def run(k: int, n: int, m: int, working_set_mb: int, rounds: int) -> dict[str, f
     fns = {
         "torch": lambda i: torch.nn.functional.linear(x, ws[i]),
         "onednn-packed": lambda i: torch.ops.mkldnn._linear_pointwise(x, onednn[i], None, "none", [], ""),
-        "native": lambda i: gemm.linear(x, ws[i], None, ours[i]),
+        "native": lambda i: gemm.linear(x, ours[i], n),
     }
     ref = torch.nn.functional.linear(x, ws[0]).float()
     for name, fn in fns.items():  # warm up, fault in, and check the variants agree

@@ -2,10 +2,11 @@
 
     python plugin-cpu/bench/gemm_throughput.py [--rounds 3] [--num-prompts 64 --input-len 256 --output-len 128]
 
-One engine (SmolLM2, bf16, CPU) runs the workload alternately with torch's linear
-(gemm.ENABLED = False) and the native GEMM, `--rounds` times each, so both meet the same
-machine state; each run gets a fresh random workload of the same shape (a new seed: the
-prefix cache gives it nothing). Prints output tok/s per run and the medians.
+Two engines in one process (SmolLM2, bf16, CPU), one loaded with gemm.ENABLED = False (its
+linears keep the checkpoint's weights: the GEMV for decode rows, torch's linear above) and one
+with the native GEMM (weights packed at load), run the workload alternately, `--rounds` times
+each, so both meet the same machine state; each run gets a fresh random workload of the same
+shape (a new seed: the prefix cache gives it nothing). Prints output tok/s per run and the medians.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=128)
     args = ap.parse_args()
-    llm = LLM(model="smollm2", device="cpu", dtype="bfloat16", kv_cache_memory="4GiB")
-    engine = llm.llm_engine
+    llms = {}
+    for enabled in (False, True):
+        gemm.ENABLED = enabled  # read when the engine loads (and packs) its weights
+        llms[enabled] = LLM(model="smollm2", device="cpu", dtype="bfloat16", kv_cache_memory="2GiB")
+    engine = llms[True].llm_engine
     rates: dict[bool, list[float]] = {False: [], True: []}
     for r in range(args.rounds):
         for enabled in (False, True):
-            gemm.ENABLED = enabled
             w = make_workload(
                 engine.tokenizer,
                 engine.vocab_size,
@@ -40,7 +43,7 @@ def main() -> None:
                 "random",
                 seed=1000 * r + enabled,
             )
-            res, _ = run_octavo(llm, w)
+            res, _ = run_octavo(llms[enabled], w)
             rates[enabled].append(res.output_tokens_per_s)
             print(
                 f"round {r} {'native gemm' if enabled else 'torch     '}: {res.elapsed_s:6.2f} s "

@@ -16,42 +16,43 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from octavo.executor import StepInputs
-from octavo.platform import AttentionMetadata
+from octavo.platform import ForwardBatch
+
+
+def _batch(ids, pos, slots, qsl, sl, bt, mq, ms) -> ForwardBatch:
+    counts = torch.tensor([ids.numel(), sl.numel()], dtype=torch.int32)
+    return ForwardBatch(ids, pos, slots, qsl, sl, bt, mq, ms, qsl.tolist(), sl.tolist(), counts[0], counts[1])
 
 
 def make(T, B, nb):
-    qsl = np.linspace(0, T, B + 1).astype(np.int32)
-    m = AttentionMetadata(
-        torch.from_numpy(qsl),
-        torch.full((B,), 100, dtype=torch.int32),
-        torch.zeros(B, nb, dtype=torch.int32),
-        torch.arange(T),
-        1,
-        100,
-        qsl.tolist(),
-        [100] * B,
-        0,
+    qsl = torch.from_numpy(np.linspace(0, T, B + 1).astype(np.int32))
+    sl = torch.full((B,), 100, dtype=torch.int32)
+    return _batch(
+        torch.arange(T), torch.arange(T), torch.arange(T), qsl, sl, torch.zeros(B, nb, dtype=torch.int32), 1, 100
     )
-    return torch.arange(T), torch.arange(T), m
 
 
-def pack(ids, pos, m):
-    B = m.seq_lens.numel()
-    nb = m.block_tables.shape[1]
-    T = ids.numel()
-    hdr = torch.tensor([T, B, nb, m.max_query_len, m.max_seq_len, m.num_decodes], dtype=torch.int64)
+def pack(b: ForwardBatch):
+    B, nb = b.block_tables.shape
+    T = b.input_ids.numel()
+    hdr = torch.tensor([T, B, nb, b.max_query_len, b.max_seq_len], dtype=torch.int64)
     body = torch.cat(
-        [ids, pos, m.slot_mapping, m.query_start_loc.long(), m.seq_lens.long(), m.block_tables.long().flatten()]
+        [
+            b.input_ids,
+            b.positions,
+            b.slot_mapping,
+            b.query_start_loc.long(),
+            b.seq_lens.long(),
+            b.block_tables.long().flatten(),
+        ]
     )
     return hdr, body
 
 
-def unpack(hdr, body):
-    T, B, nb, mq, ms, nd = hdr.tolist()
+def unpack(hdr, body) -> ForwardBatch:
+    T, B, nb, mq, ms = hdr.tolist()
     ids, pos, slots, qsl, sl, bt = body.split([T, T, T, B + 1, B, B * nb])
-    qsl = qsl.int()
-    sl = sl.int()
-    return ids, pos, AttentionMetadata(qsl, sl, bt.int().view(B, nb), slots, mq, ms, qsl.tolist(), sl.tolist(), nd)
+    return _batch(ids, pos, slots, qsl.int(), sl.int(), bt.int().view(B, nb), mq, ms)
 
 
 N = 300
@@ -63,7 +64,7 @@ def run(rank, conn, port):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
     x = torch.zeros(1)
     for name, (T, B, nb) in CASES.items():
-        ids, pos, m = make(T, B, nb)
+        batch = make(T, B, nb)
         res = {}
         for mode in ("sync only", "pipe", "broadcast"):
             dist.barrier()
@@ -71,16 +72,16 @@ def run(rank, conn, port):
             for _ in range(N):
                 if mode == "pipe":
                     if rank == 0:
-                        conn.send(StepInputs.from_tensors(ids, pos, m))
+                        conn.send(StepInputs.from_batch(batch))
                     else:
-                        conn.recv().to_tensors(torch.device("cpu"))
+                        conn.recv().to_batch(torch.device("cpu"))
                 elif mode == "broadcast":
                     if rank == 0:
-                        hdr, body = pack(ids, pos, m)
+                        hdr, body = pack(batch)
                         dist.broadcast(hdr, 0)
                         dist.broadcast(body, 0)
                     else:
-                        hdr = torch.empty(6, dtype=torch.int64)
+                        hdr = torch.empty(5, dtype=torch.int64)
                         dist.broadcast(hdr, 0)
                         T_, B_, nb_ = hdr[:3].tolist()
                         body = torch.empty(3 * T_ + 2 * B_ + 1 + B_ * nb_, dtype=torch.int64)

@@ -94,7 +94,7 @@ def paged_attention(
 
     q, out: [T, num_heads, head_dim] (same dtype); kv_cache: [2, num_blocks, block_size,
     num_kv_heads, head_dim]; block_tables [B, max_blocks], seq_lens [B], query_start_loc
-    [B + 1] (int32, indexed by request). Semantics: `octavo.platform.interface`.
+    [B + 1] (int32, indexed by request). Semantics: `octavo.platform.attention`.
     `q_tile` query tokens of one request share a pass over its KV (prefill only).
     `kv_splits` > 0 splits every (tile, KV head) item's keys that many ways, merged after
     (tests); 0 splits only when there are too few items for the threads. `kernel`: "auto"
@@ -171,7 +171,7 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapp
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
-    """`Platform.rms_norm`'s semantics in one pass over each row: with `residual`,
+    """`FusedOps.rms_norm`'s semantics in one pass over each row: with `residual`,
     returns (normed, x + residual); without, normed. Rows must have a contiguous last dim."""
     hidden = x.shape[-1]
     x2 = x.reshape(-1, hidden)
@@ -225,7 +225,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     x [..., K] (rows may be strided), weight [N, K] with contiguous rows, bias [N]; all one
     dtype. The kernel streams weight once whatever the row count, but its compute grows
-    with it: callers keep it to small row counts (`CpuPlatform.linear`).
+    with it: callers keep it to small row counts (`linear.linear_path`).
     """
     k = x.shape[-1]
     n = weight.shape[0]
@@ -254,7 +254,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor):
-    """`Platform.rotary` (neox rotate-half) IN PLACE on q [T, Hq, D] and k [T, Hk, D], which
+    """`FusedOps.rotary` (neox rotate-half) IN PLACE on q [T, Hq, D] and k [T, Hk, D], which
     may be strided views (e.g. of the fused qkv output); returns (q, k), the same tensors.
     cos_sin_cache: float32 [max_pos, rot_dim]; positions: [T] integers < max_pos."""
     assert q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] == positions.shape[0]
@@ -303,7 +303,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
-    """`Platform.sample`'s semantics (inverse CDF of softmax(logits / t) at u, per row) in one
+    """`FusedOps.sample`'s semantics (inverse CDF of softmax(logits / t) at u, per row) in one
     call: logits [S, V] float32 or bfloat16 with a contiguous last dim."""
     assert logits.dim() == 2 and logits.stride(-1) == 1
     s, v = logits.shape

@@ -2,17 +2,17 @@
 
 torch's bf16 linear (oneDNN) reorders the weight into its blocked layout on every call; on
 SmolLM2's shapes at 64 rows (a decode step of 64 requests) it reaches 190-270 GFLOP/s of the
-2-core Zen 4's ~460 vdpbf16ps peak, the native kernel on weights packed once (on first use)
+2-core Zen 4's ~460 vdpbf16ps peak, the native kernel on weights packed once (at load)
 335-400. On prefill chunks (512-2048 rows) the two are close: native 1-12% ahead
 (bench/gemm.py; gemm_throughput.py measures the whole workload). For decode rows (1-8) the
 packed panels also stream faster than the native GEMV reads the row-major weight
-(`platform.linear_path`, docs/cpu.md).
+(`linear.linear_path`, docs/cpu.md).
 
-The packed copy rides on the weight tensor itself (an attribute), so it lives exactly as
-long as the weight; it is rebuilt when the weight changes in place (its version counter)
-or moves. It costs one more copy of every weight a linear meets, lm_head included.
+`CpuLinearMethod` packs each weight once, when the model's weights are loaded, and keeps
+the packed copy on its layer in place of the checkpoint-layout weight.
 
-Debugging switch (read at import, settable at run time for A/B measurements):
+Debugging switch (read at import; `ENABLED` may be set at run time, before an engine loads
+its weights, for A/B measurements):
   OCTAVO_CPU_GEMM=0   no packed GEMM: the GEMV up to 8 rows, torch's linear above
 """
 
@@ -24,10 +24,8 @@ import torch
 
 from octavo_cpu import _native, hugepages
 
-#: False: CpuPlatform.linear (platform.linear_path) keeps the GEMV and torch's matmul
+#: False: CpuLinearMethod packs nothing, its linears keep the GEMV and torch's matmul
 ENABLED = os.environ.get("OCTAVO_CPU_GEMM", "1") != "0"
-
-_ATTR = "_octavo_gemm_packed"  # (version, data_ptr, packed) on the weight tensor
 
 
 def available() -> bool:
@@ -48,31 +46,18 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def packed(weight: torch.Tensor) -> torch.Tensor:
-    """`pack(weight)`, cached on the weight until it changes."""
-    key = (weight._version, weight.data_ptr())
-    cached = getattr(weight, _ATTR, None)
-    if cached is None or cached[0] != key:
-        cached = (key, pack(weight))
-        setattr(weight, _ATTR, cached)
-    return cached[1]
-
-
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, w_packed: torch.Tensor | None = None
+    x: torch.Tensor, w_packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x @ weight.T (+ bias), bf16 in and out, fp32 sums; x [..., K] (rows may be strided).
-
-    w_packed: `pack(weight)`, else the cached one is used (built on first use).
-    """
-    k = x.shape[-1]
-    n = weight.shape[0]
-    assert weight.shape[1] == k, f"weight {tuple(weight.shape)} does not fit x {tuple(x.shape)}"
+    """x @ weight.T (+ bias), bf16 in and out, fp32 sums; x [..., K] (rows may be strided),
+    w_packed = `pack(weight)` of the [out_features, K] weight."""
+    k, n = x.shape[-1], out_features
+    assert x.dtype == torch.bfloat16, f"the packed GEMM takes bf16 x, not {x.dtype}"
+    assert w_packed.numel() == _native._C.gemm_packed_elems(n, k), f"packed weight does not fit x {tuple(x.shape)}"
     x2, bias, bias_ptr = _native.linear_operands(x, n, bias)
-    wp = packed(weight) if w_packed is None else w_packed
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=torch.bfloat16)
     _native._C.gemm(
-        y.data_ptr(), n, x2.data_ptr(), x2.stride(0), wp.data_ptr(), bias_ptr, m, n, k, torch.get_num_threads()
+        y.data_ptr(), n, x2.data_ptr(), x2.stride(0), w_packed.data_ptr(), bias_ptr, m, n, k, torch.get_num_threads()
     )
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

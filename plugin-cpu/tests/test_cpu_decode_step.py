@@ -1,4 +1,5 @@
-"""octavo-cpu's one-call decode step (`octavo_cpu.decode_forward`) against the op-by-op path.
+"""octavo-cpu's one-call decode step (`octavo_cpu.decode_forward`, run by `CpuModelRunner`)
+against the op-by-op path.
 
 Both run the same native kernels with the same arguments, so the logprobs of every generated
 token must be bit-identical, for every architecture the native step covers, in fp32 and bf16,
@@ -13,33 +14,24 @@ import random
 import pytest
 
 pytest.importorskip("octavo_cpu")
-from octavo_cpu import _native  # noqa: E402
+from octavo_cpu import _native, decode_forward  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="octavo-cpu's native kernels did not build")
 
-
-def _real_run_decode():
-    from octavo_cpu.decode_forward import run_decode
-
-    return run_decode
-
-
-_RUN_DECODE = _real_run_decode()  # before any test patches it
+_RUN_DECODE = decode_forward.run_decode  # before any test patches it
 
 
 def _generate(model_dir, dtype, prompts, native_step: bool, monkeypatch):
-    import octavo_cpu.decode_forward as df
     from octavo import LLM, SamplingParams
 
     calls = {"native": 0}
-    real = _RUN_DECODE
 
     def counting(*args):
-        out = real(*args) if native_step else None
+        out = _RUN_DECODE(*args) if native_step else None
         calls["native"] += int(out is not None)
         return out
 
-    monkeypatch.setattr(df, "run_decode", counting)
+    monkeypatch.setattr(decode_forward, "run_decode", counting)
     llm = LLM(model=model_dir, device="cpu", dtype=dtype, max_num_seqs=16, enable_prefix_caching=False)
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=3)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -79,15 +71,20 @@ def test_models_it_does_not_cover_fall_back(tiny_model_dirs, monkeypatch):
 
 
 def test_engine_start_packs_the_gemm_weights(tiny_model_dirs):
-    """CpuPlatform.warm_up runs the warm-up forwards: every layer's weights are packed for the
-    GEMM before the first request, not during it."""
+    """Loading packs every layer's weights for the GEMM (process_weights_after_loading) before
+    the first request, not during it, and start-up builds the decode step's plan on them."""
     from octavo import LLM
+    from octavo.layers.linear import Linear
     from octavo_cpu import gemm
 
     if not gemm.available():
         pytest.skip("the packed GEMM needs the avx512_bf16 kernels")
     llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="bfloat16")
-    model = llm.llm_engine.runner.model
-    for layer in model.layers:
-        for w in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
-            assert getattr(w, gemm._ATTR, None) is not None, "a weight was left to pack in the first request"
+    runner = llm.llm_engine.runner
+    linears = [m for m in runner.model.modules() if isinstance(m, Linear)]
+    assert len(linears) == 4 * len(runner.model.layers) + 1  # qkv, o, gate_up, down; lm_head
+    for w in linears:
+        assert w.packed_weight is not None, "a weight was left to pack in the first request"
+        assert w.weight is None, "the unpacked weight stayed resident beside its packed copy"
+    plan = runner._decode_plan
+    assert plan is not None and plan.packed, "start-up built no decode plan on the packed weights"

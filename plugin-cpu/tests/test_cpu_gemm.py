@@ -1,4 +1,5 @@
-"""octavo-cpu's packed bf16 GEMM (octavo_cpu.gemm, csrc/gemm_bf16.h) against fp32 matmul.
+"""octavo-cpu's packed bf16 GEMM (octavo_cpu.gemm, csrc/gemm_bf16.h) against fp32 matmul, and
+the linear method that routes to it (octavo_cpu.linear).
 
 The reference is torch's matmul in fp32 on the same bf16 inputs: the kernel sums in fp32 and
 rounds once to bf16, so the two differ by that rounding (and summation order). Shapes cover
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+from octavo.layers.linear import Linear
 from octavo_cpu import _native, gemm
-from octavo_cpu.platform import CpuPlatform
+from octavo_cpu.device import CpuDevice
+from octavo_cpu.linear import CpuLinearMethod
 
 pytestmark = pytest.mark.skipif(not gemm.available(), reason="needs the avx512_bf16 native kernels")
 
@@ -61,14 +65,14 @@ def _check(got, x, w, b):
 def test_gemm_matches_fp32(threads, shape, m, bias):
     k, n = SHAPES[shape]
     x, w, b = _inputs(m, k, n, bias, seed=m * 31 + k + n)
-    _check(gemm.linear(x, w, b, gemm.pack(w)), x, w, b)
+    _check(gemm.linear(x, gemm.pack(w), n, b), x, w, b)
 
 
 @pytest.mark.parametrize("m", [3, 64])
 def test_gemm_large_weight_splits_columns(threads, m):
     """lm_head-sized weights (> 8 MiB) split their panels over the threads."""
     x, w, _ = _inputs(m, 576, 8000, False, seed=5)
-    _check(gemm.linear(x, w), x, w, None)
+    _check(gemm.linear(x, gemm.pack(w), 8000), x, w, None)
 
 
 def test_gemm_strided_rows_and_batch_dims():
@@ -76,46 +80,82 @@ def test_gemm_strided_rows_and_batch_dims():
     wide = torch.randn(20, 300, generator=g).bfloat16()
     x = wide[:, 7:207]  # row stride 300
     w = (torch.randn(70, 200, generator=g) * 0.1).bfloat16()
-    _check(gemm.linear(x, w), x, w, None)
+    wp = gemm.pack(w)
+    _check(gemm.linear(x, wp, 70), x, w, None)
     x3 = torch.randn(2, 11, 200, generator=g).bfloat16()
-    got = gemm.linear(x3, w)
+    got = gemm.linear(x3, wp, 70)
     assert got.shape == (2, 11, 70)
     _check(got.reshape(22, 70), x3.reshape(22, 200), w, None)
 
 
-def test_packed_weight_is_cached_until_it_changes():
-    x, w, _ = _inputs(16, 64, 96, False, seed=7)
-    first = gemm.packed(w)
-    assert gemm.packed(w) is first  # packed once
-    w.mul_(2)  # an in-place change (a weight load) bumps the version: packed again
-    assert gemm.packed(w) is not first
-    _check(gemm.linear(x, w), x, w, None)
+def _layer(w: torch.Tensor, b: torch.Tensor | None) -> Linear:
+    """A core Linear on the CPU's linear method, loaded with w and b and processed as the
+    runner does after loading."""
+    layer = Linear(w.shape[1], w.shape[0], CpuLinearMethod(CpuDevice()), bias=b is not None)
+    layer.to(w.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        if b is not None:
+            layer.bias.copy_(b)
+    layer.method.process_weights_after_loading(layer)
+    return layer
 
 
-def test_platform_takes_gemm_for_bf16_rows(monkeypatch):
-    """CpuPlatform.linear: the GEMM for bf16 at every row count (decode rows too), the GEMV
+def test_weights_are_packed_once_at_load(monkeypatch):
+    """process_weights_after_loading packs the weight and lets go of the [out, in] copy; the
+    forwards pack nothing."""
+    x, w, b = _inputs(16, 64, 96, True, seed=7)
+    layer = _layer(w, b)
+    assert layer.packed_weight is not None and layer.weight is None
+    packs = []
+    real = gemm.pack
+    monkeypatch.setattr(gemm, "pack", lambda *a: packs.append(1) or real(*a))
+    _check(layer(x), x, w, b)
+    _check(layer(x[:1]), x[:1], w, b)
+    assert packs == [], "a forward packed the weight again"
+
+
+def test_a_tied_weight_stays_with_its_other_owner():
+    """A tied lm_head's weight is the embedding: the linear lets go of it, the embedding keeps it."""
+    x, w, _ = _inputs(5, 64, 96, False, seed=9)
+    embed = nn.Parameter(w.clone(), requires_grad=False)
+    layer = Linear(64, 96, CpuLinearMethod(CpuDevice()))
+    layer.weight = embed
+    layer.method.process_weights_after_loading(layer)
+    assert torch.equal(embed, w)
+    _check(layer(x), x, w, None)
+
+
+def test_linear_method_routes_bf16_rows_to_the_gemm(monkeypatch):
+    """CpuLinearMethod: the GEMM for bf16 at every row count (decode rows too), the GEMV
     or torch when it is switched off, for fp32, and below avx512_bf16 (OCTAVO_CPU_ISA lowered)."""
-    p = CpuPlatform()
     x, w, b = _inputs(40, 96, 80, True, seed=8)
-    calls = []
-    real = gemm.linear
+    calls, gemv_calls = [], []
+    real, real_gemv = gemm.linear, _native.linear
     monkeypatch.setattr(gemm, "linear", lambda *a: calls.append(1) or real(*a))
-    _check(p.linear(x, w, b), x, w, b)
-    _check(p.linear(x[:1], w, b), x[:1], w, b)  # a decode row
-    _check(p.linear(x[:4], w, b), x[:4], w, b)
-    assert calls == [1, 1, 1]
-    p.linear(x.float(), w.float(), b.float())  # fp32: torch
-    p.linear(x[:4].float(), w.float(), b.float())  # fp32 decode rows: the GEMV
+    monkeypatch.setattr(_native, "linear", lambda *a: gemv_calls.append(a[0].shape[0]) or real_gemv(*a))
+    layer = _layer(w, b)
+    _check(layer(x), x, w, b)
+    _check(layer(x[:1]), x[:1], w, b)  # a decode row
+    _check(layer(x[:4]), x[:4], w, b)
+    assert calls == [1, 1, 1] and gemv_calls == []
+    layer32 = _layer(w.float(), b.float())
+    layer32(x.float())  # fp32: torch
+    layer32(x[:4].float())  # fp32 decode rows: the GEMV
+    assert gemv_calls == [4]
     monkeypatch.setattr(gemm, "ENABLED", False)
-    _check(p.linear(x, w, b), x, w, b)
-    _check(p.linear(x[:4], w, b), x[:4], w, b)
+    layer = _layer(w, b)
+    _check(layer(x), x, w, b)
+    _check(layer(x[:4]), x[:4], w, b)
     monkeypatch.setattr(gemm, "ENABLED", True)
     saved = _native.isa()
     _native.set_isa("avx512")
     try:
         assert not gemm.available()
-        _check(p.linear(x, w, b), x, w, b)
-        _check(p.linear(x[:4], w, b), x[:4], w, b)
+        layer = _layer(w, b)
+        _check(layer(x), x, w, b)
+        _check(layer(x[:4]), x[:4], w, b)
     finally:
         _native.set_isa(saved)
     assert calls == [1, 1, 1]
+    assert gemv_calls == [4, 4, 4]

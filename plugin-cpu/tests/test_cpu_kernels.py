@@ -15,12 +15,12 @@ import os
 import pytest
 import torch
 
-from octavo.platform import Platform
+from octavo.platform import AttentionSpec, FusedOps
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
-from octavo_cpu.platform import CpuPlatform
+from octavo_cpu.device import CpuDevice
 from octavo_plugin_kit import reference as ref
-from octavo_plugin_kit.inputs import make_attention_metadata
+from octavo_plugin_kit.inputs import make_forward_batch
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -60,7 +60,7 @@ def _batch(seqs, block_size, num_heads, num_kv_heads, head_dim, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     seq_lens, q_lens = zip(*seqs)
     num_blocks = sum(-(-s // block_size) for s in seq_lens) + 3
-    meta = make_attention_metadata(seq_lens, q_lens, block_size, num_blocks, generator=g)
+    meta = make_forward_batch(seq_lens, q_lens, block_size, num_blocks, generator=g)
     q = torch.randn(sum(q_lens), num_heads, head_dim, generator=g).to(dtype)
     kv = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(dtype)
     return q, kv, meta
@@ -205,7 +205,7 @@ def test_rms_norm(isa, dtype, with_residual, shape):
     res_before = None if res is None else res.clone()
     got = _native.rms_norm(x, w, 1e-5, res)
     # the core's default: the residual sum and the normed row rounded as a bf16 model does
-    want = Platform.rms_norm(CpuPlatform(), x, w, 1e-5, res)
+    want = FusedOps(CpuDevice()).rms_norm(x, w, 1e-5, res)
     spec = ref.rms_norm(x, w, 1e-5, res)
     if not with_residual:
         got, want, spec = (got,), (want,), (spec,)
@@ -217,30 +217,59 @@ def test_rms_norm(isa, dtype, with_residual, shape):
         torch.testing.assert_close(a.float(), c.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+def _allocated_like(backend: CpuAttention, kv: torch.Tensor) -> torch.Tensor:
+    """The backend's own cache (head-major storage behind the default shape) holding kv."""
+    _, num_blocks, block_size, num_kv_heads, head_dim = kv.shape
+    layer = AttentionSpec(num_kv_heads, num_kv_heads, head_dim, 1.0)
+    cache = backend.allocate(layer, backend.kv_cache_spec(layer, kv.dtype, block_size), num_blocks)
+    assert cache.shape == kv.shape and cache.dtype == kv.dtype and not cache.is_contiguous()
+    assert torch.count_nonzero(cache) == 0, "a new cache is zero-filled"
+    cache.copy_(kv)
+    return cache
+
+
+@pytest.mark.parametrize("allocated", [False, True], ids=["contiguous", "allocated"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
-def test_cpu_attention_backend(dtype):
-    """The backend as the runner calls it: write this step's KV, then attend. fp16 takes
-    the torch path (the native kernels do not cover it)."""
+def test_cpu_attention_backend(dtype, allocated):
+    """The backend as the runner calls it: write this step's KV, then attend, on a contiguous
+    cache and on the one `allocate` makes. fp16 takes the torch path (the native kernels do
+    not cover it)."""
     _, kv, meta = _batch(RAGGED, 16, 9, 3, 64, dtype, seed=6)
     g = torch.Generator().manual_seed(7)
     num_tokens = meta.query_start_loc_cpu[-1]
     k = torch.randn(num_tokens, 3, 64, generator=g).to(dtype)
     v = torch.randn(num_tokens, 3, 64, generator=g).to(dtype)
     q = torch.randn(num_tokens, 9, 64, generator=g).to(dtype)
-    backend, want_kv = CpuAttention(), kv.clone()
-    backend.write_kv(k, v, kv, meta.slot_mapping)
+    backend, want_kv = CpuAttention(CpuDevice()), kv.clone()
+    if allocated:
+        kv = _allocated_like(backend, kv)
+    backend.write_kv(k, v, kv, meta)
     ref.write_kv(k, v, want_kv, meta.slot_mapping)
     assert torch.equal(kv, want_kv)
-    out = backend.attend(q, kv, meta, 0.125)
+    out = backend.attend(q, kv, meta, AttentionSpec(9, 3, 64, 0.125))
     tol = TOL.get(dtype, 2e-3)
     torch.testing.assert_close(out.float(), ref.attend(q.float(), kv.float(), meta, 0.125), atol=tol, rtol=tol)
 
 
-def test_torch_path_matches_native():
-    q, kv, meta = _batch(RAGGED, 16, 9, 3, 64, torch.float32, seed=8)
-    native = CpuAttention(use_native=True).attend(q, kv, meta, 0.125, 20)
-    torch_path = CpuAttention(use_native=False).attend(q, kv, meta, 0.125, 20)
+@pytest.mark.parametrize("seqs", [RAGGED, RAGGED[::-1]], ids=["decodes-first", "decodes-last"])
+@pytest.mark.parametrize("window", [None, 20])
+def test_torch_path_matches_native(window, seqs):
+    """Decode rows anywhere in the batch (the torch path batches them apart from the prefills)."""
+    q, kv, meta = _batch(seqs, 16, 9, 3, 64, torch.float32, seed=8)
+    layer = AttentionSpec(9, 3, 64, 0.125, sliding_window=window)
+    native = CpuAttention(CpuDevice(), use_native=True).attend(q, kv, meta, layer)
+    torch_path = CpuAttention(CpuDevice(), use_native=False).attend(q, kv, meta, layer)
     torch.testing.assert_close(native, torch_path, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(native, ref.attend(q, kv, meta, 0.125, window), atol=1e-5, rtol=1e-5)
+
+
+def test_non_causal_layers_are_refused():
+    """The native kernels are causal only: the backend says so rather than mis-computing."""
+    backend = CpuAttention(CpuDevice())
+    encoder = AttentionSpec(8, 2, 64, 0.125, causal=False)
+    why = backend.supports(encoder, torch.float32, 16)
+    assert why is not None and "causal" in why
+    assert backend.supports(AttentionSpec(8, 2, 64, 0.125), torch.float32, 16) is None
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -358,7 +387,7 @@ def test_rotary_in_place(isa, dtype, head_dim, rot_dim, tokens):
     cache = make_cos_sin_cache(rot_dim, max_pos, base=10000.0)
     positions = torch.randint(0, max_pos, (tokens,), generator=torch.Generator().manual_seed(14))
     positions[0] = max_pos - 1
-    want_q, want_k = Platform.rotary(CpuPlatform(), q.clone(), k.clone(), positions, cache)
+    want_q, want_k = FusedOps(CpuDevice()).rotary(q.clone(), k.clone(), positions, cache)
     spec_q, spec_k = ref.rotary(q.float(), k.float(), positions, cache)
     v_before = v.clone()
     saved = torch.get_num_threads()
@@ -433,8 +462,8 @@ def test_sample(isa, dtype, rows, vocab, threads):
 
 
 def test_platform_sampler_uses_the_native_draw(monkeypatch, tiny_model_dirs):
-    """CpuPlatform.sample is the native kernel for float32 logits, the engine's sampler draws
-    through the platform, and a seeded request draws the tokens the torch default draws from
+    """CpuOps.sample is the native kernel for float32 logits, the engine's sampler draws
+    through the platform's ops, and a seeded request draws the tokens the torch default draws from
     the same u."""
     from octavo import LLM
     from octavo.sampling import Sampler, inverse_cdf_sample
@@ -458,12 +487,12 @@ def test_platform_sampler_uses_the_native_draw(monkeypatch, tiny_model_dirs):
 
     def spy(*args):
         calls.append(args)
-        return p.sample(*args)
+        return p.ops.sample(*args)
 
     native = Sampler(torch.device("cpu"), spy).launch(logits, ids, params, [([1], 1)] * 8).result()
     torch_path = Sampler(torch.device("cpu"), inverse_cdf_sample).launch(logits, ids, params, [([1], 1)] * 8).result()
     assert len(calls) == 1 and calls[0][1] is not None  # temperatures passed, not applied before
-    assert len(native_calls) == 4  # CpuPlatform.sample took the native kernel
+    assert len(native_calls) == 4  # CpuOps.sample took the native kernel
     assert native.token_ids == torch_path.token_ids
 
 

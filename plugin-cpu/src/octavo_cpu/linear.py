@@ -1,0 +1,56 @@
+"""The CPU's linear method: which kernel runs a linear layer, and the weights' layout it reads.
+
+One routing rule (`linear_path`), used by every linear and by the one-call decode step
+(decode_forward.py): bf16 weights on a CPU with avx512_bf16 are packed once, after loading,
+for the native GEMM (`gemm`), which takes them at every row count; with its threads
+splitting the weight's panels it streams the packed weights faster than the GEMV reads
+row-major ones even at one row (SmolLM2's 30 layers from memory, 2 threads: M = 1 5.5
+against 6.3 ms, M = 4 5.8 against 12.8, M = 8 7.2 against 14.0; docs/cpu.md). Other weights
+(fp32, or bf16 without the GEMM) keep the checkpoint's layout: the native GEMV up to
+`GEMV_MAX_ROWS` rows of x, past which oneDNN's blocked GEMM (torch's linear) catches up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octavo.platform import LinearMethod
+from octavo_cpu import _native, gemm
+
+#: rows of x up to which the native GEMV serves a linear that is not packed
+GEMV_MAX_ROWS = 8
+
+
+def linear_path(packed: bool, dtype: torch.dtype, rows: int) -> str | None:
+    """The native kernel for `rows` rows of x in `dtype`: "gemm" (packed weights, any row
+    count), "gemv", or None for torch's linear."""
+    if packed:
+        return "gemm"
+    if _native.available() and dtype in _native.SUPPORTED_DTYPES and rows <= GEMV_MAX_ROWS:
+        return "gemv"
+    return None
+
+
+class CpuLinearMethod(LinearMethod):
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        # Pack for the GEMM now, not in the first request (~0.4 s for SmolLM2). Once packed,
+        # nothing reads the [out, in] weight: the layer lets go of it, so the packed copy
+        # replaces it in memory instead of doubling it (a tied lm_head's weight stays alive
+        # as the embedding). The packed copy is a parameter of the layer, as the weight was,
+        # so the model's parameters still count its weights' memory.
+        packed = None
+        w, b = layer.weight, layer.bias
+        if w.dtype == torch.bfloat16 and (b is None or b.dtype == w.dtype) and gemm.ENABLED and gemm.available():
+            packed = nn.Parameter(gemm.pack(w), requires_grad=False)
+            layer.weight = None
+        layer.register_parameter("packed_weight", packed)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if layer.packed_weight is not None:
+            return gemm.linear(x.to(torch.bfloat16), layer.packed_weight, layer.out_features, layer.bias).to(x.dtype)
+        w, b = layer.weight, layer.bias
+        same = w.dtype == x.dtype and (b is None or b.dtype == x.dtype)
+        if same and linear_path(False, x.dtype, x.numel() // max(x.shape[-1], 1)) == "gemv":
+            return _native.linear(x, w, b)
+        return torch.nn.functional.linear(x, w, b)

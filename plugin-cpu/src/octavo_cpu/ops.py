@@ -1,0 +1,64 @@
+"""The fused ops on the native kernels (csrc/dense_impl.h); core's torch definitions where
+they do not apply (float16, a weight or table in another dtype, no extension)."""
+
+from __future__ import annotations
+
+import torch
+
+from octavo.platform import FusedOps
+from octavo_cpu import _native
+
+
+class CpuOps(FusedOps):
+    def rms_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        # one pass per row instead of ~6 torch ops; other dtypes (and a weight whose dtype
+        # differs from x's, which promotes the result) keep the default
+        if (
+            _native.available()
+            and x.dtype in _native.SUPPORTED_DTYPES
+            and weight.dtype == x.dtype
+            and (residual is None or residual.dtype == x.dtype)
+        ):
+            return _native.rms_norm(x, weight, eps, residual)
+        return super().rms_norm(x, weight, eps, residual)
+
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # in place through the views of the fused qkv output: no copies, no cat
+        if (
+            _native.available()
+            and q.dtype in _native.SUPPORTED_DTYPES
+            and k.dtype == q.dtype
+            and q.dim() == 3
+            and k.dim() == 3
+            and q.stride(-1) == 1
+            and k.stride(-1) == 1
+            and cos_sin_cache.dtype == torch.float32
+            and cos_sin_cache.stride(-1) == 1
+        ):
+            return _native.rotary(q, k, positions, cos_sin_cache)
+        return super().rotary(q, k, positions, cos_sin_cache)
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        if _native.available() and x.dtype in _native.SUPPORTED_DTYPES:
+            return _native.silu_and_mul(x)
+        return super().silu_and_mul(x)
+
+    def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+        # one native call reads each row twice from cache (max, block sums) and scans one
+        # block, where the torch path makes five passes and two temporaries of [S, V]
+        if (
+            _native.available()
+            and logits.dtype in _native.SUPPORTED_DTYPES
+            and logits.dim() == 2
+            and logits.stride(-1) == 1
+        ):
+            return _native.sample(logits, temperatures, u)
+        return super().sample(logits, temperatures, u)
