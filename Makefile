@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install serve generate test lint bench clean
 
-$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml triton-kernels/pyproject.toml plugin-cuda/pyproject.toml static-shapes/pyproject.toml plugin-neuron/pyproject.toml requirements-dev.txt
+$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml triton-kernels/pyproject.toml plugin-cuda/pyproject.toml static-shapes/pyproject.toml plugin-neuron/pyproject.toml plugin-tpu/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP) --quiet torch==2.13.0
@@ -16,6 +16,10 @@ $(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.t
 	# octavo-neuron imports without the Neuron SDK (it reports score 0 there, naming the SDK and
 	# its install command from AWS's index); CI runs its code on the CPU (device "neuron-cpu")
 	$(PIP) --quiet -e ./plugin-neuron
+	# octavo-tpu (JAX, torchax, Pallas) with libtpu, whose compiler builds its kernels and
+	# steps for TPU topologies ahead of time on a host without TPUs; it reports score 0 here
+	# and CI runs its runner on JAX's CPU back end (device "tpu-cpu")
+	$(PIP) --quiet -e "./plugin-tpu[tpu]"
 	# octavo-cuda imports without a GPU (it reports score 0 there); CI checks its kernels (the
 	# shared octavo-triton) under Triton's CPU interpreter and compiles them for AMD GPUs
 	$(PIP) --quiet -e ./triton-kernels -e ./plugin-cuda

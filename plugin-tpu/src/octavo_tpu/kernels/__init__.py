@@ -1,0 +1,1 @@
+"""The TPU kernels (Pallas) and their plain jax.numpy references."""
