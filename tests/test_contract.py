@@ -87,12 +87,7 @@ def test_api_compatible(plugin, core, ok):
     assert api_compatible(plugin, core) is ok
 
 
-#: octavo-cuda was still on contract 1.0 when this test landed: strict, so that the run after its
-#: port fails until this mark goes
-_PORTING = pytest.mark.xfail(strict=True, reason="octavo-cuda is being ported to contract 2.0: remove this mark")
-
-
-@pytest.mark.parametrize("package", [pytest.param(p, marks=_PORTING) if p == "octavo-cuda" else p for p in SHIPPED])
+@pytest.mark.parametrize("package", SHIPPED)
 def test_every_platform_the_repository_ships_passes_the_contract(package):
     found = {i.name: i for i in discover_platforms(refresh=True) if i.package == package}
     assert SHIPPED[package] <= found.keys(), f"{package} provides {sorted(found)}, expected {sorted(SHIPPED[package])}"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
-from octavo.platform import Platform
+from octavo.platform import Device, FusedOps
 from octavo_triton.decode_attention import choose_num_splits, decode_attention, decode_config
 from octavo_triton.prefill_attention import prefill_attention, prefill_config
 from octavo_triton.tuning import for_device
@@ -219,10 +219,10 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
 
 
 def bench_ops(tokens=8192, hidden=4096, inter=14336, hq=32, hk=8, d=128):
-    from octavo_cuda import CudaPlatform
+    from octavo_cuda.ops import CudaOps
     from octavo_triton.kv_cache import write_kv
 
-    ours, torch_default = CudaPlatform(), Platform.__new__(Platform)
+    ours, torch_default = CudaOps(Device()), FusedOps(Device())
     gen = torch.Generator(device=DEV).manual_seed(2)
     r = lambda *s: torch.randn(*s, device=DEV, dtype=DT, generator=gen)  # noqa: E731
     x, res, w = r(tokens, hidden), r(tokens, hidden), r(hidden)
@@ -269,17 +269,14 @@ def platform_facts():
     from octavo_cuda import CudaPlatform
 
     p = CudaPlatform()
-    hf = SimpleNamespace(hidden_size=4096, intermediate_size=14336, vocab_size=128256)
-    cfg = SimpleNamespace(
-        model=SimpleNamespace(hf_config=hf, dtype=DT),
-        scheduler=SimpleNamespace(max_num_batched_tokens=2048, max_num_seqs=256),
-        cache=SimpleNamespace(gpu_memory_utilization=0.9),
-    )
-    props = p.device_props()
+    props = torch.cuda.get_device_properties(0)
+    cfg = SimpleNamespace(cache=SimpleNamespace(gpu_memory_utilization=0.9))
     return dict(
         availability=repr(CudaPlatform.availability()),
-        props=repr(props),
-        kv_budget_gib_empty_process=p.kv_cache_budget_bytes(cfg, 0) / 2**30,
+        props=f"{props.name}, {props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs, "
+        f"sm_{props.major}{props.minor}",
+        # an empty process: nothing loaded, and a profile that allocates nothing
+        kv_budget_gib_empty_process=p.device.kv_cache_budget_bytes(cfg, lambda: None) / 2**30,
     )
 
 

@@ -11,7 +11,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e ./core -e ./plugins 
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 echo "== kernel tests"
-python3 -m pytest -q -n 8 -p no:cacheprovider triton-kernels/tests/test_triton_kernels.py triton-kernels/tests/test_triton_tuning.py tests/test_cuda_platform.py 2>&1 | tee "$OUT/test_gpu.log" | tail -4
+python3 -m pytest -q -n 8 -p no:cacheprovider triton-kernels/tests/test_triton_kernels.py triton-kernels/tests/test_triton_tuning.py plugin-cuda/tests 2>&1 | tee "$OUT/test_gpu.log" | tail -4
 echo "== conformance suite"
 timeout 240 python3 -m pytest -q -n 4 --octavo-platform cuda 2>&1 | tee "$OUT/conformance.log" | tail -14
 echo "== benchmarks"

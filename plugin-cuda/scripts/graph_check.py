@@ -94,10 +94,10 @@ def main():
     replays = []
     _run = GraphRunner.run
 
-    def _spy(self, ids, pos, meta):
-        h = _run(self, ids, pos, meta)
+    def _spy(self, batch):
+        h = _run(self, batch)
         if h is not None:
-            replays.append((meta.num_seqs, self.padded_size(meta.num_seqs)))
+            replays.append((batch.num_reqs, self.padded_size(batch.num_reqs)))
         return h
 
     GraphRunner.run = _spy
@@ -122,10 +122,11 @@ def main():
         sp = SamplingParams(temperature=0.0, max_tokens=256, ignore_eos=True)
         dec = [{"prompt_token_ids": p[:8] if len(p) >= 8 else p * 8} for p in prompts[:16]] * 2
         llm.generate(dec[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
-        llm.llm_engine.platform.synchronize()
+        sync = llm.llm_engine.platform.device.synchronize
+        sync()
         t = time.perf_counter()
         o = llm.generate(dec[:16], sp, use_tqdm=False)
-        llm.llm_engine.platform.synchronize()
+        sync()
         dt = time.perf_counter() - t
         ntok = sum(len(x.outputs[0].token_ids) for x in o)
         llm.shutdown()

@@ -12,8 +12,6 @@ import statistics
 import sys
 import time
 
-import torch
-
 from octavo import EngineArgs, SamplingParams
 from octavo.engine import LLMEngine
 
@@ -25,7 +23,7 @@ own, rest = ap.parse_known_args()
 args = EngineArgs.from_cli_args(EngineArgs.add_cli_args(argparse.ArgumentParser()).parse_args(rest))
 engine = LLMEngine(args)
 runner = engine.runner
-sync = torch.cuda.synchronize
+sync = engine.platform.device.synchronize
 
 phases: dict[str, list[float]] = {}
 

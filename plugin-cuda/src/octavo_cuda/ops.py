@@ -1,0 +1,33 @@
+"""The fused ops on octavo_triton's kernels (same semantics as octavo.platform.ops, where
+each op is defined); sampling keeps the contract's default."""
+
+from __future__ import annotations
+
+import torch
+
+from octavo.platform import FusedOps
+
+
+class CudaOps(FusedOps):
+    def rms_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        from octavo_triton.rms_norm import rms_norm
+
+        return rms_norm(x, weight, eps, residual)
+
+    def rotary(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from octavo_triton.rotary import rotary
+
+        return rotary(q, k, positions, cos_sin_cache)
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        from octavo_triton.activation import silu_and_mul
+
+        return silu_and_mul(x)
