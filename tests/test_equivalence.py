@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import TINY_ARCHS, random_prompts, smollm2_tokenizer
+from tiny_models import LLAMA_ARCHS, random_prompts, smollm2_tokenizer
 
 from octavo import LLM, SamplingParams
 
@@ -46,7 +46,7 @@ def test_smollm2_gguf_matches_transformers(smollm2_source, hf_reference):
     assert tok.decode(ours[0]).startswith(" Paris.")
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("arch", LLAMA_ARCHS)  # the others: test_architectures.py
 def test_tiny_random_models_match_transformers(arch, tiny_model_dirs, hf_reference):
     path = tiny_model_dirs[arch]
     prompts = random_prompts(8, LENGTHS, vocab=len(smollm2_tokenizer()), seed=1)

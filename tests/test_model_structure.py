@@ -39,6 +39,10 @@ def _both_ways(llm):
 def test_structure_computes_the_models_forward(arch, tiny_model_dirs):
     spy_platform()
     llm = LLM(model=tiny_model_dirs[arch], device="spy", dtype="float32", kv_cache_memory="4MiB", max_model_len=64)
+    if llm.llm_engine.runner.model.structure() is None:
+        pytest.skip(
+            f"{arch}'s math is not DecoderStructure's (its norms, scales or residual stream): it describes none"
+        )
     a, b, caches_a, caches_b = _both_ways(llm)
     assert torch.equal(a, b)
     assert all(torch.equal(x, y) for x, y in zip(caches_a, caches_b))

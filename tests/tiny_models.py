@@ -11,7 +11,12 @@ import os
 
 import torch
 
-TINY_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+#: the Llama graph's first architectures, which test_equivalence runs on long prompts
+LLAMA_ARCHS = ("llama", "qwen2", "qwen3", "mistral")
+#: the architectures after them (and config variants the Llama files serve), which
+#: test_architectures runs with chunked prefill and prefix-cache hits
+NEWER_ARCHS = ("qwen2.5", "mistral-nemo", "phi3", "granite", "olmo2", "gemma2", "gemma3")
+TINY_ARCHS = LLAMA_ARCHS + NEWER_ARCHS
 
 _COMMON = dict(
     hidden_size=64,
@@ -36,7 +41,17 @@ def smollm2_tokenizer():
 
 
 def tiny_config(arch: str):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GraniteConfig,
+        LlamaConfig,
+        MistralConfig,
+        Olmo2Config,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     vocab = len(smollm2_tokenizer())
     if arch == "llama":  # Llama 3.1 style: llama3 rope scaling, untied embeddings
@@ -59,7 +74,67 @@ def tiny_config(arch: str):
         return Qwen3Config(**_COMMON, vocab_size=vocab, head_dim=32)
     if arch == "mistral":  # sliding-window attention, shorter than the long prompts
         return MistralConfig(**_COMMON, vocab_size=vocab, sliding_window=48)
+    if arch == "qwen2.5":  # Qwen2.5-7B style: untied, rope base 1e6, the sliding window switched off
+        return Qwen2Config(
+            **_COMMON,
+            vocab_size=vocab,
+            rope_theta=1e6,
+            use_sliding_window=False,
+            sliding_window=16,
+            max_window_layers=1,
+        )
+    if arch == "mistral-nemo":  # head_dim set explicitly (not hidden / heads), no window
+        return MistralConfig(**_COMMON, vocab_size=vocab, head_dim=32, sliding_window=None, rope_theta=1e6)
+    if arch == "phi3":  # Phi-4-mini style: LongRoPE, partial rotary; a pretraining length past the tests' lengths
+        return Phi3Config(**{**_COMMON, "tie_word_embeddings": True}, vocab_size=vocab, **phi3_rope(512))
+    if arch == "granite":  # the four multipliers
+        return GraniteConfig(
+            **_COMMON,
+            vocab_size=vocab,
+            embedding_multiplier=4.0,
+            attention_multiplier=0.1,
+            residual_multiplier=0.5,
+            logits_scaling=2.0,
+        )
+    if arch == "olmo2":  # post-norms, q/k norms over the whole projections
+        return Olmo2Config(**_COMMON, vocab_size=vocab)
+    if arch == "gemma2":  # sliding / global layers, soft-capped scores and logits, q scale != head_dim ** -0.5
+        return Gemma2Config(
+            **{**_COMMON, "num_hidden_layers": 3, "tie_word_embeddings": True},
+            vocab_size=vocab,
+            head_dim=32,
+            query_pre_attn_scalar=24,
+            sliding_window=16,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        )
+    if arch == "gemma3":  # q/k norms, a global layer every second one, local and (scaled) global rope
+        return Gemma3TextConfig(
+            **{**_COMMON, "num_hidden_layers": 3, "tie_word_embeddings": True},
+            vocab_size=vocab,
+            head_dim=32,
+            query_pre_attn_scalar=32,
+            sliding_window=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            },
+        )
     raise ValueError(arch)
+
+
+def phi3_rope(original_max_position_embeddings: int) -> dict:
+    """Phi-3 config fields of a LongRoPE model pretrained on that many positions (rot_dim 8)."""
+    return dict(
+        partial_rotary_factor=0.5,
+        original_max_position_embeddings=original_max_position_embeddings,
+        rope_scaling={
+            "type": "longrope",
+            "short_factor": [1.0, 1.5, 2.0, 4.0],
+            "long_factor": [2.0, 4.0, 8.0, 16.0],
+        },
+    )
 
 
 def make_tiny_model(arch: str, path: str, config=None) -> str:

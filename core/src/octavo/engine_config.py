@@ -63,7 +63,12 @@ def _attention_spec(hf_config) -> AttentionSpec:
     window = getattr(hf_config, "sliding_window", None) if getattr(hf_config, "use_sliding_window", True) else None
     heads = hf_config.num_attention_heads
     return AttentionSpec(
-        heads, getattr(hf_config, "num_key_value_heads", None) or heads, head_dim, head_dim**-0.5, window
+        heads,
+        getattr(hf_config, "num_key_value_heads", None) or heads,
+        head_dim,
+        head_dim**-0.5,
+        window,
+        logits_soft_cap=getattr(hf_config, "attn_logit_softcapping", None),  # Gemma 2
     )
 
 

@@ -5,9 +5,9 @@ explicit masks and formulas, every computation in float32. Results come back in 
 input's dtype, as the contract asks of a platform; pass float32 inputs to get an
 unrounded reference (the conformance suite does).
 
-The fused ops (`rms_norm`, `rotary`, `silu_and_mul`) are defined once, in core's
-`octavo.platform.ops` (they are also the defaults of `FusedOps`), and re-exported here
-beside the attention, KV-cache and GEMM references, which are defined here. Semantics
+The fused ops (`rms_norm`, `rms_norm_f32`, `rotary`, `silu_and_mul`, `gelu_tanh_and_mul`) are
+defined once, in core's `octavo.platform.ops` (they are also the defaults of `FusedOps`), and
+re-exported here beside the attention, KV-cache and GEMM references, which are defined here. Semantics
 follow `octavo.platform.attention` (module docstring) and the part classes.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from octavo.platform import AttentionBackend, AttentionSpec, Availability, ForwardBatch, LinearMethod, Platform
-from octavo.platform.ops import rms_norm, rotary, silu_and_mul
+from octavo.platform.ops import gelu_tanh_and_mul, rms_norm, rms_norm_f32, rotary, silu_and_mul
 from octavo_plugin_kit.inputs import make_forward_batch
 
 __all__ = [
@@ -24,9 +24,11 @@ __all__ = [
     "ReferenceLinearMethod",
     "ReferencePlatform",
     "attend",
+    "gelu_tanh_and_mul",
     "linear",
     "make_forward_batch",
     "rms_norm",
+    "rms_norm_f32",
     "rotary",
     "sample_cdf",
     "silu_and_mul",
@@ -61,6 +63,7 @@ def attend(
     scale: float,
     sliding_window: int | None = None,
     causal: bool = True,
+    logits_soft_cap: float | None = None,
 ) -> torch.Tensor:
     """Paged varlen GQA attention; q: [T, num_heads, head_dim] -> [T, num_heads, head_dim].
 
@@ -68,7 +71,7 @@ def attend(
     absolute position seq_len_i - q_len_i + j and, causal, sees positions p with p <= it and,
     with a sliding window W, p > it - W; not causal, it sees all seq_len_i positions. A
     request with q_len 0 (padding) has no queries; rows past the last request's (padding
-    tokens) are left zero.
+    tokens) are left zero. With `logits_soft_cap` c, each score s becomes c * tanh(s / c).
     """
     num_heads, num_kv_heads = q.shape[1], kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -84,6 +87,8 @@ def attend(
         # query head h = kv_head * group + g reads KV head h // group = kv_head
         qi = q[start:end].float().unflatten(1, (num_kv_heads, group))  # [L, num_kv_heads, group, D]
         scores = torch.einsum("lkgd,skd->kgls", qi, k) * scale
+        if logits_soft_cap is not None:
+            scores = torch.tanh(scores / logits_soft_cap) * logits_soft_cap
         q_pos = torch.arange(seq_len - (end - start), seq_len, device=q.device)[:, None]
         k_pos = torch.arange(seq_len, device=q.device)[None, :]
         visible = k_pos <= q_pos if causal else torch.ones_like(k_pos <= q_pos)  # [L, S]
@@ -115,11 +120,13 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
 class ReferenceAttention(AttentionBackend):
     """The default KV layout and the reference attention, for any block and head size."""
 
+    supports_logits_soft_cap = True
+
     def write_kv(self, k, v, kv_cache, meta) -> None:
         write_kv(k, v, kv_cache, meta.slot_mapping)
 
     def attend(self, q, kv_cache, meta, layer: AttentionSpec):
-        return attend(q, kv_cache, meta, layer.scale, layer.sliding_window, layer.causal)
+        return attend(q, kv_cache, meta, layer.scale, layer.sliding_window, layer.causal, layer.logits_soft_cap)
 
 
 class ReferenceLinearMethod(LinearMethod):
@@ -133,7 +140,7 @@ class ReferencePlatform(Platform):
     directly, and it is far too slow to serve with."""
 
     name = "reference"
-    api_version = "2.0"
+    api_version = "2.1"
     package = "octavo-plugin-kit"
     attention_cls = ReferenceAttention
     linear_cls = ReferenceLinearMethod

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from octavo.layers.linear import Linear
-from octavo.layers.norm import RMSNorm
-from octavo.platform import AttentionSpec, Platform
+from octavo.layers.norm import Float32RMSNorm, RMSNorm
+from octavo.platform import AttentionSpec, FusedOps, Platform
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,22 @@ class HeadShard:
     num_heads: int
     kv_start: int
     num_kv_heads: int
+
+
+@dataclass(frozen=True)
+class QKNorm:
+    """RMSNorm of q and k before rotary: over each head (Qwen3, Gemma 3) or over the whole
+    projection, all heads at once (OLMo 2); `weight_offset` None rounds as Llama's norms
+    do, a number as `Float32RMSNorm` (Gemma 3: 1.0, OLMo 2: 0.0)."""
+
+    eps: float
+    per_head: bool = True
+    weight_offset: float | None = None
+
+    def build(self, size: int, ops: FusedOps) -> RMSNorm | Float32RMSNorm:
+        if self.weight_offset is None:
+            return RMSNorm(size, self.eps, ops)
+        return Float32RMSNorm(size, self.eps, ops, self.weight_offset)
 
 
 def even_split(n: int, parts: int, index: int) -> tuple[int, int]:
@@ -90,11 +106,15 @@ class Attention(nn.Module):
         num_kv_heads: int,
         head_dim: int,
         qkv_bias: bool = False,
-        qk_norm_eps: float | None = None,
+        qk_norm: QKNorm | None = None,
         sliding_window: int | None = None,
         tp_rank: int = 0,
         tp_size: int = 1,
+        scale: float | None = None,
+        logits_soft_cap: float | None = None,
     ) -> None:
+        """`scale` multiplies q.k (default head_dim ** -0.5); `logits_soft_cap` caps the
+        scores (AttentionSpec.logits_soft_cap)."""
         super().__init__()
         self.platform = platform
         # this rank's heads (all of them without tensor parallelism); load_weights reads
@@ -105,17 +125,28 @@ class Attention(nn.Module):
             num_heads=self.shard.num_heads,
             num_kv_heads=self.shard.num_kv_heads,
             head_dim=head_dim,
-            scale=head_dim**-0.5,
+            scale=head_dim**-0.5 if scale is None else scale,
             sliding_window=sliding_window,
+            logits_soft_cap=logits_soft_cap,
         )
         self.q_size = self.spec.num_heads * head_dim
         self.kv_size = self.spec.num_kv_heads * head_dim
         # q, k and v in one GEMM: [q; k; v] rows, loaded shard by shard
         self.qkv_proj = Linear(hidden_size, self.q_size + 2 * self.kv_size, platform.linear, bias=qkv_bias)
         self.o_proj = Linear(self.q_size, hidden_size, platform.linear)
-        # Qwen3: RMSNorm over each head's q and k
-        self.q_norm = RMSNorm(head_dim, qk_norm_eps, platform.ops) if qk_norm_eps is not None else None
-        self.k_norm = RMSNorm(head_dim, qk_norm_eps, platform.ops) if qk_norm_eps is not None else None
+        self.q_norm: RMSNorm | Float32RMSNorm | None = None
+        self.k_norm: RMSNorm | Float32RMSNorm | None = None
+        self.qk_norm_per_head = qk_norm is None or qk_norm.per_head
+        if qk_norm is not None:
+            if not qk_norm.per_head and tp_size > 1:
+                # each rank would hold a slice of what one norm must see whole
+                raise ValueError(
+                    "this model normalizes q and k over all attention heads at once, which tensor parallelism "
+                    "would split across ranks; use tensor_parallel_size=1"
+                )
+            q_dim, k_dim = (head_dim, head_dim) if qk_norm.per_head else (self.q_size, self.kv_size)
+            self.q_norm = qk_norm.build(q_dim, platform.ops)
+            self.k_norm = qk_norm.build(k_dim, platform.ops)
 
     def forward(
         self,
@@ -129,13 +160,13 @@ class Attention(nn.Module):
         t = x.shape[0]
         spec = self.spec
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.q_norm is not None and self.k_norm is not None and not self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.reshape(t, spec.num_heads, spec.head_dim)
         k = k.reshape(t, spec.num_kv_heads, spec.head_dim)
         v = v.reshape(t, spec.num_kv_heads, spec.head_dim)
-        if self.q_norm is not None:
-            q = self.q_norm(q)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
+        if self.q_norm is not None and self.k_norm is not None and self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = p.ops.rotary(q, k, positions, cos_sin_cache)
         o = p.attention.forward(q, k, v, kv_cache, meta, spec)
         return p.communicator.all_reduce(self.o_proj(o.reshape(t, self.q_size)))

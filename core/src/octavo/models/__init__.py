@@ -5,14 +5,24 @@ from __future__ import annotations
 import importlib
 
 _REGISTRY = {
+    "Gemma2ForCausalLM": ("octavo.models.gemma2", "Gemma2ForCausalLM"),
+    "Gemma3ForCausalLM": ("octavo.models.gemma3", "Gemma3ForCausalLM"),
+    "GraniteForCausalLM": ("octavo.models.granite", "GraniteForCausalLM"),
     "LlamaForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
     "MistralForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
+    "Olmo2ForCausalLM": ("octavo.models.olmo2", "Olmo2ForCausalLM"),
+    "Phi3ForCausalLM": ("octavo.models.phi3", "Phi3ForCausalLM"),
     "Qwen2ForCausalLM": ("octavo.models.qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("octavo.models.qwen3", "Qwen3ForCausalLM"),
 }
 _MODEL_TYPES = {
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "granite": "GraniteForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }

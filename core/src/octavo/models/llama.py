@@ -1,4 +1,6 @@
-"""Llama family: Llama 2/3/3.1, SmolLM2, Mistral; Qwen2 and Qwen3 subclass it.
+"""Llama family: Llama 2/3/3.1, SmolLM2, Mistral; Qwen2, Qwen3, Phi-3, Granite, OLMo 2 and
+Gemma 2/3 subclass it, changing what its `make_*` methods build (layers, attention, MLP,
+norms, rotary tables), the embedding and the logits.
 
 Tensor parallelism (world size and rank from `platform.communicator`): attention heads (by
 kv-head group, see layers/attention.py) and the MLP's intermediate features are split across
@@ -11,23 +13,51 @@ full checkpoint tensors.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from octavo.layers.attention import Attention, even_split
+from octavo.layers.attention import Attention, QKNorm, even_split
 from octavo.layers.linear import Linear
-from octavo.layers.norm import RMSNorm
+from octavo.layers.norm import Float32RMSNorm, RMSNorm
 from octavo.layers.rotary import build_cos_sin_cache
 from octavo.models.structure import DecoderLayerStructure, DecoderStructure
 from octavo.platform import AttentionSpec, Platform
 
+#: the config's hidden_act -> the fused op of its gated MLP
+GATED_ACTIVATIONS = {"silu": "silu_and_mul", "gelu_pytorch_tanh": "gelu_tanh_and_mul"}
+
+
+def sliding_window(cfg, layer: int) -> int | None:
+    """Layer `layer`'s attention window: the config's sliding_window, on the layers its
+    `layer_types` mark "sliding_attention" (every layer when it has none: Mistral), unless
+    use_sliding_window is off (Qwen2)."""
+    if not getattr(cfg, "use_sliding_window", True):
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and types[layer] != "sliding_attention":
+        return None
+    return getattr(cfg, "sliding_window", None)
+
 
 class MLP(nn.Module):
-    def __init__(self, platform: Platform, hidden: int, intermediate: int, tp_rank: int = 0, tp_size: int = 1) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        hidden: int,
+        intermediate: int,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        hidden_act: str = "silu",
+    ) -> None:
         super().__init__()
         self.platform = platform
+        if hidden_act not in GATED_ACTIVATIONS:
+            raise ValueError(
+                f"activation {hidden_act!r} is not supported; supported: {', '.join(sorted(GATED_ACTIVATIONS))}"
+            )
+        self.act = GATED_ACTIVATIONS[hidden_act]
         # column-parallel gate/up and row-parallel down: a rank's slice of the intermediate
         # features needs no communication until down_proj's partial sums are all-reduced
         self.total_intermediate = intermediate
@@ -37,30 +67,20 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.platform
-        return p.communicator.all_reduce(self.down_proj(p.ops.silu_and_mul(self.gate_up_proj(x))))
+        return p.communicator.all_reduce(self.down_proj(getattr(p.ops, self.act)(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(
-        self, platform: Platform, cfg, head_dim: int, qkv_bias: bool, qk_norm: bool, tp_rank: int = 0, tp_size: int = 1
-    ) -> None:
+    """Pre-norm: h = input_layernorm(x + residual); attention; post_attention_layernorm; MLP.
+
+    Every layer class of the models here takes and returns (x, residual), the residual
+    stream kept in two parts so that the next norm adds them in its fused op."""
+
+    def __init__(self, model: LlamaForCausalLM, index: int) -> None:
         super().__init__()
-        window = getattr(cfg, "sliding_window", None)
-        if not getattr(cfg, "use_sliding_window", True):
-            window = None
-        self.self_attn = Attention(
-            platform,
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-            head_dim,
-            qkv_bias=qkv_bias,
-            qk_norm_eps=cfg.rms_norm_eps if qk_norm else None,
-            sliding_window=window,
-            tp_rank=tp_rank,
-            tp_size=tp_size,
-        )
-        self.mlp = MLP(platform, cfg.hidden_size, cfg.intermediate_size, tp_rank, tp_size)
+        cfg, platform = model.config, model.platform
+        self.self_attn = model.make_attention(index)
+        self.mlp = model.make_mlp()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
 
@@ -73,6 +93,16 @@ class DecoderLayer(nn.Module):
         h = self.self_attn(h, positions, cos_sin, kv_cache, meta)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
+
+
+#: a checkpoint tensor's destination: (parameter, dst, src), see LlamaForCausalLM._target
+_Target = tuple[Any, "tuple[int, int] | None", "tuple[int, int, int] | None"]
+
+
+def _llama_norm(norm: RMSNorm | Float32RMSNorm | None) -> RMSNorm | None:
+    """A norm as DecoderStructure types it: Llama's rounding (a model with others has no structure)."""
+    assert norm is None or isinstance(norm, RMSNorm), f"{norm} is not described by DecoderStructure"
+    return norm
 
 
 class LlamaForCausalLM(nn.Module):
@@ -89,27 +119,71 @@ class LlamaForCausalLM(nn.Module):
         self.qkv_bias = bool(getattr(cfg, "attention_bias", self.qkv_bias)) or self.qkv_bias
         self.tp_size, self.tp_rank = platform.communicator.world_size, platform.communicator.rank
         self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
-        self.layers = nn.ModuleList(
-            DecoderLayer(platform, cfg, self.head_dim, self.qkv_bias, self.qk_norm, self.tp_rank, self.tp_size)
-            for _ in range(cfg.num_hidden_layers)
-        )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
+        self.layers = nn.ModuleList(self.make_layer(i) for i in range(cfg.num_hidden_layers))
+        self.norm = self.make_norm(cfg.hidden_size)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, platform.linear)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens  # one parameter, loaded once
-        self.register_buffer("cos_sin_cache", build_cos_sin_cache(cfg, self.head_dim, max_positions), persistent=False)
+        self.register_buffer("cos_sin_cache", self.make_cos_sin_cache(max_positions), persistent=False)
+
+    # ---- what the architectures built on this class change --------------------------
+    def make_layer(self, index: int) -> nn.Module:
+        return DecoderLayer(self, index)
+
+    def make_attention(self, index: int) -> Attention:
+        return self.build_attention(index, QKNorm(self.config.rms_norm_eps) if self.qk_norm else None)
+
+    def build_attention(
+        self,
+        index: int,
+        qk_norm: QKNorm | None = None,
+        scale: float | None = None,
+        logits_soft_cap: float | None = None,
+    ) -> Attention:
+        """Layer `index`'s attention as the config describes it (heads, window, bias, this
+        rank's shard), with the arguments of `Attention` that architectures set."""
+        cfg = self.config
+        return Attention(
+            self.platform,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+            self.head_dim,
+            qkv_bias=self.qkv_bias,
+            qk_norm=qk_norm,
+            sliding_window=sliding_window(cfg, index),
+            tp_rank=self.tp_rank,
+            tp_size=self.tp_size,
+            scale=scale,
+            logits_soft_cap=logits_soft_cap,
+        )
+
+    def make_mlp(self) -> MLP:
+        cfg = self.config
+        act = getattr(cfg, "hidden_act", None) or "silu"
+        return MLP(self.platform, cfg.hidden_size, cfg.intermediate_size, self.tp_rank, self.tp_size, act)
+
+    def make_norm(self, size: int) -> RMSNorm | Float32RMSNorm:
+        return RMSNorm(size, self.config.rms_norm_eps, self.platform.ops)
+
+    def make_cos_sin_cache(self, max_positions: int) -> torch.Tensor:
+        return build_cos_sin_cache(self.config, self.head_dim, max_positions)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens.index_select(0, input_ids)
 
     def attention_specs(self) -> list[AttentionSpec]:
         """Each layer's attention, as this rank runs it: what its KV cache must hold."""
         return [layer.self_attn.spec for layer in self._decoder_layers()]
 
     def _decoder_layers(self) -> list[DecoderLayer]:
-        # nn.ModuleList is not generic: a type checker sees Modules where __init__ put DecoderLayers
+        # nn.ModuleList is not generic: a type checker sees Modules where make_layer put layers
+        # with DecoderLayer's attributes (self_attn, mlp and their norms)
         return cast("list[DecoderLayer]", list(self.layers))
 
     def forward(self, input_ids, positions, kv_caches: list, meta):
-        x = self.embed_tokens.index_select(0, input_ids)
+        x = self.embed(input_ids)
         residual = None
         for layer, kv in zip(self.layers, kv_caches):
             x, residual = layer(x, residual, positions, self.cos_sin_cache, kv, meta)
@@ -122,14 +196,16 @@ class LlamaForCausalLM(nn.Module):
     def structure(self) -> DecoderStructure | None:
         """The layers as `DecoderStructure` describes them (what a platform's runner may
         compute its own way); None where this model's math is not that structure's."""
+        norm = _llama_norm(self.norm)
+        assert norm is not None
         return DecoderStructure(
             embed=self.embed_tokens,
             layers=[
                 DecoderLayerStructure(
                     input_norm=layer.input_layernorm,
                     qkv=layer.self_attn.qkv_proj,
-                    q_norm=layer.self_attn.q_norm,
-                    k_norm=layer.self_attn.k_norm,
+                    q_norm=_llama_norm(layer.self_attn.q_norm),
+                    k_norm=_llama_norm(layer.self_attn.k_norm),
                     attention=layer.self_attn.spec,
                     o=layer.self_attn.o_proj,
                     post_norm=layer.post_attention_layernorm,
@@ -138,7 +214,7 @@ class LlamaForCausalLM(nn.Module):
                 )
                 for layer in self._decoder_layers()
             ],
-            norm=self.norm,
+            norm=norm,
             cos_sin_cache=self.cos_sin_cache,
             tp_size=self.tp_size,
         )
@@ -171,7 +247,7 @@ class LlamaForCausalLM(nn.Module):
         q_src = (0, attn.shard.q_start * hd, attn.total_num_heads * hd)
         kv_src = (0, attn.shard.kv_start * hd, attn.total_num_kv_heads * hd)
         inter_src = (0, layer.mlp.inter_start, layer.mlp.total_intermediate)
-        table = {
+        table: dict[str, _Target] = {
             "self_attn.q_proj.weight": (attn.qkv_proj.weight, (0, q), q_src),
             "self_attn.k_proj.weight": (attn.qkv_proj.weight, (q, kv), kv_src),
             "self_attn.v_proj.weight": (attn.qkv_proj.weight, (q + kv, kv), kv_src),
@@ -179,9 +255,12 @@ class LlamaForCausalLM(nn.Module):
             "mlp.gate_proj.weight": (layer.mlp.gate_up_proj.weight, (0, inter), inter_src),
             "mlp.up_proj.weight": (layer.mlp.gate_up_proj.weight, (inter, inter), inter_src),
             "mlp.down_proj.weight": (layer.mlp.down_proj.weight, None, (1, *inter_src[1:])),
-            "input_layernorm.weight": (layer.input_layernorm.weight, None, None),
-            "post_attention_layernorm.weight": (layer.post_attention_layernorm.weight, None, None),
         }
+        # the norms, whole on every rank, under their module names (input_layernorm, ...; Qwen3's
+        # self_attn.q_norm)
+        for norm_name, norm in layer.named_modules():
+            if isinstance(norm, (RMSNorm, Float32RMSNorm)):
+                table[f"{norm_name}.weight"] = (norm.weight, None, None)
         bias = attn.qkv_proj.bias
         if bias is not None:
             table.update(
@@ -191,11 +270,6 @@ class LlamaForCausalLM(nn.Module):
                     "self_attn.v_proj.bias": (bias, (q + kv, kv), kv_src),
                 }
             )
-        # per-head norms: the same on every rank
-        if attn.q_norm is not None:
-            table["self_attn.q_norm.weight"] = (attn.q_norm.weight, None, None)
-        if attn.k_norm is not None:
-            table["self_attn.k_norm.weight"] = (attn.k_norm.weight, None, None)
         return table[rest]
 
     @torch.no_grad()

@@ -16,6 +16,9 @@ What core hands it, and what a kernel author must get right:
 * Causal layers: query j of request i (absolute position `seq_lens[i] - q_len_i + j`) sees
   context positions up to its own; with `sliding_window = W` only the last W of those.
   Non-causal layers (encoders) see the whole context of their request.
+* Scores are `scale * q.k`; with `logits_soft_cap = c` (Gemma 2) they become
+  `c * tanh(score / c)` before masking and softmax. A back end that does not implement it
+  leaves `supports_logits_soft_cap` False, and `supports` refuses such layers.
 * GQA: query head h reads KV head `h // (num_heads // num_kv_heads)`.
 * A prefill, a prefill chunk and a decode are the same call with different q_len; one call
   serves any mix. The back end may order its work as it likes (`build_metadata`).
@@ -41,6 +44,7 @@ class AttentionSpec:
     scale: float
     sliding_window: int | None = None
     causal: bool = True
+    logits_soft_cap: float | None = None  # c: scores -> c * tanh(scores / c) (since 2.1)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class AttentionBackend:
     supported_block_sizes: tuple[int, ...] | None = None
     #: head sizes the kernels support; None = any
     supported_head_sizes: tuple[int, ...] | None = None
+    #: the kernels cap scores as `AttentionSpec.logits_soft_cap` says (since 2.1; opt in)
+    supports_logits_soft_cap: bool = False
 
     def __init__(self, device: Device) -> None:
         self.device = device
@@ -101,6 +107,11 @@ class AttentionBackend:
             return f"head size {layer.head_dim} is not supported (supported: {list(self.supported_head_sizes)})"
         if self.supported_block_sizes is not None and block_size not in self.supported_block_sizes:
             return f"block size {block_size} is not supported (supported: {list(self.supported_block_sizes)})"
+        if layer.logits_soft_cap is not None and not self.supports_logits_soft_cap:
+            return (
+                f"attention logit soft-capping (Gemma 2's, at {layer.logits_soft_cap}) is not implemented by "
+                f"{type(self).__name__}"
+            )
         return None
 
     def kv_cache_spec(self, layer: AttentionSpec, dtype: torch.dtype, block_size: int) -> KVCacheSpec:

@@ -36,6 +36,30 @@ def rms_norm(
     return out if residual is None else (out, x)
 
 
+def rms_norm_f32(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    weight_offset: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(weight_offset + weight) * x / sqrt(mean(x^2) + eps), all in float32 and rounded to x's
+    dtype once, at the end (since 2.1).
+
+    Where `rms_norm` rounds the normalized value before the weight multiplies it (Llama's
+    rounding), Gemma's and OLMo 2's norms multiply in float32; Gemma's checkpoints store the
+    weight minus one (`weight_offset` 1.0, added in float32: in bf16, 1 + weight rounded
+    would lose the weight's low bits). `residual` as in `rms_norm`: x + residual, rounded
+    to x's dtype, is normalized and returned beside the result.
+    """
+    if residual is not None:
+        x = (x.float() + residual.float()).to(x.dtype)
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    out = (normed * (weight_offset + weight.float())).to(x.dtype)
+    return out if residual is None else (out, x)
+
+
 def rotary(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -68,6 +92,14 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1] // 2
     gate, up = x[..., :d].float(), x[..., d:].float()
     return (gate * torch.sigmoid(gate) * up).to(x.dtype)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., 2 * d] -> gelu(gate) * up, gelu's tanh approximation (Gemma's `gelu_pytorch_tanh`),
+    with gate = x[..., :d], up = x[..., d:] (since 2.1)."""
+    d = x.shape[-1] // 2
+    gate, up = x[..., :d].float(), x[..., d:].float()
+    return (torch.nn.functional.gelu(gate, approximate="tanh") * up).to(x.dtype)
 
 
 def inverse_cdf_sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
@@ -130,6 +162,17 @@ class FusedOps:
         """See `rms_norm` above."""
         return rms_norm(x, weight, eps, residual)
 
+    def rms_norm_f32(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        eps: float,
+        residual: torch.Tensor | None = None,
+        weight_offset: float = 0.0,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """See `rms_norm_f32` above."""
+        return rms_norm_f32(x, weight, eps, residual, weight_offset)
+
     def rotary(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +182,10 @@ class FusedOps:
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """See `silu_and_mul` above."""
         return silu_and_mul(x)
+
+    def gelu_tanh_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """See `gelu_tanh_and_mul` above."""
+        return gelu_tanh_and_mul(x)
 
     def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
         """One token per row of logits [S, V] (float32), by inverse CDF: with weights
