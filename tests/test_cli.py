@@ -89,9 +89,7 @@ def test_cpu_kv_cache_is_zero_and_costs_no_memory_until_used():
 
     import torch
 
-    from octavo.platform import resolve_platform
-
-    from octavo.platform import AttentionSpec
+    from octavo.platform import AttentionSpec, resolve_platform
 
     p = resolve_platform("cpu")
     layer = AttentionSpec(num_heads=8, num_kv_heads=8, head_dim=64, scale=0.125)

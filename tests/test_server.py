@@ -108,7 +108,7 @@ def metrics(server) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith("octavo:"):
             name, value = line.rsplit(" ", 1)
-            name = re.sub(r',?model_name="[^"]*"', "", name).replace("{}", "")
+            name = re.sub(r',?(model_name|engine)="[^"]*"', "", name).replace("{,", "{").replace("{}", "")
             out[name] = float(value)
     return out
 
@@ -396,6 +396,35 @@ def test_bench_serve_against_the_server(server, tmp_path):
     assert report["total_input_tokens"] == 6 * 16 and report["total_output_tokens"] == 6 * 4
     assert report["ttft_ms"]["p50"] > 0 and report["tpot_ms"]["p90"] > 0
     assert report["config"]["request_rate"] == 20.0
+
+
+def test_bench_serve_reads_a_sharegpt_file(server, tokenizer, tmp_path):
+    """vLLM's --dataset-name sharegpt: first turns as prompts, second turns' lengths as outputs;
+    conversations with one turn, a prompt under 4 tokens or more than 2048 tokens in all are left out."""
+    kept = [("Tell me about the sea.", "It is big and blue, and full of fish.")]
+    kept += [("Why is the sky blue?", "Because air scatters blue light the most.")]
+    kept += [("Write a haiku about autumn leaves falling.", "Red leaves drift and fall / to the quiet ground below.")]
+    left_out = [[("Only one turn here, nothing more.",)], [("Hi", "Hello there, how are you?")]]
+    left_out += [[("A prompt for a long answer.", "word " * 2100)]]
+    data = [
+        {"id": str(i), "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+        for i, (q, a) in enumerate(kept)
+    ]
+    for turns in left_out:
+        data.append({"id": "x", "conversations": [{"from": f, "value": v} for f, v in zip(("human", "gpt"), *turns)]})
+    dataset = tmp_path / "sharegpt.json"
+    dataset.write_text(json.dumps(data))
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", "bench", "serve", "--base-url", server["base"]]
+    cmd += ["--api-key", KEY, "--dataset-name", "sharegpt", "--dataset-path", str(dataset), "--num-prompts", "3"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["completed"] == 3 and report["failed"] == 0
+    assert report["total_input_tokens"] == sum(len(tokenizer.encode(q)) for q, _ in kept)
+    assert report["total_output_tokens"] == sum(len(tokenizer.encode(a, add_special_tokens=False)) for _, a in kept)
+    too_many = subprocess.run([*cmd[:-1], "4"], capture_output=True, text=True, timeout=300)
+    assert too_many.returncode == 2 and "3 usable conversations" in too_many.stderr
 
 
 # ---- last: shutdown --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Octavo: a fast, device-agnostic LLM inference and serving engine."""
 
 from octavo.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
-from octavo.engine_args import EngineArgs
+from octavo.engine_args import AsyncEngineArgs, EngineArgs
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
@@ -12,6 +12,7 @@ __all__ = [
     "AsyncLLMEngine",
     "LLMEngine",
     "EngineArgs",
+    "AsyncEngineArgs",
     "SamplingParams",
     "RequestOutput",
     "RequestOutputKind",

@@ -49,19 +49,26 @@ class RequestFailedError(RuntimeError):
 
 
 class StatLogger(Protocol):
-    """Told about each finished request (on the event loop); the server's Prometheus metrics."""
+    """Told about each finished request (on the event loop); the server's Prometheus metrics.
+
+    A logger may also define `on_step(stats: EngineStatsSnapshot)`, called after each engine
+    step with the stats as of its end."""
 
     def on_request_finished(self, output: RequestOutput, timing: RequestTiming) -> None: ...
 
 
 @dataclass
 class RequestTiming:
-    """Wall-clock times seen by the async front (time.monotonic())."""
+    """Wall-clock times seen by the async front (time.monotonic()), and the request's shape, for
+    the metrics of a finished request."""
 
     arrival: float
     first_token: float | None = None
     last_token: float | None = None
     num_output_tokens: int = 0
+    n: int = 1
+    max_tokens: int | None = None
+    sample_tokens: list[int] = dataclasses.field(default_factory=list)  # per sample; kept when n > 1
 
 
 @dataclass
@@ -80,6 +87,7 @@ class EngineStatsSnapshot:
     kv_slot_utilization: float = 1.0  # allocated KV slots holding tokens (refreshed every few steps)
     num_steps: int = 0  # loop iterations of the engine thread
     num_recompiles: int = 0  # compilations after warm-up (static-shape platforms)
+    step_tokens: int = 0  # tokens the last step scheduled
 
 
 _END = object()  # stream sentinel: no more outputs
@@ -100,7 +108,7 @@ class _Stream:
         )
         self.last: RequestOutput | None = None
         self.finished = False
-        self.timing = RequestTiming(arrival=time.monotonic())
+        self.timing = RequestTiming(arrival=time.monotonic(), n=params.n, max_tokens=params.max_tokens)
         self.error: BaseException | None = None
 
 
@@ -117,10 +125,15 @@ class AsyncLLMEngine:
         *,
         max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS,
         stat_loggers: Iterable[StatLogger] = (),
+        log_requests: bool = False,
+        max_log_len: int | None = None,
     ) -> None:
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests  # 0 = unbounded
         self.stat_loggers = list(stat_loggers)
+        # one log line per request: its id, prompt (cut to max_log_len characters or ids), params
+        self.log_requests = log_requests
+        self.max_log_len = max_log_len
         self._streams: dict[str, _Stream] = {}
         self._cv = threading.Condition()
         self._commands: list[tuple] = []  # guarded by _cv
@@ -137,8 +150,11 @@ class AsyncLLMEngine:
     # ---- construction ------------------------------------------------------------------
     @classmethod
     def from_engine_args(cls, engine_args: Any, **kwargs: Any) -> AsyncLLMEngine:
+        """The engine of `engine_args` (EngineArgs, or AsyncEngineArgs with its request logging)."""
         from octavo.engine import LLMEngine
 
+        kwargs.setdefault("log_requests", getattr(engine_args, "enable_log_requests", False))
+        kwargs.setdefault("max_log_len", getattr(engine_args, "max_log_len", None))
         return cls(LLMEngine.from_engine_args(engine_args), **kwargs)
 
     @property
@@ -216,6 +232,8 @@ class AsyncLLMEngine:
             self._stats.num_waiting + self._num_pending_adds >= self.max_waiting_requests
         ):
             raise QueueFullError(self._queue_full_message())
+        if self.log_requests:
+            self._log_request(request_id, prompt, params)
         stream = _Stream(request_id, params, prompt)
         self._streams[request_id] = stream
         assert self._loop is not None  # add_request started the engine on this loop
@@ -269,6 +287,12 @@ class AsyncLLMEngine:
                 for i, b in enumerate(best)
             ],
         )
+
+    def _log_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
+        shown: Any = prompt.get("prompt_token_ids", prompt) if isinstance(prompt, dict) else prompt
+        if self.max_log_len is not None:
+            shown = shown[: self.max_log_len]
+        logger.info("received request %s: prompt %r, params %s", request_id, shown, params)
 
     def _queue_full_message(self) -> str:
         return (
@@ -410,11 +434,19 @@ class AsyncLLMEngine:
             kv_slot_utilization=prev.kv_slot_utilization if s.kv_slot_utilization is None else s.kv_slot_utilization,
             num_steps=prev.num_steps + 1,
             num_recompiles=getattr(s, "num_recompiles", 0),
+            step_tokens=getattr(s, "step_tokens", 0),
         )
 
     # ---- back on the event loop ------------------------------------------------------------
     def _deliver(self, outputs: list[RequestOutput], stats: EngineStatsSnapshot) -> None:
         self._stats = stats
+        for sl in self.stat_loggers:
+            on_step = getattr(sl, "on_step", None)
+            if on_step is not None:
+                try:
+                    on_step(stats)
+                except Exception:  # noqa: BLE001 - metrics must never break serving
+                    logger.exception("stat logger failed")
         now = time.monotonic()
         for out in outputs:
             stream = self._streams.get(out.request_id)
@@ -423,9 +455,12 @@ class AsyncLLMEngine:
             if stream.prompt_token_ids == [] and out.prompt_token_ids:
                 stream.prompt_token_ids = list(out.prompt_token_ids)
             t = stream.timing
+            delta = stream.params.output_kind == RequestOutputKind.DELTA
             new_tokens = sum(len(c.token_ids) for c in out.outputs)
-            if stream.params.output_kind != RequestOutputKind.DELTA:
+            if not delta:
                 new_tokens -= t.num_output_tokens
+            if t.n > 1:
+                _count_samples(t, out, delta)
             if new_tokens > 0:
                 if t.first_token is None:
                     t.first_token = now
@@ -509,6 +544,14 @@ async def _drain(stream: _Stream) -> AsyncIterator[RequestOutput]:
                 raise stream.error
             return
         yield item
+
+
+def _count_samples(t: RequestTiming, out: RequestOutput, delta: bool) -> None:
+    """Each sample's generated tokens so far (a delta output carries only the new ones)."""
+    for c in out.outputs:
+        while len(t.sample_tokens) <= c.index:
+            t.sample_tokens.append(0)
+        t.sample_tokens[c.index] = t.sample_tokens[c.index] + len(c.token_ids) if delta else len(c.token_ids)
 
 
 def _aborted_output(stream: _Stream) -> RequestOutput:

@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+from octavo.loader.generation_config import GenerationDefaults
+from octavo.sampling_params import MAX_LOGPROBS
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -68,6 +71,9 @@ class ModelConfig:
     weights_path: str | None  # file (GGUF) or directory (HF) the weights come from
     tokenizer: str | None
     seed: int = 0
+    max_logprobs: int = MAX_LOGPROBS  # the most logprobs / prompt_logprobs a request may ask for
+    # the model's generation_config.json: request defaults and extra EOS ids (--generation-config)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
 
 @dataclass

@@ -1,10 +1,23 @@
-"""Engine options, defined once for the LLM class, the CLI and the server."""
+"""Engine options, defined once for the LLM class, the CLI and the server, under vLLM's names.
+
+vLLM's options Octavo does not implement are listed in `octavo.vllm_options`: parsed here too,
+accepted where they cannot change results, refused by name otherwise.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from octavo import vllm_options
+from octavo.sampling_params import MAX_LOGPROBS
+
+DTYPES = ["auto", "half", "float16", "bfloat16", "float", "float32"]
+LOAD_FORMATS = ["auto", "safetensors", "pt", "gguf", "dummy"]
+_Args = TypeVar("_Args", bound="EngineArgs")
 
 
 @dataclass
@@ -13,6 +26,12 @@ class EngineArgs:
     device: str = "auto"
     dtype: str = "auto"
     tokenizer: str | None = None
+    # hub models: a branch, tag or commit of the model (and of a separate tokenizer)
+    revision: str | None = None
+    tokenizer_revision: str | None = None
+    download_dir: str | None = None  # the Hugging Face cache to use (default: HF_HOME's)
+    hf_token: str | bool | None = None  # None: HF_TOKEN or the stored login
+    trust_remote_code: bool = False
     max_model_len: int | None = None
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None  # None: the platform's default
@@ -22,21 +41,45 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = None
     enable_prefix_caching: bool = True
     load_format: str = "auto"
-    seed: int = 0
+    seed: int | None = 0
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
     async_scheduling: bool | None = None  # None: the platform's default (on for GPUs)
+    max_logprobs: int = MAX_LOGPROBS
+    # "auto": the model's generation_config.json sets request defaults; "vllm": Octavo's; or a folder
+    generation_config: str = "auto"
+    override_generation_config: dict[str, Any] | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
         d = EngineArgs()
-        if model_positional:
-            parser.add_argument("model", nargs="?", default=d.model, help="model directory, .gguf file, or 'smollm2'")
+        model_help = "model directory, .gguf file, Hugging Face hub ID (org/name[:GGUF quant]), or 'smollm2'"
+        if model_positional:  # `serve MODEL` as vLLM's, and `--model MODEL` too
+            parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL", help=model_help)
+            parser.add_argument("--model", default=None, help=f"{model_help} (default {d.model})")
         else:
-            parser.add_argument("--model", default=d.model, help="model directory, .gguf file, or 'smollm2'")
+            parser.add_argument("--model", default=d.model, help=model_help)
         parser.add_argument("--device", default=d.device, help="platform name (cpu, cuda, ...) or 'auto'")
-        parser.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
-        parser.add_argument("--tokenizer", default=d.tokenizer, help="tokenizer directory (default: the model's)")
+        parser.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="half = float16, float = float32")
+        parser.add_argument(
+            "--tokenizer", default=d.tokenizer, help="tokenizer directory or hub ID (default: the model's)"
+        )
+        hub = parser.add_argument_group("Hugging Face hub")
+        hub.add_argument("--revision", default=None, help="branch, tag or commit of a hub model (default: main)")
+        hub.add_argument("--tokenizer-revision", default=None, help="branch, tag or commit of a hub --tokenizer")
+        hub.add_argument("--download-dir", default=None, help="the Hugging Face cache to read and download into")
+        hub.add_argument(
+            "--hf-token",
+            nargs="?",
+            const=True,
+            default=None,
+            help="token for private or gated models (default: HF_TOKEN or the stored login)",
+        )
+        hub.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="allow the config and tokenizer classes a checkpoint ships as Python code",
+        )
         parser.add_argument("--max-model-len", type=int, default=d.max_model_len)
         parser.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
         parser.add_argument(
@@ -54,7 +97,13 @@ class EngineArgs:
         parser.add_argument(
             "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=d.enable_prefix_caching
         )
-        parser.add_argument("--load-format", default=d.load_format, choices=["auto", "dummy"])
+        parser.add_argument(
+            "--load-format",
+            default=d.load_format,
+            choices=LOAD_FORMATS,
+            help="auto / safetensors / gguf: the checkpoint's safe formats; pt: ALSO LOAD PICKLED .bin/.pt "
+            "weights (a pickle can run code when loaded: only for checkpoints you trust); dummy: random weights",
+        )
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size)
         parser.add_argument("--enforce-eager", action="store_true")
@@ -65,14 +114,70 @@ class EngineArgs:
             help="schedule the next step while the device runs this one (default: on "
             "for devices that queue work, such as GPUs; off on CPUs)",
         )
+        parser.add_argument(
+            "--max-logprobs",
+            type=int,
+            default=d.max_logprobs,
+            help=f"the most logprobs / prompt_logprobs a request may ask for (at most {MAX_LOGPROBS})",
+        )
+        parser.add_argument(
+            "--generation-config",
+            default=d.generation_config,
+            help="'auto': the model's generation_config.json sets the defaults of requests (sampling, "
+            "max_new_tokens) and its EOS ids stop generation; 'vllm': keep Octavo's defaults (EOS ids still "
+            "apply); or a folder holding a generation_config.json",
+        )
+        parser.add_argument(
+            "--override-generation-config",
+            type=json.loads,
+            default=None,
+            metavar="JSON",
+            help="generation config fields set over --generation-config, e.g. '{\"temperature\": 0.5}'",
+        )
+        vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser
 
     @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
+    def from_cli_args(cls: type[_Args], args: argparse.Namespace) -> _Args:
+        """The options parsed by `add_cli_args`; vLLM options Octavo refuses raise here."""
+        values = vars(args)
+        vllm_options.check(values, vllm_options.ENGINE_OPTIONS)
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        kwargs = {k: v for k, v in values.items() if k in names}
+        if "model_tag" in values:  # `serve MODEL` and `serve --model MODEL`: one of them, or both alike
+            tag, flag = values["model_tag"], values.get("model")
+            if tag is not None and flag is not None and tag != flag:
+                raise ValueError(f"two models given: {tag!r} and --model {flag!r}; give one")
+            kwargs["model"] = tag or flag or cls.model
+        return cls(**kwargs)
 
     def create_config(self):
         from octavo.engine_config import create_engine_config
 
         return create_engine_config(self)
+
+
+@dataclass
+class AsyncEngineArgs(EngineArgs):
+    """vLLM's `AsyncEngineArgs`: the engine's options plus logging of each request."""
+
+    enable_log_requests: bool = False
+    max_log_len: int | None = None  # characters (or token ids) of a prompt logged; None: all
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
+        EngineArgs.add_cli_args(parser, model_positional)
+        parser.add_argument(
+            "--enable-log-requests",
+            action=argparse.BooleanOptionalAction,
+            default=False,
+            help="log each request: its id, prompt and sampling parameters",
+        )
+        parser.add_argument(
+            "--disable-log-requests",
+            dest="enable_log_requests",
+            action="store_false",
+            help="log no requests (the default; vLLM's older flag)",
+        )
+        parser.add_argument("--max-log-len", type=int, default=None, help="log at most this much of each prompt")
+        return parser

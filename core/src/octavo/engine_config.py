@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -15,9 +16,12 @@ from octavo.config import (
     parse_dtype,
     parse_size,
 )
+from octavo.engine_args import LOAD_FORMATS
 from octavo.layers.attention import shard_heads
-from octavo.loader.source import ModelSource, load_hf_config, resolve_model_source
+from octavo.loader.generation_config import load_generation_defaults
+from octavo.loader.source import ModelSource, check_architecture, load_hf_config, resolve_model_source
 from octavo.platform import AttentionSpec, Platform, resolve_platform
+from octavo.sampling_params import MAX_LOGPROBS
 
 logger = logging.getLogger("octavo")
 
@@ -92,12 +96,35 @@ def _scheduler_config(args, platform: Platform) -> SchedulerConfig:
     )
 
 
+def _model_source(args) -> ModelSource:
+    """The model's files (and its separate tokenizer's), checked to be an architecture Octavo runs."""
+    if args.load_format not in LOAD_FORMATS:
+        raise ValueError(
+            f"unknown load_format {args.load_format!r}; choose one of {', '.join(LOAD_FORMATS)} (pt also loads "
+            "pickled .bin/.pt weights, which can run code when loaded)"
+        )
+    hub = {"download_dir": args.download_dir, "hf_token": args.hf_token, "trust_remote_code": args.trust_remote_code}
+    source = resolve_model_source(args.model, revision=args.revision, load_format=args.load_format, **hub)
+    check_architecture(source)
+    if args.tokenizer:
+        tokenizer = resolve_model_source(args.tokenizer, revision=args.tokenizer_revision, weights=False, **hub)
+        source = dataclasses.replace(source, tokenizer_source=tokenizer)
+    return source
+
+
+def _max_logprobs(value: int) -> int:
+    if not 0 <= value <= MAX_LOGPROBS:
+        raise ValueError(f"max_logprobs must be in [0, {MAX_LOGPROBS}] (the most Octavo returns), got {value}")
+    return value
+
+
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     platform = resolve_platform(args.device)
-    source = resolve_model_source(args.model)
-    if args.load_format not in ("auto", "dummy"):
-        raise ValueError(f"unknown load_format {args.load_format!r}; choose auto or dummy")
+    source = _model_source(args)
     hf_config = load_hf_config(source)
+    generation = load_generation_defaults(
+        args.generation_config, None if source.is_gguf else source.directory, args.override_generation_config
+    )
     device = platform.device
 
     dtype = parse_dtype(args.dtype)
@@ -148,7 +175,9 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             load_format=args.load_format,
             weights_path=source.weights_path,
             tokenizer=args.tokenizer,
-            seed=args.seed,
+            seed=args.seed if args.seed is not None else 0,
+            max_logprobs=_max_logprobs(args.max_logprobs),
+            generation=generation,
         ),
         cache=CacheConfig(
             block_size=block_size,

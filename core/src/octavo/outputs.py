@@ -33,7 +33,11 @@ class CompletionOutput:
 @dataclass
 class RequestMetrics:
     arrival_time: float
+    first_scheduled_time: float | None = None  # the end of its wait in the queue
     first_token_time: float | None = None
+    last_token_time: float | None = None
+    # seconds between the steps that gave the request new tokens
+    inter_token_latencies: list[float] = field(default_factory=list)
     finished_time: float | None = None
     num_preemptions: int = 0
 

@@ -36,6 +36,8 @@ class EngineStats:
     kv_slot_utilization: float | None = None
     # compilations after warm-up (static-shape platforms: a step shape they did not compile)
     num_recompiles: int = 0
+    # tokens scheduled by the last step() (prefill chunks + decodes; 0 if it scheduled none)
+    step_tokens: int = 0
 
 
 class _Sample:
@@ -83,7 +85,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         self.config, self.platform, source = args.create_config()
         self.model_config = self.config.model
-        self.tokenizer = load_tokenizer(source, args.tokenizer)
+        self.tokenizer = load_tokenizer(source)
         # the platform's step runner (core's eager ModelRunner unless the platform brings its
         # own); it starts any tensor-parallel workers and loads the weights
         self.runner = self.platform.make_runner(self.config, source)
@@ -112,6 +114,7 @@ class LLMEngine:
         self.group_of: dict[str, _Group] = {}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.step_tokens = 0
         # the last step's new tokens, turned into outputs during the next step
         self._unprocessed: tuple[list[tuple[Request, int]], dict, float] | None = None
         # async scheduling: the launched step the host has not waited for yet
@@ -165,6 +168,7 @@ class LLMEngine:
                 ids.add(int(e))
         if self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
+        ids.update(self.model_config.generation.eos_token_ids)  # generation_config.json's
         return tuple(sorted(ids))
 
     # ---- requests -------------------------------------------------------------------------
@@ -193,6 +197,13 @@ class LLMEngine:
         if best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
             raise ValueError("best_of > n cannot stream: the best samples are known only at the end")
         params.verify_token_ids(self.vocab_size)
+        most = self.model_config.max_logprobs
+        for name in ("logprobs", "prompt_logprobs"):
+            if (getattr(params, name) or 0) > most:
+                raise ValueError(
+                    f"invalid sampling parameter {name}={getattr(params, name)}: this engine returns at most "
+                    f"{most} (--max-logprobs)"
+                )
         text, ids = self._tokenize(prompt)
         if not ids:
             raise ValueError("the prompt is empty; give at least one token")
@@ -279,7 +290,7 @@ class LLMEngine:
         return outputs
 
     def _step_sync(self) -> list[RequestOutput]:
-        sched_out = self.scheduler.schedule()
+        sched_out = self._schedule()
         previous, self._unprocessed = self._unprocessed, None
         outputs: list[RequestOutput] = []
 
@@ -313,12 +324,25 @@ class LLMEngine:
         if inflight is not None and any(s.sample and s.sampling_params.penalized for s in inflight[0].scheduled):
             outputs += self._finish(inflight)
             inflight = None
-        sched_out = self.scheduler.schedule()
+        sched_out = self._schedule()
         if not sched_out.is_empty:
             self._inflight = (sched_out, self.runner.launch(sched_out, self._min_tokens_pending(sched_out)))
         if inflight is not None:
             outputs += self._finish(inflight)
         return outputs
+
+    def _schedule(self) -> SchedulerOutput:
+        """The scheduler's next step, noted for metrics: its size, and when each request first
+        ran (the end of its time in the queue)."""
+        sched_out = self.scheduler.schedule()
+        self.step_tokens = sched_out.num_batched_tokens
+        now = time.monotonic()
+        for s in sched_out.scheduled:
+            if s.start_pos < s.num_prompt_tokens:  # a prompt chunk: perhaps its first step
+                group = self.group_of.get(s.request_id)
+                if group is not None and group.metrics.first_scheduled_time is None:
+                    group.metrics.first_scheduled_time = now
+        return sched_out
 
     def _finish(self, launched) -> list[RequestOutput]:
         """Wait for a launched step, apply its tokens and build their outputs."""
@@ -397,9 +421,13 @@ class LLMEngine:
                 continue
             group = self.group_of[req.request_id]
             self.generation_tokens_total += 1
-            if group.metrics.first_token_time is None:
-                group.metrics.first_token_time = now
+            metrics = group.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
                 self.prompt_tokens_total += len(group.prompt_ids)
+            elif metrics.last_token_time is not None and now != metrics.last_token_time:
+                metrics.inter_token_latencies.append(now - metrics.last_token_time)
+            metrics.last_token_time = now
             try:
                 self._add_token(sample, req, token, logprobs.get(req.request_id))
             except Exception as e:  # noqa: BLE001 - this request fails, the others go on
@@ -523,4 +551,5 @@ class LLMEngine:
             prefix_cache_hits=bm.prefix_hits,
             kv_slot_utilization=self.get_kv_cache_utilization() if with_utilization else None,
             num_recompiles=self.runner.stats().num_recompiles,
+            step_tokens=self.step_tokens,
         )

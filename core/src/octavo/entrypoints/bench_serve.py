@@ -1,7 +1,9 @@
 """`octavo bench serve`: an online benchmark client against a running OpenAI-compatible server.
 
 Requests arrive as a Poisson process at --request-rate (default inf: all at once), each a
-seeded random token-id prompt sent to /v1/completions with ignore_eos and max_tokens, streamed.
+seeded random token-id prompt (or a conversation's first turn of a ShareGPT-format JSON file:
+--dataset-name sharegpt --dataset-path FILE, as vLLM's benchmark) sent to /v1/completions with
+ignore_eos and max_tokens, streamed.
 Reports request throughput, output tokens/s, and TTFT, TPOT and inter-token latency (ITL)
 percentiles; --json FILE writes the same numbers. Works against vLLM too (same API).
 """
@@ -131,7 +133,7 @@ async def _server_peak_running(client: Any, base_url: str, api_key: str | None) 
     try:
         resp = await client.get(f"{base_url}/metrics", headers=_auth(api_key))
         for line in resp.text.splitlines():
-            if line.startswith("octavo:num_requests_running_max"):
+            if line.split("{", 1)[0].split(" ", 1)[0].endswith(":num_requests_running_max"):  # any --metrics-prefix
                 return float(line.rsplit(" ", 1)[1])
     except Exception:  # noqa: BLE001
         pass
@@ -185,11 +187,11 @@ def _load_tokenizer(name: str) -> Any:
     from octavo.loader.source import load_tokenizer, resolve_model_source
 
     try:
-        return load_tokenizer(resolve_model_source(name))
+        return load_tokenizer(resolve_model_source(name, weights=False))
     except (OSError, ValueError) as e:
         raise ValueError(
-            f"cannot load the tokenizer of {name!r} locally ({e}); pass --tokenizer "
-            "with a local model directory, .gguf file or 'smollm2'"
+            f"cannot load the tokenizer of {name!r} ({e}); pass --tokenizer with a local model directory, "
+            ".gguf file, hub ID or 'smollm2'"
         ) from None
 
 
@@ -232,7 +234,7 @@ def print_report(s: dict[str, Any], args: argparse.Namespace, peak: float | None
 def main(args: argparse.Namespace) -> int:
     import logging
 
-    from octavo.entrypoints.bench_throughput import make_workload
+    from octavo.entrypoints.bench_throughput import make_workload, sharegpt_workload
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
@@ -240,12 +242,22 @@ def main(args: argparse.Namespace) -> int:
     served, root = _served_model(args.base_url, args.api_key)
     model = args.model or served
     tokenizer = _load_tokenizer(args.tokenizer or root or model)
-    w = make_workload(
-        tokenizer, len(tokenizer), args.num_prompts, args.input_len, args.output_len, args.dataset, args.seed
-    )
+    dataset = args.dataset
+    if args.dataset_name == "sharegpt":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name sharegpt needs --dataset-path FILE (a ShareGPT-format JSON file)")
+        dataset = f"sharegpt:{args.dataset_path}"
+    if dataset.startswith("sharegpt:"):
+        w = sharegpt_workload(
+            tokenizer, dataset.split(":", 1)[1], args.num_prompts, args.seed, args.sharegpt_output_len
+        )
+    else:
+        w = make_workload(
+            tokenizer, len(tokenizer), args.num_prompts, args.input_len, args.output_len, dataset, args.seed
+        )
     print(
         f"workload: {len(w.prompts)} requests, {w.prompt_tokens} prompt tokens, {w.output_tokens} output "
-        f"tokens ({args.dataset}); server {args.base_url}, model {model}"
+        f"tokens ({dataset}); server {args.base_url}, model {model}"
     )
     results, duration, peak = asyncio.run(run_benchmark(args, w.prompts, w.output_lens, model))
     summary = summarize(results, duration)
@@ -288,7 +300,21 @@ def add_bench_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument(
         "--dataset",
         default="random",
-        help="random (every prompt --input-len tokens) | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths)",
+        help="random (every prompt --input-len tokens) | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output "
+        "lengths) | sharegpt:PATH",
+    )
+    p.add_argument(
+        "--dataset-name",
+        choices=["random", "sharegpt"],
+        default=None,
+        help="vLLM's spelling: sharegpt reads --dataset-path",
+    )
+    p.add_argument("--dataset-path", default=None, help="a ShareGPT-format JSON file (--dataset-name sharegpt)")
+    p.add_argument(
+        "--sharegpt-output-len",
+        type=int,
+        default=None,
+        help="output tokens of every ShareGPT request (default: its answer's)",
     )
     p.add_argument(
         "--request-rate",

@@ -57,7 +57,10 @@ def make_workload(
     lengths uniform in OLOW..OHIGH (default output_len/4..output_len). G1 of
     BENCHMARKS.md is "uniform:128-2048:32-512".
     dataset "prefix:LEN": every prompt is one shared LEN-token prefix + input_len unique tokens.
+    dataset "sharegpt:PATH": conversations of a ShareGPT-format JSON file (`sharegpt_workload`).
     """
+    if dataset.startswith("sharegpt:"):
+        return sharegpt_workload(tokenizer, dataset.split(":", 1)[1], num_prompts, seed)
     rng = random.Random(seed)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     allowed = [t for t in range(min(vocab_size, len(tokenizer))) if t not in special]
@@ -82,8 +85,40 @@ def make_workload(
         prompts = [shared + [rng.choice(allowed) for _ in range(input_len)] for _ in range(num_prompts)]
         return Workload(prompts, [output_len] * num_prompts)
     else:
-        raise ValueError(f"unknown dataset {dataset!r}; use random, uniform:LOW-HIGH or prefix:LEN")
+        raise ValueError(f"unknown dataset {dataset!r}; use random, uniform:LOW-HIGH, prefix:LEN or sharegpt:PATH")
     prompts = [[rng.choice(allowed) for _ in range(n)] for n in in_lens]
+    return Workload(prompts, out_lens)
+
+
+# ShareGPT conversations kept, as vLLM's benchmark keeps them: prompt and answer of at least 4
+# tokens, a prompt of at most 1024 and both together at most 2048
+SHAREGPT_MIN_LEN, SHAREGPT_MAX_PROMPT, SHAREGPT_MAX_TOTAL = 4, 1024, 2048
+
+
+def sharegpt_workload(tokenizer, path: str, num_prompts: int, seed: int, output_len: int | None = None) -> Workload:
+    """`num_prompts` conversations of a ShareGPT-format JSON file (a list of {"conversations":
+    [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}, ...]}), in a seeded random
+    order: the first turn is the prompt, the second's length in tokens the output length (or
+    `output_len` for all)."""
+    with open(path) as f:
+        data = json.load(f)
+    convs = [d["conversations"] for d in data if len(d.get("conversations") or ()) >= 2]
+    random.Random(seed).shuffle(convs)
+    prompts: list[list[int]] = []
+    out_lens: list[int] = []
+    for conv in convs:
+        if len(prompts) == num_prompts:
+            break
+        ids = tokenizer.encode(conv[0]["value"])
+        n_out = output_len or len(tokenizer.encode(conv[1]["value"], add_special_tokens=False))
+        if min(len(ids), n_out) < SHAREGPT_MIN_LEN or len(ids) > SHAREGPT_MAX_PROMPT:
+            continue
+        if len(ids) + n_out > SHAREGPT_MAX_TOTAL:
+            continue
+        prompts.append(ids)
+        out_lens.append(n_out)
+    if len(prompts) < num_prompts:
+        raise ValueError(f"{path} has {len(prompts)} usable conversations, fewer than --num-prompts {num_prompts}")
     return Workload(prompts, out_lens)
 
 

@@ -1,4 +1,4 @@
-"""The `octavo` command: generate, serve, bench, plugins."""
+"""The `octavo` command: generate, serve, chat, complete, bench, plugins."""
 
 from __future__ import annotations
 
@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True)
+    from octavo.entrypoints.bench_latency import add_parser as add_latency
     from octavo.entrypoints.bench_throughput import add_parser as add_throughput
 
     add_throughput(bsub)
+    add_latency(bsub)
     try:
         from octavo.entrypoints.bench_serve import add_bench_serve_parser
         from octavo.entrypoints.openai.cli_args import add_serve_parser
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_serve_parser(sub)
         add_bench_serve_parser(bsub)
+    from octavo.entrypoints.clients import add_parsers as add_clients
+
+    add_clients(sub)
     return parser
 
 

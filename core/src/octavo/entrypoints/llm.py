@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from octavo import vllm_options
 from octavo.engine import LLMEngine, PromptType
 from octavo.engine_args import EngineArgs
 from octavo.outputs import RequestOutput
@@ -16,13 +17,13 @@ class LLM:
 
     >>> llm = LLM(model="smollm2", device="cpu", dtype="float32")
     >>> llm.generate(["The capital of France is"], SamplingParams(max_tokens=8))[0].outputs[0].text
+
+    Takes EngineArgs' options as keywords, under vLLM's names; vLLM's other keywords are accepted
+    where they cannot change results and refused by name otherwise (`octavo.vllm_options`).
     """
 
     def __init__(self, model: str = "smollm2", **kwargs) -> None:
-        fields = set(EngineArgs.__dataclass_fields__)
-        unknown = sorted(set(kwargs) - fields)
-        if unknown:
-            raise TypeError(f"unknown LLM arguments {unknown}; valid: {sorted(fields - {'model'})}")
+        kwargs = vllm_options.split_engine_kwargs(kwargs, set(EngineArgs.__dataclass_fields__))
         self.llm_engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs))
         self._counter = itertools.count()
 
@@ -32,6 +33,11 @@ class LLM:
 
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """The sampling parameters of a call that passes none: the model's generation_config.json
+        defaults (--generation-config), over SamplingParams' own."""
+        return SamplingParams(**self.llm_engine.model_config.generation.sampling)
 
     def generate(
         self,
@@ -43,7 +49,7 @@ class LLM:
             prompts = [prompts]
         prompts = list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             params = [sampling_params] * len(prompts)
         else:

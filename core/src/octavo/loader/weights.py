@@ -74,15 +74,20 @@ def iter_gguf(path: str, hf_config, dtype: torch.dtype) -> Iterator[tuple[str, t
         yield name, tensor.to(dtype)
 
 
+def _pickled_files(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(directory, "*.bin")) + glob.glob(os.path.join(directory, "*.pt")))
+
+
 def iter_safetensors(directory: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
     if not files:
-        if glob.glob(os.path.join(directory, "*.bin")) or glob.glob(os.path.join(directory, "*.pt")):
+        if _pickled_files(directory):
             raise ValueError(
                 f"{directory} has only pickled weights (.bin/.pt), which can run arbitrary code when loaded; "
-                "convert them to safetensors (e.g. transformers' save_pretrained(safe_serialization=True))"
+                "convert them to safetensors (e.g. transformers' save_pretrained(safe_serialization=True)), or, "
+                "for a checkpoint you trust, pass --load-format pt (load_format='pt'), which loads pickles"
             )
         raise FileNotFoundError(f"no *.safetensors files in {directory}")
     for f in files:
@@ -105,7 +110,21 @@ def init_dummy(model: torch.nn.Module, seed: int) -> None:
                 p.normal_(0.0, 0.02, generator=g)
 
 
+def iter_pickled(directory: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """PyTorch's pickled checkpoints (--load-format pt, the user's opt-in). torch's restricted
+    unpickler (weights_only) refuses most code a pickle could run, but not every risk."""
+    files = [f for f in _pickled_files(directory) if not f.endswith("training_args.bin")]
+    if not files:
+        raise FileNotFoundError(f"no pickled weights (*.bin, *.pt) in {directory} (--load-format pt)")
+    for f in files:
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        for name, tensor in state.items():
+            yield name, tensor.to(dtype)
+
+
 def iter_weights(source: ModelSource, hf_config, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     if source.is_gguf:
         return iter_gguf(source.weights_path, hf_config, dtype)
+    if source.pickled and not glob.glob(os.path.join(source.directory, "*.safetensors")):
+        return iter_pickled(source.directory, dtype)
     return iter_safetensors(source.directory, dtype)

@@ -3,8 +3,11 @@
     octavo serve [MODEL] --device D --host H --port P [engine options] [server options]
 
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
-GET /version, GET /metrics, POST /tokenize, POST /detokenize. With --api-key every route but
-/health wants `Authorization: Bearer <key>`. Every error has OpenAI's body shape.
+GET /version, GET /metrics, POST /tokenize, POST /detokenize, and SageMaker's GET/POST /ping
+and POST /invocations. With --api-key every route but /health and /ping wants
+`Authorization: Bearer <key>`. Every error has OpenAI's body shape.
+
+`python -m octavo.entrypoints.openai.api_server [options]` runs `octavo serve [options]`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from octavo import vllm_options
 from octavo.async_engine import AsyncLLMEngine, EngineDeadError, RequestFailedError
+from octavo.engine_args import AsyncEngineArgs
 from octavo.entrypoints.openai.errors import (
     APIError,
     AuthenticationError,
@@ -34,7 +41,7 @@ from octavo.entrypoints.openai.errors import (
     validation_message,
 )
 from octavo.entrypoints.openai.limits import RequestLimits
-from octavo.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics
+from octavo.entrypoints.openai.metrics import CONTENT_TYPE, DEFAULT_PREFIX, ServerMetrics
 from octavo.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -52,7 +59,7 @@ from octavo.entrypoints.openai.serving_engine import ClientDisconnected
 
 logger = logging.getLogger("octavo.server")
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/ping"})
 
 
 def octavo_version() -> str:
@@ -67,25 +74,39 @@ def octavo_version() -> str:
 @dataclass
 class ServerSettings:
     served_model_names: list[str]
-    api_key: str | None = None
+    api_key: str | list[str] | None = None  # one key or several (any of them is accepted)
     chat_template: str | None = None  # the template text (already read from its file)
     model_root: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     limits: RequestLimits = field(default_factory=RequestLimits)
+    metrics_prefix: str = DEFAULT_PREFIX
+    # CORS (vLLM's defaults: any origin, method and header; no credentials)
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    fastapi_docs: bool = True  # /docs, /redoc, /openapi.json
+
+    @property
+    def api_keys(self) -> list[str]:
+        if self.api_key is None:
+            return []
+        return [self.api_key] if isinstance(self.api_key, str) else list(self.api_key)
 
 
 class APIKeyMiddleware:
-    """Pure ASGI: refuse any HTTP request but /health without the right bearer token."""
+    """Pure ASGI: refuse any HTTP request but /health and /ping without a right bearer token."""
 
-    def __init__(self, app: Any, api_key: str) -> None:
+    def __init__(self, app: Any, api_keys: list[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = [f"Bearer {key}".encode() for key in api_keys]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS or scope.get("method") == "OPTIONS":
             return await self.app(scope, receive, send)
         auth = dict(scope.get("headers") or ()).get(b"authorization", b"")
-        if hmac.compare_digest(auth, self.expected):
+        # every key is compared, so the time taken tells nothing about which one nearly matched
+        if sum(hmac.compare_digest(auth, key) for key in self.expected):
             return await self.app(scope, receive, send)
         err = (
             AuthenticationError()
@@ -140,8 +161,27 @@ class BodySizeLimitMiddleware:
         await err.to_response()(scope, receive, send)
 
 
+def _cache_info(engine: AsyncLLMEngine) -> dict[str, Any] | None:
+    """The engine's cache config as vLLM's cache_config_info labels (None for an engine without one)."""
+    inner = engine.engine
+    config = getattr(inner, "config", None)
+    if config is None:
+        return None
+    cache = config.cache
+    return {
+        "block_size": cache.block_size,
+        "cache_dtype": "auto",  # the KV cache takes the model's dtype
+        "enable_prefix_caching": cache.enable_prefix_caching,
+        "gpu_memory_utilization": cache.gpu_memory_utilization,
+        "num_gpu_blocks": inner.block_manager.num_blocks,
+        "num_cpu_blocks": 0,
+    }
+
+
 def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
-    metrics = ServerMetrics(engine, settings.served_model_names[0])
+    metrics = ServerMetrics(
+        engine, settings.served_model_names[0], prefix=settings.metrics_prefix, cache_info=_cache_info(engine)
+    )
     engine.stat_loggers.append(metrics)
     names, limits = settings.served_model_names, settings.limits
     completions = OpenAIServingCompletion(engine, names, metrics, limits)
@@ -157,15 +197,24 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         await engine.shutdown()
         logger.info("engine stopped")
 
-    app = FastAPI(title="Octavo OpenAI-compatible server", version=octavo_version(), lifespan=lifespan)
+    docs: dict[str, Any] = {} if settings.fastapi_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Octavo OpenAI-compatible server", version=octavo_version(), lifespan=lifespan, **docs)
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.settings = settings
-    # the last added runs first: a client without the key is refused before its body is read,
-    # and an oversized body before any route parses it
+    # the last added runs first: CORS answers preflights and marks every response (errors too),
+    # a client without the key is refused before its body is read, and an oversized body before
+    # any route parses it
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
-    if settings.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    if settings.api_keys:
+        app.add_middleware(APIKeyMiddleware, api_keys=settings.api_keys)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_credentials=settings.allow_credentials,
+        allow_methods=settings.allowed_methods,
+        allow_headers=settings.allowed_headers,
+    )
 
     # ---- errors: one body shape for all --------------------------------------------------
     @app.exception_handler(APIError)
@@ -243,6 +292,28 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
             return error_response("the engine is not running", status=503, type="server_error")
         return Response(status_code=200)
 
+    # SageMaker's container contract: GET/POST /ping is the health check, POST /invocations
+    # takes a chat or a completion request, told apart by its fields
+    app.add_api_route("/ping", health, methods=["GET", "POST"])
+
+    @app.post("/invocations", responses=errors)
+    async def invocations(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadRequestError("the body is not valid JSON") from None
+        if not isinstance(body, dict) or ("messages" in body) == ("prompt" in body):
+            raise BadRequestError(
+                "an invocation is a chat request (with messages) or a completion request (with prompt)"
+            )
+        try:
+            if "messages" in body:
+                return await chat.create_chat_completion(ChatCompletionRequest.model_validate(body), request)
+            return await completions.create_completion(CompletionRequest.model_validate(body), request)
+        except ValidationError as e:
+            message, param = validation_message([dict(err) for err in e.errors()])
+            raise BadRequestError(message, param=param) from None
+
     @app.get("/version")
     async def version() -> JSONResponse:
         return JSONResponse({"version": octavo_version()})
@@ -286,35 +357,50 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
 
 
 # ---- the `octavo serve` command ------------------------------------------------------------
+def serve_options(args: argparse.Namespace) -> tuple[AsyncEngineArgs, ServerSettings]:
+    """The engine's and the server's options of an `octavo serve` command line, checked: everything
+    short of loading the model (vLLM options Octavo refuses raise here)."""
+    vllm_options.check(vars(args), vllm_options.SERVER_OPTIONS)
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    settings = ServerSettings(
+        served_model_names=args.served_model_name or [engine_args.model],
+        api_key=args.api_key,
+        chat_template=load_chat_template(args.chat_template),
+        model_root=engine_args.model,
+        limits=RequestLimits.from_cli_args(args),
+        metrics_prefix=args.metrics_prefix,
+        allowed_origins=args.allowed_origins,
+        allowed_methods=args.allowed_methods,
+        allowed_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+        fastapi_docs=not args.disable_fastapi_docs,
+    )
+    return engine_args, settings
+
+
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (exit status 0) or until the engine dies (status 1: a
     supervisor should restart the process; an engine never comes back)."""
     import uvicorn
 
-    from octavo.engine_args import EngineArgs
-
-    chat_template = load_chat_template(args.chat_template)
-    engine_args = EngineArgs.from_cli_args(args)
-    names = args.served_model_name or [engine_args.model]
+    engine_args, settings = serve_options(args)
     t0 = time.perf_counter()
     engine = AsyncLLMEngine.from_engine_args(engine_args, max_waiting_requests=args.max_waiting_requests)
     logger.info("model %s loaded in %.1f s", engine_args.model, time.perf_counter() - t0)
-    settings = ServerSettings(
-        served_model_names=names,
-        api_key=args.api_key,
-        chat_template=chat_template,
-        model_root=engine_args.model,
-        limits=RequestLimits.from_cli_args(args),
-    )
     app = build_app(engine, settings)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
+        root_path=args.root_path or "",
         log_level=args.uvicorn_log_level,
         access_log=not args.disable_access_log,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=args.shutdown_timeout,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs,
     )
     server = uvicorn.Server(config)
     died: list[BaseException] = []
@@ -330,3 +416,11 @@ def run_server(args: argparse.Namespace) -> int:
     # up to --shutdown-timeout seconds, cancel the rest; the lifespan then stops the engine
     asyncio.run(server.serve())
     return 1 if died else 0
+
+
+if __name__ == "__main__":  # vLLM's older entry point: `python -m vllm.entrypoints.openai.api_server --model M`
+    import sys
+
+    from octavo.entrypoints.cli import main
+
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,11 +1,15 @@
-"""`octavo serve`: the engine options (from EngineArgs, defined once) plus the server's own."""
+"""`octavo serve`: the engine options (from EngineArgs, defined once) plus the server's own,
+named as vLLM's `vllm serve` names them."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
+from octavo import vllm_options
 from octavo.async_engine import DEFAULT_MAX_WAITING_REQUESTS
 from octavo.entrypoints.openai.limits import add_limit_args
+from octavo.entrypoints.openai.metrics import DEFAULT_PREFIX
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -22,7 +26,13 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="model name(s) clients use in 'model' (default: the MODEL argument); "
         "responses carry the name the request used",
     )
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route except /health")
+    g.add_argument(
+        "--api-key",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (any of the keys given) on every route but /health and /ping",
+    )
     g.add_argument(
         "--chat-template", default=None, help="Jinja chat template, or a file holding one (default: the model's own)"
     )
@@ -41,21 +51,45 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--uvicorn-log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"]
     )
-    g.add_argument("--disable-access-log", action="store_true", help="no per-request log lines")
+    g.add_argument(
+        "--disable-uvicorn-access-log",
+        "--disable-access-log",
+        dest="disable_access_log",
+        action="store_true",
+        help="no access log line per HTTP request",
+    )
+    g.add_argument("--root-path", default=None, help="the path prefix a proxy serves this server under")
+    g.add_argument("--disable-fastapi-docs", action="store_true", help="no /docs, /redoc and /openapi.json")
+    g.add_argument(
+        "--metrics-prefix",
+        default=DEFAULT_PREFIX,
+        help="the prefix of /metrics names: 'vllm' serves dashboards built for vLLM unchanged",
+    )
+    cors = parser.add_argument_group("CORS")
+    cors.add_argument("--allowed-origins", type=json.loads, default=["*"], metavar="JSON", help="e.g. '[\"*\"]'")
+    cors.add_argument("--allowed-methods", type=json.loads, default=["*"], metavar="JSON")
+    cors.add_argument("--allowed-headers", type=json.loads, default=["*"], metavar="JSON")
+    cors.add_argument("--allow-credentials", action="store_true")
+    ssl = parser.add_argument_group("TLS")
+    ssl.add_argument("--ssl-keyfile", default=None, help="serve HTTPS with this private key")
+    ssl.add_argument("--ssl-certfile", default=None, help="... and this certificate")
+    ssl.add_argument("--ssl-ca-certs", default=None, help="CA certificates to check client certificates with")
+    ssl.add_argument("--ssl-cert-reqs", type=int, default=0, help="client certificates: 0 none, 1 optional, 2 required")
     add_limit_args(parser)
+    vllm_options.add_to_parser(parser, vllm_options.SERVER_OPTIONS, "server options of vLLM")
     return parser
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `serve` (the lead's cli.py calls this)."""
-    from octavo.engine_args import EngineArgs
+    from octavo.engine_args import AsyncEngineArgs
 
     parser = subparsers.add_parser(
         "serve",
         help="OpenAI-compatible HTTP server",
         description="Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, ...).",
     )
-    EngineArgs.add_cli_args(parser, model_positional=True)
+    AsyncEngineArgs.add_cli_args(parser, model_positional=True)
     add_server_args(parser)
     parser.set_defaults(func=_serve)
     return parser

@@ -5,7 +5,9 @@ repetition_penalty, stop_token_ids, ignore_eos, min_tokens, allowed_token_ids, .
 this server does not implement is refused with a 400 that names it (`RequestModel`): ignoring
 it would answer a different question than the client asked. `to_sampling_params()` is the one
 place a request becomes engine input; range checks live in `SamplingParams` (their
-ValueError -> 400), bounds in `limits.py`.
+ValueError -> 400), bounds in `limits.py`. A sampling field the request leaves unset (or null)
+takes the server's default: the model's generation_config.json (--generation-config), else
+OpenAI's; pydantic's `model_fields_set` tells "unset" from "set to the default value".
 """
 
 from __future__ import annotations
@@ -97,17 +99,26 @@ class _SamplingFields(RequestModel):
         except ValueError:
             raise ValueError("invalid sampling parameter logit_bias: keys must be token ids") from None
 
-    def _sampling_params(self, max_tokens: int | None, logprobs: int | None, stream: bool) -> SamplingParams:
+    def _or_default(self, name: str, defaults: dict[str, Any], fallback: float) -> Any:
+        """The request's value of `name` if it set one, else the server's default, else `fallback`."""
+        value = getattr(self, name)
+        if name in self.model_fields_set and value is not None:
+            return value
+        return defaults.get(name, fallback)
+
+    def _sampling_params(
+        self, max_tokens: int | None, logprobs: int | None, stream: bool, defaults: dict[str, Any]
+    ) -> SamplingParams:
         return SamplingParams(
             n=self.n,
             best_of=self.best_of,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=0 if self.top_k is None else self.top_k,
-            min_p=0.0 if self.min_p is None else self.min_p,
+            repetition_penalty=self._or_default("repetition_penalty", defaults, 1.0),
+            temperature=self._or_default("temperature", defaults, 1.0),
+            top_p=self._or_default("top_p", defaults, 1.0),
+            top_k=self._or_default("top_k", defaults, 0),
+            min_p=self._or_default("min_p", defaults, 0.0),
             seed=self.seed,
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
@@ -154,8 +165,8 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt must not be an empty list")
         return v
 
-    def to_sampling_params(self, max_tokens: int | None) -> SamplingParams:
-        params = self._sampling_params(max_tokens, self.logprobs, self.stream)
+    def to_sampling_params(self, max_tokens: int | None, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        params = self._sampling_params(max_tokens, self.logprobs, self.stream, defaults or {})
         if self.echo and self.logprobs is not None and params.prompt_logprobs is None:
             params.prompt_logprobs = self.logprobs
         return params
@@ -257,11 +268,11 @@ class ChatCompletionRequest(_SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def to_sampling_params(self, max_tokens: int | None) -> SamplingParams:
+    def to_sampling_params(self, max_tokens: int | None, defaults: dict[str, Any] | None = None) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("invalid sampling parameter top_logprobs: needs logprobs=true")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._sampling_params(max_tokens, logprobs, self.stream)
+        return self._sampling_params(max_tokens, logprobs, self.stream, defaults or {})
 
 
 class ChatResponseMessage(OpenAIModel):

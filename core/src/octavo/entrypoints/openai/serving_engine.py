@@ -48,6 +48,9 @@ class OpenAIServing:
         self._model_vocab_size = engine.vocab_size
         most = self.limits.max_prompt_bytes
         self.max_prompt_bytes = most if most is not None else prompt_byte_bound(self.tokenizer, self.max_model_len)
+        # what a request leaves unset: the model's generation_config.json (--generation-config)
+        generation = getattr(engine.model_config, "generation", None)
+        self.default_sampling: dict[str, Any] = dict(generation.sampling) if generation is not None else {}
 
     # ---- checks ------------------------------------------------------------------------
     def model_name(self, requested: str | None) -> str:
@@ -102,7 +105,7 @@ class OpenAIServing:
         """The request's SamplingParams, each field checked (ranges, and token ids against the
         model's vocabulary): any problem is a 400 naming the field."""
         try:
-            params = req.to_sampling_params(max_tokens)
+            params = req.to_sampling_params(max_tokens, self.default_sampling)
             params.verify_token_ids(self._model_vocab_size)
         except ValueError as e:
             raise sampling_error(e) from None
@@ -116,7 +119,13 @@ class OpenAIServing:
                 )
 
     def max_tokens_for(self, num_prompt_tokens: int, requested: int | None, param: str) -> int:
-        """Check prompt + max_tokens against the context; None means "the rest of it"."""
+        """Check prompt + max_tokens against the context; None means "the rest of it". The model's
+        generation config caps the result at its max_new_tokens, as vLLM does."""
+        allowed = self._max_tokens_for(num_prompt_tokens, requested, param)
+        cap = self.default_sampling.get("max_tokens")
+        return allowed if cap is None else min(allowed, cap)
+
+    def _max_tokens_for(self, num_prompt_tokens: int, requested: int | None, param: str) -> int:
         if num_prompt_tokens == 0:
             raise BadRequestError(f"the {param} is empty", param=param)
         if requested is not None and (not isinstance(requested, int) or requested < 1):
