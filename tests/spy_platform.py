@@ -83,19 +83,15 @@ class SpyPlatform(ReferencePlatform):
     runner_cls = SpyRunner
 
 
-_registered = False
-
-
 def spy_platform(**settings) -> Spy:
-    """Register the spy platform (once) and give its runner a fresh Spy with `settings`."""
-    global _registered
-    if not _registered:
-        from octavo.platform.discovery import register_plugin
+    """Register the spy platform (again after a test refreshed the plugin manager) and give
+    its runner a fresh Spy with `settings`."""
+    from octavo.platform.discovery import get_plugin_manager, register_plugin
 
+    if get_plugin_manager().get_plugin("spy") is None:
         module = types.ModuleType("spy_platform_plugin")
         module.octavo_platforms = hookimpl(lambda: [SpyPlatform])
         register_plugin(module, name="spy")
-        _registered = True
     spy = Spy()
     for key, value in settings.items():
         setattr(spy, key, value)
