@@ -34,7 +34,13 @@ from octavo_plugin_kit.reference import ReferenceAttention, ReferencePlatform
 
 SNAPSHOTS = Path(__file__).parent / "contract"
 #: distribution -> the platforms it ships through its entry points
-SHIPPED = {"octavo-cpu": {"cpu"}, "octavo-cuda": {"cuda"}, "octavo-plugin-kit": {"static-reference"}}
+SHIPPED = {
+    "octavo-cpu": {"cpu"},
+    "octavo-cuda": {"cuda"},
+    "octavo-plugin-kit": {"static-reference"},
+    "octavo-tpu": {"tpu", "tpu-cpu"},
+    "octavo-neuron": {"neuron"},
+}
 
 
 def test_contract_matches_the_snapshot_of_its_version():

@@ -238,7 +238,9 @@ def test_the_started_server_serves_the_hub_model(server):
 
 def client(server: str, command: str, stdin: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "octavo.entrypoints.cli", command, "--url", f"{server}/v1", "--api-key", KEY, *extra]
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300)
+    # bytes, decoded here: text=True would turn a generated "\r\n" into "\n" (universal newlines)
+    r = subprocess.run(cmd, input=stdin.encode(), capture_output=True, timeout=300)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
 
 
 def test_octavo_complete_reads_prompts_from_stdin(server):

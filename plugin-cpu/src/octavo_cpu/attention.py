@@ -13,7 +13,9 @@ whenever q and the cache are float32 or bfloat16:
   before the blocked kernel, so no row kind stays on it.)
 * write_kv: a native scatter into the slots.
 
-The kernels are causal only: `supports` refuses non-causal layers (encoders).
+The kernels are causal only: `supports` refuses non-causal layers (encoders). Layers with
+attention logit soft-capping (Gemma 2) run on `_soft_capped`, a torch path that scores,
+caps, masks and normalizes explicitly (SDPA has no cap): correct, not fast.
 
 The torch path below stays for what the native kernels do not cover: float16 (or any
 other dtype), and a build without the extension (e.g. a source checkout never
@@ -31,6 +33,8 @@ from octavo_cpu import _native
 
 
 class CpuAttention(AttentionBackend):
+    supports_logits_soft_cap = True  # through `_soft_capped` (torch)
+
     def __init__(self, device: Device, use_native: bool | None = None) -> None:
         super().__init__(device)
         # None = native when the extension imported
@@ -80,6 +84,8 @@ class CpuAttention(AttentionBackend):
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardBatch, layer: AttentionSpec) -> torch.Tensor:
         assert layer.causal, "CpuAttention.supports refuses non-causal layers"
         scale, window = layer.scale, layer.sliding_window
+        if layer.logits_soft_cap is not None:
+            return self._soft_capped(q, kv_cache, meta, layer)
         out = torch.empty_like(q)
         if self._native_ok(q, kv_cache):
             if q.stride(-1) != 1:
@@ -107,6 +113,30 @@ class CpuAttention(AttentionBackend):
             if n > 1:
                 s, e = qsl[i], qsl[i + 1]
                 out[s:e] = self._prefill(q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, window)
+        return out
+
+    def _soft_capped(self, q, kv_cache, meta: ForwardBatch, layer: AttentionSpec) -> torch.Tensor:
+        """Request by request: scores = cap * tanh(scale * q.k / cap), causal (and windowed)
+        mask, softmax, weighted values; fp32 inside."""
+        cap, window = layer.logits_soft_cap, layer.sliding_window
+        out = torch.zeros_like(q)
+        qsl = meta.query_start_loc_cpu
+        for i in range(meta.num_reqs):
+            s, e, seq_len = qsl[i], qsl[i + 1], meta.seq_lens_cpu[i]
+            if e == s:
+                continue
+            k, v = self._gather(kv_cache, meta.block_tables[i], seq_len)  # [S, hk, d]
+            hq, hk = q.shape[1], k.shape[1]
+            qi = q[s:e].float().unflatten(1, (hk, hq // hk))  # [L, hk, group, d]
+            scores = torch.einsum("lkgd,skd->kgls", qi, k.float()) * layer.scale
+            scores = cap * torch.tanh(scores / cap)
+            qpos = torch.arange(seq_len - (e - s), seq_len).unsqueeze(1)
+            kpos = torch.arange(seq_len).unsqueeze(0)
+            mask = kpos <= qpos
+            if window is not None:
+                mask &= kpos > qpos - window
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            out[s:e] = torch.einsum("kgls,skd->lkgd", probs, v.float()).flatten(1, 2).to(q.dtype)
         return out
 
     @staticmethod

@@ -87,8 +87,8 @@ def _why_not(structure, kv_caches: list) -> str | None:
         a = layer.attention
         if layer.q_norm is not None or layer.k_norm is not None:
             return "per-head q/k norms"
-        if not a.causal:
-            return "non-causal attention"
+        if not a.causal or getattr(a, "logits_soft_cap", None) is not None:  # soft-capping: contract 2.1
+            return "non-causal or soft-capped attention"
         if (a.num_heads, a.num_kv_heads, a.head_dim, a.scale) != (a0.num_heads, a0.num_kv_heads, a0.head_dim, a0.scale):
             return "layers of different attention shapes"
         if cache.dtype != kv0.dtype or cache.shape != kv0.shape or cache.stride() != kv0.stride():
