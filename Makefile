@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve generate test lint bench clean
+.PHONY: install serve generate test lint bench clean cross-tools
 
 $(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml triton-kernels/pyproject.toml plugin-cuda/pyproject.toml static-shapes/pyproject.toml plugin-neuron/pyproject.toml plugin-tpu/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +36,14 @@ serve: $(STAMP)
 generate: $(STAMP)
 	$(VENV)/bin/octavo generate --model smollm2 "The capital of France is" "Write a haiku about the sea." "def fibonacci(n):"
 
-test: $(STAMP) lint
+test: $(STAMP) lint cross-tools
 	$(PY) -m pytest -q
+
+# octavo-cpu's aarch64 kernels are cross-compiled and run under QEMU user emulation in the tests
+# (plugin-cpu/tests/test_cpu_aarch64.py): Debian's cross compiler and qemu-user, installed once
+cross-tools:
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++-aarch64-linux-gnu qemu-user; }
 
 # the style and types CI holds the code to (settings in the root pyproject.toml)
 lint: $(STAMP)

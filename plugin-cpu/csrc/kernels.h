@@ -124,23 +124,27 @@ struct SampleArgs {
   int num_threads;
 };
 
-// y = x @ w^T (+ bias) for bf16 prefill and batched-decode row counts, against a weight
-// packed once by gemm_pack (layout in gemm_bf16.h). AVX512_BF16 only: ops.cpp offers it
-// when that file's kernels run, and the Python side falls back to torch otherwise.
+// y = x @ w^T (+ bias) at any row count, against a weight packed once. Two layouts, each
+// ISA's own: bf16 weights where the CPU has AVX512_BF16 use gemm_bf16.h's k-pairs (for
+// vdpbf16ps and the AMX tiles); every other weight (bf16 elsewhere, fp32 everywhere) uses
+// gemm_fma.h's panels, widened to fp32 in registers. ops.cpp picks by ISA and dtype; a
+// weight packed under one ISA level must be packed again to run under another.
 struct GemmPackArgs {
-  void* out;  // gemm_packed_elems(N, K) bf16
-  const void* w;  // [N, K] bf16, row stride w_stride
+  void* out;  // the packed_elems(N, K) of the layout, in the weight's dtype
+  const void* w;  // [N, K], row stride w_stride
   int64_t N, K, w_stride;
+  int dtype;  // of w, x, bias and y alike
   int num_threads;
 };
 
 struct GemmArgs {
-  void* y;  // [M, N] bf16, row stride y_stride
-  const void* x;  // [M, K] bf16, row stride x_stride
+  void* y;  // [M, N], row stride y_stride
+  const void* x;  // [M, K], row stride x_stride
   const void* w_packed;
-  const void* bias;  // [N] bf16 or nullptr
+  const void* bias;  // [N] or nullptr
   int64_t M, N, K;
   int64_t x_stride, y_stride;
+  int dtype;
   int num_threads;
 };
 
@@ -153,17 +157,28 @@ struct GemmArgs {
   void rotary(const RotaryArgs& a);              \
   void silu_and_mul(const SiluMulArgs& a);       \
   void sample(const SampleArgs& a);              \
+  int64_t fgemm_packed_elems(int64_t N, int64_t K); \
+  void fgemm_pack(const GemmPackArgs& a);        \
+  void fgemm(const GemmArgs& a);                 \
   }
 
 OCTAVO_DECLARE_KERNELS(generic)
 OCTAVO_DECLARE_KERNELS(avx2)
 OCTAVO_DECLARE_KERNELS(avx512)
 OCTAVO_DECLARE_KERNELS(avx512bf16)
+OCTAVO_DECLARE_KERNELS(neon)
 
 namespace avx512bf16 {
 int64_t gemm_packed_elems(int64_t N, int64_t K);
 void gemm_pack(const GemmPackArgs& a);
 void gemm(const GemmArgs& a);
 }  // namespace avx512bf16
+
+// AMX tiles (kernels_amx.cpp) on gemm_bf16.h's packed layout; rows it does not take (few rows,
+// K not a multiple of 32) go to avx512bf16::gemm.
+namespace amx {
+bool enable();  // asks Linux for the tile state (once per process); false: no AMX here
+void gemm(const GemmArgs& a);
+}  // namespace amx
 
 }  // namespace octavo_cpu

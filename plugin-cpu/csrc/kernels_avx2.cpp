@@ -150,3 +150,4 @@ struct Ops {
 #define OCTAVO_ISA avx2
 #include "kernels_impl.h"
 #include "dense_impl.h"
+#include "gemm_fma.h"

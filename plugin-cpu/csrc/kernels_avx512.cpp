@@ -15,3 +15,4 @@ namespace avx512 {
 #define OCTAVO_ISA avx512
 #include "kernels_impl.h"
 #include "dense_impl.h"
+#include "gemm_fma.h"

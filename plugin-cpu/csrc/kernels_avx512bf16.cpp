@@ -16,4 +16,5 @@ namespace avx512bf16 {
 #define OCTAVO_ISA avx512bf16
 #include "kernels_impl.h"
 #include "dense_impl.h"
+#include "gemm_fma.h"
 #include "gemm_bf16.h"

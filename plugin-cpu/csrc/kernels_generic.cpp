@@ -70,3 +70,4 @@ struct Ops {
 #define OCTAVO_ISA generic
 #include "kernels_impl.h"
 #include "dense_impl.h"
+#include "gemm_fma.h"

@@ -9,43 +9,89 @@
 
 #include "kernels.h"
 
+#if defined(OCTAVO_HAVE_AMX)
+#include <cpuid.h>
+#endif
+
 namespace py = pybind11;
 using namespace octavo_cpu;
 
 namespace {
 
-// Instruction-set levels, each a superset of the one before; every kernel file is
-// compiled for one of them (CMakeLists.txt) and the best one the CPU has runs.
-enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
-const char* const kIsaNames[] = {"generic", "avx2", "avx512", "avx512_bf16"};
+// Instruction-set levels, each a superset of the ones before it on its architecture; every
+// kernel file is compiled for one of them (CMakeLists.txt) and the best one the CPU has runs.
+enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4, kNeon = 5 };
+const char* const kIsaNames[] = {"generic", "avx2", "avx512", "avx512_bf16", "amx", "neon"};
+// this architecture's levels, lowest first
+#if defined(OCTAVO_HAVE_X86)
+const Isa kLevels[] = {kGeneric, kAvx2, kAvx512, kAvx512Bf16, kAmx};
+#elif defined(OCTAVO_HAVE_NEON)
+const Isa kLevels[] = {kGeneric, kNeon};
+#else
+const Isa kLevels[] = {kGeneric};
+#endif
+constexpr int kNumLevels = sizeof(kLevels) / sizeof(kLevels[0]);
 
-Isa best_isa() {
-#if defined(OCTAVO_HAVE_X86) && (defined(__x86_64__) || defined(__i386__))
+#if defined(OCTAVO_HAVE_AMX)
+// AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22), and Linux's grant of the tile state
+bool has_amx() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return (d >> 24 & 1u) && (d >> 22 & 1u) && amx::enable();
+}
+#endif
+
+// the position in kLevels of the best level this CPU runs
+int best_level() {
+#if defined(OCTAVO_HAVE_X86)
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (avx512 && __builtin_cpu_supports("avx512bf16")) return kAvx512Bf16;
-  if (avx512) return kAvx512;
-  if (avx2) return kAvx2;
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+#if defined(OCTAVO_HAVE_AMX)
+  if (bf16 && has_amx()) return 4;
 #endif
-  return kGeneric;
+  if (bf16) return 3;
+  if (avx512) return 2;
+  if (avx2) return 1;
+#elif defined(OCTAVO_HAVE_NEON)
+  return 1;  // Advanced SIMD is part of AArch64
+#endif
+  return 0;
 }
 
 // chosen once at import; OCTAVO_CPU_ISA in the Python layer may pick a lower level
-Isa g_isa = best_isa();
+Isa g_isa = kLevels[best_level()];
 
-// the x86 files are compiled on x86-64 only (CMakeLists.txt)
-#ifdef OCTAVO_HAVE_X86
-#define OCTAVO_DISPATCH(fn, args)                     \
-  switch (g_isa) {                                    \
-    case kAvx512Bf16: avx512bf16::fn(args); break;    \
-    case kAvx512: avx512::fn(args); break;            \
-    case kAvx2: avx2::fn(args); break;                \
-    default: generic::fn(args);                       \
+#if defined(OCTAVO_HAVE_X86)
+#define OCTAVO_DISPATCH(fn, args)                              \
+  switch (g_isa) {                                             \
+    case kAmx: /* AMX adds tiles only: the rest is BF16's */   \
+    case kAvx512Bf16: avx512bf16::fn(args); break;             \
+    case kAvx512: avx512::fn(args); break;                     \
+    case kAvx2: avx2::fn(args); break;                         \
+    default: generic::fn(args);                                \
   }
+#define OCTAVO_DISPATCH_RET(fn, ...)                        \
+  switch (g_isa) {                                          \
+    case kAmx:                                              \
+    case kAvx512Bf16: return avx512bf16::fn(__VA_ARGS__);   \
+    case kAvx512: return avx512::fn(__VA_ARGS__);           \
+    case kAvx2: return avx2::fn(__VA_ARGS__);               \
+    default: return generic::fn(__VA_ARGS__);               \
+  }
+#elif defined(OCTAVO_HAVE_NEON)
+#define OCTAVO_DISPATCH(fn, args) \
+  if (g_isa == kNeon) {           \
+    neon::fn(args);               \
+  } else {                        \
+    generic::fn(args);            \
+  }
+#define OCTAVO_DISPATCH_RET(fn, ...) return g_isa == kNeon ? neon::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__);
 #else
 #define OCTAVO_DISPATCH(fn, args) generic::fn(args)
+#define OCTAVO_DISPATCH_RET(fn, ...) return generic::fn(__VA_ARGS__);
 #endif
 
 template <typename T>
@@ -72,10 +118,21 @@ void run_linear(void* y, int64_t y_stride, const void* x, int64_t x_stride, cons
   OCTAVO_DISPATCH(linear, a);
 }
 
+// The packed GEMM: bf16 weights on the levels with AVX512_BF16 take gemm_bf16.h's k-pair
+// layout (vdpbf16ps, and AMX's tiles at the "amx" level); every other weight the current
+// level's gemm_fma.h panels. A weight is packed and run under the same level.
+bool dp_layout(int dtype) { return dtype == kBF16 && (g_isa == kAvx512Bf16 || g_isa == kAmx); }
+
+int64_t packed_elems(int64_t N, int64_t K, int dtype) {
 #ifdef OCTAVO_HAVE_X86
-// The same on the packed bf16 GEMM (gemm_bf16.h; avx512_bf16 only, callers check).
+  if (dp_layout(dtype)) return avx512bf16::gemm_packed_elems(N, K);
+#endif
+  (void)dtype;
+  OCTAVO_DISPATCH_RET(fgemm_packed_elems, N, K)
+}
+
 void run_gemm(void* y, int64_t y_stride, const void* x, int64_t x_stride, const void* w_packed, const void* bias,
-              int64_t M, int64_t N, int64_t K, int num_threads) {
+              int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
   GemmArgs a{};
   a.y = y;
   a.y_stride = y_stride;
@@ -86,18 +143,25 @@ void run_gemm(void* y, int64_t y_stride, const void* x, int64_t x_stride, const 
   a.M = M;
   a.N = N;
   a.K = K;
+  a.dtype = dtype;
   a.num_threads = num_threads;
-  avx512bf16::gemm(a);
-}
+#ifdef OCTAVO_HAVE_X86
+  if (dp_layout(dtype)) {
+#ifdef OCTAVO_HAVE_AMX
+    if (g_isa == kAmx) return amx::gemm(a);
 #endif
-
+    return avx512bf16::gemm(a);
+  }
+#endif
+  OCTAVO_DISPATCH(fgemm, a);
+}
 
 // ---- a whole decode step's layers in one call (octavo_cpu/decode_forward.py) ----------
 // The per-layer sequence of octavo.models.llama (RMSNorm, qkv, rotary, KV write, attention,
 // o_proj, RMSNorm, gate_up, SiLU-and-mul, down) over the same kernels with the same arguments
 // as the op-by-op path, so the values are identical; only the ~12 Python calls per layer (and
-// their output allocations) go. The linears take the kernel CpuPlatform.linear would
-// (platform.linear_path): the packed bf16 GEMM or the GEMV.
+// their output allocations) go. The linears take the kernel CpuLinearMethod would
+// (linear.linear_path): the packed GEMM or the GEMV.
 
 // One layer's row of the plan (int64 each): weight pointers (0 = absent), its window, and the
 // GEMM's packed copies of the four weights (0 until a step needs them).
@@ -111,7 +175,7 @@ struct DecodeStep {
   int layers, hidden, num_heads, num_kv_heads, head_dim, inter;
   float eps, scale;
   int dtype, kv_dtype, block_size, attn_kernel, num_threads;
-  bool use_gemm;  // the linears on the packed bf16 GEMM (avx512_bf16 only), else the GEMV
+  bool use_gemm;  // the linears on the packed GEMM (weights packed under this level), else the GEMV
   int64_t kv_stride_kv, kv_stride_block, kv_stride_tok, kv_stride_head;
   const void* final_norm;
   const void* x_in;  // [M, hidden] embeddings
@@ -163,12 +227,8 @@ void rms_rows(const DecodeStep& d, void* out, const void* x, void* res, const vo
 void linear_rows(const DecodeStep& d, void* y, const void* x, int64_t K, int64_t N, int64_t plan_w, int64_t plan_b,
                  int64_t plan_packed) {
   const void* bias = plan_b ? ptr<const void>((uintptr_t)plan_b) : nullptr;
-#ifdef OCTAVO_HAVE_X86
-  if (d.use_gemm)  // the binding checked that the GEMM runs here and the packed copies exist
-    return run_gemm(y, N, x, K, ptr<const void>((uintptr_t)plan_packed), bias, d.M, N, K, d.num_threads);
-#else
-  (void)plan_packed;
-#endif
+  if (d.use_gemm)  // the binding checked that the packed copies exist
+    return run_gemm(y, N, x, K, ptr<const void>((uintptr_t)plan_packed), bias, d.M, N, K, d.dtype, d.num_threads);
   run_linear(y, N, x, K, ptr<const void>((uintptr_t)plan_w), K, bias, d.M, N, K, d.dtype, d.num_threads);
 }
 
@@ -265,18 +325,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa", []() { return std::string(kIsaNames[g_isa]); });
   m.def("supported_isas", []() {
     py::list out;
-    for (int i = 0; i <= best_isa(); ++i) out.append(kIsaNames[i]);
+    for (int i = 0; i <= best_level(); ++i) out.append(kIsaNames[kLevels[i]]);
     return out;
   });
   m.def("set_isa", [](const std::string& isa) {
-    for (int i = 0; i < 4; ++i) {
-      if (isa != kIsaNames[i]) continue;
-      if (i > best_isa())
-        throw py::value_error("this CPU lacks " + isa + "; it supports up to " + kIsaNames[best_isa()]);
-      g_isa = static_cast<Isa>(i);
+    std::string names;
+    for (int i = 0; i < kNumLevels; ++i) {
+      names += (i ? ", " : "") + std::string(kIsaNames[kLevels[i]]);
+      if (isa != kIsaNames[kLevels[i]]) continue;
+      if (i > best_level())
+        throw py::value_error("this CPU lacks " + isa + "; it supports up to " + kIsaNames[kLevels[best_level()]]);
+      g_isa = kLevels[i];
       return;
     }
-    throw py::value_error("isa must be one of generic, avx2, avx512, avx512_bf16; got '" + isa + "'");
+    throw py::value_error("isa must be one of " + names + " on this architecture; got '" + isa + "'");
   });
 
   m.def(
@@ -387,44 +449,38 @@ PYBIND11_MODULE(_C, m) {
       },
       "y = x @ w^T (+ bias) for few rows of x, fp32 accumulation (see kernels.h)");
 
-  // The packed bf16 GEMM exists in the avx512_bf16 build only; callers check
-  // gemm_available() (which also follows set_isa) and keep torch's matmul otherwise.
-  m.def("gemm_available", []() {
-#ifdef OCTAVO_HAVE_X86
-    return g_isa == kAvx512Bf16;
-#else
-    return false;
-#endif
-  });
-#ifdef OCTAVO_HAVE_X86
-  m.def("gemm_packed_elems", &avx512bf16::gemm_packed_elems,
-        "bf16 elements of gemm_pack's output for an [N, K] weight");
+  // The packed GEMM (any level; the layout is the level's and the dtype's, see run_gemm)
+  m.def("gemm_layout", [](int dtype) {
+    return std::string(dp_layout(dtype) ? "bf16_pairs" : kIsaNames[g_isa]) + (dtype == kF32 ? "/f32" : "/bf16");
+  }, "names the layout gemm_pack writes for dtype under the current level; gemm reads only that");
+  m.def("gemm_packed_elems", &packed_elems, "elements of gemm_pack's output for an [N, K] weight of dtype");
   m.def(
       "gemm_pack",
-      [](uintptr_t out, uintptr_t w, int64_t w_stride, int64_t N, int64_t K, int num_threads) {
-        if (g_isa != kAvx512Bf16) throw py::value_error("gemm_pack needs the avx512_bf16 kernels");
+      [](uintptr_t out, uintptr_t w, int64_t w_stride, int64_t N, int64_t K, int dtype, int num_threads) {
         GemmPackArgs a{};
         a.out = ptr<void>(out);
         a.w = ptr<const void>(w);
         a.w_stride = w_stride;
         a.N = N;
         a.K = K;
+        a.dtype = dtype;
         a.num_threads = num_threads;
         py::gil_scoped_release nogil;
-        avx512bf16::gemm_pack(a);
+#ifdef OCTAVO_HAVE_X86
+        if (dp_layout(dtype)) return avx512bf16::gemm_pack(a);
+#endif
+        OCTAVO_DISPATCH(fgemm_pack, a);
       },
-      "Pack a bf16 weight [N, K] for gemm (layout in csrc/gemm_bf16.h)");
+      "Pack a weight [N, K] for gemm (layouts in csrc/gemm_bf16.h and csrc/gemm_fma.h)");
   m.def(
       "gemm",
       [](uintptr_t y, int64_t y_stride, uintptr_t x, int64_t x_stride, uintptr_t w_packed, uintptr_t bias,
-         int64_t M, int64_t N, int64_t K, int num_threads) {
-        if (g_isa != kAvx512Bf16) throw py::value_error("gemm needs the avx512_bf16 kernels");
+         int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
         py::gil_scoped_release nogil;
         run_gemm(ptr<void>(y), y_stride, ptr<const void>(x), x_stride, ptr<const void>(w_packed),
-                 ptr<const void>(bias), M, N, K, num_threads);
+                 ptr<const void>(bias), M, N, K, dtype, num_threads);
       },
-      "y = x @ w^T (+ bias), bf16, against gemm_pack's packed w; fp32 sums");
-#endif
+      "y = x @ w^T (+ bias) against gemm_pack's packed w; fp32 sums, one rounding");
   m.def(
       "rotary",
       [](uintptr_t q, int64_t q_stride_t, int64_t q_stride_h, int num_q_heads, uintptr_t k, int64_t k_stride_t,
@@ -504,12 +560,12 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t slot_mapping, uintptr_t cos_sin, int64_t cs_stride, int64_t max_pos, int rot_dim,
          uintptr_t block_tables, int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int num_seqs,
          bool use_gemm) {
-        if (use_gemm) {  // the packed GEMM: bf16 on avx512_bf16, every layer's copies present
-          bool ok = g_isa == kAvx512Bf16 && dtype == kBF16;
+        if (use_gemm) {  // the packed GEMM: every layer's copies present
+          bool ok = true;
           const int64_t* pl = ptr<const int64_t>(plan);
           for (int l = 0; ok && l < layers; ++l)
             for (int c : {kQkvP, kOP, kGateUpP, kDownP}) ok = ok && pl[(int64_t)l * kPlanCols + c] != 0;
-          if (!ok) throw py::value_error("decode_step: use_gemm needs bf16 on avx512_bf16 and every packed weight");
+          if (!ok) throw py::value_error("decode_step: use_gemm needs every layer's packed weights");
         }
         const int64_t* pos = ptr<const int64_t>(positions);
         for (int64_t t = 0; t < M; ++t)  // as the rotary binding: a bad position raises, not reads

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 pytest.importorskip("octavo_cpu")
 from octavo_cpu import _native, decode_forward  # noqa: E402
@@ -48,14 +49,14 @@ def test_native_decode_step_equals_op_by_op(arch, dtype, tiny_model_dirs, monkey
     from octavo_cpu import gemm
 
     rng = random.Random(7)
-    # bf16 on avx512_bf16 CPUs: the packed GEMM at every batch size, as the op-by-op path;
-    # elsewhere the GEMV up to 8 rows, and steps past it go op by op in both runs
+    # packed weights (bf16 at every ISA level): the packed GEMM at every batch size, as the
+    # op-by-op path; fp32: the GEMV up to 8 rows, and steps past it go op by op in both runs
     for batch in (1, 3, 8, 11):
         prompts = [[rng.randrange(3, 4000) for _ in range(rng.choice((5, 17, 60)))] for _ in range(batch)]
         native, n_native = _generate(tiny_model_dirs[arch], dtype, prompts, True, monkeypatch)
         ops, n_ops = _generate(tiny_model_dirs[arch], dtype, prompts, False, monkeypatch)
         assert n_ops == 0
-        if batch <= 8 or (dtype == "bfloat16" and gemm.available()):
+        if batch <= 8 or gemm.packs(getattr(torch, dtype)):
             assert n_native >= 10, "the native decode step did not run"
         else:
             assert n_native == 0, "the native decode step ran a batch it does not cover"
@@ -77,8 +78,8 @@ def test_engine_start_packs_the_gemm_weights(tiny_model_dirs):
     from octavo.layers.linear import Linear
     from octavo_cpu import gemm
 
-    if not gemm.available():
-        pytest.skip("the packed GEMM needs the avx512_bf16 kernels")
+    if not gemm.packs(torch.bfloat16):
+        pytest.skip("the packed GEMM needs the native kernels")
     llm = LLM(model=tiny_model_dirs["llama"], device="cpu", dtype="bfloat16")
     runner = llm.llm_engine.runner
     linears = [m for m in runner.model.modules() if isinstance(m, Linear)]

@@ -1,5 +1,6 @@
-"""octavo-cpu's packed bf16 GEMM (octavo_cpu.gemm, csrc/gemm_bf16.h) against fp32 matmul, and
-the linear method that routes to it (octavo_cpu.linear).
+"""octavo-cpu's packed GEMM (octavo_cpu.gemm: csrc/gemm_bf16.h, kernels_amx.cpp, gemm_fma.h)
+against fp32 matmul at every ISA level this CPU runs, and the linear method that routes to it
+(octavo_cpu.linear).
 
 The reference is torch's matmul in fp32 on the same bf16 inputs: the kernel sums in fp32 and
 rounds once to bf16, so the two differ by that rounding (and summation order). Shapes cover
@@ -20,7 +21,7 @@ from octavo_cpu import _native, gemm
 from octavo_cpu.device import CpuDevice
 from octavo_cpu.linear import CpuLinearMethod
 
-pytestmark = pytest.mark.skipif(not gemm.available(), reason="needs the avx512_bf16 native kernels")
+pytestmark = pytest.mark.skipif(not gemm.available(), reason="needs the native kernels")
 
 SHAPES = {  # id: (K, N)
     "qkv": (576, 960),
@@ -53,10 +54,40 @@ def _inputs(m, k, n, bias, seed):
 
 
 def _check(got, x, w, b):
-    want = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
-    assert got.dtype == torch.bfloat16 and got.shape == want.shape
-    # one rounding to bf16 (8 significant bits), plus fp32 summation order
-    torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=2**-7)
+    want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    assert got.dtype == x.dtype and got.shape == want.shape
+    if x.dtype == torch.float32:  # fp32 summation order only
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+    else:  # one rounding to bf16 (8 significant bits), plus fp32 summation order
+        torch.testing.assert_close(got.double(), want, atol=1e-2, rtol=2**-7)
+
+
+@pytest.fixture(params=_native.supported_isas() or ["missing"])
+def isa(request):
+    """Every ISA level this CPU runs, each with its own packed layout (weights packed inside)."""
+    saved = _native.isa()
+    _native.set_isa(request.param)
+    yield request.param
+    _native.set_isa(saved)
+
+
+@pytest.mark.parametrize("m", [1, 5, 13, 47, 129])
+@pytest.mark.parametrize("shape", ["qkv", "odd", "n130", "k1535", "n1"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_gemm_at_every_level(isa, dtype, shape, m, bias):
+    """bf16 and fp32 weights at each level: the k-pair layout (vdpbf16ps; AMX tiles from 32
+    rows with K a multiple of 32: qkv at 47 and 129 rows, the last block zero-padded) and the
+    FMA panels (bf16 widened in registers), every tail of their tiles, both thread splits."""
+    k, n = SHAPES[shape]
+    x, w, b = _inputs(m, k, n, bias, seed=m * 7 + k + n)
+    x, w, b = x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check(gemm.linear(x, gemm.pack(w), n, b), x, w, b)
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("m", ROWS)
@@ -127,8 +158,9 @@ def test_a_tied_weight_stays_with_its_other_owner():
 
 
 def test_linear_method_routes_bf16_rows_to_the_gemm(monkeypatch):
-    """CpuLinearMethod: the GEMM for bf16 at every row count (decode rows too), the GEMV
-    or torch when it is switched off, for fp32, and below avx512_bf16 (OCTAVO_CPU_ISA lowered)."""
+    """CpuLinearMethod: the GEMM for bf16 at every row count (decode rows too) at every ISA
+    level, packed in that level's layout; the GEMV or torch when it is switched off, and for
+    fp32; a weight packed under one level refused under another."""
     x, w, b = _inputs(40, 96, 80, True, seed=8)
     calls, gemv_calls = [], []
     real, real_gemv = gemm.linear, _native.linear
@@ -147,15 +179,21 @@ def test_linear_method_routes_bf16_rows_to_the_gemm(monkeypatch):
     layer = _layer(w, b)
     _check(layer(x), x, w, b)
     _check(layer(x[:4]), x[:4], w, b)
+    assert gemv_calls == [4, 4]
     monkeypatch.setattr(gemm, "ENABLED", True)
     saved = _native.isa()
-    _native.set_isa("avx512")
+    packed_here = _layer(w, b)
     try:
-        assert not gemm.available()
-        layer = _layer(w, b)
-        _check(layer(x), x, w, b)
-        _check(layer(x[:4]), x[:4], w, b)
+        for level in _native.supported_isas():
+            _native.set_isa(level)
+            layer = _layer(w, b)
+            assert layer.packed_weight is not None, f"{level}: bf16 weights not packed"
+            _check(layer(x), x, w, b)
+            _check(layer(x[:4]), x[:4], w, b)
+            if gemm.layout(torch.bfloat16) != packed_here.packed_layout:
+                with pytest.raises(RuntimeError, match="OCTAVO_CPU_ISA"):
+                    packed_here(x)
     finally:
         _native.set_isa(saved)
-    assert calls == [1, 1, 1]
-    assert gemv_calls == [4, 4, 4]
+    assert calls == [1, 1, 1] + [1, 1] * len(_native.supported_isas())
+    assert gemv_calls == [4, 4]

@@ -74,7 +74,7 @@ def test_packed_gemm_weights_sit_in_huge_pages():
     from octavo_cpu import gemm
 
     if not gemm.available():
-        pytest.skip("needs the avx512_bf16 native kernels")
+        pytest.skip("needs the native kernels")
     w = torch.randn(8192, 576).bfloat16()  # 9 MiB packed
     packed = gemm.pack(w)
     packed.fill_(0)  # touch every page (pack wrote them already; be sure)

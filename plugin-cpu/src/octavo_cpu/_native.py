@@ -8,8 +8,14 @@ build or import; callers then keep their torch path.
 Debugging switches (read once, at import):
   OCTAVO_CPU_NATIVE=0      run the torch paths only, as if the extension were missing
   OCTAVO_CPU_ISA=NAME      run a lower instruction-set level than the best the CPU has:
-                           generic (portable), avx2 (AVX2 + FMA), avx512 (F, BW, VL, DQ)
-                           or avx512_bf16 (adds the BF16 dot-product instructions)
+                           generic (portable), then on x86-64 avx2 (AVX2 + FMA + F16C),
+                           avx512 (F, BW, VL, DQ), avx512_bf16 (adds the BF16 dot products;
+                           "avx512bf16" too), amx (adds AMX tiles for the bf16 GEMM); on
+                           aarch64 neon. A level the CPU lacks is an error, not a fallback.
+                           It lowers these kernels only: torch's own (oneDNN, MKL, ATen)
+                           follow ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS and
+                           ATEN_CPU_CAPABILITY, set before torch loads
+                           (benchmarks/cpu_workloads.sh sets all four)
   OCTAVO_CPU_ATTN_KERNEL=rows
                            paged attention on the per-row kernel everywhere (the portable
                            one) instead of the blocked AVX-512 kernel; `ATTENTION_KERNEL`
@@ -31,8 +37,19 @@ except ImportError as e:  # a source tree without a build, or a broken build
     IMPORT_ERROR: ImportError | None = e
 else:
     IMPORT_ERROR = None
-    if os.environ.get("OCTAVO_CPU_ISA"):
-        _C.set_isa(os.environ["OCTAVO_CPU_ISA"])
+
+# spellings of the levels people type; the kernels' names are the values
+_ISA_ALIASES = {"avx512bf16": "avx512_bf16", "avx512_core_bf16": "avx512_bf16", "amx_bf16": "amx", "avx2_fma": "avx2"}
+
+
+def requested_isa() -> str | None:
+    """OCTAVO_CPU_ISA, normalized ("AVX512-BF16" -> "avx512_bf16"); None when unset."""
+    name = os.environ.get("OCTAVO_CPU_ISA", "").strip().lower().replace("-", "_")
+    return _ISA_ALIASES.get(name, name) or None
+
+
+if _C is not None and requested_isa():
+    _C.set_isa(requested_isa())
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _ATTN_KERNELS = {"auto": 0, "rows": 1}  # csrc/kernels.h AttnKernel
@@ -49,7 +66,7 @@ def available() -> bool:
 
 
 def isa() -> str:
-    """Which kernel build runs: "generic", "avx2", "avx512" or "avx512_bf16"."""
+    """Which kernel build runs: "generic", "avx2", "avx512", "avx512_bf16", "amx" or "neon"."""
     return _C.isa() if _C is not None else "none"
 
 
@@ -62,13 +79,17 @@ def set_isa(name: str) -> None:
     _C.set_isa(name)
 
 
-def _code(t: torch.Tensor, what: str) -> int:
+def _code_of(dtype: torch.dtype, what: str = "tensor") -> int:
     try:
-        return _DTYPES[t.dtype]
+        return _DTYPES[dtype]
     except KeyError:
         raise TypeError(
-            f"{what}: dtype {t.dtype} is not supported by the native CPU kernels (supported: {list(SUPPORTED_DTYPES)})"
+            f"{what}: dtype {dtype} is not supported by the native CPU kernels (supported: {list(SUPPORTED_DTYPES)})"
         ) from None
+
+
+def _code(t: torch.Tensor, what: str) -> int:
+    return _code_of(t.dtype, what)
 
 
 def _int32(t: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,20 @@
-"""bf16 linear at every row count on the native packed GEMM (csrc/gemm_bf16.h).
+"""Linear layers at every row count on the native packed GEMM, at every ISA level.
 
-torch's bf16 linear (oneDNN) reorders the weight into its blocked layout on every call; on
-SmolLM2's shapes at 64 rows (a decode step of 64 requests) it reaches 190-270 GFLOP/s of the
-2-core Zen 4's ~460 vdpbf16ps peak, the native kernel on weights packed once (at load)
-335-400. On prefill chunks (512-2048 rows) the two are close: native 1-12% ahead
-(bench/gemm.py; gemm_throughput.py measures the whole workload). For decode rows (1-8) the
-packed panels also stream faster than the native GEMV reads the row-major weight
-(`linear.linear_path`, docs/cpu.md).
+Two kernels read weights packed once, at load (csrc/kernels.h says which runs where):
 
-`CpuLinearMethod` packs each weight once, when the model's weights are loaded, and keeps
-the packed copy on its layer in place of the checkpoint-layout weight.
+* bf16 weights where the CPU has AVX512_BF16: vdpbf16ps on k-pair panels (csrc/gemm_bf16.h),
+  and AMX tiles on the same panels from 32 rows on at the "amx" level (csrc/kernels_amx.cpp).
+  torch's bf16 linear (oneDNN) reorders the weight into its blocked layout on every call; on
+  SmolLM2's shapes at 64 rows it reaches 190-270 GFLOP/s of the 2-core Zen 4's ~460
+  vdpbf16ps peak, the native kernel 335-400 (bench/gemm.py).
+* every other weight (bf16 below AVX512_BF16, fp32 everywhere): fp32 FMAs on panels of the
+  weight in its own dtype (csrc/gemm_fma.h), bf16 widened to fp32 in registers. Below
+  AVX512_BF16 torch's bf16 matmul has no fast kernel: this is what makes bf16 serve there.
+
+For decode rows (1-8) the packed panels also stream faster than the native GEMV reads the
+row-major weight (`linear.linear_path`, docs/cpu.md). The layout belongs to the ISA level
+the weight was packed under (`layout`): a weight packed under one level is refused under
+another (OCTAVO_CPU_ISA is read once, at import, before any weight loads).
 
 Debugging switch (read at import; `ENABLED` may be set at run time, before an engine loads
 its weights, for A/B measurements):
@@ -29,35 +34,71 @@ ENABLED = os.environ.get("OCTAVO_CPU_GEMM", "1") != "0"
 
 
 def available() -> bool:
-    """The avx512_bf16 kernels run here (not on lower ISAs, nor with OCTAVO_CPU_ISA lowered)."""
-    return _native.available() and _native._C.gemm_available()
+    """The native kernels run here (the packed GEMM exists at every level)."""
+    return _native.available()
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """Whether CpuLinearMethod packs weights of `dtype` at the running level: the packed GEMM
+    is where it was measured faster than torch's linear (docs/benchmarks.md)."""
+    return ENABLED and available() and dtype in _PACKED_DTYPES.get(_native.isa(), ())
+
+
+# per level, the weight dtypes whose packed GEMM beats torch's linear (bench/gemm.py, C1/C2)
+_PACKED_DTYPES = {
+    "generic": (torch.bfloat16,),
+    "avx2": (torch.bfloat16,),
+    "avx512": (torch.bfloat16,),
+    "avx512_bf16": (torch.bfloat16,),
+    "amx": (torch.bfloat16,),
+    "neon": (torch.bfloat16,),
+}
+
+
+def layout(dtype: torch.dtype) -> str:
+    """The name of the packed layout of `dtype` weights at the running level."""
+    return _native._C.gemm_layout(_native._code_of(dtype))
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """The kernel's layout of a bf16 weight [N, K] (a flat bf16 tensor)."""
-    assert weight.dtype == torch.bfloat16 and weight.dim() == 2
+    """The running level's layout of a weight [N, K] (a flat tensor of the weight's dtype)."""
+    assert weight.dim() == 2
+    code = _native._code(weight, "weight")
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     n, k = weight.shape
     # huge pages: a GEMM streams the packed weights, and in 4 KiB pages it pays a TLB miss
     # every 4 KiB (hugepages.py)
-    out = hugepages.empty(_native._C.gemm_packed_elems(n, k), dtype=torch.bfloat16)
-    _native._C.gemm_pack(out.data_ptr(), weight.data_ptr(), weight.stride(0), n, k, torch.get_num_threads())
+    out = hugepages.empty(_native._C.gemm_packed_elems(n, k, code), dtype=weight.dtype)
+    _native._C.gemm_pack(out.data_ptr(), weight.data_ptr(), weight.stride(0), n, k, code, torch.get_num_threads())
     return out
 
 
 def linear(
     x: torch.Tensor, w_packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x @ weight.T (+ bias), bf16 in and out, fp32 sums; x [..., K] (rows may be strided),
-    w_packed = `pack(weight)` of the [out_features, K] weight."""
+    """x @ weight.T (+ bias) in the weight's dtype, fp32 sums; x [..., K] (rows may be
+    strided), w_packed = `pack(weight)` of the [out_features, K] weight."""
     k, n = x.shape[-1], out_features
-    assert x.dtype == torch.bfloat16, f"the packed GEMM takes bf16 x, not {x.dtype}"
-    assert w_packed.numel() == _native._C.gemm_packed_elems(n, k), f"packed weight does not fit x {tuple(x.shape)}"
+    code = _native._code(w_packed, "packed weight")
+    assert x.dtype == w_packed.dtype, f"the packed GEMM takes {w_packed.dtype} x, not {x.dtype}"
+    assert w_packed.numel() == _native._C.gemm_packed_elems(n, k, code), (
+        f"packed weight does not fit x {tuple(x.shape)}"
+    )
     x2, bias, bias_ptr = _native.linear_operands(x, n, bias)
     m = x2.shape[0]
-    y = torch.empty(m, n, dtype=torch.bfloat16)
+    y = torch.empty(m, n, dtype=x.dtype)
     _native._C.gemm(
-        y.data_ptr(), n, x2.data_ptr(), x2.stride(0), w_packed.data_ptr(), bias_ptr, m, n, k, torch.get_num_threads()
+        y.data_ptr(),
+        n,
+        x2.data_ptr(),
+        x2.stride(0),
+        w_packed.data_ptr(),
+        bias_ptr,
+        m,
+        n,
+        k,
+        code,
+        torch.get_num_threads(),
     )
     return y if x.dim() == 2 else y.view(*x.shape[:-1], n)

@@ -1,13 +1,14 @@
 """The CPU's linear method: which kernel runs a linear layer, and the weights' layout it reads.
 
 One routing rule (`linear_path`), used by every linear and by the one-call decode step
-(decode_forward.py): bf16 weights on a CPU with avx512_bf16 are packed once, after loading,
-for the native GEMM (`gemm`), which takes them at every row count; with its threads
-splitting the weight's panels it streams the packed weights faster than the GEMV reads
-row-major ones even at one row (SmolLM2's 30 layers from memory, 2 threads: M = 1 5.5
-against 6.3 ms, M = 4 5.8 against 12.8, M = 8 7.2 against 14.0; docs/cpu.md). Other weights
-(fp32, or bf16 without the GEMM) keep the checkpoint's layout: the native GEMV up to
-`GEMV_MAX_ROWS` rows of x, past which oneDNN's blocked GEMM (torch's linear) catches up.
+(decode_forward.py): weights of a dtype the packed GEMM serves at the running ISA level
+(`gemm.packs`: bf16 at every level) are packed once, after loading, for the native GEMM
+(`gemm`), which takes them at every row count; with its threads splitting the weight's
+panels it streams the packed weights faster than the GEMV reads row-major ones even at one
+row (SmolLM2's 30 layers from memory, 2 threads, avx512_bf16: M = 1 5.5 against 6.3 ms,
+M = 4 5.8 against 12.8, M = 8 7.2 against 14.0; docs/cpu.md). Other weights keep the
+checkpoint's layout: the native GEMV up to `GEMV_MAX_ROWS` rows of x, past which oneDNN's
+blocked GEMM (torch's linear) catches up.
 """
 
 from __future__ import annotations
@@ -41,14 +42,21 @@ class CpuLinearMethod(LinearMethod):
         # so the model's parameters still count its weights' memory.
         packed = None
         w, b = layer.weight, layer.bias
-        if w.dtype == torch.bfloat16 and (b is None or b.dtype == w.dtype) and gemm.ENABLED and gemm.available():
+        if gemm.packs(w.dtype) and (b is None or b.dtype == w.dtype):
             packed = nn.Parameter(gemm.pack(w), requires_grad=False)
             layer.weight = None
+            layer.packed_layout = gemm.layout(w.dtype)  # the ISA level's: checked at every call
         layer.register_parameter("packed_weight", packed)
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if layer.packed_weight is not None:
-            return gemm.linear(x.to(torch.bfloat16), layer.packed_weight, layer.out_features, layer.bias).to(x.dtype)
+            w = layer.packed_weight
+            if layer.packed_layout != gemm.layout(w.dtype):
+                raise RuntimeError(
+                    f"this layer's weights were packed as {layer.packed_layout}, but the CPU kernels now run "
+                    f"{gemm.layout(w.dtype)}: choose the ISA level (OCTAVO_CPU_ISA) before loading the model"
+                )
+            return gemm.linear(x.to(w.dtype), w, layer.out_features, layer.bias).to(x.dtype)
         w, b = layer.weight, layer.bias
         same = w.dtype == x.dtype and (b is None or b.dtype == x.dtype)
         if same and linear_path(False, x.dtype, x.numel() // max(x.shape[-1], 1)) == "gemv":

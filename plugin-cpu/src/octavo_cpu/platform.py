@@ -4,9 +4,9 @@ Its parts, one module each:
 
 | part | class | what it runs |
 | --- | --- | --- |
-| device | `CpuDevice` (device.py) | bf16 by default where the CPU computes it natively |
+| device | `CpuDevice` (device.py) | the running ISA level's fastest dtype; cores from affinity and cgroup quota |
 | attention + KV cache | `CpuAttention` (attention.py) | native paged attention and KV writes over a head-major cache |
-| linear | `CpuLinearMethod` (linear.py) | bf16 on AVX512_BF16: a GEMM on weights packed at load; else GEMV / torch |
+| linear | `CpuLinearMethod` (linear.py) | bf16 at every ISA level: GEMM on weights packed at load; fp32: GEMV, torch |
 | fused ops | `CpuOps` (ops.py) | native RMSNorm (fused residual add), rotary (in place), SiLU-and-mul, sampling |
 | communicator | `CpuCommunicator` (communicator.py) | gloo; each tensor-parallel rank on its own cores |
 | runner | `CpuModelRunner` (runner.py) | core's eager runner; decode steps in one native call (decode_forward.py) |
@@ -22,7 +22,7 @@ from octavo.platform import Availability, Platform, SchedulingPolicy
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
 from octavo_cpu.communicator import CpuCommunicator
-from octavo_cpu.device import CpuDevice, usable_cores
+from octavo_cpu.device import CpuDevice, preferred_dtype, usable_cores
 from octavo_cpu.linear import CpuLinearMethod
 from octavo_cpu.ops import CpuOps
 from octavo_cpu.runner import CpuModelRunner
@@ -47,10 +47,11 @@ class CpuPlatform(Platform):
     def availability(cls) -> Availability:
         # always usable, but any accelerator should win "auto"
         if _native.available():
-            kernels = f"native kernels ({_native.isa()})"
+            kernels = f"native kernels ({_native.isa()}; levels here: {', '.join(_native.supported_isas())})"
         else:  # say so: a broken build must not pass for a slow machine
             kernels = f"torch ops only, native kernels unavailable: {_native.IMPORT_ERROR}"
-        return Availability(score=10, reason=f"{usable_cores()} usable cores, {kernels}")
+        dtype = str(preferred_dtype(_native.isa())).removeprefix("torch.")
+        return Availability(score=10, reason=f"{usable_cores()} usable cores, {kernels}, default dtype {dtype}")
 
     def check_and_update_config(self, config) -> None:
         threads = os.environ.get("OMP_NUM_THREADS")
