@@ -25,13 +25,22 @@ def test_any_of_several_api_keys():
     for key in ("k1", "k2"):
         assert call("POST", "/v1/completions", app(), key=key, json=body).status_code == 200
     assert_error(call("POST", "/v1/completions", app(), key="k3", json=body), 401)
+    assert_error(call("POST", "/v1/completions", app(), key="k1,k2", json=body), 401)  # the list is no key
+    for key in ("k3", "k4"):  # a comma list (vLLM's spelling) is as good as a list
+        r = call("POST", "/v1/completions", app_with(api_key=["k1,k3", "k4"]), key=key, json=body)
+        assert r.status_code == 200
     assert call("GET", "/ping", app(), key=None).status_code == 200  # health checks need no key
 
 
 def test_cors_answers_preflights_and_marks_responses():
     preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
-    r = call("OPTIONS", "/v1/completions", app_with(api_key="k"), key=None, headers=preflight)
+    r = call("OPTIONS", "/v1/completions", app_with(api_key="k", allowed_origins=["*"]), key=None, headers=preflight)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    # off unless configured: no origin is allowed, a preflight gets no CORS header
+    r = call("GET", "/v1/models", app_with(), key=None, headers={"Origin": "https://ui.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    r = call("OPTIONS", "/v1/completions", app_with(api_key="k"), key=None, headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
     only = app_with(allowed_origins=["https://ui.example"])
     r = call("GET", "/v1/models", only, key=None, headers={"Origin": "https://ui.example"})
     assert r.headers["access-control-allow-origin"] == "https://ui.example"

@@ -141,12 +141,17 @@ class LLMEngine:
         if cache.num_blocks is not None:
             num_blocks = cache.num_blocks
         else:
-            num_blocks = self.runner.kv_cache_budget_bytes() // per_block
+            budget = self.runner.kv_cache_budget_bytes()
+            num_blocks = budget // per_block
         max_len = self.model_config.max_model_len
         if num_blocks * cache.block_size < max_len and cache.num_blocks is None:
+            # refused here, not at the first long request: a request of max_model_len could never run
+            need = -(-max_len // cache.block_size) * per_block
             raise ValueError(
-                f"the KV cache holds {num_blocks * cache.block_size} tokens, fewer than max_model_len={max_len}; "
-                "raise --kv-cache-memory / --gpu-memory-utilization or lower --max-model-len"
+                f"the KV cache holds {num_blocks * cache.block_size} tokens, fewer than max_model_len={max_len}: "
+                f"its budget of {budget} bytes buys {num_blocks} blocks of {cache.block_size} tokens at {per_block} "
+                f"bytes each, and one request of max_model_len needs {need} bytes; raise --kv-cache-memory / "
+                "--gpu-memory-utilization or lower --max-model-len"
             )
         tokens = num_blocks * cache.block_size
         logger.info(

@@ -220,9 +220,17 @@ def _load(auto_cls, source: ModelSource):
 
 
 def load_hf_config(source: ModelSource):
+    """The model's config, after its weight files' headers (the GGUF's metadata is where
+    transformers finds the config) and before its dimensions size anything: a corrupt or hostile
+    file is refused here with a `ModelFileError` that names it."""
     from transformers import AutoConfig
 
-    return _load(AutoConfig, source)
+    from octavo.loader.file_checks import check_config_dims, check_weight_files
+
+    weight_bytes = check_weight_files(source.directory, source.gguf_file)
+    config = _load(AutoConfig, source)
+    check_config_dims(getattr(config, "text_config", None) or config, weight_bytes, source.name)
+    return config
 
 
 def load_tokenizer(source: ModelSource):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,6 +43,7 @@ from octavo.entrypoints.openai.errors import (
 )
 from octavo.entrypoints.openai.limits import RequestLimits
 from octavo.entrypoints.openai.metrics import CONTENT_TYPE, DEFAULT_PREFIX, ServerMetrics
+from octavo.entrypoints.openai.openapi import install_openapi
 from octavo.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -80,8 +82,9 @@ class ServerSettings:
     created: int = field(default_factory=lambda: int(time.time()))
     limits: RequestLimits = field(default_factory=RequestLimits)
     metrics_prefix: str = DEFAULT_PREFIX
-    # CORS (vLLM's defaults: any origin, method and header; no credentials)
-    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    # CORS: off (no browser page of another origin may call this server) unless origins are named;
+    # then any method and header, no credentials, as vLLM does
+    allowed_origins: list[str] = field(default_factory=list)
     allowed_methods: list[str] = field(default_factory=lambda: ["*"])
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
@@ -89,9 +92,9 @@ class ServerSettings:
 
     @property
     def api_keys(self) -> list[str]:
-        if self.api_key is None:
-            return []
-        return [self.api_key] if isinstance(self.api_key, str) else list(self.api_key)
+        """Every key accepted: --api-key repeated, several after one flag, or a comma list."""
+        given = [self.api_key] if isinstance(self.api_key, str) else self.api_key or []
+        return [key for value in given for key in value.split(",") if key]
 
 
 class APIKeyMiddleware:
@@ -99,14 +102,21 @@ class APIKeyMiddleware:
 
     def __init__(self, app: Any, api_keys: list[str]) -> None:
         self.app = app
-        self.expected = [f"Bearer {key}".encode() for key in api_keys]
+        self.expected = [self._digest(f"Bearer {key}".encode()) for key in api_keys]
+
+    @staticmethod
+    def _digest(value: bytes) -> bytes:
+        # compared as fixed-length digests: compare_digest's time then depends on neither the
+        # keys' contents nor their lengths
+        return hashlib.sha256(value).digest()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS or scope.get("method") == "OPTIONS":
             return await self.app(scope, receive, send)
         auth = dict(scope.get("headers") or ()).get(b"authorization", b"")
         # every key is compared, so the time taken tells nothing about which one nearly matched
-        if sum(hmac.compare_digest(auth, key) for key in self.expected):
+        digest = self._digest(auth)
+        if sum(hmac.compare_digest(digest, key) for key in self.expected):
             return await self.app(scope, receive, send)
         err = (
             AuthenticationError()
@@ -199,22 +209,24 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
 
     docs: dict[str, Any] = {} if settings.fastapi_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Octavo OpenAI-compatible server", version=octavo_version(), lifespan=lifespan, **docs)
+    install_openapi(app, authenticated=bool(settings.api_keys), public_paths=PUBLIC_PATHS)
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.settings = settings
-    # the last added runs first: CORS answers preflights and marks every response (errors too),
-    # a client without the key is refused before its body is read, and an oversized body before
-    # any route parses it
+    # the last added runs first: CORS (when configured) answers preflights and marks every
+    # response (errors too), a client without the key is refused before its body is read, and an
+    # oversized body before any route parses it
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=settings.api_keys)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.allowed_origins,
-        allow_credentials=settings.allow_credentials,
-        allow_methods=settings.allowed_methods,
-        allow_headers=settings.allowed_headers,
-    )
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_credentials=settings.allow_credentials,
+            allow_methods=settings.allowed_methods,
+            allow_headers=settings.allowed_headers,
+        )
 
     # ---- errors: one body shape for all --------------------------------------------------
     @app.exception_handler(APIError)
@@ -275,7 +287,7 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         ]
         return JSONResponse(ModelList(data=cards).model_dump())
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses={404: {"model": ErrorResponse}})
     async def retrieve_model(model_id: str) -> JSONResponse:
         completions.model_name(model_id)  # 404 if unknown
         card = ModelCard(
@@ -286,7 +298,13 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         )
         return JSONResponse(card.model_dump())
 
-    @app.get("/health")
+    # no body when healthy; 503 in OpenAI's shape when the engine died
+    health_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "The engine runs", "content": None},
+        503: {"model": ErrorResponse},
+    }
+
+    @app.get("/health", response_class=Response, responses=health_responses)
     async def health() -> Response:
         if engine.errored:
             return error_response("the engine is not running", status=503, type="server_error")
@@ -294,7 +312,15 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
 
     # SageMaker's container contract: GET/POST /ping is the health check, POST /invocations
     # takes a chat or a completion request, told apart by its fields
-    app.add_api_route("/ping", health, methods=["GET", "POST"])
+    for method in ("GET", "POST"):
+        app.add_api_route(
+            "/ping",
+            health,
+            methods=[method],
+            operation_id=f"ping_{method.lower()}",
+            response_class=Response,
+            responses=health_responses,
+        )
 
     @app.post("/invocations", responses=errors)
     async def invocations(request: Request):
@@ -318,11 +344,11 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
     async def version() -> JSONResponse:
         return JSONResponse({"version": octavo_version()})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def get_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=errors)
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
         completions.model_name(body.model)
         if (body.prompt is None) == (body.messages is None):
@@ -347,7 +373,7 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
             resp.token_strs = list(completions.tokenizer.convert_ids_to_tokens(ids))
         return JSONResponse(resp.model_dump(exclude_none=True))
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=errors)
     async def detokenize(body: DetokenizeRequest) -> JSONResponse:
         completions.model_name(body.model)
         completions.check_token_ids(body.tokens, "tokens")

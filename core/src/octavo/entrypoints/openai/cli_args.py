@@ -29,9 +29,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--api-key",
         nargs="+",
+        action="extend",
         default=None,
         metavar="KEY",
-        help="require 'Authorization: Bearer KEY' (any of the keys given) on every route but /health and /ping",
+        help="require 'Authorization: Bearer KEY' on every route but /health and /ping; several keys: "
+        "repeat the flag, list them after it, or separate them with commas (any one is accepted)",
     )
     g.add_argument(
         "--chat-template", default=None, help="Jinja chat template, or a file holding one (default: the model's own)"
@@ -65,8 +67,14 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=DEFAULT_PREFIX,
         help="the prefix of /metrics names: 'vllm' serves dashboards built for vLLM unchanged",
     )
-    cors = parser.add_argument_group("CORS")
-    cors.add_argument("--allowed-origins", type=json.loads, default=["*"], metavar="JSON", help="e.g. '[\"*\"]'")
+    cors = parser.add_argument_group("CORS", "off unless --allowed-origins names origins (vLLM allows any by default)")
+    cors.add_argument(
+        "--allowed-origins",
+        type=json.loads,
+        default=[],
+        metavar="JSON",
+        help="e.g. '[\"https://ui.example\"]' or '[\"*\"]'",
+    )
     cors.add_argument("--allowed-methods", type=json.loads, default=["*"], metavar="JSON")
     cors.add_argument("--allowed-headers", type=json.loads, default=["*"], metavar="JSON")
     cors.add_argument("--allow-credentials", action="store_true")

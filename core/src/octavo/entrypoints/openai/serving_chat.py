@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,6 +111,7 @@ class OpenAIServingChat(OpenAIServing):
             raise BadRequestError(str(e), param="messages") from None
         if continue_final_message and add_generation_prompt:
             add_generation_prompt = False  # vLLM refuses both; continuing wins, as the caller asked
+        self._check_template_kwargs(chat_template_kwargs)
         try:
             text = self.tokenizer.apply_chat_template(
                 conversation,
@@ -122,6 +124,18 @@ class OpenAIServingChat(OpenAIServing):
         except Exception as e:  # noqa: BLE001 - jinja's errors and raise_exception() in templates
             raise BadRequestError(f"the chat template could not render these messages: {e}", param="messages") from None
         return text if isinstance(text, str) else str(text)
+
+    def _check_template_kwargs(self, kwargs: dict[str, Any] | None) -> None:
+        """chat_template_kwargs are variables for the template; none may be a parameter of
+        apply_chat_template itself (tokenize, padding, max_length, tokenizer_kwargs...), which
+        would let a request make the server tokenize and pad to any length it names."""
+        own = set(inspect.signature(self.tokenizer.apply_chat_template).parameters) - {"kwargs"}
+        taken = sorted(own & set(kwargs or ()))
+        if taken:
+            raise BadRequestError(
+                f"chat_template_kwargs may not set {', '.join(taken)}: they are the server's, not the template's",
+                param="chat_template_kwargs",
+            )
 
     async def create_chat_completion(
         self, req: ChatCompletionRequest, raw: Request
