@@ -322,7 +322,16 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
             responses=health_responses,
         )
 
-    @app.post("/invocations", responses=errors)
+    # the body is read by hand (a chat or a completion request): the schema says which it may be
+    invocation_body = {
+        "oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (ChatCompletionRequest, CompletionRequest)]
+    }
+
+    @app.post(
+        "/invocations",
+        responses=errors,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": invocation_body}}}},
+    )
     async def invocations(request: Request):
         try:
             body = await request.json()
