@@ -107,8 +107,10 @@ def test_vllm_spellings_mean_what_they_mean_in_vllm():
     assert engine_args.enable_log_requests and engine_args.max_log_len == 10 and args.disable_access_log
     with pytest.raises(ValueError, match="two models"):
         serve_options(parse(["serve", "a", "--model", "b"]))
-    with pytest.raises(UnsupportedOptionError, match="--quantization"):
-        serve_options(parse(["serve", "m", "-q", "awq"]))
+    with pytest.raises(UnsupportedOptionError, match="--kv-cache-dtype"):
+        serve_options(parse(["serve", "m", "--kv-cache-dtype", "fp8"]))
+    # --quantization is Octavo's own now (tests/test_quantization.py), under vLLM's short flag too
+    assert serve_options(parse(["serve", "m", "-q", "awq"]))[0].quantization == "awq"
     # a refused option at vLLM's default asks for nothing
     serve_options(parse(["serve", "m", "--kv-cache-dtype", "auto", "--no-enable-chunked-prefill", "--swap-space", "8"]))
 
@@ -146,7 +148,7 @@ def test_llm_takes_vllms_keywords(tiny_model_dirs, hf_reference):
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"quantization": "awq"}, "quantization"), ({"pipeline_parallel_size": 2}, "pipeline_parallel_size")]
+    [({"pipeline_parallel_size": 2}, "pipeline_parallel_size")]
     + [({"enable_lora": True}, "enable_lora"), ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype")],
 )
 def test_llm_refuses_what_octavo_lacks_by_name(kwargs, name):

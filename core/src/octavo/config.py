@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from octavo.loader.generation_config import GenerationDefaults
+from octavo.quantization.checkpoint import QuantConfig
 from octavo.sampling_params import MAX_LOGPROBS
 
 _DTYPES = {
@@ -74,6 +75,8 @@ class ModelConfig:
     max_logprobs: int = MAX_LOGPROBS  # the most logprobs / prompt_logprobs a request may ask for
     # the model's generation_config.json: request defaults and extra EOS ids (--generation-config)
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    # the checkpoint's quantized layers and their schemes (None: dense weights)
+    quantization: QuantConfig | None = None
 
 
 @dataclass

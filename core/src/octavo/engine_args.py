@@ -25,6 +25,8 @@ class EngineArgs:
     model: str = "smollm2"
     device: str = "auto"
     dtype: str = "auto"
+    # the checkpoint's quantization format, to require it (None: whatever the checkpoint holds)
+    quantization: str | None = None
     tokenizer: str | None = None
     # hub models: a branch, tag or commit of the model (and of a separate tokenizer)
     revision: str | None = None
@@ -61,6 +63,14 @@ class EngineArgs:
             parser.add_argument("--model", default=d.model, help=model_help)
         parser.add_argument("--device", default=d.device, help="platform name (cpu, cuda, ...) or 'auto'")
         parser.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="half = float16, float = float32")
+        parser.add_argument(
+            "--quantization",
+            "-q",
+            default=d.quantization,
+            help="serve a checkpoint of this quantization format (gguf, gptq, awq, compressed-tensors, fp8), and "
+            "keep a GGUF's layers quantized even without the device's kernels; default: the checkpoint's own "
+            "(a GGUF file's layers stay quantized where the device has kernels for them, unless --dtype is given)",
+        )
         parser.add_argument(
             "--tokenizer", default=d.tokenizer, help="tokenizer directory or hub ID (default: the model's)"
         )

@@ -21,6 +21,7 @@ from octavo.layers.attention import shard_heads
 from octavo.loader.generation_config import load_generation_defaults
 from octavo.loader.source import ModelSource, check_architecture, load_hf_config, resolve_model_source
 from octavo.platform import AttentionSpec, Platform, resolve_platform
+from octavo.quantization.checkpoint import read_quantization
 from octavo.sampling_params import MAX_LOGPROBS
 
 logger = logging.getLogger("octavo")
@@ -162,6 +163,14 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             f"{static.block_buckets[-1] * block_size} or less"
         )
     _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
+    quantization = read_quantization(
+        source, hf_config, args.quantization, args.dtype != "auto", dummy=args.load_format == "dummy"
+    )
+    if quantization is not None and quantization.layers and args.tensor_parallel_size > 1:
+        raise ValueError(
+            f"tensor parallelism is not supported with quantized weights ({quantization.describe()}); use "
+            "tensor_parallel_size=1" + (", or --dtype to load the GGUF file dequantized" if source.is_gguf else "")
+        )
     err = platform.attention.supports(_attention_spec(hf_config), dtype, block_size)
     if err:
         raise ValueError(f"device {platform.name!r} cannot run this model: {err}")
@@ -178,6 +187,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             seed=args.seed if args.seed is not None else 0,
             max_logprobs=_max_logprobs(args.max_logprobs),
             generation=generation,
+            quantization=quantization,
         ),
         cache=CacheConfig(
             block_size=block_size,

@@ -34,6 +34,7 @@ from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
 from octavo.models import get_model_class
 from octavo.platform import ForwardBatch, Platform, StepOutput, StepRunner
+from octavo.quantization.apply import quantize_linears
 from octavo.request import RequestFailure
 from octavo.sampling import RowByRowJob, SampleJob, Sampler
 from octavo.scheduler import PENDING_TOKEN, SchedulerOutput
@@ -105,10 +106,14 @@ class ModelRunner(StepRunner):
             model = cls(platform, hf, config.model.max_model_len)
         model.to(dtype=self.dtype)
         model.cos_sin_cache = model.cos_sin_cache.float()  # rotary tables stay in float32
+        quant = config.model.quantization
+        # quantized layers get their scheme's method (and its tensors) after the cast to dtype,
+        # which must not touch their packed or fp8 tensors
+        kept = quantize_linears(model, quant, platform.linear) if quant is not None else {}
         if config.model.load_format == "dummy":
             init_dummy(model, config.model.seed)
         else:
-            model.load_weights(iter_weights(source, hf, self.dtype))
+            model.load_weights(iter_weights(source, hf, self.dtype, quant, kept))
         # the linear method owns its weights' layout: it may repack them now that all are in
         for module in model.modules():
             if isinstance(module, Linear):

@@ -70,7 +70,6 @@ LLM_ACCEPTED = [
 ]
 
 ENGINE_REFUSED = [
-    Option("quantization", None, "quantized weights; serve an unquantized checkpoint", alias="-q"),
     Option("kv_cache_dtype", "auto", "a KV cache in another dtype than the model's"),
     Option("kv_cache_memory_bytes", None, "a KV cache size in bytes on GPUs; use --gpu-memory-utilization"),
     Option("pipeline_parallel_size", 1, "pipeline parallelism; use --tensor-parallel-size", alias="-pp"),

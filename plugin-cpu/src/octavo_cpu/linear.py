@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from octavo.platform import LinearMethod
-from octavo_cpu import _native, gemm
+from octavo.quantization.scheme import QuantScheme
+from octavo_cpu import _native, gemm, quantized_linear
 
 #: rows of x up to which the native GEMV serves a linear that is not packed
 GEMV_MAX_ROWS = 8
@@ -62,3 +63,9 @@ class CpuLinearMethod(LinearMethod):
         if same and linear_path(False, x.dtype, x.numel() // max(x.shape[-1], 1)) == "gemv":
             return _native.linear(x, w, b)
         return torch.nn.functional.linear(x, w, b)
+
+    def quantized_method(self, scheme: QuantScheme) -> LinearMethod | None:
+        # GGUF Q4_0 / Q4_1 / Q8_0 run natively (quantized_linear.py); other schemes core's method
+        if quantized_linear.supports(scheme):
+            return quantized_linear.GgufLinearMethod(self.device, scheme)
+        return None

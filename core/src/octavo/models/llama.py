@@ -13,7 +13,7 @@ full checkpoint tensors.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -93,10 +93,6 @@ class DecoderLayer(nn.Module):
         h = self.self_attn(h, positions, cos_sin, kv_cache, meta)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
-
-
-#: a checkpoint tensor's destination: (parameter, dst, src), see LlamaForCausalLM._target
-_Target = tuple[Any, "tuple[int, int] | None", "tuple[int, int, int] | None"]
 
 
 def _llama_norm(norm: RMSNorm | Float32RMSNorm | None) -> RMSNorm | None:
@@ -230,47 +226,70 @@ class LlamaForCausalLM(nn.Module):
         """
         if name.startswith("model."):
             name = name[len("model.") :]
-        if name == "lm_head.weight":  # tied: the embedding, loaded under its own name
-            return (None, None, None) if self.tie_word_embeddings else (self.lm_head.weight, None, None)
+        if name == "lm_head.weight" and self.tie_word_embeddings:  # the embedding, loaded under its own name
+            return None, None, None
         if name == "embed_tokens.weight":
             return self.embed_tokens, None, None
         if name == "norm.weight":
             return self.norm.weight, None, None
+        stem, _, suffix = name.rpartition(".")
+        linear, dst, src = self._linear_entry(stem)
+        if linear is not None:
+            param = linear._parameters.get(suffix)
+            if param is None:
+                raise KeyError(name)
+            if suffix in ("weight", "bias"):
+                return param, dst, src
+            # a quantized layer's tensors, in the canonical layout (octavo.quantization.scheme):
+            # rows are output features like a weight's, g_idx indexes input features (no rows);
+            # tensor parallelism is refused for quantized models, so nothing is sliced here
+            return param, (None if suffix == "g_idx" else dst), None
         parts = name.split(".")
         if parts[0] != "layers":
             raise KeyError(name)
         layer = self._decoder_layers()[int(parts[1])]
+        # the norms, whole on every rank, under their module names (input_layernorm, ...; Qwen3's
+        # self_attn.q_norm)
+        norms = {f"{n}.weight": m for n, m in layer.named_modules() if isinstance(m, (RMSNorm, Float32RMSNorm))}
+        return norms[".".join(parts[2:])].weight, None, None
+
+    def _linear_entry(self, stem: str) -> tuple[Linear | None, tuple[int, int] | None, tuple[int, int, int] | None]:
+        """The Linear a checkpoint layer (`layers.3.self_attn.q_proj`, `lm_head`) loads into, with
+        its rows in it (dst) and this rank's slice of the checkpoint's (src), as `_target`
+        describes them; (None, None, None) when `stem` names no linear layer."""
+        if stem == "lm_head":
+            return self.lm_head, None, None
+        parts = stem.split(".")
+        if len(parts) < 3 or parts[0] != "layers":
+            return None, None, None
+        layer = self._decoder_layers()[int(parts[1])]
         attn = layer.self_attn
-        rest = ".".join(parts[2:])
         q, kv, inter, hd = attn.q_size, attn.kv_size, layer.mlp.intermediate, attn.spec.head_dim
         # this rank's slices of the full tensors (the whole tensors without tensor parallelism)
         q_src = (0, attn.shard.q_start * hd, attn.total_num_heads * hd)
         kv_src = (0, attn.shard.kv_start * hd, attn.total_num_kv_heads * hd)
         inter_src = (0, layer.mlp.inter_start, layer.mlp.total_intermediate)
-        table: dict[str, _Target] = {
-            "self_attn.q_proj.weight": (attn.qkv_proj.weight, (0, q), q_src),
-            "self_attn.k_proj.weight": (attn.qkv_proj.weight, (q, kv), kv_src),
-            "self_attn.v_proj.weight": (attn.qkv_proj.weight, (q + kv, kv), kv_src),
-            "self_attn.o_proj.weight": (attn.o_proj.weight, None, (1, *q_src[1:])),
-            "mlp.gate_proj.weight": (layer.mlp.gate_up_proj.weight, (0, inter), inter_src),
-            "mlp.up_proj.weight": (layer.mlp.gate_up_proj.weight, (inter, inter), inter_src),
-            "mlp.down_proj.weight": (layer.mlp.down_proj.weight, None, (1, *inter_src[1:])),
+        table: dict[str, tuple[Linear, tuple[int, int] | None, tuple[int, int, int]]] = {
+            "self_attn.q_proj": (attn.qkv_proj, (0, q), q_src),
+            "self_attn.k_proj": (attn.qkv_proj, (q, kv), kv_src),
+            "self_attn.v_proj": (attn.qkv_proj, (q + kv, kv), kv_src),
+            "self_attn.o_proj": (attn.o_proj, None, (1, *q_src[1:])),
+            "mlp.gate_proj": (layer.mlp.gate_up_proj, (0, inter), inter_src),
+            "mlp.up_proj": (layer.mlp.gate_up_proj, (inter, inter), inter_src),
+            "mlp.down_proj": (layer.mlp.down_proj, None, (1, *inter_src[1:])),
         }
-        # the norms, whole on every rank, under their module names (input_layernorm, ...; Qwen3's
-        # self_attn.q_norm)
-        for norm_name, norm in layer.named_modules():
-            if isinstance(norm, (RMSNorm, Float32RMSNorm)):
-                table[f"{norm_name}.weight"] = (norm.weight, None, None)
-        bias = attn.qkv_proj.bias
-        if bias is not None:
-            table.update(
-                {
-                    "self_attn.q_proj.bias": (bias, (0, q), q_src),
-                    "self_attn.k_proj.bias": (bias, (q, kv), kv_src),
-                    "self_attn.v_proj.bias": (bias, (q + kv, kv), kv_src),
-                }
-            )
-        return table[rest]
+        return table.get(".".join(parts[2:]), (None, None, None))
+
+    def linear_for(self, stem: str) -> Linear | None:
+        """The Linear that checkpoint layer `stem` (`model.layers.3.self_attn.q_proj`) loads
+        into (q, k and v share one, as gate and up do), or None: what quantization replaces."""
+        stem = stem.removeprefix("model.")
+        if stem == "lm_head" and self.tie_word_embeddings:
+            return None
+        try:
+            return self._linear_entry(stem)[0]
+        except (IndexError, ValueError):
+            return None
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -298,7 +317,9 @@ class LlamaForCausalLM(nn.Module):
             if tuple(dst.shape) != tuple(tensor.shape):
                 raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dst.shape)}")
             dst.copy_(tensor)
-            seen[id(param)] = seen.get(id(param), 0) + dst.numel()
+            # rows add up; a whole tensor counts once, however often it comes (a quantized
+            # layer's g_idx comes with each of q, k and v)
+            seen[id(param)] = param.numel() if shard is None else seen.get(id(param), 0) + dst.numel()
         missing = [n for pid, n in expected.items() if seen.get(pid, 0) != params[n].numel()]
         if missing:
             raise ValueError(
