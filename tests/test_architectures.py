@@ -10,7 +10,15 @@ import dataclasses
 import pytest
 import torch
 from spy_platform import spy_platform
-from tiny_models import NEWER_ARCHS, _load_hf, assert_greedy_matches, make_tiny_model, random_prompts, smollm2_tokenizer, tiny_config
+from tiny_models import (
+    NEWER_ARCHS,
+    _load_hf,
+    assert_greedy_matches,
+    make_tiny_model,
+    random_prompts,
+    smollm2_tokenizer,
+    tiny_config,
+)
 
 from octavo import LLM, SamplingParams
 from octavo.models import get_model_class
