@@ -106,23 +106,31 @@ static void gemm_rows(const GemmArgs& a, const float* bias, int64_t m0, int64_t 
   const bf16* wp = static_cast<const bf16*>(a.w_packed);
   bf16* y = static_cast<bf16*>(a.y);
   const int64_t panel = (a.K / 2) * kNR * 2;
-  for (int64_t m = m0; m < m1; m += kBM) {
-    const int rows = m1 - m < kBM ? (int)(m1 - m) : kBM;
-    const bf16* xb = x + m * a.x_stride;
-    int64_t xs = a.x_stride;
-    if (rows < kBM) {  // the last rows, zero-padded to a block
-      memset(pad, 0, sizeof(bf16) * kBM * a.K);
-      for (int r = 0; r < rows; ++r) memcpy(pad + r * a.K, xb + r * a.x_stride, sizeof(bf16) * a.K);
-      xb = pad;
-      xs = a.K;
-    }
-    for (int64_t p = q0; p < q1; ++p) {
-      for (int h = 0; h < 2; ++h) {
-        const int64_t n = p * kNR + 32 * h;
-        if (n >= a.N) break;
-        block(xb, xs, wp + p * panel + 64 * h, a.K, c);  // 32 columns of k-pairs in
-        store(c, rows, a.N - n < 32 ? (int)(a.N - n) : 32, bias ? bias + n : nullptr, y + m * a.y_stride + n,
-              a.y_stride);
+  // a block of panels stays in L2 while every row block passes over it: the tiles take the
+  // weight far faster than L3 delivers it (SmolLM2's gate_up, 1024 rows, one thread, panels
+  // streamed per row block: 195 GFLOP/s, against oneDNN's 450)
+  int64_t nc = (512 * 1024) / (panel * 2);
+  if (nc < 1) nc = 1;
+  for (int64_t p0 = q0; p0 < q1; p0 += nc) {
+    const int64_t p1 = p0 + nc < q1 ? p0 + nc : q1;
+    for (int64_t m = m0; m < m1; m += kBM) {
+      const int rows = m1 - m < kBM ? (int)(m1 - m) : kBM;
+      const bf16* xb = x + m * a.x_stride;
+      int64_t xs = a.x_stride;
+      if (rows < kBM) {  // the last rows, zero-padded to a block
+        memset(pad, 0, sizeof(bf16) * kBM * a.K);
+        for (int r = 0; r < rows; ++r) memcpy(pad + r * a.K, xb + r * a.x_stride, sizeof(bf16) * a.K);
+        xb = pad;
+        xs = a.K;
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int h = 0; h < 2; ++h) {
+          const int64_t n = p * kNR + 32 * h;
+          if (n >= a.N) break;
+          block(xb, xs, wp + p * panel + 64 * h, a.K, c);  // 32 columns of k-pairs in
+          store(c, rows, a.N - n < 32 ? (int)(a.N - n) : 32, bias ? bias + n : nullptr, y + m * a.y_stride + n,
+                a.y_stride);
+        }
       }
     }
   }
