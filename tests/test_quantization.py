@@ -103,6 +103,24 @@ def test_gguf_types_kept_quantized_generate_as_dequantized_and_as_transformers(d
         assert_greedy_matches(str(root), prompt, g, w, "GGUF vs transformers")
 
 
+def test_default_model_runs_natively_quantized_unless_a_dtype_is_given():
+    """SmolLM2's Q4_1 GGUF, with no options: its Q4_1 layers keep their blocks (the platform's
+    kernels where it has them, as octavo-cpu does) and it still answers as transformers does
+    (DESIGN.md: " Paris."); --dtype loads the file dequantized, as before."""
+    from octavo.layers.linear import Linear
+
+    llm = LLM("smollm2", device="cpu", max_model_len=64, kv_cache_memory="16MiB")
+    linears = [m for m in llm.llm_engine.runner.model.modules() if isinstance(m, Linear)]
+    assert sum(getattr(m.method, "scheme", None) is not None for m in linears) == 4 * 30  # all but lm_head
+    (out,) = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+    assert out.outputs[0].text.startswith(" Paris.")
+    from octavo.engine_args import EngineArgs
+    from octavo.engine_config import create_engine_config
+
+    config, _, _ = create_engine_config(EngineArgs(model="smollm2", device="cpu", dtype="float32"))
+    assert config.model.quantization is None
+
+
 # ---- checkpoints with a quantization_config ----------------------------------------------------
 WEIGHT_ONLY = {
     "gptq": lambda src, dst, dense: write_gptq(src, dst, dense, group=32, act_order=False),
