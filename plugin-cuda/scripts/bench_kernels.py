@@ -219,10 +219,10 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
 
 
 def bench_ops(tokens=8192, hidden=4096, inter=14336, hq=32, hk=8, d=128):
-    from octavo_cuda.ops import CudaOps
     from octavo_triton.kv_cache import write_kv
+    from octavo_triton.platform_parts import TritonOps
 
-    ours, torch_default = CudaOps(Device()), FusedOps(Device())
+    ours, torch_default = TritonOps(Device()), FusedOps(Device())
     gen = torch.Generator(device=DEV).manual_seed(2)
     r = lambda *s: torch.randn(*s, device=DEV, dtype=DT, generator=gen)  # noqa: E731
     x, res, w = r(tokens, hidden), r(tokens, hidden), r(hidden)

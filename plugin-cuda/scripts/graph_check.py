@@ -8,7 +8,7 @@
   where the decode split count differs, since graphs fix max_seq_len = max_model_len);
 * decode throughput of the tiny model, graphs vs eager (launch-bound: the graph's gain).
 
-    [OCTAVO_CHECK_TP=2] python3 plugin-cuda/scripts/graph_check.py TOKENIZER_DIR [JSON_OUT]
+    [OCTAVO_CHECK_TP=2] [OCTAVO_CHECK_PLATFORM=rocm] python3 plugin-cuda/scripts/graph_check.py TOKENIZER_DIR [JSON_OUT]
 """
 
 import gc
@@ -34,6 +34,9 @@ def main():
     global report, replays
     TOK = sys.argv[1]
     DEV = os.environ.get("OCTAVO_CHECK_DEVICE", "cuda")  # "cpu": a dry run of this script
+    # the octavo platform to check on that device: "rocm" with OCTAVO_ROCM_ON_CUDA=1 runs
+    # octavo-rocm's code on an NVIDIA GPU (plugin-rocm/scripts/rocm_on_nvidia_gpu.sh)
+    PLATFORM = os.environ.get("OCTAVO_CHECK_PLATFORM", DEV)
     TP = int(os.environ.get("OCTAVO_CHECK_TP", "1"))  # tensor-parallel ranks (NCCL on GPUs)
     PATH = "/tmp/octavo_tiny_llama"
     LENGTHS = [1, 5, 17, 64, 100, 160, 250, 300, 33, 7, 128, 511]
@@ -105,7 +108,7 @@ def main():
     def generate(dtype, eager, **kw):
         llm = LLM(
             model=PATH,
-            device=DEV,
+            device=PLATFORM,
             dtype=dtype,
             max_model_len=1024,
             gpu_memory_utilization=0.3,

@@ -1,6 +1,7 @@
-"""octavo-cuda's own code: discovery without a GPU, its availability reasons and config
-refusals, its routing rules, and that its parts reach the shared Triton kernels
-(octavo_triton, tested in triton-kernels/tests) with the right arguments.
+"""octavo-cuda: discovery without a GPU, its availability reasons and config refusals, the
+routing rules of the parts it declares (octavo_triton.platform_parts, shared with octavo-rocm
+and octavo-xpu), and that those parts reach the shared Triton kernels (octavo_triton, tested
+in triton-kernels/tests) with the right arguments.
 
 The routing rules are checked on any CPU with stand-in kernels that record their calls.
 The tests marked `kernels` run the real kernels where they run: on a CUDA GPU, or under
@@ -23,11 +24,13 @@ import torch
 
 from octavo.platform import AttentionSpec, ForwardBatch, check_platform
 from octavo_cuda import CudaPlatform
-from octavo_cuda.attention import CudaAttention
-from octavo_cuda.device import CudaDevice
-from octavo_cuda.linear import CudaLinearMethod
-from octavo_cuda.runner import CudaModelRunner
 from octavo_plugin_kit.inputs import make_forward_batch
+
+# the parts octavo-cuda declares: the shared ones of every Triton GPU (octavo_triton.platform_parts)
+CudaAttention = CudaPlatform.attention_cls
+CudaDevice = CudaPlatform.device_cls
+CudaLinearMethod = CudaPlatform.linear_cls
+CudaModelRunner = CudaPlatform.runner_cls
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,5 +1,6 @@
 """Every kernel compiles for each GPU in `octavo_triton.aot.TARGETS` that no test machine has,
-for every dtype, with that GPU's tuning entry, and fits its shared memory (LDS on AMD).
+for every dtype, with that GPU's tuning entry, and fits its shared memory (LDS on AMD); for
+octavo-rocm's archs (gfx942, gfx950, gfx1100) also at the conformance suite's shapes.
 
 The real back ends compile on this CPU machine (LLVM's AMDGPU target; ptxas, which ships in
 the triton wheel); nothing runs. The limits are the hardware's (aot.TARGETS says where each
@@ -26,23 +27,12 @@ pytestmark = [
 
 from octavo_triton import aot  # noqa: E402
 
-#: every kernel the package launches; each must be compiled for each dtype
-KERNELS = {
-    "_decode_kernel",
-    "_combine_kernel",
-    "_prefill_kernel",
-    "_write_kv_kernel",
-    "_rms_norm_kernel",
-    "_rotary_kernel",
-    "_silu_and_mul_kernel",
-    "_gemv_kernel",
-}
-
-
 #: targets a lent GPU compiles and runs these kernels on (the GPU run of test_triton_kernels.py),
 #: left to `python -m octavo_triton.aot NAME` here: sm_90 alone would add half again to this test
 ON_A_LENT_GPU = {"cuda:90"}
 CHECKED = sorted(set(aot.TARGETS) - ON_A_LENT_GPU)
+#: octavo-rocm's archs: compiled at the conformance suite's shapes too
+AT_CONFORMANCE_SHAPES = {"hip:gfx942", "hip:gfx950", "hip:gfx1100"}
 
 
 def _back_end_installed(name: str) -> bool:
@@ -59,7 +49,7 @@ def reports():
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         # CUDA first: ptxas on the float32 attention is the longest single job
         order = sorted(filter(_back_end_installed, CHECKED), key=lambda name: not name.startswith("cuda"))
-        yield {name: pool.submit(aot.compile_for, name) for name in order}
+        yield {name: pool.submit(aot.compile_for, name, name in AT_CONFORMANCE_SHAPES) for name in order}
 
 
 @pytest.mark.parametrize("name", CHECKED)
@@ -72,7 +62,18 @@ def test_every_kernel_compiles_and_fits(reports, name):
     for dtype in aot.DTYPES:
         label = str(dtype).removeprefix("torch.")
         compiled = {k.kernel for k in report.kernels if f" {label}" in k.case}
-        assert compiled == KERNELS, f"{name} {label}: not compiled: {sorted(KERNELS - compiled)}"
+        assert compiled == aot.KERNELS, f"{name} {label}: not compiled: {sorted(aot.KERNELS - compiled)}"
+    if name in AT_CONFORMANCE_SHAPES:
+        # both attention kernels for every row of the orthogonal array (GQA ratio and block size are
+        # compile-time constants of theirs), every kernel at the suite's shapes; the limits below
+        conformance = [k for k in report.kernels if k.case.startswith("conformance")]
+        for h, g, b, _ in aot.L9:
+            d, qpk, block = aot.CONFORMANCE_HEAD_DIMS[min(h, 1)], aot.CONFORMANCE_GQA[g], aot.CONFORMANCE_BLOCK_SIZES[b]
+            for kernel in ("decode", "prefill"):
+                case = f"head {d} gqa {qpk} block {block} {kernel}"
+                assert any(k.case.endswith(case) for k in conformance), f"{name}: {case} not compiled"
+        compiled = {k.kernel for k in conformance}
+        assert compiled == aot.KERNELS, f"{name}: not compiled at the suite's shapes: {sorted(aot.KERNELS - compiled)}"
     over = report.over_limit()
     assert not over, f"{name}: over its {target.shared_limit} bytes of shared memory ({target.why}):\n" + "\n".join(
         f"  {k.kernel} ({k.case}): {k.shared} B" for k in over
@@ -80,3 +81,22 @@ def test_every_kernel_compiles_and_fits(reports, name):
     for k in report.kernels:
         # warps of this target's width: a workgroup holds at most 1,024 threads on all of them
         assert k.num_warps * target.warp_size <= 1024, f"{k.kernel} ({k.case}): {k.num_warps} warps"
+
+
+def test_the_conformance_shapes_are_the_kits():
+    """aot's copy of the conformance suite's shapes follows the suite (head sizes the kernels
+    take, GQA ratios, block sizes, KV heads)."""
+    from octavo_plugin_kit.conformance import test_attention
+
+    assert set(aot.CONFORMANCE_HEAD_DIMS) == {d for d in test_attention.HEAD_DIMS if d & (d - 1) == 0}
+    assert aot.CONFORMANCE_GQA == test_attention.GQA_RATIOS
+    assert aot.CONFORMANCE_BLOCK_SIZES == test_attention.BLOCK_SIZES
+    assert aot.CONFORMANCE_KV_HEADS == test_attention.NUM_KV_HEADS
+
+
+def test_the_orthogonal_array_covers_every_pair():
+    levels = [(0, 1, 2)] * 4
+    for a in range(4):
+        for b in range(a + 1, 4):
+            pairs = {(row[a], row[b]) for row in aot.L9}
+            assert pairs == {(x, y) for x in levels[a] for y in levels[b]}, (a, b)

@@ -140,3 +140,13 @@ def test_launchers_refuse_an_unsupported_target_before_launching(interpreter_uns
         rms_norm(x, torch.ones(64), 1e-6)
     with pytest.raises(UnsupportedTarget, match="reason X"):
         silu_and_mul(x)
+
+
+@pytest.mark.parametrize("value,target", [("hip:gfx942", ("hip", "gfx942")), ("cuda:80", ("cuda", 80))])
+def test_the_test_only_override_makes_every_device_take_that_targets_entry(monkeypatch, value, target):
+    """How the lent NVIDIA GPU runs an AMD arch's tiles (plugin-rocm/scripts/rocm_on_nvidia_gpu.sh)."""
+    calls = _fake_gpu(monkeypatch, capability=(9, 0))
+    monkeypatch.setenv(tuning.TARGET_OVERRIDE, value)
+    assert for_device(torch.device("cuda", 0)) is TABLE[target]
+    assert for_device(torch.device("cpu")) is TABLE[target]
+    assert calls == []  # the GPU is not asked what it is

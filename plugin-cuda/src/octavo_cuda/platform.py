@@ -1,16 +1,17 @@
 """The CUDA platform: octavo_triton's kernels for attention, the fused ops and one-row
 linears, cuBLAS (torch) for the other GEMMs, NCCL for collectives, CUDA graphs for decode.
 
-Its parts, one module each:
+Its parts are the shared ones of every Triton GPU (octavo_triton.platform_parts), on torch's
+`cuda` device with NCCL: this module declares them, gates availability and checks the GPU.
 
 | part | class | what it runs |
 | --- | --- | --- |
-| device | `CudaDevice` (device.py) | bf16 by default; KV budget from free memory and a profiled peak (memory.py) |
-| attention + KV cache | `CudaAttention` (attention.py) | leading decodes: split-K decode kernel; rest: prefill kernel |
-| linear | `CudaLinearMethod` (linear.py) | Triton GEMV for one row of x, cuBLAS otherwise |
-| fused ops | `CudaOps` (ops.py) | Triton RMSNorm (+ residual), rotary, SiLU-and-mul |
-| communicator | `CudaCommunicator` (communicator.py) | NCCL; each rank bound to its GPU before init |
-| runner | `CudaModelRunner` (runner.py) | core's eager runner; warm-up shapes at start, decode steps as CUDA graphs |
+| device | `TritonGpuDevice` | bf16 by default; KV budget from free memory and a profiled peak |
+| attention + KV cache | `TritonAttention` | leading decodes: split-K decode kernel; rest: prefill kernel |
+| linear | `TritonLinearMethod` | Triton GEMV for one row of x, cuBLAS otherwise |
+| fused ops | `TritonOps` | Triton RMSNorm (+ residual), rotary, SiLU-and-mul |
+| communicator | `GpuCommunicator` | NCCL; each rank bound to its GPU before init |
+| runner | `TritonModelRunner` | core's eager runner; warm-up shapes at start, decode steps as CUDA graphs |
 
 Nothing here imports triton or initialises CUDA at import time, nor when the platform and
 its parts are built: discovery does both on every machine, and a process that has
@@ -23,12 +24,14 @@ from __future__ import annotations
 import torch
 
 from octavo.platform import Availability, Platform, SchedulingPolicy
-from octavo_cuda.attention import CudaAttention
-from octavo_cuda.communicator import CudaCommunicator
-from octavo_cuda.device import CudaDevice
-from octavo_cuda.linear import CudaLinearMethod
-from octavo_cuda.ops import CudaOps
-from octavo_cuda.runner import CudaModelRunner
+from octavo_triton.platform_parts import (
+    GpuCommunicator,
+    TritonAttention,
+    TritonGpuDevice,
+    TritonLinearMethod,
+    TritonModelRunner,
+    TritonOps,
+)
 
 #: bf16 tensor cores and every Triton feature the kernels use arrive with Ampere
 MIN_CAPABILITY = (8, 0)
@@ -36,14 +39,18 @@ MIN_CAPABILITY = (8, 0)
 
 class CudaPlatform(Platform):
     name = "cuda"
-    api_version = "2.0"
+    api_version = "2.2"
     package = "octavo-cuda"
-    device_cls = CudaDevice
-    attention_cls = CudaAttention
-    linear_cls = CudaLinearMethod
-    ops_cls = CudaOps
-    communicator_cls = CudaCommunicator
-    runner_cls = CudaModelRunner
+    verified = (
+        "run on NVIDIA H100 and H200 (kernel tests, conformance suite, CUDA graphs, benchmarks: docs/cuda.md); "
+        "kernels compiled for sm_80 in CI, never run on an A100"
+    )
+    device_cls = TritonGpuDevice
+    attention_cls = TritonAttention
+    linear_cls = TritonLinearMethod
+    ops_cls = TritonOps
+    communicator_cls = GpuCommunicator
+    runner_cls = TritonModelRunner
     scheduling = SchedulingPolicy(
         # G3 on an H100 (8B, 64 x 1024-token prompts): 5.01 s with 2048-token steps, 3.17 s with
         # 8192 (docs/benchmarks.md): 2048-row GEMMs leave the tensor cores under-used
@@ -68,7 +75,7 @@ class CudaPlatform(Platform):
         return Availability(100, f"{torch.cuda.device_count()} CUDA device(s), triton {triton.__version__}")
 
     def check_and_update_config(self, config) -> None:
-        # which heads, block sizes and dtypes the kernels take is CudaAttention.supports, which
+        # which heads, block sizes and dtypes the kernels take is TritonAttention.supports, which
         # core asks before it builds the config
         cc = torch.cuda.get_device_capability()
         if cc < MIN_CAPABILITY:

@@ -3,9 +3,10 @@
 Each kernel module (decode_attention, prefill_attention, kv_cache, rms_norm, rotary,
 activation, gemv) holds one kernel and its launcher: a plain function of torch tensors
 that looks up its launch parameters for the tensors' device in `octavo_triton.tuning`.
-Nothing here imports octavo, so the same source serves NVIDIA (octavo-cuda), AMD and
-Intel GPUs. Importing this package imports neither triton nor torch; the kernel modules
-import triton.
+The kernels import nothing of octavo, so the same source serves NVIDIA (octavo-cuda), AMD
+(octavo-rocm) and Intel (octavo-xpu) GPUs; `platform_parts` builds the Octavo platform parts
+those three share on top of them. Importing this package imports neither triton nor torch;
+the kernel modules import triton.
 
 The launchers work on GPU tensors, or on CPU tensors under Triton's interpreter
 (`TRITON_INTERPRET=1`, set before triton is imported), which is how CI checks the

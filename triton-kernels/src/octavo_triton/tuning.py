@@ -19,11 +19,17 @@ the real ISA without the GPU) and have never been timed.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 #: what the CPU interpreter runs by default: the tiles that were measured and ship on
 #: NVIDIA, so a CPU run checks the shapes that serve
 INTERPRETER_TARGET = ("cuda", 90)
+
+#: TEST ONLY: a target such as "hip:gfx942" that every device takes the entry of, whatever it
+#: is: how the lent NVIDIA GPU runs the AMD tiles through the same Triton source
+#: (plugin-rocm/scripts/rocm_on_nvidia_gpu.sh). Never for serving: the tiles are another GPU's.
+TARGET_OVERRIDE = "OCTAVO_TRITON_TARGET"
 
 
 class UnsupportedTarget(RuntimeError):
@@ -276,10 +282,20 @@ def target_of(device) -> tuple[str, int | str | None]:
     raise UnsupportedTarget(f"no Triton back end serves torch device type {device.type!r}")
 
 
+def _override() -> tuple[str, int | str] | None:
+    """The target TARGET_OVERRIDE names, if set: "cuda:90" -> ("cuda", 90)."""
+    value = os.environ.get(TARGET_OVERRIDE)
+    if not value:
+        return None
+    backend, _, arch = value.partition(":")
+    return backend, int(arch) if arch.isdigit() else arch
+
+
 @functools.lru_cache(maxsize=16)
 def for_device(device) -> Tuning:
-    """The entry the launchers use for tensors on `device` (a torch.device; cached)."""
-    tuning = entry(*target_of(device))
+    """The entry the launchers use for tensors on `device` (a torch.device; cached), or the
+    entry of the TARGET_OVERRIDE target where that is set (tests only)."""
+    tuning = entry(*(_override() or target_of(device)))
     if tuning.unsupported:
         raise UnsupportedTarget(f"octavo_triton's kernels do not support {tuning.target}: {tuning.unsupported}")
     return tuning

@@ -6,6 +6,10 @@ import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from octavo.platform import PlatformInfo
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -59,6 +63,7 @@ def _plugins(args: argparse.Namespace) -> int:
                         "score": i.score,
                         "reason": i.reason,
                         "error": i.error,
+                        "verified": _verified(i),
                     }
                     for i in infos
                 ],
@@ -67,8 +72,9 @@ def _plugins(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"octavo plugin API {API_VERSION}")
+    ordered = sorted(infos, key=lambda i: -i.score)
     rows = [("PLATFORM", "PACKAGE", "VERSION", "API", "USABLE", "SCORE", "REASON")]
-    for i in sorted(infos, key=lambda i: -i.score):
+    for i in ordered:
         rows.append(
             (
                 i.name,
@@ -81,11 +87,19 @@ def _plugins(args: argparse.Namespace) -> int:
             )
         )
     widths = [max(len(r[c]) for r in rows) for c in range(6)]
-    for r in rows:
+    print("  ".join(rows[0][c].ljust(widths[c]) for c in range(6)) + "  " + rows[0][6])
+    for i, r in zip(ordered, rows[1:]):
         print("  ".join(r[c].ljust(widths[c]) for c in range(6)) + "  " + r[6])
+        # the plugin's own line on what was verified where: usable here or not, users weigh it
+        print(f"{'':{widths[0]}}  verified: {_verified(i) or 'not stated by the plugin'}")
     if not infos:
         print("no platforms installed; try: pip install octavo-cpu")
     return 0
+
+
+def _verified(info: PlatformInfo) -> str:
+    """The platform's own line on what was verified where (`Platform.verified`), or ""."""
+    return str(getattr(info.platform_cls, "verified", "") or "")
 
 
 def build_parser() -> argparse.ArgumentParser:

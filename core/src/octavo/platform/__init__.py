@@ -1,4 +1,4 @@
-"""The plugin contract (version 2.1): what a hardware plugin provides to core, and discovery.
+"""The plugin contract (version 2.2): what a hardware plugin provides to core, and discovery.
 
 `platform.py` has the table of parts; each part's module documents its semantics. Plugins
 import only from this package (`from octavo.platform import Platform, AttentionBackend, ...`).

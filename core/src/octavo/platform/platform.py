@@ -52,6 +52,9 @@ class Platform:
     api_version: ClassVar[str] = ""
     #: the distribution that provides it (for messages)
     package: ClassVar[str] = ""
+    #: what was verified where, in one line that `octavo plugins` prints (since 2.2), e.g.
+    #: "kernels compiled for gfx942 in CI; never run on AMD hardware"; empty: not stated
+    verified: ClassVar[str] = ""
 
     device_cls: ClassVar[type[Device]] = Device
     attention_cls: ClassVar[type[AttentionBackend] | None] = None

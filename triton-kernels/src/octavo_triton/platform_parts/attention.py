@@ -1,4 +1,4 @@
-"""The CUDA attention back end: routes a flat batch to octavo_triton's paged kernels.
+"""The attention back end of the Triton GPUs: routes a flat batch to octavo_triton's paged kernels.
 
 KV layout: the contract's default `[2, num_blocks, block_size, num_kv_heads, head_dim]`. A
 token's keys for all heads are one contiguous row (cheap `write_kv`), and a key of one head
@@ -24,7 +24,7 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @dataclass(frozen=True)
-class CudaAttentionMetadata:
+class TritonAttentionMetadata:
     """One step as the kernels take it: the batch, and how many of its first requests are
     decodes laid out one query row each (rows 0..num_decodes-1)."""
 
@@ -40,7 +40,7 @@ def leading_decodes(query_start_loc: list[int]) -> int:
     return n
 
 
-class CudaAttention(AttentionBackend):
+class TritonAttention(AttentionBackend):
     #: tl.arange needs powers of two, and tl.dot at least 16 columns
     supported_head_sizes = (16, 32, 64, 128, 256)
     #: any power of two >= 8 (checked in `supports`)
@@ -58,17 +58,17 @@ class CudaAttention(AttentionBackend):
             return "non-causal attention (encoder layers) is not supported yet: both Triton kernels mask causally"
         return None
 
-    def build_metadata(self, batch: ForwardBatch) -> CudaAttentionMetadata:
+    def build_metadata(self, batch: ForwardBatch) -> TritonAttentionMetadata:
         # the host list, never the device tensor: reading that back would wait for the GPU
-        return CudaAttentionMetadata(batch, leading_decodes(batch.query_start_loc_cpu))
+        return TritonAttentionMetadata(batch, leading_decodes(batch.query_start_loc_cpu))
 
-    def write_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: CudaAttentionMetadata) -> None:
+    def write_kv(self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: TritonAttentionMetadata) -> None:
         from octavo_triton.kv_cache import write_kv
 
         write_kv(k, v, kv_cache[0], kv_cache[1], meta.batch.slot_mapping)
 
     def attend(
-        self, q: torch.Tensor, kv_cache: torch.Tensor, meta: CudaAttentionMetadata, layer: AttentionSpec
+        self, q: torch.Tensor, kv_cache: torch.Tensor, meta: TritonAttentionMetadata, layer: AttentionSpec
     ) -> torch.Tensor:
         from octavo_triton.decode_attention import decode_attention
         from octavo_triton.prefill_attention import prefill_attention

@@ -1,5 +1,7 @@
-"""The CUDA step runner: core's eager runner, with Triton's kernels compiled at start-up and
-decode steps replayed from CUDA graphs (octavo.graph_runner)."""
+"""The step runner of the Triton GPUs: core's eager runner, with Triton's kernels compiled at
+start-up and decode steps replayed from device graphs (octavo.graph_runner) through torch's
+graph API of the device type: CUDA graphs on NVIDIA, HIP graphs on ROCm (the same
+`torch.cuda` API), XPU graphs on Intel (`torch.xpu`)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from octavo.graph_runner import GraphRunner, capture_sizes
 from octavo.model_runner import ModelRunner
 from octavo.platform import ForwardBatch
 
+#: the graph class of each device type's module (torch.cuda.CUDAGraph also captures HIP graphs)
+GRAPH_CLASSES = {"cuda": "CUDAGraph", "xpu": "XPUGraph"}
 
-class CudaModelRunner(ModelRunner):
+
+class TritonModelRunner(ModelRunner):
     # Triton compiles a kernel variant the first time it meets a new length class (seconds
     # each): run those shapes once after the KV cache is allocated, not in the first requests
     warm_up_at_start = True
@@ -42,7 +47,7 @@ class CudaModelRunner(ModelRunner):
         """Decode graphs for every size of `capture_sizes(max_num_seqs)`, largest first, in
         one memory pool (the smaller graphs reuse the largest one's blocks). The graphs live
         as long as the runner: the GraphRunner holds their replays."""
-        self._graph_pool = torch.cuda.graph_pool_handle()
+        self._graph_pool = self._graphs().graph_pool_handle()
         runner = GraphRunner(
             self._eager_forward,
             self._capture,
@@ -54,14 +59,19 @@ class CudaModelRunner(ModelRunner):
         runner.capture()
         return runner
 
+    def _graphs(self) -> Any:
+        """torch.cuda or torch.xpu: the module whose graph API captures on this device."""
+        return torch.get_device_module(self.platform.device.type)
+
     def _eager_forward(self, batch: ForwardBatch) -> torch.Tensor:
         meta = self.platform.attention.build_metadata(batch)
         return self.model(batch.input_ids, batch.positions, self.kv_caches, meta)
 
     def _capture(self, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, Callable[[], None]]:
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        module = self._graphs()
+        graph = getattr(module, GRAPH_CLASSES[self.platform.device.type])()
+        module.synchronize()
+        with module.graph(graph, pool=self._graph_pool):
             out = fn()
-        torch.cuda.synchronize()
+        module.synchronize()
         return out, graph.replay  # the bound method keeps the graph alive

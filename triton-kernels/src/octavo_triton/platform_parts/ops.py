@@ -8,7 +8,7 @@ import torch
 from octavo.platform import FusedOps
 
 
-class CudaOps(FusedOps):
+class TritonOps(FusedOps):
     def rms_norm(
         self,
         x: torch.Tensor,
