@@ -51,6 +51,8 @@ class EngineArgs:
     # "auto": the model's generation_config.json sets request defaults; "vllm": Octavo's; or a folder
     generation_config: str = "auto"
     override_generation_config: dict[str, Any] | None = None
+    # reasoning models: the parser of their thinking (deepseek_r1, qwen3); grammars start after it
+    reasoning_parser: str | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -143,6 +145,15 @@ class EngineArgs:
             default=None,
             metavar="JSON",
             help="generation config fields set over --generation-config, e.g. '{\"temperature\": 0.5}'",
+        )
+        from octavo.reasoning import REASONING_PARSERS
+
+        parser.add_argument(
+            "--reasoning-parser",
+            default=None,
+            choices=sorted(REASONING_PARSERS),
+            help="the model thinks in <think>...</think>: its thinking goes to reasoning_content, and "
+            "structured outputs start after it",
         )
         vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser

@@ -38,7 +38,7 @@ from octavo.quantization.apply import quantize_linears
 from octavo.request import RequestFailure
 from octavo.sampling import RowByRowJob, SampleJob, Sampler
 from octavo.scheduler import PENDING_TOKEN, SchedulerOutput
-from octavo.transfer import to_device
+from octavo.transfer import tensor_to_device, to_device
 
 logger = logging.getLogger("octavo")
 
@@ -84,7 +84,7 @@ class ModelRunner(StepRunner):
             self._worker_failure(e)
             self.shutdown()
             raise
-        self.sampler = Sampler(self.device, platform.ops.sample)
+        self.sampler = Sampler(self.device, platform.ops.sample, platform.ops.apply_token_bitmask)
         # the last launched step's sampled tokens (device) and each request's row in them:
         # a step scheduled before they reached the host takes its inputs from here
         self._last_tokens: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
@@ -372,7 +372,27 @@ class ModelRunner(StepRunner):
             self._worker_failure(e)
             raise
 
-    def _launch(self, out: SchedulerOutput, pending: dict[str, bool]) -> LaunchedStep:
+    @torch.inference_mode()
+    def launch_with_grammar(
+        self,
+        scheduler_output: SchedulerOutput,
+        min_tokens_pending: dict[str, bool],
+        grammar_bitmask: Callable[[list[str]], torch.Tensor | None],
+    ) -> LaunchedStep:
+        """`launch`, with the grammars' bitmask asked for once the forward is queued (see
+        StepRunner.launch_with_grammar)."""
+        try:
+            return self._launch(scheduler_output, min_tokens_pending, grammar_bitmask)
+        except BaseException as e:
+            self._worker_failure(e)
+            raise
+
+    def _launch(
+        self,
+        out: SchedulerOutput,
+        pending: dict[str, bool],
+        grammar_bitmask: Callable[[list[str]], torch.Tensor | None] | None = None,
+    ) -> LaunchedStep:
         failed: dict[str, str] = {}
         while True:  # a request whose inputs cannot be built fails; the step runs without it
             rows = [i for i, s in enumerate(out.scheduled) if s.sample]
@@ -399,6 +419,10 @@ class ModelRunner(StepRunner):
         logits = self.model.compute_logits(hidden.index_select(0, last))[: len(rows)]
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
+        # the host fills the grammars' masks while the device runs the forward queued above
+        bitmask = grammar_bitmask(rids) if grammar_bitmask is not None else None
+        if bitmask is not None:
+            bitmask = tensor_to_device(bitmask, self.device)
         job = self.sampler.launch(
             logits,
             rids,
@@ -406,6 +430,7 @@ class ModelRunner(StepRunner):
             [(s.all_token_ids, s.num_prompt_tokens) for s in chosen],
             [pending.get(r, False) for r in rids],
             copy_to_host=self.platform.device.copy_to_host,
+            bitmask=bitmask,
         )
         self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
         return LaunchedStep(job, rids, prompt_lps, failed)

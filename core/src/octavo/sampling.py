@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from octavo.platform.ops import inverse_cdf_sample
+from octavo.platform.ops import apply_token_bitmask, inverse_cdf_sample
 from octavo.sampling_params import SamplingParams
 from octavo.transfer import copy_to_host_now, to_device
 
@@ -114,11 +114,18 @@ def _apply_penalties(logits, params: Sequence[SamplingParams], histories: Sequen
 
 
 class Sampler:
-    """`draw` is the platform's `Platform.sample` (default: `inverse_cdf_sample`, torch ops)."""
+    """`draw` is the platform's `FusedOps.sample` (default: `inverse_cdf_sample`, torch ops),
+    `mask` its `FusedOps.apply_token_bitmask` (structured outputs' grammars)."""
 
-    def __init__(self, device: torch.device, draw: Callable[..., torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        draw: Callable[..., torch.Tensor] | None = None,
+        mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.device = device
         self.draw = draw if draw is not None else inverse_cdf_sample
+        self.mask = mask if mask is not None else apply_token_bitmask
         self.generators: dict[str, random.Random] = {}
 
     def forget(self, request_id: str) -> None:
@@ -147,9 +154,10 @@ class Sampler:
         params: Sequence[SamplingParams],
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
+        bitmask: torch.Tensor | None = None,
     ) -> SamplerOutput:
         """`launch` and wait for the result."""
-        return self.launch(logits, request_ids, params, histories, eos_masks).result()
+        return self.launch(logits, request_ids, params, histories, eos_masks, bitmask=bitmask).result()
 
     def launch(
         self,
@@ -159,17 +167,20 @@ class Sampler:
         histories: Sequence[tuple[list[int], int]],
         eos_masks: Sequence[bool] = (),
         copy_to_host: Callable[[list[torch.Tensor]], Callable[[], list[torch.Tensor]]] = copy_to_host_now,
+        bitmask: torch.Tensor | None = None,
     ) -> SampleJob | RowByRowJob:
         """Queue the sampling of one token per row; nothing waits for the device.
         `copy_to_host` starts the copies of the results (the platform's, which on an
-        asynchronous device does not wait for work queued later).
+        asynchronous device does not wait for work queued later). `bitmask` (int32 [S, V / 32]
+        on the device): the tokens each row's grammar allows; it bans the others before any
+        other processing, while logprobs stay those of the model's logits (vLLM's default).
 
         One request's fault must not fail the batch: if the batched sampling raises, each
         row is sampled alone and only the rows that raise again fail (`SamplerOutput.failed`).
         `logits` is never changed in place once a row may be retried, so the retry sees the
         model's logits."""
         try:
-            return self._launch(logits, request_ids, params, histories, eos_masks, copy_to_host)
+            return self._launch(logits, request_ids, params, histories, eos_masks, copy_to_host, bitmask)
         except Exception:
             logger.exception("sampling a batch of %d rows failed; sampling its rows one by one", len(params))
         jobs: list[SampleJob | None] = []
@@ -178,8 +189,9 @@ class Sampler:
             try:
                 mask = eos_masks[i : i + 1] if eos_masks else ()
                 row = slice(i, i + 1)
+                bits = None if bitmask is None else bitmask[row]
                 jobs.append(
-                    self._launch(logits[row], request_ids[row], params[row], histories[row], mask, copy_to_host)
+                    self._launch(logits[row], request_ids[row], params[row], histories[row], mask, copy_to_host, bits)
                 )
             except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 logger.exception("sampling failed for request %s", request_ids[i])
@@ -187,12 +199,14 @@ class Sampler:
                 jobs.append(None)
         return RowByRowJob(jobs, failed, logits.device)
 
-    def _launch(self, logits, request_ids, params, histories, eos_masks, copy_to_host) -> SampleJob:
+    def _launch(self, logits, request_ids, params, histories, eos_masks, copy_to_host, bitmask) -> SampleJob:
         raw = logits
         want_lp = any(p.logprobs is not None for p in params)
         edit = [self._edits_row(p, bool(eos_masks and eos_masks[i])) for i, p in enumerate(params)]
-        if want_lp or any(edit):  # the raw logits stay intact for logprobs and for a retry
+        if want_lp or any(edit) or bitmask is not None:  # the raw logits stay intact for logprobs and a retry
             logits = logits.clone()
+        if bitmask is not None:
+            logits = self.mask(logits, bitmask)
         # logit bias, allowed tokens, min_tokens (ban EOS / stop tokens) and penalties change
         # the distribution
         for i, p in enumerate(params):

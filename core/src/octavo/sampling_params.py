@@ -24,6 +24,57 @@ class RequestOutputKind(enum.Enum):
 
 
 @dataclass
+class StructuredOutputsParams:
+    """Constrain a request's output to a format (vLLM's name and fields): set exactly one of
+    `json` (a JSON schema, as a dict or its text), `json_object` (any JSON object), `regex`,
+    `choice` (one of these strings) or `grammar` (EBNF, GBNF-style as xgrammar reads it).
+    Compiled and enforced by `octavo.structured_output`; a schema or grammar that does not
+    compile is refused when the request is added (ValueError naming the field)."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    # JSON only: no whitespace beyond what the separators need (shorter outputs)
+    disable_any_whitespace: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = self.kinds()
+        if len(kinds) != 1:
+            raise ValueError(
+                "invalid sampling parameter structured_outputs: set exactly one of json, json_object, regex, choice, "
+                f"grammar (got {', '.join(kinds) or 'none'})"
+            )
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise ValueError(
+                "invalid sampling parameter structured_outputs: json must be a JSON schema (object or text)"
+            )
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"invalid sampling parameter structured_outputs: {name} must be a non-empty string")
+        if self.choice is not None:
+            if not isinstance(self.choice, list) or not self.choice or not all(isinstance(c, str) for c in self.choice):
+                raise ValueError(
+                    "invalid sampling parameter structured_outputs: choice must be a non-empty list of strings"
+                )
+        if self.json_object is not None and self.json_object is not True:
+            raise ValueError("invalid sampling parameter structured_outputs: json_object must be true when set")
+
+    def kinds(self) -> list[str]:
+        """The constraints set (valid params set exactly one)."""
+        set_ = {
+            "json": self.json is not None,
+            "json_object": bool(self.json_object),
+            "regex": self.regex is not None,
+            "choice": self.choice is not None,
+            "grammar": self.grammar is not None,
+        }
+        return [k for k, on in set_.items() if on]
+
+
+@dataclass
 class SamplingParams:
     n: int = 1
     best_of: int | None = None
@@ -49,6 +100,8 @@ class SamplingParams:
     # sample only among these tokens (vLLM's name); None = every token
     allowed_token_ids: list[int] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    # constrain the output to a JSON schema, regex, choice or grammar (vLLM's name)
+    structured_outputs: StructuredOutputsParams | None = None
     # filled by the engine: the model's end-of-sequence ids
     _eos_token_ids: tuple[int, ...] = field(default=(), repr=False)
 
@@ -119,6 +172,8 @@ class SamplingParams:
             finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not _is_int(k) or k < 0 or not finite or not -100.0 <= v <= 100.0:
                 raise bad("logit_bias", {k: v}, "keys must be token ids (integers >= 0), values in [-100, 100]")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise bad("structured_outputs", self.structured_outputs, "must be a StructuredOutputsParams")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise bad("output_kind", self.output_kind, "must be a RequestOutputKind")
 

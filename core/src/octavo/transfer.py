@@ -29,6 +29,18 @@ def to_device(data: Sequence, dtype: torch.dtype, device: torch.device) -> torch
     return torch.tensor(data, dtype=dtype, device=device)
 
 
+def tensor_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, copied asynchronously where the device allows (as `to_device`)."""
+    if device.type == "cpu":
+        return t
+    if _pinning_works.get(device.type, True):
+        try:
+            return t.pin_memory().to(device, non_blocking=True)
+        except RuntimeError:  # a backend without pinned host memory: plain copies, once decided
+            _pinning_works[device.type] = False
+    return t.to(device)
+
+
 def copy_to_host_now(tensors: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
     """`Platform.copy_to_host` for devices that compute as they are called: host copies made
     at once (copies even of host tensors, so later in-place work cannot show in them)."""

@@ -23,6 +23,7 @@ __all__ = [
     "ReferenceAttention",
     "ReferenceLinearMethod",
     "ReferencePlatform",
+    "apply_token_bitmask",
     "attend",
     "gelu_tanh_and_mul",
     "linear",
@@ -107,6 +108,19 @@ def sample_cdf(logits: torch.Tensor, temperatures: torch.Tensor | None) -> torch
     if temperatures is not None:
         x = x / temperatures.double().unsqueeze(1)
     return torch.softmax(x, dim=-1).cumsum(dim=-1)
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """For `FusedOps.apply_token_bitmask`: a copy of logits [S, V] with -inf wherever the
+    token's bit is clear, bit by bit (token j: bit j % 32 of word j // 32 of its row, int32
+    words read as unsigned)."""
+    out = logits.float().clone()
+    words = bitmask.cpu().tolist()
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            if not (words[i][j // 32] & 0xFFFFFFFF) >> (j % 32) & 1:
+                out[i, j] = float("-inf")
+    return out
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,9 +12,13 @@ from octavo.detokenizer import IncrementalDetokenizer
 from octavo.engine_args import EngineArgs
 from octavo.loader.source import load_tokenizer
 from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from octavo.platform import StepRunner
+from octavo.reasoning import reasoning_token_ids
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 from octavo.scheduler import Scheduler, SchedulerOutput
+from octavo.structured_output import StructuredOutputManager
+from octavo.structured_output.manager import Accepted
 
 logger = logging.getLogger("octavo")
 
@@ -109,6 +113,10 @@ class LLMEngine:
 
         self.eos_token_ids = self._eos_ids()
         self.vocab_size = self.model_config.hf_config.vocab_size
+        # structured outputs: grammars per request; with a reasoning parser they start after `</think>`
+        self.reasoning_parser = args.reasoning_parser
+        start, end = reasoning_token_ids(args.reasoning_parser, self.tokenizer)
+        self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids, end, start)
         self.groups: dict[str, _Group] = {}
         self.sample_of: dict[str, _Sample] = {}
         self.group_of: dict[str, _Group] = {}
@@ -234,6 +242,7 @@ class LLMEngine:
                 f"{capacity}; lower max_tokens or raise the KV cache size"
             )
         params._eos_token_ids = self.eos_token_ids
+        grammar = self._compile_grammar(params)
         arrival = time.monotonic() if arrival_time is None else arrival_time
         group = _Group(request_id, text, ids, params, arrival)
         for i in range(best_of):
@@ -251,7 +260,21 @@ class LLMEngine:
         for s in group.samples:
             self.sample_of[s.req.request_id] = s
             self.group_of[s.req.request_id] = group
+            if grammar is not None:
+                self.structured.add(s.req.request_id, grammar, ids)
             self.scheduler.add_request(s.req)
+
+    def _compile_grammar(self, params: SamplingParams):
+        """The request's compiled grammar, or None: refused (ValueError) where it does not
+        compile or the platform's runner cannot apply grammars."""
+        if params.structured_outputs is None:
+            return None
+        if type(self.runner).launch_with_grammar is StepRunner.launch_with_grammar:
+            raise ValueError(
+                f"structured outputs are not supported on platform {self.platform.name!r}: its step runner "
+                f"({type(self.runner).__name__}) does not apply grammar bitmasks"
+            )
+        return self.structured.compile(params.structured_outputs)
 
     def abort_request(self, request_ids) -> None:
         if isinstance(request_ids, str):
@@ -267,6 +290,7 @@ class LLMEngine:
         for s in group.samples:
             self.sample_of.pop(s.req.request_id, None)
             self.group_of.pop(s.req.request_id, None)
+            self.structured.remove(s.req.request_id)
             self.runner.forget(s.req.request_id)
 
     def has_unfinished_requests(self) -> bool:
@@ -306,7 +330,12 @@ class LLMEngine:
         if sched_out.is_empty:
             process_previous()
             return outputs
-        step_out = self.runner.execute(sched_out, self._min_tokens_pending(sched_out), before_sync=process_previous)
+        pending = self._min_tokens_pending(sched_out)
+        if self.structured.constrains(sched_out):
+            launched = self.runner.launch_with_grammar(sched_out, pending, self.structured.bitmask)
+            step_out = self.runner.collect(launched, before_sync=process_previous)
+        else:
+            step_out = self.runner.execute(sched_out, pending, before_sync=process_previous)
         tokens = self._apply(sched_out, step_out)
         if tokens:
             self._unprocessed = (tokens, step_out.logprobs, time.monotonic())
@@ -322,7 +351,9 @@ class LLMEngine:
         stop token or string), the token computed for it in N+1 is dropped; max_tokens and
         the context limit are known ahead, so those requests are not scheduled again.
         Penalties need every token on the host before sampling: a step in which a request
-        has them is waited for before the next is scheduled.
+        has them is waited for before the next is scheduled. Grammars need them before the
+        sampling of N+1 only: N+1's forward is queued first, and N is waited for (and its
+        tokens fed to the grammars) while the device runs it (`_launch_with_grammar`).
         """
         inflight, self._inflight = self._inflight, None
         outputs: list[RequestOutput] = []
@@ -331,10 +362,30 @@ class LLMEngine:
             inflight = None
         sched_out = self._schedule()
         if not sched_out.is_empty:
-            self._inflight = (sched_out, self.runner.launch(sched_out, self._min_tokens_pending(sched_out)))
+            pending = self._min_tokens_pending(sched_out)
+            if self.structured.constrains(sched_out):
+                step, inflight = self._launch_with_grammar(sched_out, pending, inflight, outputs)
+            else:
+                step = self.runner.launch(sched_out, pending)
+            self._inflight = (sched_out, step)
         if inflight is not None:
             outputs += self._finish(inflight)
         return outputs
+
+    def _launch_with_grammar(self, sched_out, pending, inflight, outputs: list[RequestOutput]):
+        """Launch a step with grammars; the step before it (`inflight`) is finished inside,
+        between the forward and the sampling, its outputs added to `outputs`. Returns the
+        launched step and what is left in flight (None)."""
+        waiting = [inflight]
+
+        def bitmask(request_ids: list[str]):
+            if waiting[0] is not None:  # the grammars need its tokens: wait for them now
+                outputs.extend(self._finish(waiting[0]))
+                waiting[0] = None
+            return self.structured.bitmask(request_ids)
+
+        step = self.runner.launch_with_grammar(sched_out, pending, bitmask)
+        return step, waiting[0]
 
     def _schedule(self) -> SchedulerOutput:
         """The scheduler's next step, noted for metrics: its size, and when each request first
@@ -363,7 +414,19 @@ class LLMEngine:
         tokens = [(req, req.token_ids[-1]) for req in self.scheduler.update(sched_out, step_out.sampled)]
         for rid, error in step_out.failed.items():
             self._fail(rid, error)
+        for req, token in tokens:
+            if req.request_id in self.structured:
+                self._accept_into_grammar(req, token)
         return tokens
+
+    def _accept_into_grammar(self, req: Request, token: int) -> None:
+        """Feed a sampled token to its request's grammar: a grammar that is complete ends the
+        request (stopped, as on EOS); a token it refuses fails the request."""
+        accepted = self.structured.accept(req.request_id, token)
+        if accepted is Accepted.TERMINATED and not req.is_finished:
+            self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
+        elif accepted is Accepted.REJECTED and not req.is_finished:
+            self._fail(req.request_id, f"sampled token {token} does not fit the request's structured output grammar")
 
     def _fail(self, request_id: str, error: str) -> None:
         """End the user request that `request_id` (one of its samples) belongs to with an

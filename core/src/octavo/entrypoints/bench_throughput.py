@@ -134,10 +134,36 @@ def _result(w: Workload, elapsed: float) -> Result:
     )
 
 
-def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
-    """Drive the engine directly (what LLM.generate does), sampling KV-cache figures each step."""
+#: --structured-output-ratio's default schema: a list of records that cannot end before
+#: max_tokens (64 items at least), so constrained requests produce as many tokens as the others
+LONG_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "records": {
+            "type": "array",
+            "minItems": 64,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "name": {"type": "string", "maxLength": 24},
+                    "kind": {"enum": ["alpha", "beta", "gamma"]},
+                    "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+                },
+                "required": ["id", "name", "kind", "tags"],
+            },
+        }
+    },
+    "required": ["records"],
+}
+
+
+def run_octavo(llm, w: Workload, schema: dict | None = None, ratio: float = 0.0) -> tuple[Result, dict]:
+    """Drive the engine directly (what LLM.generate does), sampling KV-cache figures each step.
+    With `schema`, the first `ratio` of the requests are constrained to it (structured outputs);
+    a constrained request may end before its output length, so throughput counts the tokens made."""
     from octavo import SamplingParams
-    from octavo.sampling_params import RequestOutputKind
+    from octavo.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     engine = llm.llm_engine
     # warm-up, not timed: allocator and first-call overheads, on a prompt of the workload's
@@ -145,6 +171,9 @@ def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
     llm.generate(
         [{"prompt_token_ids": w.prompts[0][::-1]}], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False
     )
+    constrained = round(ratio * len(w.prompts)) if schema is not None else 0
+    if constrained:  # compiled before the clock starts: a server compiles a schema once too
+        engine.structured.compile(StructuredOutputsParams(json=schema))
     before = engine.get_stats()
     t = time.perf_counter()
     for i, (p, n) in enumerate(zip(w.prompts, w.output_lens)):
@@ -158,6 +187,7 @@ def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
                 max_tokens=n,
                 seed=i,
                 output_kind=RequestOutputKind.FINAL_ONLY,
+                structured_outputs=StructuredOutputsParams(json=schema) if i < constrained else None,
             ),
         )
     got = steps = samples = 0
@@ -170,7 +200,11 @@ def run_octavo(llm, w: Workload) -> tuple[Result, dict]:
             util_sum += engine.get_kv_cache_utilization()
             samples += 1
     elapsed = time.perf_counter() - t
-    assert got == w.output_tokens, f"octavo produced {got} tokens, expected {w.output_tokens}"
+    if not constrained:
+        assert got == w.output_tokens, f"octavo produced {got} tokens, expected {w.output_tokens}"
+    else:
+        assert got <= w.output_tokens, f"octavo produced {got} tokens, more than {w.output_tokens}"
+        w = Workload(w.prompts, [got])  # the output tokens made
     after = engine.get_stats()
     queries = after.prefix_cache_queries - before.prefix_cache_queries
     hits = after.prefix_cache_hits - before.prefix_cache_hits
@@ -272,6 +306,20 @@ def main(args: argparse.Namespace) -> int:
         f"(mean over every 16th step), prefix-cache hit rate {100 * extra['prefix_cache_hit_rate']:.1f}%, "
         f"{extra['num_preemptions']} preemptions"
     )
+    if args.structured_output_ratio:
+        schema = LONG_SCHEMA
+        if args.json_schema:
+            with open(args.json_schema) as f:
+                schema = json.load(f)
+        constrained, extra = run_octavo(llm, w, schema, args.structured_output_ratio)
+        report["octavo_structured"] = {**asdict(constrained), **extra, "ratio": args.structured_output_ratio}
+        report["structured_ratio"] = constrained.output_tokens_per_s / ours.output_tokens_per_s
+        _print("json", constrained)
+        print(
+            f"   ratio: {report['structured_ratio']:.3f}x output tokens/s with "
+            f"{100 * args.structured_output_ratio:.0f}% of the requests constrained by a JSON schema / none "
+            f"({constrained.output_tokens} tokens made)"
+        )
     if args.compare == "hf":
         target = HfTarget(engine.model_config, engine.platform, engine.tokenizer)
         llm.shutdown()
@@ -301,6 +349,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="random",
         help="random | uniform:LOW-HIGH[:OUTLOW-OUTHIGH] (prompt and output lengths) | "
         "prefix:LEN (shared prefix + input-len tokens)",
+    )
+    p.add_argument(
+        "--structured-output-ratio",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="run the workload a second time with this fraction of the requests constrained by a JSON schema "
+        "(structured outputs) and print the throughput ratio",
+    )
+    p.add_argument(
+        "--json-schema",
+        default=None,
+        metavar="FILE",
+        help="the schema for --structured-output-ratio (default: a list of at least 64 records, which "
+        "outlasts the output length)",
     )
     p.add_argument("--compare", choices=["hf"], default=None)
     p.add_argument("--hf-batch-size", type=int, default=64)

@@ -112,6 +112,17 @@ def inverse_cdf_sample(logits: torch.Tensor, temperatures: torch.Tensor | None, 
     return _inverse_cdf(weights, u)
 
 
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Ban, in place, the tokens a grammar does not allow next (since 2.2): logits [S, V]
+    float32, bitmask [S, ceil(V / 32)] int32 on the same device, bit j % 32 of word j // 32 of
+    row i set when token j is allowed (xgrammar's layout; a word of -1 allows all 32 tokens).
+    Banned logits become -inf; returns `logits`."""
+    v = logits.shape[-1]
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)[:, :v]
+    return logits.masked_fill_(allowed == 0, float("-inf"))
+
+
 #: tokens per block of the two-level inverse CDF
 _CDF_BLOCK = 256
 
@@ -186,6 +197,10 @@ class FusedOps:
     def gelu_tanh_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """See `gelu_tanh_and_mul` above."""
         return gelu_tanh_and_mul(x)
+
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+        """See `apply_token_bitmask` above (structured outputs: the grammar's allowed tokens)."""
+        return apply_token_bitmask(logits, bitmask)
 
     def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
         """One token per row of logits [S, V] (float32), by inverse CDF: with weights

@@ -12,6 +12,7 @@ methods below, in this order:
     budget = runner.kv_cache_budget_bytes()              # may run a profiling forward
     runner.initialize_kv_cache(num_blocks)               # allocate, warm up, compile
     loop: step = runner.launch(scheduler_output, pending); out = runner.collect(step)
+          (a step with structured-output requests: runner.launch_with_grammar(..., grammar_bitmask))
     runner.forget(request_id) when a request ends; runner.shutdown() at the end
 """
 
@@ -78,6 +79,24 @@ class StepRunner(ABC):
         """Queue one step (forward, logits, sampling); return a handle for `collect`.
         `min_tokens_pending[request_id]`: the request is still under its min_tokens (its EOS
         and stop tokens must not be sampled)."""
+
+    def launch_with_grammar(
+        self,
+        scheduler_output: Any,
+        min_tokens_pending: dict[str, bool],
+        grammar_bitmask: Callable[[list[str]], Any],
+    ) -> Any:
+        """`launch` for a step with structured-output requests (since 2.2). Queue the forward
+        and the logits first, then call `grammar_bitmask(request_ids)` with the ids of the rows
+        to sample, in order: the engine fills the grammars' masks on the host meanwhile (with
+        async scheduling it first waits for the step before, whose tokens the grammars need),
+        so the device is not kept waiting. It returns an int32 host tensor [rows, ceil(V / 32)]
+        (`FusedOps.apply_token_bitmask`'s layout; rows without a grammar allow every token), or
+        None when no row is constrained; apply it to the logits before sampling. Optional: the
+        engine refuses structured-output requests on a runner that does not implement it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not apply grammar bitmasks, so it cannot serve structured outputs"
+        )
 
     @abstractmethod
     def collect(self, launched: Any, before_sync: Callable[[], None] | None = None) -> StepOutput:

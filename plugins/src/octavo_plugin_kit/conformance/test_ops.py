@@ -1,5 +1,5 @@
 """Conformance of the dense kernels: the linear method, and the fused ops (rms_norm,
-rotary, silu_and_mul, sample) through `platform.ops`.
+rotary, silu_and_mul, sample, apply_token_bitmask) through `platform.ops`.
 
 These have core defaults, so a platform that keeps them passes trivially; the
 checks matter once a vendor swaps in its own kernels. Shapes cover a decode (one
@@ -195,3 +195,29 @@ def test_sample(octavo_platform, rows, vocab, temperature, banned):
                 f"the inverse CDF gives {want}",
                 pytrace=False,
             )
+
+
+@pytest.mark.octavo_kernel("apply_token_bitmask")
+@pytest.mark.parametrize(
+    "rows,vocab,allowed",
+    [(1, 100, 0.5), (5, 1000, 0.01), (3, 4099, 1.0), (2, 64, 0.0)],
+    ids=["one-row", "few-allowed", "all-allowed-ragged", "none-allowed"],
+)
+def test_apply_token_bitmask(octavo_platform, rows, vocab, allowed):
+    """Structured outputs' mask: banned tokens become -inf, the others keep their logits
+    exactly; a vocabulary that is not a multiple of 32 leaves the last word's spare bits unused."""
+    p = octavo_platform
+    case = label("apply_token_bitmask", rows=rows, vocab=vocab, allowed=allowed)
+    g, dev = generator_for(case), p.device.torch_device()
+    logits = torch.randn(rows, vocab, generator=g)
+    words = -(-vocab // 32)
+    bits = torch.rand(rows, words * 32, generator=g) < allowed
+    # pack 32 booleans per int32 word (bit k of a word: token 32 * word + k)
+    weights = torch.tensor([1 << k for k in range(32)], dtype=torch.int64)
+    packed = (bits.view(rows, words, 32).long() * weights).sum(-1)
+    bitmask = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    out = call("apply_token_bitmask", case, p.ops.apply_token_bitmask, logits.to(dev), bitmask.to(dev))
+    want = reference.apply_token_bitmask(logits, bitmask)
+    if not torch.equal(out.cpu().float(), want):
+        bad = (out.cpu().float() != want).nonzero()[:5].tolist()
+        pytest.fail(f"{case}: differs from the reference at (row, token) {bad}", pytrace=False)

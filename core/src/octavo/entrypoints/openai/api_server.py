@@ -89,6 +89,9 @@ class ServerSettings:
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
     fastapi_docs: bool = True  # /docs, /redoc, /openapi.json
+    # tool_choice "auto": the parser of the model's tool-call format (--tool-call-parser)
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
 
     @property
     def api_keys(self) -> list[str]:
@@ -195,7 +198,16 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
     engine.stat_loggers.append(metrics)
     names, limits = settings.served_model_names, settings.limits
     completions = OpenAIServingCompletion(engine, names, metrics, limits)
-    chat = OpenAIServingChat(engine, names, metrics, limits, chat_template=settings.chat_template)
+    chat = OpenAIServingChat(
+        engine,
+        names,
+        metrics,
+        limits,
+        chat_template=settings.chat_template,
+        tool_call_parser=settings.tool_call_parser,
+        enable_auto_tool_choice=settings.enable_auto_tool_choice,
+        reasoning_parser=getattr(engine.engine, "reasoning_parser", None),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -409,7 +421,13 @@ def serve_options(args: argparse.Namespace) -> tuple[AsyncEngineArgs, ServerSett
         allowed_headers=args.allowed_headers,
         allow_credentials=args.allow_credentials,
         fastapi_docs=not args.disable_fastapi_docs,
+        tool_call_parser=args.tool_call_parser,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
     )
+    if settings.enable_auto_tool_choice and settings.tool_call_parser is None:
+        raise ValueError(
+            "--enable-auto-tool-choice needs --tool-call-parser: the parser of the model's tool-call format"
+        )
     return engine_args, settings
 
 

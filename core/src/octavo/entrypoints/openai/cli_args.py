@@ -38,6 +38,20 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--chat-template", default=None, help="Jinja chat template, or a file holding one (default: the model's own)"
     )
+    from octavo.tool_parsers import TOOL_PARSERS
+
+    g.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=sorted(TOOL_PARSERS),
+        help="the model's tool-call format, for tool_choice 'auto': hermes (Hermes, Qwen), llama3_json, "
+        "mistral, or json (a plain JSON object or list of calls)",
+    )
+    g.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help="let the model decide when to call tools (tool_choice 'auto'; needs --tool-call-parser)",
+    )
     g.add_argument(
         "--max-waiting-requests",
         type=int,

@@ -12,13 +12,14 @@ OpenAI's; pydantic's `model_fields_set` tells "unset" from "set to the default v
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from octavo.sampling_params import RequestOutputKind, SamplingParams
+from octavo.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 
 def random_id(prefix: str) -> str:
@@ -59,6 +60,40 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
+class JsonSchemaFormat(RequestModel):
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    # the schema is always enforced (xgrammar's strict mode: no properties beyond the schema's)
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+
+class ResponseFormat(RequestModel):
+    """OpenAI's response_format: text (no constraint), any JSON object, or a JSON schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def to_params(self) -> StructuredOutputsParams | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return StructuredOutputsParams(json_object=True)
+        if self.json_schema is None:
+            raise ValueError("invalid sampling parameter response_format: type json_schema needs a json_schema field")
+        return StructuredOutputsParams(json=self.json_schema.json_schema)
+
+
+def structured_outputs_params(fields: dict[str, Any]) -> StructuredOutputsParams:
+    """vLLM's `structured_outputs` request field as engine params (400 on unknown keys)."""
+    try:
+        return StructuredOutputsParams(**fields)
+    except TypeError as e:
+        raise ValueError(f"invalid sampling parameter structured_outputs: {e}") from None
+
+
 class _SamplingFields(RequestModel):
     """Fields both generation endpoints share (OpenAI's and vLLM's extras)."""
 
@@ -90,6 +125,28 @@ class _SamplingFields(RequestModel):
     request_id: str | None = None  # vLLM: the id the server logs and returns
     use_beam_search: bool = False  # vLLM: beam search with n beams (completions only)
     length_penalty: float = 1.0
+    # the output's format: OpenAI's response_format, or vLLM's structured_outputs (json, regex, choice, grammar...)
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+    def _constraints(self) -> list[tuple[str, StructuredOutputsParams]]:
+        """(field, constraint) for each field of the request that constrains the output."""
+        found = []
+        if self.structured_outputs is not None:
+            found.append(("structured_outputs", structured_outputs_params(self.structured_outputs)))
+        fmt = self.response_format.to_params() if self.response_format is not None else None
+        if fmt is not None:
+            found.append(("response_format", fmt))
+        return found
+
+    def _structured_outputs(self) -> StructuredOutputsParams | None:
+        found = self._constraints()
+        if len(found) > 1:
+            raise ValueError(
+                f"invalid sampling parameter {found[1][0]}: {found[0][0]} constrains the output already; "
+                "send one of them"
+            )
+        return found[0][1] if found else None
 
     def _logit_bias(self) -> dict[int, float] | None:
         if not self.logit_bias:
@@ -133,6 +190,7 @@ class _SamplingFields(RequestModel):
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             logit_bias=self._logit_bias(),
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            structured_outputs=self._structured_outputs(),
         )
 
     @property
@@ -220,11 +278,15 @@ class ChatMessage(RequestModel):
     tool_call_id: str | None = None
 
     def template_fields(self) -> dict[str, Any]:
-        """The message as chat templates read it."""
+        """The message as chat templates read it. Tool calls' arguments arrive as JSON text
+        (OpenAI's shape) and go to the template as objects, which templates write with
+        `tojson` (as vLLM passes them)."""
         msg: dict[str, Any] = {"role": self.role, "content": self.text()}
-        for key in ("name", "tool_calls", "tool_call_id"):
+        for key in ("name", "tool_call_id"):
             if getattr(self, key) is not None:
                 msg[key] = getattr(self, key)
+        if self.tool_calls is not None:
+            msg["tool_calls"] = [_template_tool_call(c) for c in self.tool_calls]
         return msg
 
     def text(self) -> str:
@@ -240,15 +302,53 @@ class ChatMessage(RequestModel):
         return "\n".join(out)
 
 
+def _template_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValueError("an assistant message's tool_calls need function.name (OpenAI's shape)")
+    args = function.get("arguments", "{}")
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"tool call {function['name']!r}: arguments are not valid JSON ({e})") from None
+    return {**call, "function": {**function, "arguments": args}}
+
+
+class FunctionDefinition(RequestModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None  # the arguments always follow the schema where a call is enforced
+
+
+class ChatTool(RequestModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(RequestModel):
+    name: str
+
+
+class NamedToolChoice(RequestModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage]
     max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatTool] | None = None
+    # default: "auto" with tools, "none" without (OpenAI's)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one call
     # vLLM's extras
     echo: bool = False  # prepend the last message's content when it is the assistant's
     add_generation_prompt: bool = True
@@ -265,6 +365,54 @@ class ChatCompletionRequest(_SamplingFields):
         return v
 
     @property
+    def tool_mode(self) -> str:
+        """none, auto, required, or named (a function named in tool_choice)."""
+        choice = self.tool_choice
+        if choice is None:
+            return "auto" if self.tools else "none"
+        return "named" if isinstance(choice, NamedToolChoice) else choice
+
+    def _constraints(self) -> list[tuple[str, StructuredOutputsParams]]:
+        found = super()._constraints()
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise ValueError("invalid sampling parameter tool_choice: needs tools")
+        schema = self._tool_schema()
+        if schema is not None:  # the call always parses: its JSON is constrained
+            found.append(("tool_choice", StructuredOutputsParams(json=schema)))
+        return found
+
+    def _tool_schema(self) -> dict[str, Any] | None:
+        """The JSON schema `required` and a named tool_choice constrain the output to: the
+        named function's arguments, or a list of calls of any of the tools."""
+        tools = {t.function.name: t.function for t in self.tools or ()}
+        mode = self.tool_mode
+        if mode == "named":
+            assert isinstance(self.tool_choice, NamedToolChoice)  # tool_mode says so
+            name = self.tool_choice.function.name
+            if name not in tools:
+                raise ValueError(
+                    f"invalid sampling parameter tool_choice: no tool is named {name!r} (tools: {', '.join(tools)})"
+                )
+            return tools[name].parameters or {"type": "object", "properties": {}}
+        if mode != "required":
+            return None
+        calls = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [f.name]},
+                    "parameters": f.parameters or {"type": "object", "properties": {}},
+                },
+                "required": ["name", "parameters"],
+            }
+            for f in tools.values()
+        ]
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+        if self.parallel_tool_calls is False:
+            schema["maxItems"] = 1
+        return schema
+
+    @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -278,6 +426,7 @@ class ChatCompletionRequest(_SamplingFields):
 class ChatResponseMessage(OpenAIModel):
     role: str = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None  # with --reasoning-parser: the model's thinking
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -316,6 +465,8 @@ class ChatCompletionResponse(OpenAIModel):
 class DeltaMessage(OpenAIModel):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's deltas: index, id, type, function
 
 
 class ChatCompletionStreamChoice(OpenAIModel):

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from octavo.async_engine import RequestStream
+from octavo.entrypoints.openai.chat_output import ChatOutput
 from octavo.entrypoints.openai.errors import APIError, BadRequestError, error_body
 from octavo.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -25,6 +26,7 @@ from octavo.entrypoints.openai.protocol import (
     ChatTokenLogprob,
     ChatTopLogprob,
     DeltaMessage,
+    NamedToolChoice,
     UsageInfo,
     random_id,
 )
@@ -37,24 +39,21 @@ from octavo.entrypoints.openai.serving_engine import (
     merge_streams,
     sse,
 )
+from octavo.entrypoints.openai.structured import compile_constraint
 from octavo.outputs import CompletionOutput
+from octavo.reasoning import get_reasoning_parser
+from octavo.tool_parsers import get_tool_parser
 
 ROLE = "assistant"
 
 
-def check_unimplemented(req: ChatCompletionRequest) -> None:
-    """Refuse what this server accepts in the schema but cannot honour yet: answering with
-    unconstrained text would break a client that relies on the contract."""
-    fmt = req.response_format
-    if fmt is not None and fmt.get("type", "text") != "text":
+def check_tool_choice(req: ChatCompletionRequest, auto_tools: bool) -> None:
+    """tool_choice "auto" (the default with tools) needs the server's parser of the model's format."""
+    if req.tool_mode == "auto" and not auto_tools:
         raise BadRequestError(
-            f"response_format type {fmt.get('type')!r} is not supported by this server yet (only 'text')",
-            param="response_format",
-        )
-    if req.tools and req.tool_choice != "none":
-        raise BadRequestError(
-            "tool calling is not supported by this server yet; send tool_choice='none' to chat without tools",
-            param="tools",
+            'tool_choice "auto" (the default when tools are given) needs a server started with '
+            "--enable-auto-tool-choice and --tool-call-parser; send tool_choice 'required', a named function or 'none'",
+            param="tool_choice",
         )
 
 
@@ -74,9 +73,25 @@ def load_chat_template(value: str | None) -> str | None:
 
 
 class OpenAIServingChat(OpenAIServing):
-    def __init__(self, *args: Any, chat_template: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        chat_template: str | None = None,
+        tool_call_parser: str | None = None,
+        enable_auto_tool_choice: bool = False,
+        reasoning_parser: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
         self.chat_template = chat_template
+        self.tool_parser = get_tool_parser(tool_call_parser) if tool_call_parser else None
+        self.auto_tools = enable_auto_tool_choice and self.tool_parser is not None
+        self.reasoning = get_reasoning_parser(reasoning_parser) if reasoning_parser else None
+
+    def chat_output(self, req: ChatCompletionRequest) -> ChatOutput:
+        mode = req.tool_mode
+        named = req.tool_choice.function.name if isinstance(req.tool_choice, NamedToolChoice) else None
+        return ChatOutput(mode, self.reasoning, self.tool_parser, named, single_call=req.parallel_tool_calls is False)
 
     # ---- prompt -------------------------------------------------------------------------
     def render_checked(self, messages: list[ChatMessage], **kw: Any) -> str:
@@ -97,8 +112,10 @@ class OpenAIServingChat(OpenAIServing):
         continue_final_message: bool = False,
         chat_template: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """The prompt text the chat template makes of the messages (400 on any template error)."""
+        """The prompt text the chat template makes of the messages and tools (OpenAI's tool
+        objects, which Hugging Face templates read as they are; 400 on any template error)."""
         template = chat_template or self.chat_template or getattr(self.tokenizer, "chat_template", None)
         if not template:
             raise BadRequestError(
@@ -119,6 +136,7 @@ class OpenAIServingChat(OpenAIServing):
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
+                tools=tools,
                 **(chat_template_kwargs or {}),
             )
         except Exception as e:  # noqa: BLE001 - jinja's errors and raise_exception() in templates
@@ -143,7 +161,7 @@ class OpenAIServingChat(OpenAIServing):
         model = self.model_name(req.model)
         if req.use_beam_search:
             raise BadRequestError("use_beam_search is supported on /v1/completions only", param="use_beam_search")
-        check_unimplemented(req)
+        check_tool_choice(req, self.auto_tools)
         self.check_request_limits(req)
         self.check_chat_template(req.chat_template)
         self.sampling_params(req, None)  # every field checked before the prompt is built
@@ -153,10 +171,16 @@ class OpenAIServingChat(OpenAIServing):
             continue_final_message=req.continue_final_message,
             chat_template=req.chat_template,
             chat_template_kwargs=req.chat_template_kwargs,
+            tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
         )
         ids = self.encode(text, req.add_special_tokens)
         max_tokens = self.max_tokens_for(len(ids), req.requested_max_tokens, "messages")
         params = self.sampling_params(req, max_tokens)
+        if req.tool_mode == "auto" and self.tool_parser is not None:
+            keep = self.tool_parser.skip_special_tokens()  # a format whose markers are special tokens
+            if keep is not None:
+                params.skip_special_tokens = keep
+        await compile_constraint(self.engine, req, params)
         request_id = req.request_id or random_id("chatcmpl")
         streams = await self.submit_all(request_id, [(ids, params)])
         echo = ""
@@ -181,16 +205,21 @@ class OpenAIServingChat(OpenAIServing):
         echo: str,
     ) -> JSONResponse:
         (out,) = await final_outputs(streams)
+        reader = self.chat_output(req)
         choices = []
         num_generated = 0
         for c in sorted(out.outputs, key=lambda c: c.index):
             num_generated += len(c.token_ids)
+            reasoning, content, calls = reader.message(c.text)
+            if echo:
+                content = echo + (content or "")
+            message = ChatResponseMessage(role=ROLE, content=content, reasoning_content=reasoning, tool_calls=calls)
             choices.append(
                 ChatCompletionResponseChoice(
                     index=c.index,
-                    message=ChatResponseMessage(role=ROLE, content=echo + c.text),
+                    message=message,
                     logprobs=self._logprobs(c, req.top_logprobs or 0) if req.logprobs else None,
-                    finish_reason=c.finish_reason,
+                    finish_reason=reader.finish_reason(c.finish_reason, len(calls)),
                     stop_reason=c.stop_reason,
                 )
             )
@@ -198,7 +227,11 @@ class OpenAIServingChat(OpenAIServing):
             prompt_tokens=len(ids), completion_tokens=num_generated, total_tokens=len(ids) + num_generated
         )
         resp = ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
-        return JSONResponse(resp.model_dump())
+        data = resp.model_dump()
+        for choice in data["choices"]:  # OpenAI's messages have no reasoning_content: only with a reasoning parser
+            if choice["message"]["reasoning_content"] is None:
+                del choice["message"]["reasoning_content"]
+        return JSONResponse(data)
 
     # ---- streaming -------------------------------------------------------------------------
     async def _stream(
@@ -227,6 +260,9 @@ class OpenAIServingChat(OpenAIServing):
                 c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
             return sse(data)
 
+        reader = self.chat_output(req)
+        plain = reader.reasoning is None and reader.mode == "none"  # text deltas pass as they are
+        choice_streams = [reader.stream() for _ in range(req.n)]
         try:
             # the first chunk of each choice names the role, as OpenAI's do
             for i in range(req.n):
@@ -236,12 +272,23 @@ class OpenAIServingChat(OpenAIServing):
                     if not c.text and not c.token_ids and c.finish_reason is None:
                         continue
                     num_generated += len(c.token_ids)
+                    final = c.finish_reason is not None
+                    if plain:
+                        delta = DeltaMessage(content=c.text)
+                        finish_reason = c.finish_reason
+                    else:
+                        stream = choice_streams[c.index]
+                        reasoning, content, calls = stream.feed(c.text, final)
+                        delta = DeltaMessage(content=content, reasoning_content=reasoning, tool_calls=calls or None)
+                        finish_reason = reader.finish_reason(c.finish_reason, stream.num_calls)
+                        if delta == DeltaMessage() and not final and not req.logprobs:
+                            continue  # text held back (a marker may be arriving): nothing to send yet
                     yield chunk(
                         ChatCompletionStreamChoice(
                             index=c.index,
-                            delta=DeltaMessage(content=c.text),
+                            delta=delta,
                             logprobs=self._logprobs(c, req.top_logprobs or 0) if req.logprobs else None,
-                            finish_reason=c.finish_reason,
+                            finish_reason=finish_reason,
                             stop_reason=c.stop_reason,
                         )
                     )

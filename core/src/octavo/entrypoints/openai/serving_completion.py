@@ -29,6 +29,7 @@ from octavo.entrypoints.openai.serving_engine import (
     merge_streams,
     sse,
 )
+from octavo.entrypoints.openai.structured import compile_constraint
 from octavo.outputs import CompletionOutput, Logprob, PromptLogprobs
 
 
@@ -44,6 +45,7 @@ class OpenAIServingCompletion(OpenAIServing):
         for _, ids in prompts:
             max_tokens = self.max_tokens_for(len(ids), req.max_tokens, "prompt")
             submissions.append((ids, self.sampling_params(req, max_tokens)))
+        await compile_constraint(self.engine, req, submissions[0][1])
         request_id = req.request_id or random_id("cmpl")
         n = req.n
         if req.use_beam_search:
