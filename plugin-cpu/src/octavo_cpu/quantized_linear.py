@@ -31,8 +31,14 @@ BLOCK_TYPES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}
 GEMV_MAX_ROWS = 16
 
 
+#: the kernels have a vector path for this CPU (AVX-512; read at import, before any test lowers
+#: it): without one the portable loop is slower than the dense GEMM on dequantized weights, so
+#: the platform offers no method and a GGUF loads dequantized unless --quantization gguf asks
+NATIVE = _quant is not None and _quant.isa() == "avx512"
+
+
 def supports(scheme: QuantScheme) -> bool:
-    return _quant is not None and scheme.method == "gguf" and scheme.gguf_type in BLOCK_TYPES
+    return NATIVE and scheme.method == "gguf" and scheme.gguf_type in BLOCK_TYPES
 
 
 class GgufLinearMethod(LinearMethod):
