@@ -5,11 +5,24 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import torch
+
 from octavo import vllm_options
 from octavo.engine import LLMEngine, PromptType
 from octavo.engine_args import EngineArgs
 from octavo.outputs import RequestOutput
+from octavo.pooling.outputs import (
+    ClassificationRequestOutput,
+    EmbeddingRequestOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import RequestOutputKind, SamplingParams
+
+#: vLLM's `runner` / `convert` values that build a pooling engine (embeddings, classifiers)
+_POOLING = {("pooling", "auto"), ("pooling", "embed"), ("pooling", "classify"), ("auto", "embed"), ("auto", "classify")}
 
 
 class LLM:
@@ -20,11 +33,33 @@ class LLM:
 
     Takes EngineArgs' options as keywords, under vLLM's names; vLLM's other keywords are accepted
     where they cannot change results and refused by name otherwise (`octavo.vllm_options`).
+
+    `runner="pooling"` (or `convert="embed"`) serves a pooling model instead: `embed`,
+    `classify`, `score` and `encode` (octavo.pooling); `pooling_type` ("LAST", "MEAN",
+    "CLS") overrides the checkpoint's pooling.
     """
 
-    def __init__(self, model: str = "smollm2", **kwargs) -> None:
+    def __init__(
+        self,
+        model: str = "smollm2",
+        runner: str = "auto",
+        convert: str = "auto",
+        pooling_type: str | None = None,
+        **kwargs,
+    ) -> None:
         kwargs = vllm_options.split_engine_kwargs(kwargs, set(EngineArgs.__dataclass_fields__))
-        self.llm_engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs))
+        args = EngineArgs(model=model, **kwargs)
+        if (runner, convert) in _POOLING:
+            from octavo.pooling.engine import PoolingEngine
+
+            self.llm_engine = PoolingEngine(args, pooling_type)
+        elif runner in ("auto", "generate") and convert in ("auto", "none") and pooling_type is None:
+            self.llm_engine = LLMEngine.from_engine_args(args)
+        else:
+            raise ValueError(
+                f"runner={runner!r} convert={convert!r} pooling_type={pooling_type!r} is not supported; use "
+                "runner='generate' (the default), or runner='pooling' / convert='embed' for embeddings and classifiers"
+            )
         self._counter = itertools.count()
 
     def shutdown(self) -> None:
@@ -98,6 +133,92 @@ class LLM:
             for c in convs
         ]
         return self.generate(prompts, sampling_params, use_tqdm)
+
+    # ---- pooling models (runner="pooling") ------------------------------------------------
+    def encode(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        pooling_task: str = "encode",
+    ) -> list[PoolingRequestOutput]:
+        """Pool each prompt: an embedding (embedders) or class probabilities (classifiers)."""
+        from octavo.pooling.engine import PoolingEngine
+
+        engine = self.llm_engine
+        if not isinstance(engine, PoolingEngine):
+            raise ValueError(f"{pooling_task} needs a pooling model: LLM(model, runner='pooling')")
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if isinstance(pooling_params, Sequence):
+            params = list(pooling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"got {len(params)} pooling params for {len(prompts)} prompts")
+        else:
+            params = [pooling_params or PoolingParams()] * len(prompts)
+        ids = []
+        try:
+            for prompt, p in zip(prompts, params):
+                p = p.clone()
+                p.task = pooling_task
+                if truncate_prompt_tokens is not None:
+                    p.truncate_prompt_tokens = truncate_prompt_tokens
+                rid = str(next(self._counter))
+                engine.add_pooling_request(rid, prompt, p)
+                ids.append(rid)
+        except Exception:
+            engine.abort_request(ids)
+            raise
+        return self._run(ids, use_tqdm)  # type: ignore[return-value]
+
+    def embed(self, prompts, pooling_params=None, use_tqdm: bool = True, truncate_prompt_tokens=None):
+        """Each prompt's embedding (vLLM's `LLM.embed`)."""
+        outs = self.encode(prompts, pooling_params, use_tqdm, truncate_prompt_tokens, "embed")
+        return [EmbeddingRequestOutput.from_base(o) for o in outs]
+
+    def classify(self, prompts, pooling_params=None, use_tqdm: bool = True, truncate_prompt_tokens=None):
+        """Each prompt's class probabilities (vLLM's `LLM.classify`; a `*ForSequenceClassification` model)."""
+        outs = self.encode(prompts, pooling_params, use_tqdm, truncate_prompt_tokens, "classify")
+        return [ClassificationRequestOutput.from_base(o) for o in outs]
+
+    def score(
+        self, data_1, data_2, use_tqdm: bool = True, truncate_prompt_tokens=None, pooling_params=None
+    ) -> list[ScoringRequestOutput]:
+        """How well each text of `data_2` matches `data_1` (one text, or as many as data_2,
+        paired in order): an embedder's cosine similarity, or a cross-encoder's (a one-label
+        classifier's) probability for the pair tokenized together (vLLM's `LLM.score`)."""
+        from octavo.pooling.engine import PoolingEngine
+
+        data_1 = [data_1] if isinstance(data_1, (str, dict)) else list(data_1)
+        data_2 = [data_2] if isinstance(data_2, (str, dict)) else list(data_2)
+        n = len(data_2)
+        if len(data_1) not in (1, n) or not data_2:
+            raise ValueError(f"score takes one text or as many as data_2 ({n}); got {len(data_1)}")
+        engine = self.llm_engine
+        if isinstance(engine, PoolingEngine) and engine.classifier is not None:
+            if engine.classifier.out_features != 1:
+                raise ValueError("score needs an embedder or a classifier with one label (a cross-encoder)")
+            tok = self.get_tokenizer()
+            pairs = [{"prompt_token_ids": tok(a, text_pair=b)["input_ids"]} for a, b in zip(data_1 * n if len(data_1) == 1 else data_1, data_2)]
+            outs = self.encode(pairs, pooling_params, use_tqdm, truncate_prompt_tokens, "score")
+            return [
+                ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data[0])), o.prompt_token_ids)
+                for o in outs
+            ]
+        # an embedder: every text embedded once, in one batch
+        outs = self.encode(data_1 + data_2, pooling_params, use_tqdm, truncate_prompt_tokens, "embed")
+        firsts, seconds = outs[: len(data_1)], outs[len(data_1) :]
+        firsts = firsts * n if len(firsts) == 1 else firsts
+        return [
+            ScoringRequestOutput(
+                f"{a.request_id}-{b.request_id}",
+                ScoringOutput(float(torch.nn.functional.cosine_similarity(a.outputs.data, b.outputs.data, dim=0))),
+                a.prompt_token_ids + b.prompt_token_ids,
+            )
+            for a, b in zip(firsts, seconds)
+        ]
 
     def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine

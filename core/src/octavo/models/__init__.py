@@ -14,6 +14,15 @@ _REGISTRY = {
     "Phi3ForCausalLM": ("octavo.models.phi3", "Phi3ForCausalLM"),
     "Qwen2ForCausalLM": ("octavo.models.qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("octavo.models.qwen3", "Qwen3ForCausalLM"),
+    # pooling models (LLM(..., runner="pooling")): bodies without the LM head, classifiers
+    "LlamaModel": ("octavo.models.pooling_heads", "LlamaModel"),
+    "MistralModel": ("octavo.models.pooling_heads", "LlamaModel"),
+    "Qwen2Model": ("octavo.models.pooling_heads", "Qwen2Model"),
+    "Qwen3Model": ("octavo.models.pooling_heads", "Qwen3Model"),
+    "LlamaForSequenceClassification": ("octavo.models.pooling_heads", "LlamaForSequenceClassification"),
+    "MistralForSequenceClassification": ("octavo.models.pooling_heads", "LlamaForSequenceClassification"),
+    "Qwen2ForSequenceClassification": ("octavo.models.pooling_heads", "Qwen2ForSequenceClassification"),
+    "Qwen3ForSequenceClassification": ("octavo.models.pooling_heads", "Qwen3ForSequenceClassification"),
 }
 _MODEL_TYPES = {
     "gemma2": "Gemma2ForCausalLM",

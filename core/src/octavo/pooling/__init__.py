@@ -1,0 +1,1 @@
+"""Pooling models: embeddings, classification and scores (vLLM's pooling API)."""

@@ -1,0 +1,154 @@
+"""Pooling models (issue 26): embeddings and classifier probabilities equal transformers' on
+tiny random-weight checkpoints, with the pooling written from sentence-transformers'
+definitions (Pooling: CLS / mean over the attention mask / last token; Normalize: L2)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import random_prompts, smollm2_tokenizer, tiny_config
+
+from octavo import LLM
+from octavo.pooling_params import PoolingParams
+
+MIN_COS = 0.9999
+LENGTHS = [5, 37, 3, 70, 18]  # mixed lengths in one batch, two longer than the step budget below
+
+
+def _save(model, path: str) -> str:
+    with torch.no_grad():  # norms with spread, so a misplaced norm weight shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(path, safe_serialization=True)
+    smollm2_tokenizer().save_pretrained(path)
+    return path
+
+
+def _sentence_transformers_files(path: str, mode: str, normalize: bool) -> None:
+    """A sentence-transformers layout: modules.json naming a Pooling module (and Normalize)."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    with open(os.path.join(path, "modules.json"), "w") as f:
+        json.dump(modules, f)
+    os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
+    keys = {"CLS": "pooling_mode_cls_token", "MEAN": "pooling_mode_mean_tokens", "LAST": "pooling_mode_lasttoken"}
+    with open(os.path.join(path, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 64, **{k: k == keys[mode] for k in keys.values()}}, f)
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory):
+    from transformers import LlamaModel
+
+    torch.manual_seed(26)
+    return _save(LlamaModel(tiny_config("llama")).float(), str(tmp_path_factory.mktemp("embed") / "llama"))
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return random_prompts(len(LENGTHS), LENGTHS, len(smollm2_tokenizer()), seed=26)
+
+
+@torch.inference_mode()
+def _hf_hidden(path: str, ids: list[int]) -> torch.Tensor:
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    return model(torch.tensor([ids])).last_hidden_state[0]
+
+
+def _st_pool(hidden: torch.Tensor, mode: str) -> torch.Tensor:
+    # sentence-transformers' Pooling on one unpadded sequence (every mask entry 1)
+    return {"CLS": hidden[0], "MEAN": hidden.mean(dim=0), "LAST": hidden[-1]}[mode]
+
+
+def _llm(path: str, **kw) -> LLM:
+    return LLM(path, runner="pooling", device="cpu", dtype="float32", kv_cache_memory="16MiB", **kw)
+
+
+def _assert_close(got: list[float], want: torch.Tensor, what: str) -> None:
+    got_t = torch.tensor(got)
+    assert got_t.shape == want.shape, f"{what}: shape {tuple(got_t.shape)} != {tuple(want.shape)}"
+    cos = float(F.cosine_similarity(got_t, want, dim=0))
+    assert cos >= MIN_COS, f"{what}: cosine {cos:.6f} < {MIN_COS}"
+    torch.testing.assert_close(got_t.norm(), want.norm(), rtol=1e-3, atol=1e-4, msg=what)
+
+
+@pytest.mark.parametrize("mode", ["MEAN", "LAST", "CLS"])
+def test_decoder_embeddings_match_transformers(mode, decoder_dir, prompts, tmp_path):
+    """Every pooling mode, read from sentence-transformers' files, over a batch of mixed
+    lengths computed in chunks (a step budget of 32 tokens), normalized by its Normalize."""
+    path = str(tmp_path / "model")  # the same weights with their own sentence-transformers files
+    os.makedirs(path)
+    for name in os.listdir(decoder_dir):
+        os.symlink(os.path.join(decoder_dir, name), os.path.join(path, name))
+    _sentence_transformers_files(path, mode, normalize=True)
+    llm = _llm(path, max_num_batched_tokens=32, max_model_len=128, enable_prefix_caching=True)
+    outs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    for p, out in zip(prompts, outs):
+        want = F.normalize(_st_pool(_hf_hidden(decoder_dir, p), mode), dim=0)
+        _assert_close(out.outputs.embedding, want, f"{mode} pooling of {len(p)} tokens")
+        assert out.prompt_token_ids == p
+    # a repeated prompt hits the prefix cache: mean pooling must still see every position
+    again = llm.embed([{"prompt_token_ids": prompts[3]}], use_tqdm=False)[0]
+    torch.testing.assert_close(torch.tensor(again.outputs.embedding), torch.tensor(outs[3].outputs.embedding))
+    assert llm.llm_engine.block_manager.num_free_blocks == llm.llm_engine.block_manager.num_blocks, "KV kept"
+
+
+def test_dimensions_normalize_and_truncation(decoder_dir, prompts):
+    """Matryoshka dimensions (first n features, then normalized), normalize=False, and
+    truncate_prompt_tokens keeping the last tokens; too long a prompt without it is refused."""
+    llm = _llm(decoder_dir, max_model_len=64)  # no sentence-transformers files: last token, normalized
+    p = prompts[1]
+    hidden = _hf_hidden(decoder_dir, p)
+    out = llm.embed([{"prompt_token_ids": p}], PoolingParams(dimensions=16), use_tqdm=False)[0]
+    _assert_close(out.outputs.embedding, F.normalize(hidden[-1][:16], dim=0), "dimensions=16")
+    raw = llm.embed([{"prompt_token_ids": p}], PoolingParams(normalize=False), use_tqdm=False)[0]
+    _assert_close(raw.outputs.embedding, hidden[-1], "normalize=False")
+    long = prompts[3]  # 70 tokens > max_model_len 64
+    with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+        llm.embed([{"prompt_token_ids": long}], use_tqdm=False)
+    cut = llm.embed([{"prompt_token_ids": long}], truncate_prompt_tokens=20, use_tqdm=False)[0]
+    assert cut.prompt_token_ids == long[-20:]
+    _assert_close(cut.outputs.embedding, F.normalize(_hf_hidden(decoder_dir, long[-20:])[-1], dim=0), "truncated")
+    with pytest.raises(ValueError, match="dimensions"):
+        llm.embed(["x"], PoolingParams(dimensions=65), use_tqdm=False)
+    scores = llm.score({"prompt_token_ids": p}, [{"prompt_token_ids": q} for q in prompts[:3]], use_tqdm=False)
+    for q, s in zip(prompts[:3], scores):
+        want = F.cosine_similarity(hidden[-1], _hf_hidden(decoder_dir, q)[-1], dim=0)
+        assert abs(s.outputs.score - float(want)) < 1e-4
+
+
+@pytest.mark.parametrize("arch,num_labels", [("llama", 3), ("qwen3", 1)])
+def test_sequence_classification_matches_transformers(arch, num_labels, prompts, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = tiny_config(arch)
+    cfg.num_labels = num_labels
+    cfg.architectures = None
+    torch.manual_seed(27)
+    hf = AutoModelForSequenceClassification.from_config(cfg).float().eval()
+    path = _save(hf, str(tmp_path / arch))
+    llm = _llm(path, max_num_batched_tokens=32, max_model_len=128)
+    outs = llm.classify([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    with torch.inference_mode():
+        for p, out in zip(prompts, outs):
+            logits = hf(torch.tensor([p])).logits[0]
+            want = logits.sigmoid() if num_labels == 1 else logits.softmax(-1)
+            torch.testing.assert_close(torch.tensor(out.outputs.probs), want, rtol=1e-4, atol=1e-5)
+            raw = llm.classify([{"prompt_token_ids": p}], PoolingParams(use_activation=False), use_tqdm=False)[0]
+            torch.testing.assert_close(torch.tensor(raw.outputs.probs), logits, rtol=1e-4, atol=1e-4)
+    if num_labels == 1:  # a cross-encoder: score = the pair's probability, tokenized together
+        tok = smollm2_tokenizer()
+        got = llm.score("a query", ["one document", "another"], use_tqdm=False)
+        with torch.inference_mode():
+            for doc, s in zip(["one document", "another"], got):
+                ids = tok("a query", text_pair=doc)["input_ids"]
+                assert abs(s.outputs.score - float(hf(torch.tensor([ids])).logits[0, 0].sigmoid())) < 1e-5
