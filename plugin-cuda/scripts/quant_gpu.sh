@@ -9,8 +9,11 @@
 #    kit's conformance checks of quantized linears, run on these methods directly.
 # 3. plugin-cuda/scripts/quant_bench.py: batch-1 decode of Llama-3.1-8B's linears (32 layers) with INT4
 #    weights vs bf16 (cuBLAS and the Triton GEMV), and against the INT4 bytes' bandwidth floor.
-# Needs torch, triton and transformers; the sources are used from the tree (PYTHONPATH), nothing installed.
-# Results: $OUT/quant.log and $OUT/quant_bench.json.
+# 4. Only with MODEL8B=<a folder from make_llama8b_dir.py> and octavo + octavo-cuda installed from this tree:
+#    G3 (64 x 1024 prompt / 128 output, dummy weights) in bf16, then with --quantization fp8 (FP8 W8A8 through
+#    torch._scaled_mm), each under a 150 s limit (target: FP8 at most 0.75x the bf16 time).
+# Needs torch, triton and transformers; steps 1-3 use the sources from the tree (PYTHONPATH), nothing installed.
+# Results: $OUT/quant.log, $OUT/quant_bench.json and $OUT/g3_*.json.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -55,4 +58,10 @@ for scheme in [QuantScheme("int4", group_size=128, zero_point=True), QuantScheme
 PYEOF
   echo "== 3. int4 decode vs bf16, Llama-3.1-8B linears"
   timeout 90 $PY plugin-cuda/scripts/quant_bench.py 2>&1 | tee "$OUT/quant_bench.json" | tail -3
+  if [ -n "${MODEL8B:-}" ]; then
+    echo "== 4. G3, Llama-3.1-8B shape, dummy weights: bf16 then FP8 W8A8"
+    G3="octavo bench throughput --model $MODEL8B --load-format dummy --device cuda --num-prompts 64 --input-len 1024 --output-len 128"
+    (unset PYTHONPATH; timeout 150 $G3 --dtype bfloat16 --json "$OUT/g3_bf16.json" 2>&1 | grep -E "octavo:|Error" | tail -3)
+    (unset PYTHONPATH; timeout 150 $G3 --dtype bfloat16 --quantization fp8 --json "$OUT/g3_fp8.json" 2>&1 | grep -E "octavo:|quantiz|Error" | tail -4)
+  fi
 } 2>&1 | tee "$LOG"

@@ -35,7 +35,9 @@ def quantized_method(device: Device, scheme: QuantScheme) -> LinearMethod | None
 
 
 def _has_fp8_mm() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+    # NVIDIA's fp8 tensor cores (Ada, Hopper and later); ROCm's torch reports gfx versions here
+    # and its fp8 is another type (e4m3fnuz): core's method serves it until someone checks it
+    return torch.cuda.is_available() and torch.version.hip is None and torch.cuda.get_device_capability() >= (8, 9)
 
 
 class _QuantizedMethod(LinearMethod):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from octavo.platform import LinearMethod
+from octavo.quantization.scheme import QuantScheme
 
 #: most rows of x that take the Triton GEMV (measured on an H100, plugin-cuda/scripts/gemv_bench.py:
 #: it streams weights at 2.6-3.1 TB/s where cuBLAS reaches 2.0-2.9 for one row; at 2 rows it is
@@ -27,3 +28,9 @@ class TritonLinearMethod(LinearMethod):
 
             return gemv(x, weight, bias)
         return torch.nn.functional.linear(x, weight, bias)
+
+    def quantized_method(self, scheme: QuantScheme) -> LinearMethod | None:
+        # INT4 (Triton), FP8 / INT8 W8A8 (torch's scaled / int8 matmuls); others core's method
+        from octavo_triton.quantized_linear import quantized_method
+
+        return quantized_method(self.device, scheme)
