@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import random_prompts, smollm2_tokenizer, tiny_config
+from tiny_models import ENCODER_ARCHS, random_prompts, smollm2_tokenizer, tiny_config, tiny_encoder_config
 
 from octavo import LLM
 from octavo.pooling_params import PoolingParams
@@ -152,3 +152,38 @@ def test_sequence_classification_matches_transformers(arch, num_labels, prompts,
             for doc, s in zip(["one document", "another"], got):
                 ids = tok("a query", text_pair=doc)["input_ids"]
                 assert abs(s.outputs.score - float(hf(torch.tensor([ids])).logits[0, 0].sigmoid())) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ENCODER_ARCHS)
+def test_encoder_embeddings_match_transformers(arch, prompts, tmp_path):
+    """BERT / XLM-R: bidirectional attention through the platform's back end, absolute
+    positions, token type 0; [CLS] pooling by default and mean from sentence-transformers'
+    files; a batch of mixed lengths (each prompt whole in one step: no chunks)."""
+    from transformers import AutoModel
+
+    torch.manual_seed(28)
+    path = _save(
+        AutoModel.from_config(tiny_encoder_config(arch), add_pooling_layer=False).float(), str(tmp_path / arch)
+    )
+    batch = [{"prompt_token_ids": p} for p in prompts]
+    outs = _llm(path, max_model_len=128).embed(batch, use_tqdm=False)
+    for p, out in zip(prompts, outs):
+        _assert_close(out.outputs.embedding, F.normalize(_hf_hidden(path, p)[0], dim=0), f"{arch} CLS, {len(p)} tokens")
+    _sentence_transformers_files(path, "MEAN", normalize=False)
+    outs = _llm(path, max_model_len=128).embed(batch, use_tqdm=False)
+    for p, out in zip(prompts, outs):
+        _assert_close(out.outputs.embedding, _hf_hidden(path, p).mean(0), f"{arch} mean, {len(p)} tokens")
+
+
+@pytest.mark.parametrize("arch", ENCODER_ARCHS)
+def test_encoder_classification_matches_transformers(arch, prompts, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(29)
+    hf = AutoModelForSequenceClassification.from_config(tiny_encoder_config(arch, num_labels=3)).float().eval()
+    path = _save(hf, str(tmp_path / arch))
+    outs = _llm(path, max_model_len=128).classify([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    with torch.inference_mode():
+        for p, out in zip(prompts, outs):
+            want = hf(torch.tensor([p])).logits[0].softmax(-1)
+            torch.testing.assert_close(torch.tensor(out.outputs.probs), want, rtol=1e-4, atol=1e-5)

@@ -209,3 +209,28 @@ def assert_greedy_matches(path: str, prompt: list[int], got: list[int], want: li
 def random_prompts(n: int, lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (lengths[i % len(lengths)],), generator=g).tolist() for i in range(n)]
+
+
+#: encoder (bidirectional) families, served as pooling models (test_pooling)
+ENCODER_ARCHS = ("bert", "xlm-roberta")
+
+
+def tiny_encoder_config(arch: str, num_labels: int = 2):
+    """A tiny BERT or XLM-RoBERTa config on SmolLM2's vocabulary (XLM-R: one token type,
+    positions offset by its padding index)."""
+    from transformers import BertConfig, XLMRobertaConfig
+
+    common = dict(
+        vocab_size=len(smollm2_tokenizer()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        initializer_range=0.3,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    if arch == "bert":
+        return BertConfig(**common, max_position_embeddings=256, type_vocab_size=2, pad_token_id=0)
+    return XLMRobertaConfig(**common, max_position_embeddings=258, type_vocab_size=1, pad_token_id=1)

@@ -263,13 +263,21 @@ def test_torch_path_matches_native(window, seqs):
     torch.testing.assert_close(native, ref.attend(q, kv, meta, 0.125, window), atol=1e-5, rtol=1e-5)
 
 
-def test_non_causal_layers_are_refused():
-    """The native kernels are causal only: the backend says so rather than mis-computing."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_causal_layers_run_on_the_torch_path(dtype):
+    """The native kernels are causal only: encoders' non-causal layers are accepted and
+    computed on the torch path, equal to the kit's reference (every query sees its
+    request's whole context), not mis-computed by the causal kernels."""
     backend = CpuAttention(CpuDevice())
     encoder = AttentionSpec(8, 2, 64, 0.125, causal=False)
-    why = backend.supports(encoder, torch.float32, 16)
-    assert why is not None and "causal" in why
-    assert backend.supports(AttentionSpec(8, 2, 64, 0.125), torch.float32, 16) is None
+    assert backend.supports(encoder, dtype, 16) is None
+    assert backend.supports(AttentionSpec(8, 2, 64, 0.125), dtype, 16) is None
+    q, kv, meta = _batch(RAGGED, 16, 8, 2, 64, dtype, seed=9)
+    want = ref.attend(q.float(), kv.float(), meta, 0.125, None, causal=False)
+    got = backend.attend(q, kv, meta, encoder)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+    assert not torch.allclose(got.float(), ref.attend(q.float(), kv.float(), meta, 0.125, None), atol=tol)
 
 
 @pytest.mark.parametrize("threads", [2, 3])

@@ -13,7 +13,8 @@ whenever q and the cache are float32 or bfloat16:
   before the blocked kernel, so no row kind stays on it.)
 * write_kv: a native scatter into the slots.
 
-The kernels are causal only: `supports` refuses non-causal layers (encoders). Layers with
+The kernels are causal only: non-causal layers (encoders: BERT, XLM-R) run on
+`_bidirectional`, a torch path (SDPA over each request's whole context). Layers with
 attention logit soft-capping (Gemma 2) run on `_soft_capped`, a torch path that scores,
 caps, masks and normalizes explicitly (SDPA has no cap): correct, not fast.
 
@@ -44,11 +45,6 @@ class CpuAttention(AttentionBackend):
                 f"octavo-cpu's native kernels did not import: {_native.IMPORT_ERROR}. "
                 "Reinstall the package (`pip install ./plugin-cpu`) to build them."
             )
-
-    def supports(self, layer: AttentionSpec, dtype: torch.dtype, block_size: int) -> str | None:
-        if not layer.causal:
-            return "non-causal attention is not supported: octavo-cpu's attention kernels are causal only"
-        return super().supports(layer, dtype, block_size)
 
     def allocate(self, layer: AttentionSpec, spec: KVCacheSpec, num_blocks: int) -> torch.Tensor:
         # calloc-backed (numpy's zeros): the OS maps zero pages on first touch, so start-up
@@ -82,7 +78,8 @@ class CpuAttention(AttentionBackend):
         kv_cache[1, blocks, offsets] = v.to(kv_cache.dtype)
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardBatch, layer: AttentionSpec) -> torch.Tensor:
-        assert layer.causal, "CpuAttention.supports refuses non-causal layers"
+        if not layer.causal:
+            return self._bidirectional(q, kv_cache, meta, layer)
         scale, window = layer.scale, layer.sliding_window
         if layer.logits_soft_cap is not None:
             return self._soft_capped(q, kv_cache, meta, layer)
@@ -137,6 +134,25 @@ class CpuAttention(AttentionBackend):
                 mask &= kpos > qpos - window
             probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
             out[s:e] = torch.einsum("kgls,skd->lkgd", probs, v.float()).flatten(1, 2).to(q.dtype)
+        return out
+
+    def _bidirectional(self, q, kv_cache, meta: ForwardBatch, layer: AttentionSpec) -> torch.Tensor:
+        """Request by request, every query sees its request's whole context (no mask)."""
+        out = torch.zeros_like(q)
+        qsl = meta.query_start_loc_cpu
+        for i in range(meta.num_reqs):
+            s, e = qsl[i], qsl[i + 1]
+            if e == s:
+                continue
+            k, v = self._gather(kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i])  # [S, hk, d]
+            o = F.scaled_dot_product_attention(
+                q[s:e].transpose(0, 1),
+                k.transpose(0, 1).to(q.dtype),
+                v.transpose(0, 1).to(q.dtype),
+                scale=layer.scale,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )
+            out[s:e] = o.transpose(0, 1)
         return out
 
     @staticmethod

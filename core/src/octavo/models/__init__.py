@@ -23,6 +23,10 @@ _REGISTRY = {
     "MistralForSequenceClassification": ("octavo.models.pooling_heads", "LlamaForSequenceClassification"),
     "Qwen2ForSequenceClassification": ("octavo.models.pooling_heads", "Qwen2ForSequenceClassification"),
     "Qwen3ForSequenceClassification": ("octavo.models.pooling_heads", "Qwen3ForSequenceClassification"),
+    "BertModel": ("octavo.models.bert", "BertModel"),
+    "BertForSequenceClassification": ("octavo.models.bert", "BertForSequenceClassification"),
+    "XLMRobertaModel": ("octavo.models.bert", "XLMRobertaModel"),
+    "XLMRobertaForSequenceClassification": ("octavo.models.bert", "XLMRobertaForSequenceClassification"),
 }
 _MODEL_TYPES = {
     "gemma2": "Gemma2ForCausalLM",
@@ -34,6 +38,8 @@ _MODEL_TYPES = {
     "phi3": "Phi3ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "bert": "BertModel",
+    "xlm-roberta": "XLMRobertaModel",
 }
 
 
