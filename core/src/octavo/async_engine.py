@@ -135,6 +135,7 @@ class AsyncLLMEngine:
         self.log_requests = log_requests
         self.max_log_len = max_log_len
         self._streams: dict[str, _Stream] = {}
+        self._pooled: dict[str, asyncio.Future] = {}  # pooling requests' results (`encode`)
         self._cv = threading.Condition()
         self._commands: list[tuple] = []  # guarded by _cv
         self._num_pending_adds = 0  # adds queued, not applied yet (guarded by _cv)
@@ -149,13 +150,15 @@ class AsyncLLMEngine:
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
-    def from_engine_args(cls, engine_args: Any, **kwargs: Any) -> AsyncLLMEngine:
-        """The engine of `engine_args` (EngineArgs, or AsyncEngineArgs with its request logging)."""
+    def from_engine_args(cls, engine_args: Any, pooling: bool = False, **kwargs: Any) -> AsyncLLMEngine:
+        """The engine of `engine_args` (EngineArgs, or AsyncEngineArgs with its request logging);
+        `pooling`: a pooling model's (embeddings, classifiers: `encode`)."""
         from octavo.engine import LLMEngine
+        from octavo.pooling.engine import PoolingEngine
 
         kwargs.setdefault("log_requests", getattr(engine_args, "enable_log_requests", False))
         kwargs.setdefault("max_log_len", getattr(engine_args, "max_log_len", None))
-        return cls(LLMEngine.from_engine_args(engine_args), **kwargs)
+        return cls(PoolingEngine(engine_args) if pooling else LLMEngine.from_engine_args(engine_args), **kwargs)
 
     @property
     def tokenizer(self) -> Any:
@@ -248,6 +251,27 @@ class AsyncLLMEngine:
             self._streams.pop(request_id, None)
             raise
         return stream
+
+    async def encode(self, request_id: str, prompt: PromptType, params: Any) -> Any:
+        """Pool one prompt (a PoolingEngine's request; params: PoolingParams); its
+        PoolingRequestOutput. ValueError for a bad input, as `add_request`."""
+        self.start()
+        if self._dead is not None or self._stop:
+            raise EngineDeadError(f"the engine is not running: {self._dead or 'shutting down'}")
+        if request_id in self._pooled:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        assert self._loop is not None  # started above, on this loop
+        added, result = self._loop.create_future(), self._loop.create_future()
+        self._pooled[request_id] = result
+        self._send(("add", request_id, prompt, params, added))
+        try:
+            await added
+            return await result
+        except asyncio.CancelledError:
+            self._abort_one(request_id)
+            raise
+        finally:
+            self._pooled.pop(request_id, None)
 
     async def beam_search(self, prompt_ids: list[int], params: Any, request_id: str) -> RequestOutput:
         """Beam search for one prompt: the beams' one-token steps run as ordinary requests
@@ -405,7 +429,10 @@ class AsyncLLMEngine:
             try:
                 if self.max_waiting_requests and self._num_waiting() >= self.max_waiting_requests:
                     raise QueueFullError(self._queue_full_message())
-                engine.add_request(rid, prompt, params, arrival_time=time.monotonic())
+                if rid in self._pooled:  # `encode`: the futures dict is only added to before the command
+                    engine.add_pooling_request(rid, prompt, params)
+                else:
+                    engine.add_request(rid, prompt, params, arrival_time=time.monotonic())
             except Exception as e:  # noqa: BLE001 - handed to the caller
                 loop.call_soon_threadsafe(_set_exception, fut, e)
             else:
@@ -449,6 +476,11 @@ class AsyncLLMEngine:
                     logger.exception("stat logger failed")
         now = time.monotonic()
         for out in outputs:
+            pooled = self._pooled.get(out.request_id)
+            if pooled is not None:
+                if not pooled.done():
+                    pooled.set_result(out)
+                continue
             stream = self._streams.get(out.request_id)
             if stream is None or stream.finished:
                 continue  # aborted while the step ran
@@ -490,7 +522,7 @@ class AsyncLLMEngine:
 
     def _on_dead(self, error: BaseException, futs: list[asyncio.Future]) -> None:
         self._dead = error
-        for fut in futs:
+        for fut in futs + list(self._pooled.values()):
             _set_exception(fut, EngineDeadError(f"the engine thread died: {error!r}"))
         for stream in list(self._streams.values()):
             stream.error = EngineDeadError(f"the engine thread died: {error!r}")

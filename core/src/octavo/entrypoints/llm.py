@@ -201,7 +201,8 @@ class LLM:
             if engine.classifier.out_features != 1:
                 raise ValueError("score needs an embedder or a classifier with one label (a cross-encoder)")
             tok = self.get_tokenizer()
-            pairs = [{"prompt_token_ids": tok(a, text_pair=b)["input_ids"]} for a, b in zip(data_1 * n if len(data_1) == 1 else data_1, data_2)]
+            firsts = data_1 * n if len(data_1) == 1 else data_1
+            pairs = [{"prompt_token_ids": tok(a, text_pair=b)["input_ids"]} for a, b in zip(firsts, data_2)]
             outs = self.encode(pairs, pooling_params, use_tqdm, truncate_prompt_tokens, "score")
             return [
                 ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data[0])), o.prompt_token_ids)

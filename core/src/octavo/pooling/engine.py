@@ -111,6 +111,12 @@ class PoolingEngine(LLMEngine):
         self.scheduler.add_request(req)
         return ids
 
+    def add_request(self, request_id, prompt, params, arrival_time=None) -> None:
+        raise ValueError(
+            "this engine runs a pooling model, which does not generate text; use its pooling requests "
+            "(LLM.embed / classify / score, the server's /v1/embeddings, /classify, /score, /rerank)"
+        )
+
     def abort_request(self, request_ids) -> None:
         if isinstance(request_ids, str):
             request_ids = [request_ids]

@@ -58,6 +58,8 @@ from octavo.entrypoints.openai.protocol import (
 from octavo.entrypoints.openai.serving_chat import OpenAIServingChat, load_chat_template
 from octavo.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from octavo.entrypoints.openai.serving_engine import ClientDisconnected
+from octavo.entrypoints.openai.serving_pooling import add_pooling_routes
+from octavo.pooling.engine import PoolingEngine
 
 logger = logging.getLogger("octavo.server")
 
@@ -286,6 +288,9 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
     async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         return await chat.create_chat_completion(body, request)
 
+    if isinstance(engine.engine, PoolingEngine):
+        add_pooling_routes(app, engine, names, limits, errors)
+
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
         cards = [
@@ -438,7 +443,10 @@ def run_server(args: argparse.Namespace) -> int:
 
     engine_args, settings = serve_options(args)
     t0 = time.perf_counter()
-    engine = AsyncLLMEngine.from_engine_args(engine_args, max_waiting_requests=args.max_waiting_requests)
+    pooling = getattr(args, "runner", None) == "pooling" or getattr(args, "convert", None) in ("embed", "classify")
+    engine = AsyncLLMEngine.from_engine_args(
+        engine_args, pooling=pooling, max_waiting_requests=args.max_waiting_requests
+    )
     logger.info("model %s loaded in %.1f s", engine_args.model, time.perf_counter() - t0)
     app = build_app(engine, settings)
     config = uvicorn.Config(

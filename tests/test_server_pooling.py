@@ -1,0 +1,142 @@
+"""`octavo serve --runner pooling`: the official openai client's `embeddings.create` (float
+and base64, batches, token ids, dimensions) equals transformers' mean-pooled, normalized
+hidden states; /score, /rerank and /pooling; bad inputs get OpenAI-style 400s."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+import torch.nn.functional as F
+from test_pooling import _hf_hidden, _save, _sentence_transformers_files
+from tiny_models import random_prompts, smollm2_tokenizer, tiny_config
+
+MIN_COS = 0.9999
+TEXTS = ["The capital of France is Paris.", "Embeddings map text to vectors.", "ok"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import LlamaModel
+
+    torch.manual_seed(30)
+    path = _save(LlamaModel(tiny_config("llama")).float(), str(tmp_path_factory.mktemp("serve") / "embedder"))
+    _sentence_transformers_files(path, "MEAN", normalize=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tempfile.NamedTemporaryFile("w+", prefix="octavo-pool-", suffix=".log", delete=False)
+    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", "serve", model_dir, "--runner", "pooling"]
+    cmd += ["--device", "cpu", "--dtype", "float32", "--port", str(port), "--max-model-len", "64"]
+    cmd += ["--kv-cache-memory", "16MiB", "--disable-access-log"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"octavo serve exited with {proc.returncode}:\n{log.read()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "octavo serve not healthy after 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _want(model_dir: str, ids: list[int], dims: int | None = None) -> torch.Tensor:
+    return F.normalize(_hf_hidden(model_dir, ids).mean(0)[:dims], dim=0)
+
+
+def _check(got, want: torch.Tensor, what: str) -> None:
+    got = torch.tensor(got, dtype=torch.float32)
+    assert got.shape == want.shape, what
+    assert float(F.cosine_similarity(got, want, dim=0)) >= MIN_COS, what
+
+
+def test_embeddings_create(client, model_dir):
+    tok = smollm2_tokenizer()
+    res = client.embeddings.create(model=model_dir, input=TEXTS)
+    assert [d.index for d in res.data] == [0, 1, 2]
+    ids = [tok.encode(t) for t in TEXTS]
+    for d, i in zip(res.data, ids):
+        _check(d.embedding, _want(model_dir, i), "float")
+    assert res.usage.prompt_tokens == sum(map(len, ids))
+    # asked for explicitly, the client hands back OpenAI's base64 of little-endian float32s
+    b64 = client.embeddings.create(model=model_dir, input=TEXTS[0], encoding_format="base64")
+    raw = np.frombuffer(base64.b64decode(b64.data[0].embedding), dtype="<f4")
+    _check(raw.tolist(), _want(model_dir, ids[0]), "base64")
+    tokens = random_prompts(2, [9, 40], len(tok), seed=30)
+    res = client.embeddings.create(model=model_dir, input=tokens, dimensions=16)
+    for d, i in zip(res.data, tokens):
+        _check(d.embedding, _want(model_dir, i, 16), "token ids, dimensions=16")
+    one = client.embeddings.create(model=model_dir, input=tokens[0])
+    _check(one.data[0].embedding, _want(model_dir, tokens[0]), "one token list")
+
+
+def test_bad_inputs_get_openai_errors(client, base, model_dir):
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.embeddings.create(model=model_dir, input=[])
+    r = httpx.post(f"{base}/v1/embeddings", json={"input": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    with pytest.raises(openai.BadRequestError, match="truncate_prompt_tokens"):
+        client.embeddings.create(model=model_dir, input=[list(range(3, 100))])
+    r = httpx.post(f"{base}/v1/embeddings", json={"input": [list(range(3, 100))], "truncate_prompt_tokens": 10})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 10
+    r = httpx.post(f"{base}/v1/embeddings", json={"input": "x", "encoding_format": "int8"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "encoding_format" in r.json()["error"]["message"] + str(r.json()["error"].get("param"))
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        client.embeddings.create(model=model_dir, input="x", dimensions=1000)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="x")
+
+
+def test_score_rerank_and_pooling(base, model_dir):
+    tok = smollm2_tokenizer()
+    vec = [_want(model_dir, tok.encode(t)) for t in TEXTS]
+    r = httpx.post(f"{base}/score", json={"text_1": TEXTS[0], "text_2": TEXTS[1:]}).json()
+    for d, v in zip(r["data"], vec[1:]):
+        assert abs(d["score"] - float(vec[0] @ v)) < 1e-4
+    r = httpx.post(f"{base}/v1/rerank", json={"query": TEXTS[0], "documents": TEXTS[1:], "top_n": 1}).json()
+    best = max((1, 2), key=lambda i: float(vec[0] @ vec[i]))
+    assert [x["index"] for x in r["results"]] == [best - 1]
+    assert httpx.post(f"{base}/rerank", json={"query": "q", "documents": []}).status_code == 400
+    r = httpx.post(f"{base}/pooling", json={"input": TEXTS[2]}).json()
+    _check(r["data"][0]["data"], vec[2], "/pooling")
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 1})
+    assert r.status_code == 400, r.text
