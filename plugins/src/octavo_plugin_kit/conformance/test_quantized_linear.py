@@ -100,4 +100,28 @@ def test_quantized_linear(octavo_platform, scheme, rows, dtype):
     layer = call("quantized_linear", case, quantized_layer, p, scheme, tensors, bias, dtype)
     out = call("quantized_linear", case, layer, x.to(p.device.torch_device()))
     ref = reference_quant.quantized_linear(x.float(), scheme, tensors, None if bias is None else bias.float())
+    if scheme.activations is not None:
+        out = _forgive_activation_ties(out, ref, x.float(), scheme, tensors)
     assert_close(case, out, ref, dtype)
+
+
+def _forgive_activation_ties(out, ref, x: torch.Tensor, scheme: QuantScheme, tensors: dict) -> torch.Tensor:
+    """W8A8: an activation within float32 noise of a rounding boundary (x / scale a hair from a
+    midpoint) may round either way on another device's division; each such flip moves output j
+    by its step times |w[j, k]|. Returns `out` moved towards `ref` by at most that sum, so only
+    the rest of the difference is judged (a wrong scale or rounding rule is still far off)."""
+    qmax = 127.0 if scheme.activations == "int8" else 448.0
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax  # as reference_quant's
+    v = x / scale
+
+    def rounded(v: torch.Tensor) -> torch.Tensor:
+        v = v.clamp(-qmax, qmax)
+        return torch.round(v) if scheme.activations == "int8" else v.to(torch.float8_e4m3fn).float()
+
+    # nonzero only where a hair either side rounds differently
+    steps = (rounded(v * (1 + 1e-5)) - rounded(v * (1 - 1e-5))).abs() * scale
+    w = reference_quant.dequantize(scheme, tensors, x.shape[-1]).abs()
+    slack = steps @ w.T
+    got = out.detach().float().cpu()
+    moved = ref + (got - ref).sign() * ((got - ref).abs() - slack).clamp(min=0)
+    return moved.to(out.dtype)
