@@ -173,6 +173,15 @@ def test_encoder_embeddings_match_transformers(arch, prompts, tmp_path):
     outs = _llm(path, max_model_len=128).embed(batch, use_tqdm=False)
     for p, out in zip(prompts, outs):
         _assert_close(out.outputs.embedding, _hf_hidden(path, p).mean(0), f"{arch} mean, {len(p)} tokens")
+    # a prompt that shares whole blocks with one before it: an encoder's KV of those blocks
+    # depends on what follows them, so the prefix cache must not serve them
+    llm = _llm(path, max_model_len=128, pooling_type="LAST", enable_prefix_caching=True)
+    first = prompts[3][:48]
+    llm.embed([{"prompt_token_ids": first}], use_tqdm=False)
+    second = first + prompts[1][:5]
+    out = llm.embed([{"prompt_token_ids": second}], PoolingParams(normalize=False), use_tqdm=False)[0]
+    _assert_close(out.outputs.embedding, _hf_hidden(path, second)[-1], f"{arch} after a shared prefix")
+    llm.llm_engine.runner.profile_run()  # the activation-peak forward of GPUs: no logits, no sampler
 
 
 @pytest.mark.parametrize("arch", ENCODER_ARCHS)

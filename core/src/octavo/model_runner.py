@@ -226,6 +226,8 @@ class ModelRunner(StepRunner):
         caches = [attention.allocate(spec, kv, 1) for spec, kv in zip(self.specs, self._kv_specs())]
         batch = self._dummy_batch(lens, lens)
         hidden = self.model(batch.input_ids, batch.positions, caches, attention.build_metadata(batch))
+        if getattr(self.model, "lm_head", None) is None:  # a pooling model (octavo.pooling): no logits, no sampler
+            return
         rows = min(sc.max_num_seqs, batch.input_ids.shape[0])
         logits = self.model.compute_logits(hidden[:rows])
         from octavo.sampling_params import SamplingParams

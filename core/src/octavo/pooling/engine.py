@@ -48,7 +48,11 @@ class PoolingEngine(LLMEngine):
         #: the classifier over the pooled state (`*ForSequenceClassification`), or None: an embedder
         self.classifier = getattr(model, "score", None)
         self.hidden_size = self.model_config.hf_config.hidden_size
-        if any(not spec.causal for spec in self.runner.specs):
+        bidirectional = any(not spec.causal for spec in self.runner.specs)
+        # Pooling every position (MEAN, CLS) needs every position computed, and a bidirectional
+        # layer's KV of a prefix depends on the tokens after it: neither may reuse cached blocks
+        self._compute_whole_prompt = bidirectional or self.pooler.pooling_type != "LAST"
+        if bidirectional:
             # a bidirectional layer must see the whole prompt in one step: no chunks
             sc = self.config.scheduler
             self.scheduler = Scheduler(
@@ -102,10 +106,10 @@ class PoolingEngine(LLMEngine):
                 f"{self.config.scheduler.max_num_batched_tokens}), and this model's attention needs it whole; "
                 "raise --max-num-batched-tokens"
             )
-        # max_tokens=1: the prompt's last chunk ends it. Pooling every position (MEAN, CLS)
-        # needs every position computed: asking for prompt logits makes the scheduler skip
-        # prefix-cache hits (Scheduler._admit); the runner never computes those logits here
-        sampling = SamplingParams(max_tokens=1, prompt_logprobs=None if self.pooler.pooling_type == "LAST" else 0)
+        # max_tokens=1: the prompt's last chunk ends it. Asking for prompt logits makes the
+        # scheduler compute the whole prompt, past any prefix-cache hit (Scheduler._admit); the
+        # runner never computes those logits here
+        sampling = SamplingParams(max_tokens=1, prompt_logprobs=0 if self._compute_whole_prompt else None)
         req = Request(request_id, ids, sampling, time.monotonic())
         self.pooling[request_id] = _Pooling(req, params, PoolingState(self.pooler.pooling_type))
         self.scheduler.add_request(req)
