@@ -18,7 +18,9 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-export PYTHONPATH="$PWD/core/src:$PWD/plugins/src:$PWD/triton-kernels/src${PYTHONPATH:+:$PYTHONPATH}"
+# core's own dependencies the GPU image lacks (importlib_metadata, ...): carry .whl
+[ -d .whl ] && $PY -m pip install -q --no-index --no-deps --target /tmp/deps .whl/*.whl > /dev/null 2>&1
+export PYTHONPATH="$PWD/core/src:$PWD/plugins/src:$PWD/triton-kernels/src:/tmp/deps${PYTHONPATH:+:$PYTHONPATH}"
 LOG="$OUT/quant.log"
 {
   echo "== $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader)"

@@ -83,11 +83,14 @@ class Fp8LinearMethod(_QuantizedMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if self.scheme.activations == "fp8":
+        if self.scheme.activations == "fp8" and x.dtype != torch.float32:
             xq, sx = _per_token(x2, "fp8")
             y = torch._scaled_mm(
                 xq, layer.qweight.T, scale_a=sx, scale_b=layer.scale_row, out_dtype=torch.bfloat16
             ).float()
+        elif self.scheme.activations == "fp8":  # float32 in: _scaled_mm's row-wise scales give bf16 out only
+            xq, sx = _per_token(x2, "fp8")
+            y = (xq.float() * sx) @ (layer.qweight.float() * layer.scales.float()).T
         else:  # weight-only fp8: dequantize the weight (one scale per row) into x's dtype
             y = x2.float() @ (layer.qweight.float() * layer.scales.float()).T
         if layer.bias is not None:
