@@ -123,7 +123,10 @@ def main() -> None:
     ap.add_argument("--shape", choices=["bert", "decoder", "both"], default="both")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch-size", type=int, default=32, help="sentence-transformers' encode batch size")
+    ap.add_argument("--threads", type=int, default=None, help="torch's threads, for both (default: torch's)")
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     for shape in ("bert", "decoder") if args.shape == "both" else (args.shape,):
         run(shape, args.num, args.dtype, args.batch_size)
 

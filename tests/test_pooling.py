@@ -196,3 +196,23 @@ def test_encoder_classification_matches_transformers(arch, prompts, tmp_path):
         for p, out in zip(prompts, outs):
             want = hf(torch.tensor([p])).logits[0].softmax(-1)
             torch.testing.assert_close(torch.tensor(out.outputs.probs), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,mode", [("bert", "MEAN"), ("llama", "LAST")])
+def test_sentence_transformers_encode(arch, mode, tmp_path):
+    """sentence-transformers itself, on texts, over the same checkpoint and its files."""
+    st = pytest.importorskip("sentence_transformers")
+    from transformers import AutoModel, LlamaModel
+
+    torch.manual_seed(31)
+    if arch == "bert":
+        model = AutoModel.from_config(tiny_encoder_config(arch), add_pooling_layer=False)
+    else:
+        model = LlamaModel(tiny_config(arch))
+    path = _save(model.float(), str(tmp_path / arch))
+    _sentence_transformers_files(path, mode, normalize=True)
+    texts = ["The capital of France is Paris.", "a", "Embeddings of texts of different lengths, batched. " * 4]
+    want = st.SentenceTransformer(path, device="cpu").encode(texts, convert_to_tensor=True, batch_size=3)
+    outs = _llm(path, max_model_len=128).embed(texts, use_tqdm=False)
+    for t, out, w in zip(texts, outs, want):
+        _assert_close(out.outputs.embedding, w.float(), f"{arch} {mode}: {t[:20]!r}")

@@ -3,6 +3,7 @@
 from octavo.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from octavo.engine_args import AsyncEngineArgs, EngineArgs
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __all__ = [
     "EngineArgs",
     "AsyncEngineArgs",
     "SamplingParams",
+    "PoolingParams",
     "StructuredOutputsParams",
     "RequestOutput",
     "RequestOutputKind",

@@ -49,6 +49,7 @@ class LLM:
     ) -> None:
         kwargs = vllm_options.split_engine_kwargs(kwargs, set(EngineArgs.__dataclass_fields__))
         args = EngineArgs(model=model, **kwargs)
+        self.llm_engine: LLMEngine
         if (runner, convert) in _POOLING:
             from octavo.pooling.engine import PoolingEngine
 

@@ -13,6 +13,7 @@ lookup. Every input is one segment: token type 0.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -136,11 +137,15 @@ class BertModel(nn.Module):
         self.register_buffer("cos_sin_cache", torch.empty(0), persistent=False)
 
     def attention_specs(self) -> list[AttentionSpec]:
-        return [layer.attention.self.spec for layer in self.encoder.layer]
+        return [layer.attention.self.spec for layer in self._layers()]
+
+    def _layers(self) -> list[BertLayer]:
+        # nn.ModuleList is not generic: a type checker sees Modules where BertEncoder put BertLayers
+        return cast("list[BertLayer]", list(self.encoder.layer))
 
     def forward(self, input_ids, positions, kv_caches: list, meta) -> torch.Tensor:
         x = self.embeddings(input_ids, positions)
-        for layer, kv in zip(self.encoder.layer, kv_caches):
+        for layer, kv in zip(self._layers(), kv_caches):
             x = layer(x, kv, meta)
         return x
 

@@ -65,16 +65,15 @@ class OpenAIServingPooling(OpenAIServing):
     # ---- inputs -------------------------------------------------------------------------------
     def prompts(self, value: Input, param: str = "input") -> list[dict]:
         """OpenAI's input forms (a text, texts, token ids, lists of token ids) as engine prompts."""
-        if isinstance(value, str):
-            value = [value]
-        if not value:
+        items: list = [value] if isinstance(value, str) else list(value)
+        if not items:
             raise BadRequestError(f"'{param}' is empty; give at least one text or token list", param=param)
-        if all(isinstance(v, int) for v in value):
-            value = [value]  # type: ignore[list-item]
-        texts = [v for v in value if isinstance(v, str)]
+        if all(isinstance(v, int) for v in items):
+            items = [items]  # one list of token ids
+        texts = [v for v in items if isinstance(v, str)]
         self.check_prompt_bytes(texts, param)
         prompts = []
-        for v in value:
+        for v in items:
             if isinstance(v, str):
                 prompts.append({"prompt_token_ids": self.encode(v, add_special_tokens=True)})
             elif isinstance(v, list) and v and all(isinstance(t, int) for t in v):
