@@ -140,3 +140,43 @@ def test_score_rerank_and_pooling(base, model_dir):
     _check(r["data"][0]["data"], vec[2], "/pooling")
     r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 1})
     assert r.status_code == 400, r.text
+
+
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_classify_and_cross_encoder_routes(num_labels, tmp_path):
+    """/classify and a cross-encoder's /score and /rerank (in process: the app `octavo serve`
+    builds), against transformers' logits on the same classifier."""
+    from fastapi.testclient import TestClient
+    from transformers import AutoModelForSequenceClassification
+
+    from octavo.async_engine import AsyncLLMEngine
+    from octavo.engine_args import EngineArgs
+    from octavo.entrypoints.openai.api_server import ServerSettings, build_app
+
+    cfg = tiny_config("qwen3")
+    cfg.num_labels, cfg.architectures = num_labels, None
+    torch.manual_seed(32)
+    hf = AutoModelForSequenceClassification.from_config(cfg).float().eval()
+    path = _save(hf, str(tmp_path / "clf"))
+    args = EngineArgs(model=path, device="cpu", dtype="float32", max_model_len=64, kv_cache_memory="16MiB")
+    app = build_app(AsyncLLMEngine.from_engine_args(args, pooling=True), ServerSettings(served_model_names=["m"]))
+    tok = smollm2_tokenizer()
+    with TestClient(app) as http, torch.inference_mode():
+        r = http.post("/classify", json={"model": "m", "input": TEXTS}).json()
+        for d, t in zip(r["data"], TEXTS):
+            logits = hf(torch.tensor([tok.encode(t)])).logits[0]
+            want = logits.sigmoid() if num_labels == 1 else logits.softmax(-1)
+            torch.testing.assert_close(torch.tensor(d["probs"]), want, rtol=1e-4, atol=1e-5)
+            assert d["num_classes"] == num_labels and d["label"] == hf.config.id2label[int(want.argmax())]
+        r = http.post("/score", json={"text_1": TEXTS[0], "text_2": TEXTS[1:]})
+        if num_labels != 1:
+            assert r.status_code == 400 and "one label" in r.json()["error"]["message"]
+            return
+        want = [
+            float(hf(torch.tensor([tok(TEXTS[0], text_pair=t)["input_ids"]])).logits[0, 0].sigmoid()) for t in TEXTS[1:]
+        ]
+        got = [d["score"] for d in r.json()["data"]]
+        assert len(got) == len(want) and all(abs(g - w) < 1e-5 for g, w in zip(got, want)), (got, want)
+        r = http.post("/rerank", json={"query": TEXTS[0], "documents": TEXTS[1:]}).json()
+        assert [x["index"] for x in r["results"]] == sorted((0, 1), key=lambda i: -want[i])
+        assert http.post("/v1/embeddings", json={"input": "x"}).status_code == 400  # a classifier, not an embedder
