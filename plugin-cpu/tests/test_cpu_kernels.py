@@ -278,6 +278,13 @@ def test_non_causal_layers_run_on_the_torch_path(dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
     assert not torch.allclose(got.float(), ref.attend(q.float(), kv.float(), meta, 0.125, None), atol=tol)
+    # a step holding each prompt whole (an encoder's): forward attends on the step's own k/v
+    q, kv, meta = _batch([(5, 5), (40, 40), (17, 17)], 16, 8, 2, 64, dtype, seed=10)
+    g = torch.Generator().manual_seed(11)
+    k, v = (torch.randn(q.shape[0], 2, 64, generator=g).to(dtype) for _ in range(2))
+    got = backend.forward(q, k, v, kv, meta, encoder)
+    want = ref.attend(q.float(), kv.float(), meta, 0.125, None, causal=False)  # kv now holds k and v
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
