@@ -24,17 +24,17 @@ from octavo_plugin_kit import reference  # noqa: E402
 PERSON = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "maxLength": 12},
+        "name": {"type": "string", "maxLength": 8},
         "role": {"enum": ["admin", "user", "guest"]},
         "address": {
             "type": "object",
             "properties": {
-                "city": {"type": "string", "maxLength": 12},
+                "city": {"type": "string", "maxLength": 8},
                 "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
             },
             "required": ["city", "zip"],
         },
-        "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
+        "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 2},
         "active": {"type": "boolean"},
     },
     "required": ["name", "role", "address", "tags", "active"],

@@ -313,12 +313,17 @@ def main(args: argparse.Namespace) -> int:
                 schema = json.load(f)
         constrained, extra = run_octavo(llm, w, schema, args.structured_output_ratio)
         report["octavo_structured"] = {**asdict(constrained), **extra, "ratio": args.structured_output_ratio}
-        report["structured_ratio"] = constrained.output_tokens_per_s / ours.output_tokens_per_s
         _print("json", constrained)
+        # the first pass also paid for first touches (the KV cache's pages, allocator growth): the
+        # ratio compares the constrained pass with an unconstrained one run after it, both warm
+        again, _ = run_octavo(llm, w)
+        report["octavo_again"] = asdict(again)
+        _print("octavo", again)
+        report["structured_ratio"] = constrained.output_tokens_per_s / again.output_tokens_per_s
         print(
             f"   ratio: {report['structured_ratio']:.3f}x output tokens/s with "
-            f"{100 * args.structured_output_ratio:.0f}% of the requests constrained by a JSON schema / none "
-            f"({constrained.output_tokens} tokens made)"
+            f"{100 * args.structured_output_ratio:.0f}% of the requests constrained by a JSON schema / the "
+            f"unconstrained pass after it ({constrained.output_tokens} tokens made)"
         )
     if args.compare == "hf":
         target = HfTarget(engine.model_config, engine.platform, engine.tokenizer)
@@ -355,8 +360,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="R",
-        help="run the workload a second time with this fraction of the requests constrained by a JSON schema "
-        "(structured outputs) and print the throughput ratio",
+        help="run the workload again with this fraction of the requests constrained by a JSON schema "
+        "(structured outputs), then once more unconstrained, and print the throughput ratio of the last two",
     )
     p.add_argument(
         "--json-schema",
