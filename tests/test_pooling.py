@@ -216,3 +216,28 @@ def test_sentence_transformers_encode(arch, mode, tmp_path):
     outs = _llm(path, max_model_len=128).embed(texts, use_tqdm=False)
     for t, out, w in zip(texts, outs, want):
         _assert_close(out.outputs.embedding, w.float(), f"{arch} {mode}: {t[:20]!r}")
+
+
+def test_bert_cross_encoder_scores_sentence_pairs(tmp_path):
+    """A BERT cross-encoder (one label): each pair tokenized together, its second part token
+    type 1 as transformers' token_type_ids, scored like transformers (and batched with others)."""
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast
+
+    words = "the a capital of france is paris moon far how query document one two three".split()
+    path = str(tmp_path / "cross")
+    os.makedirs(path)
+    with open(os.path.join(path, "vocab.txt"), "w") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizerFast(os.path.join(path, "vocab.txt"))
+    torch.manual_seed(33)
+    hf = AutoModelForSequenceClassification.from_config(tiny_encoder_config("bert", num_labels=1)).float().eval()
+    hf.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    query, docs = "how far is the moon", ["the moon is far", "paris is the capital of france", "one two three"]
+    got = _llm(path, max_model_len=128).score(query, docs, use_tqdm=False)
+    with torch.inference_mode():
+        for doc, s in zip(docs, got):
+            enc = tok(query, doc, return_tensors="pt")
+            assert enc["token_type_ids"].max() == 1  # the reference does use the second type
+            want = float(hf(**enc).logits[0, 0].sigmoid())
+            assert abs(s.outputs.score - want) < 1e-5, (doc, s.outputs.score, want)

@@ -7,7 +7,7 @@ hidden states, which `octavo.pooling` pools ([CLS] by default). The
 `*ForSequenceClassification` heads are `score`: dense + tanh over the [CLS] state, then a
 linear layer to the labels (BERT names the first part `pooler.dense`, XLM-R
 `classifier.dense`). Module and parameter names are the checkpoints', so loading is a
-lookup. Every input is one segment: token type 0.
+lookup. Token types: 0, and 1 after a sentence pair's first [SEP] (`BertEmbeddings`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,24 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         # XLM-R numbers positions from padding_idx + 1 (RoBERTa's convention); BERT from 0
         self.position_offset = position_offset
+        #: the tokenizer's [SEP] id, set by the pooling engine where the model has two token
+        #: types: a sentence pair's second part ([CLS] a [SEP] b [SEP]: "b [SEP]") is type 1
+        self.sep_token_id: int | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions + self.position_offset)
-        return self.LayerNorm(x + self.token_type_embeddings.weight[0])
+        return self.LayerNorm(x + self.token_type_embeddings(self._token_types(input_ids, positions)))
+
+    def _token_types(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """1 after a request's first [SEP], else 0. Each request's prompt is whole in its step
+        (position 0 starts it): the pooling engine schedules encoders' prompts so."""
+        if self.sep_token_id is None or self.token_type_embeddings.num_embeddings < 2:
+            return torch.zeros_like(input_ids)
+        is_sep = (input_ids == self.sep_token_id).long()
+        before = is_sep.cumsum(0) - is_sep  # [SEP]s before each token, over the whole step
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        start = torch.where(positions == 0, rows, 0).cummax(0).values  # each token's request's first row
+        return (before - before[start]).clamp(max=1)
 
 
 class _DenseNorm(nn.Module):

@@ -48,6 +48,9 @@ class PoolingEngine(LLMEngine):
         #: the classifier over the pooled state (`*ForSequenceClassification`), or None: an embedder
         self.classifier = getattr(model, "score", None)
         self.hidden_size = self.model_config.hf_config.hidden_size
+        embeddings = getattr(model, "embeddings", None)
+        if embeddings is not None and hasattr(embeddings, "sep_token_id"):  # BERT: sentence pairs' token types
+            embeddings.sep_token_id = self.tokenizer.sep_token_id
         bidirectional = any(not spec.causal for spec in self.runner.specs)
         # Pooling every position (MEAN, CLS) needs every position computed, and a bidirectional
         # layer's KV of a prefix depends on the tokens after it: neither may reuse cached blocks
