@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 
 import httpx
 import pytest
+from served import free_port
 
 from octavo import LLM, SamplingParams
 from octavo.detokenizer import IncrementalDetokenizer
@@ -124,14 +124,8 @@ PLANT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_engine_death_ends_the_server_with_status_1():
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     serve = (

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import httpx
 import pytest
+from served import octavo_serve
 
 openai = pytest.importorskip("openai")
 
@@ -29,65 +27,12 @@ MAX_MODEL_LEN = 2048
 STARTUP_TIMEOUT = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="octavo-serve-", suffix=".log", delete=False)
-    cmd = [
-        sys.executable,
-        "-m",
-        "octavo.entrypoints.cli",
-        "serve",
-        MODEL,
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-        "--port",
-        str(port),
-        "--max-model-len",
-        str(MAX_MODEL_LEN),
-        "--kv-cache-memory",
-        "512MiB",
-        "--api-key",
-        KEY,
-        "--shutdown-timeout",
-        "30",
-        "--disable-access-log",
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"octavo serve exited with {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"octavo serve not healthy after {STARTUP_TIMEOUT} s")
-            time.sleep(0.5)
-        yield {"base": base, "proc": proc, "log": log.name}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        os.unlink(log.name)
+    argv = ["serve", MODEL, "--device", "cpu", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN)]
+    argv += ["--kv-cache-memory", "512MiB", "--api-key", KEY, "--shutdown-timeout", "30", "--disable-access-log"]
+    with octavo_serve(argv, timeout=STARTUP_TIMEOUT) as s:
+        yield {"base": s.base, "proc": s.proc, "log": s.log}
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,6 @@ hidden states; /score, /rerank and /pooling; bad inputs get OpenAI-style 400s.""
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +12,7 @@ import openai
 import pytest
 import torch
 import torch.nn.functional as F
+from served import octavo_serve
 from test_pooling import _hf_hidden, _save, _sentence_transformers_files
 from tiny_models import random_prompts, smollm2_tokenizer, tiny_config
 
@@ -38,39 +32,10 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.NamedTemporaryFile("w+", prefix="octavo-pool-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", "serve", model_dir, "--runner", "pooling"]
-    cmd += ["--device", "cpu", "--dtype", "float32", "--port", str(port), "--max-model-len", "64"]
-    cmd += ["--kv-cache-memory", "16MiB", "--disable-access-log"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"octavo serve exited with {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "octavo serve not healthy after 120 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-        os.unlink(log.name)
+    argv = ["serve", model_dir, "--runner", "pooling", "--device", "cpu", "--dtype", "float32"]
+    argv += ["--max-model-len", "64", "--kv-cache-memory", "16MiB", "--disable-access-log"]
+    with octavo_serve(argv, timeout=120) as s:
+        yield s.base
 
 
 @pytest.fixture(scope="module")

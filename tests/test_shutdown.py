@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import time
 
 import httpx
 import pytest
+from served import free_port
 
 SLOW_STEPS = textwrap.dedent(
     """
@@ -37,12 +37,6 @@ SLOW_STEPS = textwrap.dedent(
     """
 )
 TIMEOUT = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve(model: str, port: int, log) -> subprocess.Popen:
@@ -67,7 +61,7 @@ def _wait_healthy(proc: subprocess.Popen, base: str, log_path: str) -> float:
 
 def test_sigterm_drains_within_the_timeout_and_a_restart_serves_at_once(tiny_model_dirs, tmp_path):
     model = tiny_model_dirs["llama"]
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = str(tmp_path / "serve.log")
     with open(log_path, "w") as log:

@@ -13,15 +13,13 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 from hf_cache import put_in_cache
+from served import octavo_serve
 
 from octavo import LLM, SamplingParams
 from octavo.entrypoints.cli import build_parser
@@ -176,12 +174,6 @@ MODEL = "NousResearch/Meta-Llama-3-8B-Instruct"
 KEY = "token-abc123"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dirs, tmp_path_factory):
     """`octavo serve NousResearch/Meta-Llama-3-8B-Instruct --dtype auto --api-key token-abc123`
@@ -194,34 +186,9 @@ def server(tiny_model_dirs, tmp_path_factory):
     put_in_cache(str(root / "hf" / "hub"), MODEL, str(model))
     env = {**os.environ, "HF_HOME": str(root / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    port = _free_port()
-    argv = octavo_argv(f"vllm serve {MODEL} --dtype auto --api-key {KEY}") + ["--port", str(port)]
-    log = open(root / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "octavo.entrypoints.cli", *argv], env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"octavo serve exited with {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("octavo serve not healthy after 300 s")
-            time.sleep(0.5)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    argv = octavo_argv(f"vllm serve {MODEL} --dtype auto --api-key {KEY}")
+    with octavo_serve(argv, env=env) as s:
+        yield s.base
 
 
 def api(base: str, path: str, body: dict) -> dict:
