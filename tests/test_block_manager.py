@@ -100,3 +100,35 @@ def test_prefix_caching_off_never_hits():
     blocks, keys = _fill(bm, [1, 2, 3, 4])
     assert keys == []
     assert bm.find_cached_prefix([1, 2, 3, 4, 5], 4) == ([], [])
+
+
+def _identified(salt, spans):
+    from octavo.request import Request
+    from octavo.sampling_params import SamplingParams
+
+    req = Request("r", [0], SamplingParams())
+    req.cache_salt, req.identity_spans = salt, spans
+    return req.block_identity()
+
+
+def test_block_identity_separates_equal_tokens():
+    """A salt (e.g. a LoRA adapter) isolates every block; a span (e.g. an image's placeholder
+    tokens and its content hash) isolates the blocks it overlaps and those after them."""
+    bm = BlockManager(num_blocks=16, block_size=4)
+    tokens = [7] * 12  # placeholder-like tokens: equal ids, different content
+    blocks = []
+    assert bm.allocate(blocks, 12)
+    image_a = _identified(None, [(4, 8, "image-a")])
+    bm.register_full_blocks(tokens, blocks, [], 12, image_a)
+    # the same image hits everything; another image hits only the block before its span
+    assert bm.find_cached_prefix(tokens, 12, image_a)[0] == blocks
+    assert bm.find_cached_prefix(tokens, 12, _identified(None, [(4, 8, "image-b")]))[0] == blocks[:1]
+    assert bm.find_cached_prefix(tokens, 12)[0] == blocks[:1]  # no identity: the image blocks differ
+    # a salt differs from the first block on
+    assert bm.find_cached_prefix(tokens, 12, _identified("adapter-1", [(4, 8, "image-a")]))[0] == []
+    salted = []
+    assert bm.allocate(salted, 12)
+    bm.register_full_blocks(tokens, salted, [], 12, _identified("adapter-1", []))
+    assert bm.find_cached_prefix(tokens, 12, _identified("adapter-1", []))[0] == salted
+    assert bm.find_cached_prefix(tokens, 12, _identified("adapter-2", []))[0] == []
+    bm.check_invariants()

@@ -7,17 +7,25 @@ Integers only (no torch). Invariants, checked by `check_invariants()` in tests:
     request's blocks go to the back tail-first, so a shared prefix outlives its suffixes.
 
 Prefix-cache keys are exact, so no collision can hand one request another's KV: a
-full block's key is `(parent_key, tuple(tokens))` interned into a fresh integer id
-(the dict compares the token tuples for equality). Ids are never reused, so a key
+full block's key is `(parent_key, tuple(tokens), identity)` interned into a fresh integer
+id (the dict compares the token tuples for equality). Ids are never reused, so a key
 whose parent was evicted can never be matched again by mistake.
+
+`identity` is what else, besides the token ids, the block's KV depends on: the request's
+`block_identity(start, end)` (a LoRA adapter, the content of an image whose placeholder
+tokens fall in the block, a cache salt). Equal token ids under different identities are
+different KV, so they never share a block.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 NO_PARENT = -1
+
+#: (start, end) token range of a block -> what its KV depends on besides the token ids
+BlockIdentity = Callable[[int, int], Hashable]
 
 
 class BlockManager:
@@ -30,11 +38,11 @@ class BlockManager:
         self.ref_counts = [0] * num_blocks
         # free blocks, least recently used first (value unused)
         self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        # prefix cache: (parent_key, tokens) -> key id; key id -> block id; block id -> key id
-        self._key_ids: dict[tuple[int, tuple[int, ...]], int] = {}
+        # prefix cache: (parent_key, tokens, identity) -> key id; key id -> block id; block id -> key id
+        self._key_ids: dict[tuple[int, tuple[int, ...], Hashable], int] = {}
         self._cached: dict[int, int] = {}
         self._block_key: dict[int, int] = {}
-        self._key_of_id: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self._key_of_id: dict[int, tuple[int, tuple[int, ...], Hashable]] = {}
         self._next_key = 0
         # counters for metrics (tokens)
         self.prefix_queries = 0
@@ -56,11 +64,13 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # ---- prefix cache ----------------------------------------------------------------
-    def _lookup_key(self, parent: int, tokens: Sequence[int]) -> int | None:
-        return self._key_ids.get((parent, tuple(tokens)))
+    def _key(
+        self, parent: int, token_ids: Sequence[int], i: int, identity: BlockIdentity | None
+    ) -> tuple[int, tuple[int, ...], Hashable]:
+        start, end = i * self.block_size, (i + 1) * self.block_size
+        return (parent, tuple(token_ids[start:end]), identity(start, end) if identity is not None else None)
 
-    def _intern_key(self, parent: int, tokens: Sequence[int]) -> int:
-        k = (parent, tuple(tokens))
+    def _intern_key(self, k: tuple[int, tuple[int, ...], Hashable]) -> int:
         kid = self._key_ids.get(k)
         if kid is None:
             kid = self._next_key
@@ -69,7 +79,9 @@ class BlockManager:
             self._key_of_id[kid] = k
         return kid
 
-    def find_cached_prefix(self, token_ids: Sequence[int], max_tokens: int) -> tuple[list[int], list[int]]:
+    def find_cached_prefix(
+        self, token_ids: Sequence[int], max_tokens: int, identity: BlockIdentity | None = None
+    ) -> tuple[list[int], list[int]]:
         """Longest chain of cached full blocks covering at most `max_tokens` of `token_ids`.
 
         Returns (block ids, their keys). Does not take references: call `take_cached`.
@@ -79,9 +91,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return blocks, keys
         parent = NO_PARENT
-        bs = self.block_size
-        for i in range(max_tokens // bs):
-            kid = self._lookup_key(parent, token_ids[i * bs : (i + 1) * bs])
+        for i in range(max_tokens // self.block_size):
+            kid = self._key_ids.get(self._key(parent, token_ids, i, identity))
             if kid is None or kid not in self._cached:
                 break
             blocks.append(self._cached[kid])
@@ -101,7 +112,12 @@ class BlockManager:
         return sum(1 for b in block_ids if self.ref_counts[b] == 0)
 
     def register_full_blocks(
-        self, token_ids: Sequence[int], block_ids: Sequence[int], block_keys: list[int], num_computed_tokens: int
+        self,
+        token_ids: Sequence[int],
+        block_ids: Sequence[int],
+        block_keys: list[int],
+        num_computed_tokens: int,
+        identity: BlockIdentity | None = None,
     ) -> None:
         """Index the request's newly completed full blocks (their KV is now computed).
 
@@ -109,10 +125,9 @@ class BlockManager:
         """
         if not self.enable_prefix_caching:
             return
-        bs = self.block_size
         parent = block_keys[-1] if block_keys else NO_PARENT
-        for i in range(len(block_keys), num_computed_tokens // bs):
-            kid = self._intern_key(parent, token_ids[i * bs : (i + 1) * bs])
+        for i in range(len(block_keys), num_computed_tokens // self.block_size):
+            kid = self._intern_key(self._key(parent, token_ids, i, identity))
             block_keys.append(kid)
             b = block_ids[i]
             if kid not in self._cached and b not in self._block_key:

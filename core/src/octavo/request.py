@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Hashable
 
+from octavo.block_manager import BlockIdentity
 from octavo.sampling_params import SamplingParams
 
 
@@ -51,6 +53,8 @@ class Request:
         "stop_reason",
         "num_preemptions",
         "num_pending",
+        "cache_salt",
+        "identity_spans",
     )
 
     def __init__(
@@ -75,6 +79,12 @@ class Request:
         self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first schedule
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
+        # What the KV depends on besides token ids, so the prefix cache never shares it
+        # across a difference: `cache_salt` covers every block (a LoRA adapter, a tenant's
+        # salt); each `identity_spans` entry (start, end, identity) covers the blocks that
+        # overlap token range [start, end) (an image's placeholder tokens and its content hash).
+        self.cache_salt: Hashable | None = None
+        self.identity_spans: list[tuple[int, int, Hashable]] = []
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -91,6 +101,19 @@ class Request:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[len(self.prompt_token_ids) :]
+
+    def block_identity(self) -> BlockIdentity | None:
+        """The prefix cache's identity of a block of this request (None: token ids alone)."""
+        if self.cache_salt is None and not self.identity_spans:
+            return None
+        salt, spans = self.cache_salt, self.identity_spans
+
+        def identity(start: int, end: int) -> Hashable:
+            overlapping = tuple(ident for s, e, ident in spans if s < end and start < e)
+            # None where nothing but the token ids matters, as for requests without identity
+            return (salt, overlapping) if salt is not None or overlapping else None
+
+        return identity
 
     @property
     def is_finished(self) -> bool:

@@ -209,7 +209,7 @@ class Scheduler:
         # logits of every prompt position, so those requests compute the whole prompt
         wants_prompt_logits = req.sampling_params.prompt_logprobs is not None and req.num_output_tokens == 0
         limit = 0 if wants_prompt_logits else req.num_tokens - 1
-        hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, limit)
+        hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, limit, req.block_identity())
         num_hit = len(hit_blocks) * self.bm.block_size
         n = min(req.num_tokens - num_hit, budget)
         if not self.chunked_prefill and n < req.num_tokens - num_hit:
@@ -253,7 +253,9 @@ class Scheduler:
         # batch's KV before any of the batch attends. Every scheduled token is computed
         # (a step, once scheduled, runs), so the index never points at KV that will not
         # exist. A block holding a pending token waits: its key needs the token's id.
-        self.bm.register_full_blocks(req.token_ids, req.block_ids, req.block_keys, min(start + n, known))
+        self.bm.register_full_blocks(
+            req.token_ids, req.block_ids, req.block_keys, min(start + n, known), req.block_identity()
+        )
         token_ids = req.token_ids[start : start + n]
         token_ids += [PENDING_TOKEN] * (n - len(token_ids))
         sample = start + n == known + req.num_pending

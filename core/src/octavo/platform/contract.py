@@ -30,7 +30,7 @@ from octavo.platform.scheduling import SchedulingPolicy
 #: The version of this contract. A plugin declares the version it was built for; core accepts
 #: it when the major numbers are equal and the plugin's minor is not newer than core's (a
 #: plugin may not rely on parts core lacks). Additions bump the minor, changes the major.
-API_VERSION = "2.2"
+API_VERSION = "2.3"
 
 #: Platform attribute -> the base class the declared class must extend
 PARTS: dict[str, type] = {
