@@ -6,6 +6,11 @@ the server's waiting-queue limit. After each round, once the server is idle: no 
 (running and waiting are 0), no KV block is in use, the server's RSS has not grown since the
 second round, and its /metrics count what the clients saw.
 
+On the CPU the KV cache is committed page by page as blocks are first written (octavo-cpu's
+attention allocates it zero-mapped), so a server's RSS rises toward weights + --kv-cache-memory
+as the prefix cache fills, by design. The server this script starts therefore gets a KV cache
+that the first round fills (--kv-cache-memory, default 256MiB): growth after it is a leak.
+
     python benchmarks/chaos_soak.py                          # starts `octavo serve smollm2` (minutes)
     python benchmarks/chaos_soak.py --rounds 2 --requests 60 # shorter
     python benchmarks/chaos_soak.py --base-url URL --server-pid PID   # a server already running
@@ -349,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=96, help="requests sent at once at the end of each round")
     p.add_argument("--max-waiting-requests", type=int, default=32, help="for the server this script starts")
     p.add_argument("--max-num-seqs", type=int, default=16, help="for the server this script starts")
+    p.add_argument(
+        "--kv-cache-memory",
+        default="256MiB",
+        help="for the server this script starts: small enough that the first round commits all of it",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("serve_args", nargs="*", help="more `octavo serve` options (after --)")
@@ -358,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     proc = None
     if args.base_url is None:
-        proc, base = _start_server(args.model, args.max_waiting_requests, args.max_num_seqs, args.serve_args)
+        extra = ["--kv-cache-memory", args.kv_cache_memory, *args.serve_args]
+        proc, base = _start_server(args.model, args.max_waiting_requests, args.max_num_seqs, extra)
         pid = proc.pid
     else:
         base, pid = args.base_url.rstrip("/"), args.server_pid

@@ -132,3 +132,23 @@ def test_block_identity_separates_equal_tokens():
     assert bm.find_cached_prefix(tokens, 12, _identified("adapter-1", []))[0] == salted
     assert bm.find_cached_prefix(tokens, 12, _identified("adapter-2", []))[0] == []
     bm.check_invariants()
+
+
+def test_blocks_without_cache_entries_are_reused_before_cached_or_unused_ones():
+    """A freed block holding no prefix-cache entry (a partial block) is reused first: before a
+    cached block (whose KV may still hit) and before a never-used block (whose memory, on the
+    CPU, is not committed yet)."""
+    bm = BlockManager(num_blocks=8, block_size=2)
+    blocks, _ = _fill(bm, [1, 1, 2, 2, 3])  # two full (cached) blocks and a partial one
+    bm.free(blocks)
+    t = []
+    bm.allocate(t, 2)
+    assert t == [blocks[2]]
+    assert len(bm.find_cached_prefix([1, 1, 2, 2, 0], 4)[0]) == 2
+    off = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
+    first, _ = _fill(off, [1, 1, 2, 2, 3])
+    off.free(first)
+    again, _ = _fill(off, [4, 4, 5, 5, 6])
+    assert sorted(again) == sorted(first)  # the same (touched) blocks, not new ones
+    off.check_invariants()
+    bm.check_invariants()

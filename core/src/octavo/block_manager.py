@@ -4,7 +4,8 @@ Integers only (no torch). Invariants, checked by `check_invariants()` in tests:
   * every block is either referenced (ref_count > 0) or in `free_queue`, never both;
   * a block in `_cached` (prefix-cache index) holds exactly the tokens of its key;
   * the free queue is in LRU order: allocation takes from the front, and a freed
-    request's blocks go to the back tail-first, so a shared prefix outlives its suffixes.
+    request's cached blocks go to the back tail-first, so a shared prefix outlives its
+    suffixes; freed blocks that hold no cache entry go to the front (reused first).
 
 Prefix-cache keys are exact, so no collision can hand one request another's KV: a
 full block's key is `(parent_key, tuple(tokens), identity)` interned into a fresh integer
@@ -159,13 +160,23 @@ class BlockManager:
         return True
 
     def free(self, block_ids: Sequence[int]) -> None:
-        """Drop one reference on each block; unreferenced blocks become free, tail first."""
+        """Drop one reference on each block; unreferenced blocks become free, tail first.
+
+        A block that holds a prefix-cache entry goes to the back of the free queue (evicted
+        last, least recently used first); one that holds none (a partial block, or any block
+        with prefix caching off) goes to the front, to be reused first: its KV is worth
+        nothing, and reusing it keeps the cache's touched memory small. On the CPU, whose KV
+        cache is committed page by page as blocks are first written, allocating never-used
+        blocks while used ones sit idle grows resident memory toward the whole cache's size.
+        """
         for b in reversed(block_ids):
             rc = self.ref_counts[b]
             assert rc > 0, f"block {b} freed twice"
             self.ref_counts[b] = rc - 1
             if rc == 1:
                 self.free_queue[b] = None
+                if b not in self._block_key:
+                    self.free_queue.move_to_end(b, last=False)
 
     def check_invariants(self) -> None:
         for b in range(self.num_blocks):
