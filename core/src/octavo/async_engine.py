@@ -366,6 +366,16 @@ class AsyncLLMEngine:
             await asyncio.sleep(0.05)
         return not self._streams
 
+    async def drain(self, timeout: float) -> int:
+        """Let the requests in flight finish for up to `timeout` seconds, then abort the rest
+        (their streams end with finish_reason "abort", not a cut connection); how many were aborted."""
+        if await self.wait_idle(timeout):
+            return 0
+        left = list(self._streams)
+        for rid in left:
+            self._abort_one(rid)
+        return len(left)
+
     # ---- the engine thread ----------------------------------------------------------------
     def _send(self, cmd: tuple) -> None:
         with self._cv:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -439,8 +440,6 @@ def serve_options(args: argparse.Namespace) -> tuple[AsyncEngineArgs, ServerSett
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (exit status 0) or until the engine dies (status 1: a
     supervisor should restart the process; an engine never comes back)."""
-    import uvicorn
-
     engine_args, settings = serve_options(args)
     t0 = time.perf_counter()
     pooling = getattr(args, "runner", None) == "pooling" or getattr(args, "convert", None) in ("embed", "classify")
@@ -463,7 +462,7 @@ def run_server(args: argparse.Namespace) -> int:
         ssl_ca_certs=args.ssl_ca_certs,
         ssl_cert_reqs=args.ssl_cert_reqs,
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, engine)
     died: list[BaseException] = []
 
     def on_engine_dead(error: BaseException) -> None:
@@ -477,6 +476,29 @@ def run_server(args: argparse.Namespace) -> int:
     # up to --shutdown-timeout seconds, cancel the rest; the lifespan then stops the engine
     asyncio.run(server.serve())
     return 1 if died else 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, except that on shutdown the requests still running shortly before
+    --shutdown-timeout expires are aborted in the engine, so each stream ends with finish_reason
+    "abort" and [DONE] (and a non-streaming request with its partial answer) instead of uvicorn
+    cancelling its task and cutting the connection."""
+
+    def __init__(self, config: uvicorn.Config, engine: Any) -> None:
+        super().__init__(config)
+        self._engine = engine
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        timeout = self.config.timeout_graceful_shutdown
+        drain = None
+        if timeout is not None and hasattr(self._engine, "drain"):
+            # abort a little before uvicorn's deadline: the streams need a moment to write their end
+            drain = asyncio.create_task(self._engine.drain(max(0.0, timeout - min(0.5, timeout / 2))))
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            if drain is not None:
+                drain.cancel()
 
 
 if __name__ == "__main__":  # vLLM's older entry point: `python -m vllm.entrypoints.openai.api_server --model M`
