@@ -264,21 +264,28 @@ class LlamaForCausalLM(nn.Module):
             return None, None, None
         layer = self._decoder_layers()[int(parts[1])]
         attn = layer.self_attn
-        q, kv, inter, hd = attn.q_size, attn.kv_size, layer.mlp.intermediate, attn.spec.head_dim
+        q, kv, hd = attn.q_size, attn.kv_size, attn.spec.head_dim
         # this rank's slices of the full tensors (the whole tensors without tensor parallelism)
         q_src = (0, attn.shard.q_start * hd, attn.total_num_heads * hd)
         kv_src = (0, attn.shard.kv_start * hd, attn.total_num_kv_heads * hd)
-        inter_src = (0, layer.mlp.inter_start, layer.mlp.total_intermediate)
-        table: dict[str, tuple[Linear, tuple[int, int] | None, tuple[int, int, int]]] = {
+        table: dict[str, tuple[Linear, tuple[int, int] | None, tuple[int, int, int] | None]] = {
             "self_attn.q_proj": (attn.qkv_proj, (0, q), q_src),
             "self_attn.k_proj": (attn.qkv_proj, (q, kv), kv_src),
             "self_attn.v_proj": (attn.qkv_proj, (q + kv, kv), kv_src),
             "self_attn.o_proj": (attn.o_proj, None, (1, *q_src[1:])),
-            "mlp.gate_proj": (layer.mlp.gate_up_proj, (0, inter), inter_src),
-            "mlp.up_proj": (layer.mlp.gate_up_proj, (inter, inter), inter_src),
-            "mlp.down_proj": (layer.mlp.down_proj, None, (1, *inter_src[1:])),
+            **self._mlp_entries(layer.mlp),
         }
         return table.get(".".join(parts[2:]), (None, None, None))
+
+    def _mlp_entries(self, mlp) -> dict[str, tuple[Linear, tuple[int, int] | None, tuple[int, int, int] | None]]:
+        """`_linear_entry`'s table for a layer's MLP (models whose MLPs are experts change it)."""
+        inter = mlp.intermediate
+        inter_src = (0, mlp.inter_start, mlp.total_intermediate)
+        return {
+            "mlp.gate_proj": (mlp.gate_up_proj, (0, inter), inter_src),
+            "mlp.up_proj": (mlp.gate_up_proj, (inter, inter), inter_src),
+            "mlp.down_proj": (mlp.down_proj, None, (1, *inter_src[1:])),
+        }
 
     def linear_for(self, stem: str) -> Linear | None:
         """The Linear that checkpoint layer `stem` (`model.layers.3.self_attn.q_proj`) loads

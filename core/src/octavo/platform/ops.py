@@ -123,6 +123,48 @@ def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Te
     return logits.masked_fill_(allowed == 0, float("-inf"))
 
 
+#: fused_moe's activations: the gated definitions above, by the name models' configs use
+MOE_ACTIVATIONS = {"silu": silu_and_mul, "gelu_pytorch_tanh": gelu_tanh_and_mul}
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str = "silu",
+) -> torch.Tensor:
+    """The experts of a mixture-of-experts layer, routing already done (since 2.3).
+
+    x [T, H]; w13 [E, 2I, H] (each expert's gate rows, then its up rows); w2 [E, H, I];
+    topk_weights [T, K] float32 and topk_ids [T, K] (int): token t goes to experts
+    topk_ids[t] with those weights; an id of -1 sends it nowhere (padding, an expert held
+    by another rank). Returns [T, H] in x's dtype:
+        out[t] = sum_k topk_weights[t, k] * w2[e] @ act(w13[e] @ x[t]),  e = topk_ids[t, k]
+    with act one of MOE_ACTIVATIONS (silu: silu(gate) * up). Each GEMM's output rounds to
+    x's dtype as a linear layer's does, act as its fused op; the weighted sum is float32,
+    rounded once. Written per expert over the tokens that chose it (grouped GEMMs)."""
+    act = MOE_ACTIVATIONS[activation]
+    t, k = topk_ids.shape
+    out = torch.zeros(t, x.shape[-1], dtype=torch.float32, device=x.device)
+    flat = topk_ids.reshape(-1).long()
+    routed = (flat >= 0).nonzero().squeeze(1)
+    order = routed[torch.argsort(flat[routed], stable=True)]  # the (token, k) pairs grouped by expert
+    counts = torch.bincount(flat[order], minlength=w13.shape[0]).tolist()
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        pairs = order[start : start + n]
+        start += n
+        rows = pairs // k
+        h = act(torch.nn.functional.linear(x[rows], w13[e]))
+        y = torch.nn.functional.linear(h, w2[e])
+        out.index_add_(0, rows, y.float() * topk_weights.reshape(-1)[pairs, None].float())
+    return out.to(x.dtype)
+
+
 #: tokens per block of the two-level inverse CDF
 _CDF_BLOCK = 256
 
@@ -201,6 +243,18 @@ class FusedOps:
     def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
         """See `apply_token_bitmask` above (structured outputs: the grammar's allowed tokens)."""
         return apply_token_bitmask(logits, bitmask)
+
+    def fused_moe(
+        self,
+        x: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        activation: str = "silu",
+    ) -> torch.Tensor:
+        """See `fused_moe` above (mixture-of-experts layers; routing is the model's)."""
+        return fused_moe(x, w13, w2, topk_weights, topk_ids, activation)
 
     def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
         """One token per row of logits [S, V] (float32), by inverse CDF: with weights
