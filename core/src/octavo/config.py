@@ -102,6 +102,8 @@ class SchedulerConfig:
 @dataclass
 class ParallelConfig:
     tensor_parallel_size: int = 1
+    # MoE layers: whole experts sharded over the ranks (octavo.layers.moe), not each expert's features
+    enable_expert_parallel: bool = False
 
 
 @dataclass

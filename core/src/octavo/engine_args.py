@@ -45,6 +45,8 @@ class EngineArgs:
     load_format: str = "auto"
     seed: int | None = 0
     tensor_parallel_size: int = 1
+    # MoE models: shard the experts over the tensor-parallel ranks, tokens dispatched by all_to_all
+    enable_expert_parallel: bool = False
     enforce_eager: bool = False
     async_scheduling: bool | None = None  # None: the platform's default (on for GPUs)
     max_logprobs: int = MAX_LOGPROBS
@@ -118,6 +120,12 @@ class EngineArgs:
         )
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size)
+        parser.add_argument(
+            "--enable-expert-parallel",
+            action="store_true",
+            help="MoE models: give each tensor-parallel rank whole experts (tokens go to them by all-to-all) "
+            "instead of a slice of every expert; attention stays tensor parallel",
+        )
         parser.add_argument("--enforce-eager", action="store_true")
         parser.add_argument(
             "--async-scheduling",

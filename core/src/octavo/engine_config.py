@@ -62,6 +62,33 @@ def _check_tensor_parallel(tp: int, hf_config, platform: Platform) -> None:
         )
 
 
+def _expert_parallel(args, hf_config) -> bool:
+    """--enable-expert-parallel, checked before anything loads: a model with experts (its class takes
+    the switch), a tensor-parallel size that divides the expert count."""
+    if not args.enable_expert_parallel:
+        return False
+    import inspect
+
+    from octavo.models import get_model_class
+
+    cls = get_model_class(hf_config)
+    if "enable_expert_parallel" not in inspect.signature(cls).parameters:
+        raise ValueError(
+            f"--enable-expert-parallel shards the experts of mixture-of-experts models; {cls.__name__} has none: "
+            "leave it out"
+        )
+    experts = getattr(hf_config, "num_local_experts", None) or getattr(hf_config, "num_experts", None)
+    experts = experts or getattr(hf_config, "n_routed_experts", None)
+    tp = args.tensor_parallel_size
+    if experts and experts % tp:
+        fits = [n for n in range(1, experts + 1) if experts % n == 0]
+        raise ValueError(
+            f"--enable-expert-parallel over tensor_parallel_size={tp} ranks cannot split the model's {experts} "
+            f"experts evenly; use a tensor_parallel_size in {fits}, or leave out --enable-expert-parallel"
+        )
+    return True
+
+
 def _attention_spec(hf_config) -> AttentionSpec:
     """The model's attention as the platform must serve it (checked before anything loads)."""
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
@@ -201,5 +228,6 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
         device=platform.name,
         enforce_eager=args.enforce_eager,
     )
+    config.parallel.enable_expert_parallel = _expert_parallel(args, hf_config)
     platform.check_and_update_config(config)
     return config, platform, source

@@ -103,7 +103,9 @@ class ModelRunner(StepRunner):
         t0 = time.perf_counter()
         cls = get_model_class(hf)
         with torch.device(self.device):
-            model = cls(platform, hf, config.model.max_model_len)
+            # only models with experts take the switch (engine_config refuses it for the others)
+            ep = {"enable_expert_parallel": True} if config.parallel.enable_expert_parallel else {}
+            model = cls(platform, hf, config.model.max_model_len, **ep)
         model.to(dtype=self.dtype)
         model.cos_sin_cache = model.cos_sin_cache.float()  # rotary tables stay in float32
         quant = config.model.quantization

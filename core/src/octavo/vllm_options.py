@@ -79,7 +79,6 @@ ENGINE_REFUSED = [
     Option("data_parallel_address", None, "data parallelism"),
     Option("data_parallel_rpc_port", None, "data parallelism"),
     Option("data_parallel_backend", "mp", "data parallelism"),
-    Option("enable_expert_parallel", False, "expert parallelism", "flag"),
     Option("distributed_executor_backend", None, "workers on Ray or an external launcher", also=("mp", "uni")),
     Option("cpu_offload_gb", 0, "weights offloaded to CPU memory"),
     Option("enable_lora", False, "LoRA adapters", "flag"),
