@@ -163,7 +163,12 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
 
     rows = []
     configs = [prefill_config(d, DT, hq // hk, q_len, for_device(q.device))]
-    if sweep:
+    if sweep == "hopper":
+        configs += [
+            dict(BLOCK_M=m, TILE_N=n, num_warps=w, num_stages=st)
+            for m, n, w, st in itertools.product((128,), (64, 128), (4, 8), (2, 3, 4))
+        ] + [dict(BLOCK_M=64, TILE_N=n, num_warps=4, num_stages=st) for n, st in itertools.product((64, 128), (3, 4))]
+    elif sweep:
         # the first run swept (64, 128) x (32, 64, 128) x (4, 8 warps) x (2, 3 stages):
         # 4 warps won everywhere and TILE_N 128 never; this keeps the contenders
         configs += [
@@ -195,6 +200,16 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
         sdpa = lambda: F.scaled_dot_product_attention(qd, kd, vd, attn_mask=bias, scale=scale)  # noqa: E731
     ref = sdpa().transpose(1, 2).reshape(batch * q_len, hq, d)
     t_sdpa = ms(sdpa)
+    # each of torch's fused back ends on its own (FA2 is "flash"; FA3 is not on the image)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {}
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        try:
+            with sdpa_kernel([getattr(SDPBackend, name)]):
+                backends[name.lower()] = flops / ms(sdpa) / 1e9
+        except Exception as e:  # a back end that refuses the input
+            backends[name.lower()] = f"{type(e).__name__}: {str(e)[:80]}"
     return dict(
         kind="prefill",
         batch=batch,
@@ -211,6 +226,7 @@ def bench_prefill(batch, q_len, seq_len, hq=32, hk=8, d=128, bs=16, sweep=True):
         rel_err_vs_sdpa=rel_err(out, ref),
         sdpa_ms=t_sdpa,
         sdpa_tflops=flops / t_sdpa / 1e9,
+        sdpa_backends_tflops=backends,
         default_again_ms=ms(lambda: run()),
     )
 
@@ -284,9 +300,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="default configs only, no sweep")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--part", choices=("all", "small-decode"), default="all")
+    ap.add_argument("--part", choices=("all", "small-decode", "prefill"), default="all")
     args = ap.parse_args()
     sweep = not args.quick
+    if args.part == "prefill":  # whole prompts, 4 x 2048 causal, Hopper-sized tiles, torch's back ends
+        r = bench_prefill(4, 2048, 2048, sweep="hopper" if sweep else False)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(r, fh, indent=1, default=str)
+        print(f"prefill 4 x 2048 causal d128 32/8: default {r['default']['cfg']} {r['default']['tflops']:.0f} TF/s")
+        print(
+            f"   again {r['flops'] / r['default_again_ms'] / 1e9:.0f} TF/s; rel err vs SDPA {r['rel_err_vs_sdpa']:.1e}"
+        )
+        print(f"   SDPA default {r['sdpa_tflops']:.0f} TF/s; by back end {r['sdpa_backends_tflops']}")
+        for x in sorted(r["sweep"], key=lambda x: x.get("ms", 1e9))[:8]:
+            print(f"   {x['cfg']} {x.get('tflops', 0):.0f} TF/s {x.get('error', '')}")
+        return
     if args.part == "small-decode":
         rows = [bench_decode_graphed(b, c) for b, c in ((1, 1024), (1, 4096), (8, 1024), (8, 4096), (32, 4096))]
         pre = [

@@ -9,11 +9,13 @@ times a grid of block shapes per weight.
 """
 
 import argparse
+import os
 import statistics
 
 import torch
 import torch.nn.functional as F
 
+from octavo_triton import dependent_launch
 from octavo_triton.gemv import gemv, pick_blocks
 from octavo_triton.tuning import for_device
 
@@ -104,9 +106,16 @@ for m in [int(r) for r in args.rows.split(",")]:
         return run
 
     t_cublas = graph_time(model(F.linear), reps=10)
-    t_ours = graph_time(model(gemv), reps=10)
     print(
         f"all linears of a step ({total_bytes / 1e9:.2f} GB): cuBLAS {t_cublas * 1e3:.3f} ms "
-        f"({total_bytes / t_cublas / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_cublas:.1%} of copy floor), "
-        f"triton {t_ours * 1e3:.3f} ms ({total_bytes / t_ours / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_ours:.1%})"
+        f"({total_bytes / t_cublas / 1e12:.2f} TB/s, {total_bytes / copy_bw / t_cublas:.1%} of copy floor)"
     )
+    # the Triton GEMV with and without programmatic dependent launch (where the target has it)
+    for pdl in ("0", "1", "0", "1"):
+        os.environ[dependent_launch.ENV] = pdl
+        t_ours = graph_time(model(gemv), reps=10)
+        print(
+            f"   triton, {dependent_launch.ENV}={pdl}: {t_ours * 1e3:.3f} ms ({total_bytes / t_ours / 1e12:.2f} TB/s, "
+            f"{total_bytes / copy_bw / t_ours:.1%} of copy floor)"
+        )
+    os.environ.pop(dependent_launch.ENV)

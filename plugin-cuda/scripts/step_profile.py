@@ -94,14 +94,42 @@ if gr is not None:
     sync()
     print(f"  compute_logits alone: {(time.perf_counter() - t) / 100 * 1e3:.3f} ms")
 
+
+def kernel_timeline(trace_path: str, steps: int) -> None:
+    """From a chrome trace: kernels per step, the GPU's busy time, and the idle time between
+    kernels (launch gaps and ramp-up), per step; then the kernels by total time."""
+    import json
+
+    with open(trace_path) as fh:
+        events = [e for e in json.load(fh)["traceEvents"] if e.get("cat") == "kernel"]
+    events.sort(key=lambda e: e["ts"])
+    busy = sum(e["dur"] for e in events)
+    span = events[-1]["ts"] + events[-1]["dur"] - events[0]["ts"]
+    gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(events, events[1:])]
+    small = [g for g in gaps if g < 50]  # between kernels of one step; larger ones are between steps
+    print(
+        f"  kernels: {len(events) / steps:.0f} a step, busy {busy / steps / 1e3:.3f} ms a step, "
+        f"span {span / steps / 1e3:.3f} ms a step; gaps under 50 us: {sum(small) / steps / 1e3:.3f} ms a step "
+        f"(median {statistics.median(small):.2f} us), larger gaps {sum(g for g in gaps if g >= 50) / steps / 1e3:.3f} ms"
+    )
+    by_name: dict[str, list[float]] = {}
+    for e in events:
+        by_name.setdefault(e["name"][:90], []).append(e["dur"])
+    for name, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:16]:
+        print(
+            f"    {sum(d) / steps:8.1f} us/step  n/step {len(d) / steps:5.1f}  median {statistics.median(d):7.2f} us  {name}"
+        )
+
+
 if own.profile:
     from torch.profiler import ProfilerActivity, profile
 
+    profiled_steps = 20  # fewer than the 100 spare tokens
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(20):  # fewer than the 100 spare tokens
+        for _ in range(profiled_steps):
             engine.step()
         sync()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
     prof.export_chrome_trace(own.profile)
+    kernel_timeline(own.profile, profiled_steps)
 sys.stdout.flush()

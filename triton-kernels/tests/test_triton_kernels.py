@@ -496,6 +496,41 @@ def test_gemv(dtype, rows, n, k, with_bias):
     torch.testing.assert_close(got.cpu().float(), ref, atol=tol, rtol=tol)
 
 
+@kernels
+@pytest.mark.parametrize(
+    "rows,vocab,temperature,banned",
+    [(1, 100, None, 0.0), (5, 4099 * 2 + 3, 0.7, 0.5), (3, 2048, None, 0.999)]
+    + ([(64, 128256, 1.3, 0.0), (2, 4096 * 31 + 1, 0.9, 0.9)] if FULL else []),
+)
+def test_sample(rows, vocab, temperature, banned):
+    """The draw against the kit's float64 CDF: token k at u when cdf[k - 1] <= u < cdf[k] (up
+    to float32 sums in another order), never a banned token; u at 0, just under 1, on the edge
+    of a most likely token, and random, over vocabularies of one and of several blocks."""
+    from octavo_triton.sampling import sample
+
+    gen = _gen(11)
+    logits = torch.randn(rows, vocab, generator=gen) * 4.0
+    if banned:
+        mask = torch.rand(rows, vocab, generator=gen) < banned
+        mask[torch.arange(rows), torch.randint(0, vocab, (rows,), generator=gen)] = False  # one token stays
+        logits = logits.masked_fill(mask, float("-inf"))
+    temps = None if temperature is None else torch.full((rows,), temperature) + torch.rand(rows, generator=gen) * 0.2
+    cdf = reference.sample_cdf(logits, temps)
+    u = torch.rand(rows, generator=gen)
+    u[0] = 0.0
+    if rows > 1:
+        u[1] = 1.0 - 2.0**-24
+    if rows > 2:
+        top = int(logits[2].argmax())
+        u[2] = min(float(cdf[2, top]) + 1e-6, 0.5)
+    got = sample(logits.to(DEVICE), None if temps is None else temps.to(DEVICE), u.to(DEVICE)).cpu()
+    assert got.shape == (rows,) and got.dtype == torch.int64
+    for i, k in enumerate(got.tolist()):
+        assert 0 <= k < vocab and logits[i, k] > float("-inf"), (i, k)
+        lo = float(cdf[i, k - 1]) if k > 0 else 0.0
+        assert lo - 1e-5 <= float(u[i]) < float(cdf[i, k]) + 1e-5, (i, k, float(u[i]), lo, float(cdf[i, k]))
+
+
 # ---- CI: the same tests under the interpreter ----------------------------------------------
 
 

@@ -8,11 +8,13 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.tuning import Tuning, for_device
 
 
 @triton.jit
-def _silu_and_mul_kernel(out, x, d, stride_x, stride_o, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(out, x, d, stride_x, stride_o, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < d
@@ -32,7 +34,8 @@ def silu_and_mul(x: torch.Tensor, tuning: Tuning | None = None) -> torch.Tensor:
         x2 = x2.contiguous()
     out = torch.empty((x2.shape[0], d), dtype=x.dtype, device=x.device)
     if x2.shape[0] > 0 and d > 0:
-        rows = (tuning or for_device(x.device)).rows
+        tuning = tuning or for_device(x.device)
+        rows = tuning.rows
         _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, rows.silu_block))](
             out,
             x2,
@@ -41,5 +44,6 @@ def silu_and_mul(x: torch.Tensor, tuning: Tuning | None = None) -> torch.Tensor:
             out.stride(0),
             BLOCK=rows.silu_block,
             num_warps=rows.silu_warps,
+            **launch_options(tuning),
         )
     return out.view(*shape[:-1], d)

@@ -205,6 +205,7 @@ def _cases(tuning: Tuning, conformance: bool = False):
     from octavo_triton.prefill_attention import prefill_attention
     from octavo_triton.rms_norm import rms_norm
     from octavo_triton.rotary import rotary
+    from octavo_triton.sampling import sample
 
     def largest_per_tiles(rules, itemsize):
         biggest = {}
@@ -241,6 +242,10 @@ def _cases(tuning: Tuning, conformance: bool = False):
         yield f"silu_and_mul {name}", call(silu_and_mul, e(4, 2 * 14336, dtype=dtype))
         w = e(1024, 4096, dtype=dtype)
         yield f"gemv {name} 4096", call(gemv, x[:1, :4096], w, w[0, :1024])
+    # the sampler's draw takes float32 logits only (the contract's), so its cases name no dtype
+    logits = e(4, 128256)
+    yield "sample vocab 128256", call(sample, logits, None, e(4))
+    yield "sample vocab 128256 with temperatures", call(sample, logits, e(4), e(4))
     if conformance:
         yield from _conformance_cases(call)
 

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from octavo_triton import interpreting
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.paged_tile import attend_tile
 from octavo_triton.tuning import Tuning, for_device
 
@@ -59,7 +60,9 @@ def _decode_kernel(
     SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -136,7 +139,9 @@ def _combine_kernel(
     stride_oh,
     HEAD_DIM: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     slot0 = (seq * tl.num_programs(1) + head).to(tl.int64) * num_splits
@@ -236,6 +241,7 @@ def decode_attention(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else tuning.dot_precision,
         UPCAST=interpreting(),
         **cfg,
+        **launch_options(tuning),
     )
     if splits > 1:
         _combine_kernel[(num_decodes, hq)](
@@ -249,4 +255,5 @@ def decode_attention(
             HEAD_DIM=d,
             SPLITS_PAD=triton.next_power_of_2(max(splits, tuning.split_k.max_splits)),
             num_warps=tuning.combine_warps,
+            **launch_options(tuning),
         )

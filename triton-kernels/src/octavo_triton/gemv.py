@@ -15,7 +15,22 @@ import triton
 import triton.language as tl
 
 from octavo_triton import interpreting
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.tuning import Tuning, for_device
+
+
+@triton.jit
+def _gemv_step(acc, w_rows, x_row, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc += one [BLOCK_N, BLOCK_K] tile of w times x's matching slice."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        wt = tl.load(w_rows + offs_k[None, :], eviction_policy="evict_first")
+        xv = tl.load(x_row + offs_k)
+    else:
+        ok = offs_k < K
+        wt = tl.load(w_rows + offs_k[None, :], mask=ok[None, :], other=0.0, eviction_policy="evict_first")
+        xv = tl.load(x_row + offs_k, mask=ok, other=0.0)
+    return acc + wt.to(tl.float32) * xv.to(tl.float32)[None, :]
 
 
 @triton.jit(do_not_specialize=["M", "N", "K", "stride_x", "stride_y"])
@@ -34,6 +49,7 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     m = (pid % M).to(tl.int64)
@@ -42,17 +58,18 @@ def _gemv_kernel(
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)
     w_rows = w + rows[:, None] * stride_w
     x_row = x + m * stride_x
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        if EVEN_K:
-            wt = tl.load(w_rows + offs_k[None, :], eviction_policy="evict_first")
-            xv = tl.load(x_row + offs_k)
-        else:
-            ok = offs_k < K
-            wt = tl.load(w_rows + offs_k[None, :], mask=ok[None, :], other=0.0, eviction_policy="evict_first")
-            xv = tl.load(x_row + offs_k, mask=ok, other=0.0)
-        acc += wt.to(tl.float32) * xv.to(tl.float32)[None, :]
+    # the first weight tile is loaded before waiting for the kernel that wrote x (weights are
+    # never written during a step): it streams while that kernel drains
+    offs_k = tl.arange(0, BLOCK_K)
+    if EVEN_K:
+        wt = tl.load(w_rows + offs_k[None, :], eviction_policy="evict_first")
+    else:
+        wt = tl.load(w_rows + offs_k[None, :], mask=offs_k[None, :] < K, other=0.0, eviction_policy="evict_first")
+    wait_for_previous(PDL)
+    xv = tl.load(x_row + offs_k, mask=offs_k < K, other=0.0)
+    acc = wt.to(tl.float32) * xv.to(tl.float32)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        acc = _gemv_step(acc, w_rows, x_row, k0, K, BLOCK_K, EVEN_K)
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(b + rows).to(tl.float32)
@@ -62,6 +79,9 @@ def _gemv_kernel(
 def pick_blocks(n: int, k: int, tuning: Tuning) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps) for an N x K weight."""
     g = tuning.gemv
+    for most, block_n, block_k, warps in g.small:
+        if n * k <= most:
+            return block_n, min(block_k, triton.next_power_of_2(max(k, 16))), warps
     return g.block_n, min(g.max_block_k, triton.next_power_of_2(max(k, 16))), g.num_warps
 
 
@@ -83,7 +103,8 @@ def gemv(
     m = x2.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m and n:
-        block_n, block_k, warps = blocks or pick_blocks(n, k, tuning or for_device(x.device))
+        tuning = tuning or for_device(x.device)
+        block_n, block_k, warps = blocks or pick_blocks(n, k, tuning)
         if interpreting():
             block_k = min(block_k, 64)
         _gemv_kernel[(m * triton.cdiv(n, block_n),)](
@@ -102,5 +123,6 @@ def gemv(
             BLOCK_K=block_k,
             EVEN_K=k % block_k == 0,
             num_warps=warps,
+            **launch_options(tuning),
         )
     return y.view(*x.shape[:-1], n)

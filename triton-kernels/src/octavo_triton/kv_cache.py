@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.tuning import Tuning, for_device
 
 
@@ -28,7 +29,9 @@ def _write_kv_kernel(
     NUM_HEADS: tl.constexpr,
     HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     t = tl.program_id(0)
     slot = tl.load(slot_mapping + t).to(tl.int64)
     if slot < 0:
@@ -63,6 +66,7 @@ def write_kv(
     # slots index the (block, offset) pair flattened, which needs those two dims adjacent
     assert k_cache.stride(0) == k_cache.shape[1] * k_cache.stride(1) and k_cache.stride(-1) == 1
     assert v_cache.stride() == k_cache.stride()
+    tuning = tuning or for_device(k.device)
     _write_kv_kernel[(num_tokens,)](
         k,
         v,
@@ -78,5 +82,6 @@ def write_kv(
         NUM_HEADS=hk,
         HEADS_PAD=triton.next_power_of_2(hk),
         HEAD_DIM=d,
-        num_warps=(tuning or for_device(k.device)).rows.kv_write_warps[hk * d >= 2048],
+        num_warps=tuning.rows.kv_write_warps[hk * d >= 2048],
+        **launch_options(tuning),
     )

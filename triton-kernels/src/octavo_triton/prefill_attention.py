@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from octavo_triton import interpreting
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.paged_tile import attend_tile
 from octavo_triton.tuning import Tuning, for_device
 
@@ -75,7 +76,9 @@ def _prefill_kernel(
     WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     # heavy first: the last q-blocks of a request see the most keys; starting them
     # first leaves the light ones to fill the final wave
     block_idx = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -235,4 +238,5 @@ def prefill_attention(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else tuning.dot_precision,
         UPCAST=interpreting(),
         **cfg,
+        **launch_options(tuning),
     )

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.tuning import Tuning, for_device
 
 
@@ -29,7 +30,9 @@ def _rms_norm_kernel(
     stride_ro,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -71,7 +74,8 @@ def rms_norm(
     out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x_dtype), device=x.device)
     block = triton.next_power_of_2(n)
     if x2.shape[0] > 0:
-        rows = (tuning or for_device(x.device)).rows
+        tuning = tuning or for_device(x.device)
+        rows = tuning.rows
         _rms_norm_kernel[(x2.shape[0],)](
             out,
             res_out,
@@ -87,6 +91,7 @@ def rms_norm(
             HAS_RESIDUAL=residual is not None,
             BLOCK=block,
             num_warps=min(rows.norm_max_warps, max(1, block // rows.norm_cols_per_warp)),
+            **launch_options(tuning),
         )
     out = out.view(shape)
     return out if residual is None else (out, res_out.view(shape))

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo_triton.dependent_launch import launch_options, wait_for_previous
 from octavo_triton.tuning import Tuning, for_device
 
 
@@ -68,7 +69,9 @@ def _rotary_kernel(
     HALF: tl.constexpr,
     HALF_PAD: tl.constexpr,
     REST_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t).to(tl.int64)
     i = tl.arange(0, HALF_PAD)[None, :]
@@ -127,6 +130,7 @@ def rotary(
         return q_out, k_out
     half = rot // 2
     rest = d - rot
+    tuning = tuning or for_device(q.device)
     _rotary_kernel[(num_tokens,)](
         q,
         k,
@@ -151,6 +155,7 @@ def rotary(
         HALF=half,
         HALF_PAD=triton.next_power_of_2(half),
         REST_PAD=triton.next_power_of_2(rest) if rest else 0,
-        num_warps=(tuning or for_device(q.device)).rows.rotary_warps,
+        num_warps=tuning.rows.rotary_warps,
+        **launch_options(tuning),
     )
     return q_out, k_out

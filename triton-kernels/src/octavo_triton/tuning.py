@@ -89,6 +89,9 @@ class Gemv:
     block_n: int
     max_block_k: int
     num_warps: int
+    #: (most weight elements, block_n, block_k, num_warps) for small weights, first match wins:
+    #: their few waves of programs gain from other tiles than the large weights'
+    small: tuple[tuple[int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class Tuning:
     combine_warps: int
     rows: RowKernels
     gemv: Gemv
+    #: launch the kernels with programmatic dependent launch (NVIDIA sm_90+, octavo_triton.dependent_launch)
+    dependent_launch: bool = False
     #: set when the kernels cannot run on this target: the launchers refuse it with this reason
     unsupported: str | None = None
 
@@ -208,7 +213,16 @@ DEFAULT = Tuning(
 
 TABLE: dict[tuple[str, int | str | None], Tuning] = {
     ("cuda", 80): _named(_NVIDIA, "cuda:80"),
-    ("cuda", 90): _named(_NVIDIA, "cuda:90"),
+    # PDL needs sm_90 (docs/benchmarks.md: the H200's batch-1 decode step 4.44 -> 4.25 ms). The small
+    # GEMV tiles won gemv_bench.py --sweep on the H200 (2026-12-04): Llama-3.1-8B's o_proj (4096 x
+    # 4096) at 3.67 TB/s against 3.46 with the large weights' tiles, qkv_proj (6144 x 4096) 3.86
+    # against 3.71; gate_up, down and lm_head were fastest with the large weights' tiles
+    ("cuda", 90): _named(
+        _NVIDIA,
+        "cuda:90",
+        dependent_launch=True,
+        gemv=Gemv(4, 2048, 4, small=((4096 * 4096, 4, 1024, 2), (6144 * 4096, 8, 512, 4))),
+    ),
     ("hip", "gfx942"): _CDNA3,
     # a second stage costs far more LDS on gfx950 than on gfx942: 67,520 B for the decode tiles
     # above (32,768 on gfx942), 68,016 for NVIDIA's prefill tiles at head 128; one stage keeps the

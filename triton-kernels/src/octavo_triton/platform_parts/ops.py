@@ -1,5 +1,5 @@
 """The fused ops on octavo_triton's kernels (same semantics as octavo.platform.ops, where
-each op is defined); sampling keeps the contract's default."""
+each op is defined), the sampler's draw included."""
 
 from __future__ import annotations
 
@@ -31,3 +31,8 @@ class TritonOps(FusedOps):
         from octavo_triton.activation import silu_and_mul
 
         return silu_and_mul(x)
+
+    def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+        from octavo_triton.sampling import sample
+
+        return sample(logits, temperatures, u)
