@@ -150,3 +150,35 @@ def test_the_test_only_override_makes_every_device_take_that_targets_entry(monke
     assert for_device(torch.device("cuda", 0)) is TABLE[target]
     assert for_device(torch.device("cpu")) is TABLE[target]
     assert calls == []  # the GPU is not asked what it is
+
+
+# ---- programmatic dependent launch (octavo_triton.dependent_launch) -------------------------
+
+
+def test_dependent_launch_only_where_the_hardware_has_it():
+    """PDL (griddepcontrol) exists from sm_90 on: no AMD, Intel, sm_80 or default entry may ask for it."""
+    for (backend, arch), tuned in TABLE.items():
+        assert tuned.dependent_launch == (backend == "cuda" and arch >= 90), tuned.target
+    assert not DEFAULT.dependent_launch
+
+
+def test_dependent_launch_options(monkeypatch):
+    """The launch keywords: on for an entry that asks for it, off where it does not, off with
+    OCTAVO_TRITON_PDL=0, and off under the interpreter (which has no launches to overlap)."""
+    pytest.importorskip("triton")
+    from octavo_triton import dependent_launch
+
+    monkeypatch.delenv(dependent_launch.ENV, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    off = {"PDL": False}
+    assert dependent_launch.launch_options(entry("cuda", 80)) == off
+    assert dependent_launch.launch_options(entry("hip", "gfx942")) == off
+    if dependent_launch._triton_has_gdc():
+        assert dependent_launch.launch_options(entry("cuda", 90)) == {"PDL": True, "launch_pdl": True}
+    else:
+        assert dependent_launch.launch_options(entry("cuda", 90)) == off
+    monkeypatch.setenv(dependent_launch.ENV, "0")
+    assert dependent_launch.launch_options(entry("cuda", 90)) == off
+    monkeypatch.delenv(dependent_launch.ENV)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dependent_launch.launch_options(entry("cuda", 90)) == off
