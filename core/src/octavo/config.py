@@ -77,6 +77,8 @@ class ModelConfig:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     # the checkpoint's quantized layers and their schemes (None: dense weights)
     quantization: QuantConfig | None = None
+    # vision-language models: the most items of each modality per prompt (octavo.multimodal)
+    limit_mm_per_prompt: dict[str, int] | None = None
 
 
 @dataclass

@@ -55,6 +55,8 @@ class EngineArgs:
     override_generation_config: dict[str, Any] | None = None
     # reasoning models: the parser of their thinking (deepseek_r1, qwen3); grammars start after it
     reasoning_parser: str | None = None
+    # vision-language models: the most items of each modality per prompt, e.g. {"image": 2}
+    limit_mm_per_prompt: dict[str, int] | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -162,6 +164,13 @@ class EngineArgs:
             choices=sorted(REASONING_PARSERS),
             help="the model thinks in <think>...</think>: its thinking goes to reasoning_content, and "
             "structured outputs start after it",
+        )
+        parser.add_argument(
+            "--limit-mm-per-prompt",
+            type=json.loads,
+            default=None,
+            metavar="JSON",
+            help="vision-language models: the most images per prompt, e.g. '{\"image\": 2}' (default 16)",
         )
         vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser

@@ -146,6 +146,18 @@ def _max_logprobs(value: int) -> int:
     return value
 
 
+def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | None:
+    """--limit-mm-per-prompt, checked: a vision-language model's (octavo.multimodal)."""
+    if limits is None:
+        return None
+    from octavo.multimodal.inputs import parse_limits
+    from octavo.multimodal.processor import is_multimodal
+
+    if not is_multimodal(hf_config):
+        raise ValueError("limit_mm_per_prompt is for vision-language models; this model takes text only")
+    return parse_limits(limits)
+
+
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     platform = resolve_platform(args.device)
     source = _model_source(args)
@@ -165,7 +177,9 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             f"supported: {[str(d).replace('torch.', '') for d in device.supported_dtypes]}"
         )
 
-    limit = getattr(hf_config, "max_position_embeddings", None) or 2048
+    # a vision-language model's language model sets the context and the attention (the config itself elsewhere)
+    text_config = hf_config.get_text_config()
+    limit = getattr(text_config, "max_position_embeddings", None) or 2048
     max_model_len = args.max_model_len or limit
     if max_model_len > limit:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's max_position_embeddings ({limit})")
@@ -189,7 +203,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             f"{block_size} tokens, fewer than max_model_len={max_model_len}: lower --max-model-len to "
             f"{static.block_buckets[-1] * block_size} or less"
         )
-    _check_tensor_parallel(args.tensor_parallel_size, hf_config, platform)
+    _check_tensor_parallel(args.tensor_parallel_size, text_config, platform)
     quantization = read_quantization(
         source, hf_config, args.quantization, args.dtype != "auto", dummy=args.load_format == "dummy"
     )
@@ -198,7 +212,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             f"tensor parallelism is not supported with quantized weights ({quantization.describe()}); use "
             "tensor_parallel_size=1" + (", or --dtype to load the GGUF file dequantized" if source.is_gguf else "")
         )
-    err = platform.attention.supports(_attention_spec(hf_config), dtype, block_size)
+    err = platform.attention.supports(_attention_spec(text_config), dtype, block_size)
     if err:
         raise ValueError(f"device {platform.name!r} cannot run this model: {err}")
 
@@ -215,6 +229,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             max_logprobs=_max_logprobs(args.max_logprobs),
             generation=generation,
             quantization=quantization,
+            limit_mm_per_prompt=_mm_limits(args.limit_mm_per_prompt, hf_config),
         ),
         cache=CacheConfig(
             block_size=block_size,

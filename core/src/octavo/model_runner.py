@@ -33,6 +33,7 @@ from octavo.layers.linear import Linear
 from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
 from octavo.models import get_model_class
+from octavo.multimodal.encoder_cache import EncoderCache
 from octavo.platform import ForwardBatch, Platform, StepOutput, StepRunner
 from octavo.quantization.apply import quantize_linears
 from octavo.request import RequestFailure
@@ -121,6 +122,8 @@ class ModelRunner(StepRunner):
             if isinstance(module, Linear):
                 module.method.process_weights_after_loading(module)
         self.model = model.eval()
+        # vision-language models: their encoder's outputs per request (octavo.multimodal)
+        self.encoder_cache = EncoderCache(model) if hasattr(model, "encode_images") else None
         self.specs = model.attention_specs()
         self.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         logger.info(
@@ -364,6 +367,12 @@ class ModelRunner(StepRunner):
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, meta)
         return hidden
 
+    def _forward_multimodal(self, batch: ForwardBatch, extra: dict) -> torch.Tensor:
+        """A step of a vision-language model with images in it: the model takes their input
+        embeddings (and M-RoPE positions) beside the batch, eagerly."""
+        meta = self.platform.attention.build_metadata(batch)
+        return self.model(batch.input_ids, batch.positions, self.kv_caches, meta, **extra)
+
     @torch.inference_mode()
     def launch(
         self, scheduler_output: SchedulerOutput, min_tokens_pending: dict[str, bool] | None = None
@@ -413,7 +422,10 @@ class ModelRunner(StepRunner):
                     return LaunchedStep(None, [], {}, failed)
         if self.workers is not None:
             self.workers.send_step(batch)
-        hidden = self.forward(batch)
+        extra = None
+        if self.encoder_cache is not None:  # a vision-language model (octavo.multimodal.encoder_cache)
+            batch, extra = self.encoder_cache.step_inputs(out, batch)
+        hidden = self.forward(batch) if extra is None else self._forward_multimodal(batch, extra)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, batch.query_start_loc_cpu, failed)
@@ -460,6 +472,9 @@ class ModelRunner(StepRunner):
 
     def forget(self, request_id: str) -> None:
         self.sampler.forget(request_id)
+        cache = getattr(self, "encoder_cache", None)  # None too where a subclass loads its own model
+        if cache is not None:
+            cache.forget(request_id)
 
     def _worker_failure(self, cause: BaseException) -> None:
         """A step (or start-up) raised here: if a tensor-parallel worker caused it, raise its

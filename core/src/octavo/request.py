@@ -55,6 +55,7 @@ class Request:
         "num_pending",
         "cache_salt",
         "identity_spans",
+        "mm_items",
     )
 
     def __init__(
@@ -85,6 +86,9 @@ class Request:
         # overlap token range [start, end) (an image's placeholder tokens and its content hash).
         self.cache_salt: Hashable | None = None
         self.identity_spans: list[tuple[int, int, Hashable]] = []
+        # the prompt's images (octavo.multimodal.MultiModalItem), in prompt order: the
+        # scheduler plans their encoder runs (octavo.multimodal.encoder_budget)
+        self.mm_items: tuple = ()
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from octavo.block_manager import BlockManager
+from octavo.multimodal.encoder_budget import EncoderBudget
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import SamplingParams
 
@@ -30,6 +31,10 @@ class ScheduledRequest:
     # output tokens sampled before this step but not yet in all_token_ids (0 unless the
     # step was scheduled while the one before it still ran)
     num_pending: int = 0
+    # the request's images (octavo.multimodal.MultiModalItem) and those whose encoder runs
+    # in this step (indices into mm_items; octavo.multimodal.encoder_budget)
+    mm_items: tuple = ()
+    encode: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # image tokens the vision encoder may run per step, beside the token budget
+        self.encoder = EncoderBudget(max_num_batched_tokens)
 
     # ---- queue management -------------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -92,6 +99,7 @@ class Scheduler:
                 pass
         self.bm.free(req.block_ids)
         req.block_ids = []
+        self.encoder.forget(req.request_id)
         self.requests.pop(req.request_id, None)
 
     def abort(self, request_ids: Iterable[str]) -> list[Request]:
@@ -139,6 +147,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
+        self.encoder.new_step()
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -147,6 +156,11 @@ class Scheduler:
                 i += 1
                 continue
             n = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
+            if req.mm_items:
+                n = self.encoder.fit(req.request_id, req.mm_items, req.num_computed_tokens, n)[0]
+                if n == 0:  # an image it reaches waits for the next step's encoder budget
+                    i += 1
+                    continue
             if not self._reserve(req, n, preempted):
                 break  # req itself was preempted; everything after it too
             scheduled.append(self._scheduled(req, n))
@@ -212,6 +226,10 @@ class Scheduler:
         hit_blocks, hit_keys = self.bm.find_cached_prefix(req.token_ids, limit, req.block_identity())
         num_hit = len(hit_blocks) * self.bm.block_size
         n = min(req.num_tokens - num_hit, budget)
+        if req.mm_items:  # stop before an image past this step's encoder budget
+            n = self.encoder.fit(req.request_id, req.mm_items, num_hit, n)[0]
+            if n == 0:
+                return 0
         if not self.chunked_prefill and n < req.num_tokens - num_hit:
             return 0  # the whole prompt or nothing
         total = num_hit + n
@@ -240,6 +258,7 @@ class Scheduler:
         req.block_ids = []
         req.block_keys = []
         req.num_computed_tokens = 0
+        self.encoder.forget(req.request_id)
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
         self.num_preemptions += 1
@@ -260,6 +279,10 @@ class Scheduler:
         token_ids += [PENDING_TOKEN] * (n - len(token_ids))
         sample = start + n == known + req.num_pending
         pending_before = req.num_pending
+        encode: tuple[int, ...] = ()
+        if req.mm_items:
+            encode = self.encoder.fit(req.request_id, req.mm_items, start, n)[1]
+            self.encoder.commit(req.request_id, req.mm_items, encode, start + n)
         req.num_computed_tokens = start + n
         if sample:
             req.num_pending += 1
@@ -273,6 +296,8 @@ class Scheduler:
             all_token_ids=req.token_ids,
             num_prompt_tokens=req.num_prompt_tokens,
             num_pending=pending_before,
+            mm_items=req.mm_items,
+            encode=encode,
         )
 
     # ---- after the step ---------------------------------------------------------------

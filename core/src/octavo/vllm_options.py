@@ -99,7 +99,6 @@ ENGINE_REFUSED = [
     Option("task", "auto", "tasks other than text generation", also=("generate",)),
     Option("runner", "auto", "tasks other than text generation and pooling", also=("generate", "pooling")),
     Option("convert", "auto", "conversions other than to an embedder", also=("none", "embed", "classify")),
-    Option("limit_mm_per_prompt", None, "multimodal inputs", "json"),
     Option("mm_processor_kwargs", None, "multimodal inputs", "json"),
     Option("kv_transfer_config", None, "disaggregated prefill (KV transfer)", "json"),
     Option("worker_cls", "auto", "custom worker classes"),

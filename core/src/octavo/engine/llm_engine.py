@@ -11,6 +11,8 @@ from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.engine_args import EngineArgs
 from octavo.loader.source import load_tokenizer
+from octavo.multimodal import MultiModalInputError, MultiModalInputs
+from octavo.multimodal.processor import MultiModalProcessor, multimodal_processor
 from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from octavo.platform import StepRunner
 from octavo.reasoning import reasoning_token_ids
@@ -112,11 +114,13 @@ class LLMEngine:
         )
 
         self.eos_token_ids = self._eos_ids()
-        self.vocab_size = self.model_config.hf_config.vocab_size
+        self.vocab_size = self.model_config.hf_config.get_text_config().vocab_size
         # structured outputs: grammars per request; with a reasoning parser they start after `</think>`
         self.reasoning_parser = args.reasoning_parser
         start, end = reasoning_token_ids(args.reasoning_parser, self.tokenizer)
         self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids, end, start)
+        # vision-language models: the checkpoint's processor turns a prompt's images into inputs
+        self.mm_processor = self._multimodal_processor()
         self.groups: dict[str, _Group] = {}
         self.sample_of: dict[str, _Sample] = {}
         self.group_of: dict[str, _Group] = {}
@@ -184,6 +188,23 @@ class LLMEngine:
         ids.update(self.model_config.generation.eos_token_ids)  # generation_config.json's
         return tuple(sorted(ids))
 
+    def _multimodal_processor(self) -> MultiModalProcessor | None:
+        processor = multimodal_processor(self.model_config, self.tokenizer)
+        if processor is not None and getattr(self.runner, "encoder_cache", None) is None:
+            raise ValueError(
+                f"vision-language models are not supported on platform {self.platform.name!r}: its step runner "
+                f"({type(self.runner).__name__}) does not run core's vision encoders"
+            )
+        return processor
+
+    def process_multimodal(self, prompt: dict) -> MultiModalInputs:
+        """A prompt {"prompt": text, "multi_modal_data": {"image": ...}} as the engine takes it:
+        placeholders expanded, images preprocessed and hashed (MultiModalInputError where
+        they cannot be). Pass the result to `add_request` as the prompt."""
+        if self.mm_processor is None:
+            raise MultiModalInputError("this model takes text only: multi_modal_data needs a vision-language model")
+        return self.mm_processor.process(prompt.get("prompt"), prompt["multi_modal_data"])
+
     # ---- requests -------------------------------------------------------------------------
     def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -217,7 +238,10 @@ class LLMEngine:
                     f"invalid sampling parameter {name}={getattr(params, name)}: this engine returns at most "
                     f"{most} (--max-logprobs)"
                 )
-        text, ids = self._tokenize(prompt)
+        if isinstance(prompt, dict) and "multi_modal_data" in prompt:
+            prompt = self.process_multimodal(prompt)
+        mm = prompt if isinstance(prompt, MultiModalInputs) else None
+        text, ids = (mm.prompt, mm.prompt_token_ids) if mm is not None else self._tokenize(prompt)
         if not ids:
             raise ValueError("the prompt is empty; give at least one token")
         max_len = self.model_config.max_model_len
@@ -255,6 +279,9 @@ class LLMEngine:
                     p.logprobs = 0  # ranking needs each sample's cumulative logprob
             rid = request_id if best_of == 1 else f"{request_id}#{i}"
             req = Request(rid, ids, p, arrival)
+            if mm is not None and mm.items:  # an image's tokens' KV depends on its content
+                req.mm_items = tuple(mm.items)
+                req.identity_spans = [(it.offset, it.end, it.identity) for it in mm.items]
             group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
         self.groups[request_id] = group
         for s in group.samples:

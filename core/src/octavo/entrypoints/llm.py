@@ -124,6 +124,12 @@ class LLM:
     ) -> list[RequestOutput]:
         """One conversation (a list of {"role", "content"}) or a list of them."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        processor = getattr(self.llm_engine, "mm_processor", None)
+        if processor is not None:  # a vision-language model: image parts become its placeholders
+            # the template's text carries its special tokens: tokenized without adding more
+            chats = [processor.chat_prompt(c, chat_template) for c in convs]
+            mm = [processor.process(text, {"image": images}, add_special_tokens=False) for text, images in chats]
+            return self.generate(mm, sampling_params, use_tqdm)
         tok = self.llm_engine.tokenizer
         prompts = [
             {

@@ -9,6 +9,7 @@ _REGISTRY = {
     "Gemma3ForCausalLM": ("octavo.models.gemma3", "Gemma3ForCausalLM"),
     "GraniteForCausalLM": ("octavo.models.granite", "GraniteForCausalLM"),
     "LlamaForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
+    "LlavaForConditionalGeneration": ("octavo.models.llava", "LlavaForConditionalGeneration"),
     "MistralForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
     "MixtralForCausalLM": ("octavo.models.mixtral", "MixtralForCausalLM"),
     "Olmo2ForCausalLM": ("octavo.models.olmo2", "Olmo2ForCausalLM"),
@@ -16,6 +17,8 @@ _REGISTRY = {
     "Qwen2ForCausalLM": ("octavo.models.qwen2", "Qwen2ForCausalLM"),
     "Qwen2MoeForCausalLM": ("octavo.models.qwen2_moe", "Qwen2MoeForCausalLM"),
     "Qwen3ForCausalLM": ("octavo.models.qwen3", "Qwen3ForCausalLM"),
+    "Qwen2VLForConditionalGeneration": ("octavo.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "Qwen2_5_VLForConditionalGeneration": ("octavo.models.qwen2_vl", "Qwen2_5_VLForConditionalGeneration"),
     "Qwen3MoeForCausalLM": ("octavo.models.qwen3_moe", "Qwen3MoeForCausalLM"),
     # pooling models (LLM(..., runner="pooling")): bodies without the LM head, classifiers
     "LlamaModel": ("octavo.models.pooling_heads", "LlamaModel"),

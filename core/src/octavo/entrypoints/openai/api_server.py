@@ -60,6 +60,7 @@ from octavo.entrypoints.openai.serving_chat import OpenAIServingChat, load_chat_
 from octavo.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from octavo.entrypoints.openai.serving_engine import ClientDisconnected
 from octavo.entrypoints.openai.serving_pooling import add_pooling_routes
+from octavo.multimodal.media import UrlFetch
 from octavo.pooling.engine import PoolingEngine
 
 logger = logging.getLogger("octavo.server")
@@ -95,6 +96,8 @@ class ServerSettings:
     # tool_choice "auto": the parser of the model's tool-call format (--tool-call-parser)
     tool_call_parser: str | None = None
     enable_auto_tool_choice: bool = False
+    # vision-language models: fetch http(s) image URLs of chat messages (off: data: URLs only)
+    allow_image_urls: bool = False
 
     @property
     def api_keys(self) -> list[str]:
@@ -210,6 +213,7 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         tool_call_parser=settings.tool_call_parser,
         enable_auto_tool_choice=settings.enable_auto_tool_choice,
         reasoning_parser=getattr(engine.engine, "reasoning_parser", None),
+        image_fetch=UrlFetch() if settings.allow_image_urls else None,
     )
 
     @asynccontextmanager
@@ -429,6 +433,7 @@ def serve_options(args: argparse.Namespace) -> tuple[AsyncEngineArgs, ServerSett
         fastapi_docs=not args.disable_fastapi_docs,
         tool_call_parser=args.tool_call_parser,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
+        allow_image_urls=args.allow_image_urls,
     )
     if settings.enable_auto_tool_choice and settings.tool_call_parser is None:
         raise ValueError(

@@ -75,6 +75,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="no access log line per HTTP request",
     )
     g.add_argument("--root-path", default=None, help="the path prefix a proxy serves this server under")
+    g.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="vision-language models: fetch the http(s) image URLs of chat messages (at most 20 MiB each, 10 s "
+        "timeout); off by default, so that the server fetches no address a client names (data: URLs always work)",
+    )
     g.add_argument("--disable-fastapi-docs", action="store_true", help="no /docs, /redoc and /openapi.json")
     g.add_argument(
         "--metrics-prefix",

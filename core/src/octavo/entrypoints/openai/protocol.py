@@ -263,6 +263,8 @@ class CompletionStreamResponse(CompletionResponse):
 class ChatContentPart(RequestModel):
     type: str
     text: str | None = None
+    # {"url": "data:image/png;base64,..."} (or the URL alone): vision-language models (serving_images.py)
+    image_url: dict[str, Any] | str | None = None
 
 
 #: the roles OpenAI's chat API knows ("function" is its deprecated name for "tool")

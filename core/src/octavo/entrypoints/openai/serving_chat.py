@@ -39,7 +39,11 @@ from octavo.entrypoints.openai.serving_engine import (
     merge_streams,
     sse,
 )
+from octavo.entrypoints.openai.serving_images import multimodal_prompt, take_images
 from octavo.entrypoints.openai.structured import compile_constraint
+from octavo.multimodal import MultiModalInputs
+from octavo.multimodal.media import UrlFetch
+from octavo.multimodal.processor import multimodal_processor
 from octavo.outputs import CompletionOutput
 from octavo.reasoning import get_reasoning_parser
 from octavo.tool_parsers import get_tool_parser
@@ -80,9 +84,17 @@ class OpenAIServingChat(OpenAIServing):
         tool_call_parser: str | None = None,
         enable_auto_tool_choice: bool = False,
         reasoning_parser: str | None = None,
+        image_fetch: UrlFetch | None = None,
         **kw: Any,
     ) -> None:
+        """`image_fetch`: how http(s) image URLs are fetched, None to refuse them (--allow-image-urls)."""
         super().__init__(*args, **kw)
+        self.image_fetch = image_fetch
+        # a vision-language model's processor: images are decoded and processed here, in the API process
+        engine = self.engine
+        self.mm_processor = getattr(engine.engine, "mm_processor", None) or multimodal_processor(
+            engine.model_config, self.tokenizer
+        )
         self.chat_template = chat_template
         self.tool_parser = get_tool_parser(tool_call_parser) if tool_call_parser else None
         self.auto_tools = enable_auto_tool_choice and self.tool_parser is not None
@@ -165,15 +177,22 @@ class OpenAIServingChat(OpenAIServing):
         self.check_request_limits(req)
         self.check_chat_template(req.chat_template)
         self.sampling_params(req, None)  # every field checked before the prompt is built
+        processor = self.mm_processor
+        messages, images = take_images(req.messages, processor, self.image_fetch)
         text = self.render_checked(
-            req.messages,
+            messages,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
             chat_template=req.chat_template,
             chat_template_kwargs=req.chat_template_kwargs,
             tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None,
         )
-        ids = self.encode(text, req.add_special_tokens)
+        prompt: list[int] | MultiModalInputs
+        if processor is not None:
+            prompt = multimodal_prompt(processor, text, images, req.add_special_tokens)
+            ids = prompt.prompt_token_ids
+        else:
+            ids = prompt = self.encode(text, req.add_special_tokens)
         max_tokens = self.max_tokens_for(len(ids), req.requested_max_tokens, "messages")
         params = self.sampling_params(req, max_tokens)
         if req.tool_mode == "auto" and self.tool_parser is not None:
@@ -182,7 +201,7 @@ class OpenAIServingChat(OpenAIServing):
                 params.skip_special_tokens = keep
         await compile_constraint(self.engine, req, params)
         request_id = req.request_id or random_id("chatcmpl")
-        streams = await self.submit_all(request_id, [(ids, params)])
+        streams = await self.submit_all(request_id, [(prompt, params)])
         echo = ""
         if req.echo and req.messages[-1].role == ROLE:
             echo = req.messages[-1].text()

@@ -22,6 +22,7 @@ from octavo.entrypoints.openai.errors import (
     ServiceUnavailableError,
 )
 from octavo.entrypoints.openai.limits import RequestLimits, prompt_byte_bound
+from octavo.multimodal import MultiModalInputs
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.sampling_params import SamplingParams
 
@@ -142,10 +143,16 @@ class OpenAIServing:
         return requested
 
     # ---- submission --------------------------------------------------------------------
-    async def submit(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> RequestStream:
-        """Hand a request to the engine; engine-side rejections become OpenAI errors."""
+    async def submit(
+        self, request_id: str, prompt_token_ids: list[int] | MultiModalInputs, params: SamplingParams
+    ) -> RequestStream:
+        """Hand a request to the engine (token ids, or a prompt with images already processed);
+        engine-side rejections become OpenAI errors."""
         try:
-            return await self.engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids}, params)
+            prompt = prompt_token_ids
+            if not isinstance(prompt, MultiModalInputs):
+                prompt = {"prompt_token_ids": prompt_token_ids}
+            return await self.engine.add_request(request_id, prompt, params)
         except QueueFullError as e:
             if self.metrics is not None:
                 self.metrics.rejected.inc()

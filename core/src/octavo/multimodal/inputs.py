@@ -1,0 +1,93 @@
+"""What a prompt's images become before they enter the engine: plain, picklable data.
+
+Everything here is decided in the process that takes the request (the API server or the
+`LLM` caller): images are decoded, checked, hashed and run through the checkpoint's
+processor there, so what crosses into the engine is tensors, integers and strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: the modalities a prompt's `multi_modal_data` may hold
+MODALITIES = ("image",)
+
+#: images per prompt when the engine is given no limit (vLLM's `--limit-mm-per-prompt`)
+DEFAULT_LIMIT = 16
+
+
+class MultiModalInputError(ValueError):
+    """A prompt's images cannot be used (undecodable, too large, too many): the message says
+    which image and why, and the server answers 400 with it."""
+
+
+@dataclass(frozen=True)
+class MultiModalItem:
+    """One image of a prompt: its placeholder tokens are [offset, offset + length) of the
+    prompt, `identity` is its content hash (the prefix cache's key for those tokens), and
+    `data` the processor's tensors of this image alone, which the model's encoder takes."""
+
+    offset: int
+    length: int
+    identity: str
+    data: dict[str, Any]
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class MultiModalInputs:
+    """A processed multimodal prompt, what `LLMEngine.add_request` takes: token ids with each
+    image's placeholder expanded to its tokens, and its images in prompt order."""
+
+    prompt_token_ids: list[int]
+    items: list[MultiModalItem]
+    prompt: str | None = None
+
+
+def parse_limits(limits: dict[str, int] | None) -> dict[str, int]:
+    """`--limit-mm-per-prompt`'s mapping (modality -> most items per prompt), checked."""
+    out = {m: DEFAULT_LIMIT for m in MODALITIES}
+    for name, value in (limits or {}).items():
+        if name not in MODALITIES:
+            raise ValueError(
+                f"limit_mm_per_prompt names modality {name!r}, which Octavo does not take; supported: "
+                f"{', '.join(MODALITIES)}"
+            )
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"limit_mm_per_prompt[{name!r}] must be a non-negative integer, got {value!r}")
+        out[name] = value
+    return out
+
+
+def images_of(multi_modal_data: Any, limits: dict[str, int]) -> list:
+    """The PIL images of a prompt's `multi_modal_data` ({"image": image or list}), in order,
+    converted to RGB; MultiModalInputError for anything else or more than the limit allows."""
+    from PIL import Image
+
+    if not isinstance(multi_modal_data, dict):
+        raise MultiModalInputError(
+            f"multi_modal_data must be a dict such as {{'image': image}}, got {type(multi_modal_data).__name__}"
+        )
+    unknown = sorted(set(multi_modal_data) - set(MODALITIES))
+    if unknown:
+        raise MultiModalInputError(
+            f"multi_modal_data has {', '.join(map(repr, unknown))}; supported: {', '.join(MODALITIES)}"
+        )
+    images = multi_modal_data.get("image", [])
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if len(images) > limits["image"]:
+        raise MultiModalInputError(
+            f"the prompt has {len(images)} images, more than the {limits['image']} this server takes per prompt "
+            "(--limit-mm-per-prompt)"
+        )
+    out = []
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise MultiModalInputError(f"image {i} is a {type(image).__name__}, not a PIL image")
+        out.append(image if image.mode == "RGB" else image.convert("RGB"))
+    return out

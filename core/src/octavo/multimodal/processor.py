@@ -1,0 +1,106 @@
+"""A prompt's images as the model takes them: the checkpoint's image processor
+(transformers' AutoImageProcessor: resize, normalize, patches) and placeholder expansion.
+
+Each image's placeholder token in the tokenized prompt (LLaVA's `<image>`, Qwen2-VL's
+`<|image_pad|>`) is repeated to the image's number of tokens, as transformers' processors
+expand it in the text; doing it on token ids needs no processor class beyond the image
+processor (Qwen2-VL's full processor wants torchvision for its video half). The model class
+says how the image processor's outputs read: `split_images`, `image_num_tokens`,
+`image_token_id`, `image_placeholder` (the text of one image in a chat prompt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from octavo.multimodal.hashing import image_hash
+from octavo.multimodal.inputs import MultiModalInputError, MultiModalInputs, MultiModalItem, images_of, parse_limits
+
+
+def is_multimodal(hf_config) -> bool:
+    """Whether the model takes images (its class defines `split_images`)."""
+    from octavo.models import get_model_class
+
+    return hasattr(get_model_class(hf_config), "split_images")
+
+
+def multimodal_processor(model_config, tokenizer) -> MultiModalProcessor | None:
+    """The processor of a vision-language model's prompts (None for a text model), from the
+    engine's ModelConfig: the engine builds one, and so does an API server whose engine runs
+    in other processes (images are processed where the request arrives)."""
+    hf_config = getattr(model_config, "hf_config", None)  # None: an engine without one (tests' fakes) is text only
+    if hf_config is None or not is_multimodal(hf_config):
+        return None
+    return MultiModalProcessor(
+        model_config.weights_path, model_config.hf_config, tokenizer, model_config.limit_mm_per_prompt
+    )
+
+
+class MultiModalProcessor:
+    def __init__(self, directory: str, hf_config, tokenizer, limits: dict[str, int] | None = None) -> None:
+        from transformers import AutoImageProcessor
+
+        from octavo.models import get_model_class
+
+        self.hf_config = hf_config
+        self.tokenizer = tokenizer
+        self.model_cls = get_model_class(hf_config)
+        self.limits = parse_limits(limits)
+        self.image_processor = AutoImageProcessor.from_pretrained(directory)
+        self.image_token_id = self.model_cls.image_token_id(hf_config)
+        self.placeholder = self.model_cls.image_placeholder(tokenizer, hf_config)
+
+    def process(self, prompt: str, multi_modal_data: Any, add_special_tokens: bool = True) -> MultiModalInputs:
+        """A text prompt with one placeholder per image, in order, and its images:
+        MultiModalInputError when they do not fit together. A chat template's text has its
+        special tokens already: tokenize it with add_special_tokens=False."""
+        if not isinstance(prompt, str):
+            raise MultiModalInputError("a prompt with multi_modal_data must be text (a 'prompt' string)")
+        images = images_of(multi_modal_data, self.limits)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        where = [i for i, t in enumerate(ids) if t == self.image_token_id]
+        if len(where) != len(images):
+            raise MultiModalInputError(
+                f"the prompt has {len(where)} image placeholders ({self.placeholder!r}) for {len(images)} images: "
+                "put one placeholder where each image goes"
+            )
+        if not images:
+            return MultiModalInputs(ids, [], prompt)
+        datas = self.model_cls.split_images(self.image_processor(images=images, return_tensors="pt"), len(images))
+        expanded: list[int] = []
+        items = []
+        last = 0
+        for at, image, data in zip(where, images, datas):
+            expanded += ids[last:at]
+            length = self.model_cls.image_num_tokens(data, self.hf_config)
+            items.append(MultiModalItem(len(expanded), length, image_hash(image), data))
+            expanded += [self.image_token_id] * length
+            last = at + 1
+        expanded += ids[last:]
+        return MultiModalInputs(expanded, items, prompt)
+
+    def chat_prompt(self, conversation: list[dict], chat_template: str | None = None) -> tuple[str, list]:
+        """A chat's prompt text and its images (PIL, in order): each image part ({"type":
+        "image_url", "image_url": {"url": ...}}, {"type": "image_pil", "image_pil": image})
+        becomes the model's placeholder, text parts stay, one per line, and the tokenizer's
+        chat template renders the messages."""
+        from octavo.multimodal.media import image_from_part
+
+        images: list = []
+        messages = []
+        for message in conversation:
+            content = message.get("content")
+            if isinstance(content, list):
+                texts = []
+                for part in content:
+                    if part.get("type") == "text":
+                        texts.append(part.get("text", ""))
+                    else:
+                        images.append(image_from_part(part, len(images)))
+                        texts.append(self.placeholder)
+                message = {**message, "content": "\n".join(texts)}
+            messages.append(message)
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, chat_template=chat_template
+        )
+        return text, images

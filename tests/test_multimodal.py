@@ -1,0 +1,193 @@
+"""Vision-language models (issue 27): greedy tokens equal transformers' on tiny random-weight
+LLaVA, Qwen2-VL and Qwen2.5-VL with images of several sizes, one and two per prompt, batched
+with text-only prompts and chunked through the images; the encoder runs once per image under
+its budget; the prefix cache keys image tokens by the image's content; chat image parts and
+the errors bad images get."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from tiny_vlm import PLACEHOLDER, VLM_ARCHS, hf_generate, image, make_tiny_vlm
+
+from octavo.multimodal.encoder_budget import EncoderBudget
+
+MAX_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("vlm"))
+
+
+def _llm(path: str, **kw):
+    from octavo import LLM
+
+    kw.setdefault("max_num_batched_tokens", 24)  # chunks end inside images
+    return LLM(path, device="cpu", dtype="float32", max_model_len=512, kv_cache_memory="64MiB", **kw)
+
+
+def _greedy(n: int = MAX_TOKENS):
+    from octavo import SamplingParams
+
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+
+def _data_url(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# ---- the encoder's schedule (no torch) ---------------------------------------------------------
+class _Item:
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset, self.length = offset, length
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def test_encoder_budget_stops_chunks_before_images_past_it_and_encodes_each_once():
+    items = (_Item(2, 4), _Item(8, 4), _Item(14, 10))
+    enc = EncoderBudget(6)
+    enc.new_step()
+    assert enc.fit("r", items, 0, 20) == (8, (0,))  # the second image does not fit: stop before it
+    enc.commit("r", items, (0,), 8)
+    assert "r" not in enc.encoded  # image 0 finished in that chunk: its output is dropped
+    enc.new_step()
+    assert enc.fit("r", items, 8, 3) == (3, (1,))  # a chunk ending inside image 1
+    enc.commit("r", items, (1,), 11)
+    assert enc.encoded["r"] == {1}
+    enc.new_step()
+    # image 1's output is kept: not encoded again; image 2 (10 tokens) is past the budget of
+    # 6 but nothing else is encoded this step, so it runs alone rather than never
+    assert enc.fit("r", items, 11, 20) == (20, (2,))
+    enc.commit("r", items, (2,), 31)
+    assert "r" not in enc.encoded
+    enc.new_step()
+    enc.left = 0  # the step's budget spent by other requests: a chunk starting inside an image waits
+    enc.encoded.pop("r", None)
+    assert enc.fit("r", items, 16, 4) == (0, ())
+
+
+def test_scheduler_runs_a_prompt_through_its_images_under_the_encoder_budget():
+    from octavo.block_manager import BlockManager
+    from octavo.request import Request
+    from octavo.sampling_params import SamplingParams
+    from octavo.scheduler import Scheduler
+
+    s = Scheduler(BlockManager(64, 4), max_num_seqs=4, max_num_batched_tokens=8, max_model_len=128)
+    req = Request("a", list(range(3, 33)), SamplingParams(max_tokens=1))
+    req.mm_items = (_Item(1, 3), _Item(5, 6), _Item(12, 4))
+    s.add_request(req)
+    encoded, chunks = [], []
+    while req.num_computed_tokens < req.num_prompt_tokens:
+        (r,) = s.schedule().scheduled
+        chunks.append((r.start_pos, len(r.token_ids)))
+        encoded += r.encode
+    assert encoded == [0, 1, 2]  # each image once, in order
+    # 8 tokens and 8 image tokens a step: each chunk stops before the image its budget cannot encode
+    assert chunks == [(0, 5), (5, 7), (12, 8), (20, 8), (28, 2)]
+
+
+# ---- equivalence with transformers ---------------------------------------------------------------
+@pytest.mark.parametrize("arch", VLM_ARCHS)
+def test_greedy_matches_transformers_with_images_batched_and_chunked(root, arch, monkeypatch):
+    path = make_tiny_vlm(arch, root)
+    p = PLACEHOLDER[arch]
+    imgs = [image(40, 30, 1), image(28, 60, 2), image(90, 50, 3), image(120, 84, 4)]
+    cases = [
+        (f"USER: {p}\nWhat is in the picture? ASSISTANT:", imgs[:1]),
+        (f"Compare {p} with {p} in one word", imgs[1:3]),
+        ("A text-only prompt beside them", []),
+        (f"{p} large", imgs[3:]),
+    ]
+    llm = _llm(path)
+    runner = llm.llm_engine.runner
+    calls = []
+    encode = runner.model.encode_images
+    monkeypatch.setattr(runner.model, "encode_images", lambda items: calls.extend(items) or encode(items))
+    prompts = [{"prompt": t, "multi_modal_data": {"image": im}} if im else t for t, im in cases]
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, _greedy(), use_tqdm=False)]
+    want = [hf_generate(path, t, im, MAX_TOKENS) for t, im in cases]
+    assert got == want
+    assert len(calls) == len(imgs)  # every image encoded once, though chunks cut through them
+    assert not runner.encoder_cache.outputs  # nothing kept once the prompts are computed
+
+
+# ---- prefix caching ------------------------------------------------------------------------------
+def test_prefix_cache_keys_image_tokens_by_the_image(root):
+    path = make_tiny_vlm("llava", root)
+    text = "<image> and a long enough question about this image, which fills some blocks of text too"
+    a, b = image(40, 30, 11), image(40, 30, 12)
+    llm = _llm(path, max_num_batched_tokens=256, block_size=16)
+
+    def run(img):
+        (out,) = llm.generate([{"prompt": text, "multi_modal_data": {"image": img}}], _greedy(), use_tqdm=False)
+        return out.outputs[0].token_ids, out.num_cached_tokens
+
+    first, cached = run(a)
+    assert cached == 0
+    again, cached = run(a)  # the same picture (the same pixels) hits its image blocks and the text after
+    assert cached >= 16 and again == first
+    other, cached = run(b)  # another picture with the same text: its first block holds the image
+    assert cached == 0
+    assert other == hf_generate(path, text, [b], MAX_TOKENS) != first
+
+
+# ---- chat -------------------------------------------------------------------------------------------
+def test_chat_image_url_part_matches_transformers(root):
+    path = make_tiny_vlm("qwen2_vl", root)
+    img = image(64, 48, 5)
+    llm = _llm(path)
+    content = [{"type": "image_url", "image_url": {"url": _data_url(img)}}, {"type": "text", "text": "What is it?"}]
+    (out,) = llm.chat([{"role": "user", "content": content}], _greedy(), use_tqdm=False)
+    tok = llm.get_tokenizer()
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": PLACEHOLDER["qwen2_vl"] + "\nWhat is it?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert out.outputs[0].token_ids == hf_generate(path, text, [img], MAX_TOKENS)
+
+
+def test_bad_images_are_refused_with_what_is_wrong(root, monkeypatch):
+    from octavo.multimodal import MultiModalInputError, media
+
+    path = make_tiny_vlm("llava", root)
+    llm = _llm(path, limit_mm_per_prompt={"image": 1})
+    img = image(30, 30, 7)
+
+    def gen(prompt, images):
+        llm.generate([{"prompt": prompt, "multi_modal_data": {"image": images}}], _greedy(), use_tqdm=False)
+
+    with pytest.raises(MultiModalInputError, match="2 images, more than the 1"):
+        gen("<image> <image>", [img, img])
+    with pytest.raises(MultiModalInputError, match="1 image placeholders .* for 0 images"):
+        gen("<image> where is it", [])
+    with pytest.raises(MultiModalInputError, match="not a PIL image"):
+        gen("<image>", ["picture.png"])
+
+    def chat(url):
+        part = {"type": "image_url", "image_url": {"url": url}}
+        llm.chat([{"role": "user", "content": [part]}], _greedy(), use_tqdm=False)
+
+    with pytest.raises(MultiModalInputError, match="could not be decoded"):
+        chat("data:image/png;base64," + base64.b64encode(b"not an image").decode())
+    with pytest.raises(MultiModalInputError, match="not valid base64"):
+        chat("data:image/png;base64,%%%")
+    with pytest.raises(MultiModalInputError, match="does not fetch image URLs"):
+        chat("http://127.0.0.1:9/cat.png")
+    with pytest.raises(MultiModalInputError, match="must be a data: URL or http"):
+        chat("file:///etc/passwd")
+    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 800)  # limits scaled down to a small image
+    with pytest.raises(MultiModalInputError, match="image 0 is 30x30 pixels, more than the 800 allowed"):
+        chat(_data_url(img))
+    monkeypatch.setattr(media, "MAX_IMAGE_BYTES", 100)
+    with pytest.raises(MultiModalInputError, match="image 0 is larger than 100 bytes"):
+        chat(_data_url(img))
+    assert not llm.llm_engine.has_unfinished_requests()
