@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from octavo.lora.request import LoRARequest
 from octavo.outputs import CompletionOutput, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
@@ -201,7 +202,11 @@ class AsyncLLMEngine:
 
     # ---- requests ----------------------------------------------------------------------
     async def generate(
-        self, prompt: PromptType, sampling_params: SamplingParams, request_id: str
+        self,
+        prompt: PromptType,
+        sampling_params: SamplingParams,
+        request_id: str,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs, shaped by `sampling_params.output_kind` (vLLM's rule).
 
@@ -210,20 +215,29 @@ class AsyncLLMEngine:
         first output. Leaving the loop early (break, cancellation, a dropped client) aborts the
         request and frees its KV blocks.
         """
-        stream = await self.add_request(request_id, prompt, sampling_params)
+        stream = await self.add_request(request_id, prompt, sampling_params, lora_request)
         async for out in stream:  # noqa: B007 - the last one is the result
             yield out
 
-    async def add_request(self, request_id: str, prompt: PromptType, sampling_params: SamplingParams) -> RequestStream:
+    async def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        sampling_params: SamplingParams,
+        lora_request: LoRARequest | None = None,
+    ) -> RequestStream:
         """Queue a request and wait until the engine accepted it; return its output stream.
+        `lora_request`: the LoRA adapter it runs with (None: the base model).
 
         Splitting this from iteration lets a server answer 400/503 before it starts a stream.
         """
         self.start()
-        stream = await self._add_one(request_id, prompt, sampling_params)
+        stream = await self._add_one(request_id, prompt, sampling_params, lora_request)
         return RequestStream(self, stream)
 
-    async def _add_one(self, request_id: str, prompt: PromptType, params: SamplingParams) -> _Stream:
+    async def _add_one(
+        self, request_id: str, prompt: PromptType, params: SamplingParams, lora_request: LoRARequest | None = None
+    ) -> _Stream:
         if self._dead is not None:
             raise EngineDeadError(f"the engine is not running: {self._dead}")
         if self._stop:
@@ -241,7 +255,8 @@ class AsyncLLMEngine:
         self._streams[request_id] = stream
         assert self._loop is not None  # add_request started the engine on this loop
         fut = self._loop.create_future()
-        self._send(("add", request_id, prompt, params, fut))
+        # an adapter rides as a sixth item, so that commands without one keep their shape
+        self._send(("add", request_id, prompt, params, fut, *([lora_request] if lora_request is not None else [])))
         try:
             await fut
         except asyncio.CancelledError:
@@ -435,12 +450,14 @@ class AsyncLLMEngine:
             if aborts:  # keep the order: an abort may target an add queued before it
                 engine.abort_request(aborts)
                 aborts = []
-            _, rid, prompt, params, fut = cmd
+            _, rid, prompt, params, fut, *lora = cmd
             try:
                 if self.max_waiting_requests and self._num_waiting() >= self.max_waiting_requests:
                     raise QueueFullError(self._queue_full_message())
                 if rid in self._pooled:  # `encode`: the futures dict is only added to before the command
                     engine.add_pooling_request(rid, prompt, params)
+                elif lora:
+                    engine.add_request(rid, prompt, params, arrival_time=time.monotonic(), lora_request=lora[0])
                 else:
                     engine.add_request(rid, prompt, params, arrival_time=time.monotonic())
             except Exception as e:  # noqa: BLE001 - handed to the caller

@@ -117,6 +117,8 @@ class EngineConfig:
     device: str
     enforce_eager: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # octavo.lora.LoRAConfig, or None: LoRA adapters not enabled
+    lora: Any = None
 
     def replace(self, **kw: Any) -> EngineConfig:
         return dataclasses.replace(self, **kw)

@@ -55,6 +55,11 @@ class EngineArgs:
     override_generation_config: dict[str, Any] | None = None
     # reasoning models: the parser of their thinking (deepseek_r1, qwen3); grammars start after it
     reasoning_parser: str | None = None
+    # LoRA adapters (docs/lora.md): device slots, the largest rank, adapters kept in host memory
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
     # vision-language models: the most items of each modality per prompt, e.g. {"image": 2}
     limit_mm_per_prompt: dict[str, int] | None = None
 
@@ -171,6 +176,18 @@ class EngineArgs:
             default=None,
             metavar="JSON",
             help="vision-language models: the most images per prompt, e.g. '{\"image\": 2}' (default 16)",
+        )
+        lora = parser.add_argument_group("LoRA adapters (docs/lora.md)")
+        lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters of the model (PEFT format)")
+        lora.add_argument(
+            "--max-loras", type=int, default=d.max_loras, help="adapters on the device at once (one step's most)"
+        )
+        lora.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank, help="the largest adapter rank served")
+        lora.add_argument(
+            "--max-cpu-loras",
+            type=int,
+            default=None,
+            help="adapters kept loaded in host memory, least recently used dropped first (default: --max-loras)",
         )
         vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser

@@ -158,6 +158,35 @@ def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | Non
     return parse_limits(limits)
 
 
+def _lora_config(args, platform: Platform):
+    """LoRAConfig when enable_lora, refused where the step runner or the parallelism cannot run adapters."""
+    from octavo.lora import LoRAConfig
+    from octavo.model_runner import ModelRunner
+
+    if not args.enable_lora:
+        return None
+    if platform.runner_cls is not None and not issubclass(platform.runner_cls, ModelRunner):
+        raise ValueError(
+            f"LoRA adapters are not supported on device {platform.name!r}: its step runner "
+            f"({platform.runner_cls.__name__}) does not apply them; drop enable_lora"
+        )
+    if args.tensor_parallel_size > 1:
+        raise ValueError("LoRA adapters are not supported with tensor parallelism yet; use tensor_parallel_size=1")
+    return LoRAConfig(args.max_loras, args.max_lora_rank, args.max_cpu_loras)
+
+
+def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | None:
+    """--limit-mm-per-prompt, checked: a vision-language model's (octavo.multimodal)."""
+    if limits is None:
+        return None
+    from octavo.multimodal.inputs import parse_limits
+    from octavo.multimodal.processor import is_multimodal
+
+    if not is_multimodal(hf_config):
+        raise ValueError("limit_mm_per_prompt is for vision-language models; this model takes text only")
+    return parse_limits(limits)
+
+
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     platform = resolve_platform(args.device)
     source = _model_source(args)
@@ -242,6 +271,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
         device=platform.name,
         enforce_eager=args.enforce_eager,
+        lora=_lora_config(args, platform),
     )
     config.parallel.enable_expert_parallel = _expert_parallel(args, hf_config)
     platform.check_and_update_config(config)

@@ -32,6 +32,7 @@ from octavo.graph_runner import GraphRunner
 from octavo.layers.linear import Linear
 from octavo.loader.source import ModelSource
 from octavo.loader.weights import init_dummy, iter_weights
+from octavo.lora.manager import LoRAManager
 from octavo.models import get_model_class
 from octavo.multimodal.encoder_cache import EncoderCache
 from octavo.platform import ForwardBatch, Platform, StepOutput, StepRunner
@@ -86,6 +87,9 @@ class ModelRunner(StepRunner):
             self.shutdown()
             raise
         self.sampler = Sampler(self.device, platform.ops.sample, platform.ops.apply_token_bitmask)
+        # LoRA adapters: their weights in device slots of the targeted layers (octavo.lora)
+        lora = config.lora
+        self.lora_manager = LoRAManager(lora, self.model, platform.ops, self.device, self.dtype) if lora else None
         # the last launched step's sampled tokens (device) and each request's row in them:
         # a step scheduled before they reached the host takes its inputs from here
         self._last_tokens: tuple[torch.Tensor | None, dict[str, int]] = (None, {})
@@ -361,7 +365,9 @@ class ModelRunner(StepRunner):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states of one flat batch (every tensor-parallel rank runs it; call it in
         inference mode). A decode step replays a captured graph where there is one."""
-        hidden = self.graph_runner.run(batch) if self.graph_runner is not None else None
+        # graphs are captured without adapters: a step with any runs eagerly
+        graphs = self.graph_runner if self.lora_manager is None or not self.lora_manager.active else None
+        hidden = graphs.run(batch) if graphs is not None else None
         if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
             meta = self.platform.attention.build_metadata(batch)
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, meta)
@@ -420,6 +426,8 @@ class ModelRunner(StepRunner):
                 if out.is_empty:
                     self._last_tokens = (None, {})
                     return LaunchedStep(None, [], {}, failed)
+        if self.lora_manager is not None:  # each token's adapter slot, read by the LoRA layers
+            self.lora_manager.prepare([(s.lora_request, len(s.token_ids)) for s in out.scheduled], len(batch.input_ids))
         if self.workers is not None:
             self.workers.send_step(batch)
         extra = None

@@ -12,9 +12,13 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from octavo.block_manager import BlockIdentity
 from octavo.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from octavo.lora.request import LoRARequest
 
 
 class RequestStatus(enum.Enum):
@@ -55,6 +59,7 @@ class Request:
         "num_pending",
         "cache_salt",
         "identity_spans",
+        "lora_request",
         "mm_items",
     )
 
@@ -86,6 +91,8 @@ class Request:
         # overlap token range [start, end) (an image's placeholder tokens and its content hash).
         self.cache_salt: Hashable | None = None
         self.identity_spans: list[tuple[int, int, Hashable]] = []
+        # the LoRA adapter the request runs with (octavo.lora.LoRARequest; None: the base model)
+        self.lora_request: LoRARequest | None = None
         # the prompt's images (octavo.multimodal.MultiModalItem), in prompt order: the
         # scheduler plans their encoder runs (octavo.multimodal.encoder_budget)
         self.mm_items: tuple = ()

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from octavo.block_manager import BlockManager
 from octavo.multimodal.encoder_budget import EncoderBudget
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from octavo.lora.request import LoRARequest
 
 #: stands in `ScheduledRequest.token_ids` for a token that a launched step is still sampling;
 #: the runner takes it from that step's output on the device
@@ -35,6 +39,8 @@ class ScheduledRequest:
     # in this step (indices into mm_items; octavo.multimodal.encoder_budget)
     mm_items: tuple = ()
     encode: tuple[int, ...] = ()
+    # the request's LoRA adapter (octavo.lora.LoRARequest; None: the base model)
+    lora_request: LoRARequest | None = None
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,11 @@ class Scheduler:
         max_model_len: int,
         chunked_prefill: bool = True,
         mixed_steps: bool = True,
+        max_loras: int | None = None,
     ) -> None:
         self.bm = block_manager
+        # LoRA: the most distinct adapters among running requests (the device's adapter slots)
+        self.max_loras = max_loras
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -172,6 +181,8 @@ class Scheduler:
                 req = self.waiting[0]
                 if req.num_pending:
                     break  # preempted while its token was being sampled: admit it once that arrived
+                if not self._adapter_fits(req):
+                    break  # every LoRA slot is held by running requests: wait for one to free
                 n = self._admit(req, budget)
                 if n == 0:
                     break
@@ -215,6 +226,14 @@ class Scheduler:
             if victim is req:
                 return False
         return True
+
+    def _adapter_fits(self, req: Request) -> bool:
+        """A waiting request's LoRA adapter is running already, or a slot is left for it."""
+        lora = req.lora_request
+        if lora is None or self.max_loras is None:
+            return True
+        running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
+        return lora.lora_int_id in running or len(running) < self.max_loras
 
     def _admit(self, req: Request, budget: int) -> int:
         """Reserve blocks for a waiting request; return the tokens scheduled (0 = cannot)."""
@@ -298,6 +317,7 @@ class Scheduler:
             num_pending=pending_before,
             mm_items=req.mm_items,
             encode=encode,
+            lora_request=req.lora_request,
         )
 
     # ---- after the step ---------------------------------------------------------------

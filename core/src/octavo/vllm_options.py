@@ -81,9 +81,6 @@ ENGINE_REFUSED = [
     Option("data_parallel_backend", "mp", "data parallelism"),
     Option("distributed_executor_backend", None, "workers on Ray or an external launcher", also=("mp", "uni")),
     Option("cpu_offload_gb", 0, "weights offloaded to CPU memory"),
-    Option("enable_lora", False, "LoRA adapters", "flag"),
-    Option("max_loras", 1, "LoRA adapters"),
-    Option("max_lora_rank", 16, "LoRA adapters"),
     Option("speculative_config", None, "speculative decoding", "json"),
     Option("rope_scaling", None, "a RoPE scaling other than the model's", "json"),
     Option("rope_theta", None, "a RoPE base other than the model's"),
@@ -124,7 +121,6 @@ SERVER_ACCEPTED = [
 
 SERVER_REFUSED = [
     Option("uds", None, "a Unix domain socket; use --host/--port"),
-    Option("lora_modules", None, "LoRA adapters", "list"),
     Option(
         "chat_template_content_format", "auto", "message contents passed to the template as lists", also=("string",)
     ),

@@ -44,7 +44,9 @@ class CpuModelRunner(ModelRunner):
         self._decode_plan = decode_forward.build_plan(structure, self.kv_caches)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        plan = self._decode_plan
+        # the one-call decode step has no LoRA: a step with adapters runs op by op
+        lora = self.lora_manager is not None and self.lora_manager.active
+        plan = None if lora else self._decode_plan
         # decode-only: as many tokens as requests, each request one (q_len 1)
         if plan is not None and batch.max_query_len == 1 and batch.query_start_loc_cpu[-1] == batch.num_reqs:
             hidden = decode_forward.run_decode(plan, batch)

@@ -39,7 +39,7 @@ MIN_CAPABILITY = (8, 0)
 
 class CudaPlatform(Platform):
     name = "cuda"
-    api_version = "2.2"
+    api_version = "2.3"
     package = "octavo-cuda"
     verified = (
         "run on NVIDIA H100 and H200 (kernel tests, conformance suite, CUDA graphs, benchmarks: docs/cuda.md); "

@@ -27,6 +27,8 @@ __all__ = [
     "attend",
     "gelu_tanh_and_mul",
     "linear",
+    "lora_expand",
+    "lora_shrink",
     "make_forward_batch",
     "rms_norm",
     "rms_norm_f32",
@@ -98,6 +100,32 @@ def attend(
         probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
         out[start:end] = torch.einsum("kgls,skd->lkgd", probs, v).flatten(1, 2)
     return out.to(q.dtype)
+
+
+def lora_shrink(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """For `FusedOps.lora_shrink`: token by token, h[t, n] = a[slots[t], n] @ x[t] in float32,
+    rounded to x's dtype (zeros for slot -1); x [T, I], a [S, N, R, I] -> [T, N, R]."""
+    h = torch.zeros(x.shape[0], a.shape[1], a.shape[2], dtype=torch.float32)
+    for t, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            h[t] = a[slot].float().cpu() @ x[t].float().cpu()
+    return h.to(x.dtype)
+
+
+def lora_expand(y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, slice_sizes) -> torch.Tensor:
+    """For `FusedOps.lora_expand`: a copy of y [T, O] where, token by token and slice by slice,
+    d = h[t, n] @ b[slots[t], :, columns of slice n] (b [S, R, O]) in float32 is rounded to y's
+    dtype and added to y's columns, the sum rounded to y's dtype."""
+    out = y.cpu().clone()
+    for t, slot in enumerate(slots.tolist()):
+        if slot < 0:
+            continue
+        start = 0
+        for n, size in enumerate(slice_sizes):
+            d = (h[t, n].float().cpu() @ b[slot, :, start : start + size].float().cpu()).to(y.dtype)
+            out[t, start : start + size] = (out[t, start : start + size].float() + d.float()).to(y.dtype)
+            start += size
+    return out
 
 
 def sample_cdf(logits: torch.Tensor, temperatures: torch.Tensor | None) -> torch.Tensor:

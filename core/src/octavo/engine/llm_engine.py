@@ -11,6 +11,8 @@ from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.engine_args import EngineArgs
 from octavo.loader.source import load_tokenizer
+from octavo.lora import LoRAError, LoRARequest
+from octavo.lora.manager import LoRAManager
 from octavo.multimodal import MultiModalInputError, MultiModalInputs
 from octavo.multimodal.processor import MultiModalProcessor, multimodal_processor
 from octavo.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
@@ -111,6 +113,7 @@ class LLMEngine:
             self.model_config.max_model_len,
             chunked_prefill=sc.chunked_prefill,
             mixed_steps=sc.mixed_steps,
+            max_loras=self.config.lora.max_loras if self.config.lora is not None else None,
         )
 
         self.eos_token_ids = self._eos_ids()
@@ -222,10 +225,17 @@ class LLMEngine:
         raise ValueError(f"a prompt must be a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}")
 
     def add_request(
-        self, request_id: str, prompt: PromptType, params: SamplingParams, arrival_time: float | None = None
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if lora_request is not None:
+            self.add_lora(lora_request)  # read and checked now: an adapter that does not fit is this call's error
         best_of = params.best_of
         assert best_of is not None  # SamplingParams.__post_init__ defaults it to n
         if best_of > params.n and params.output_kind == RequestOutputKind.DELTA:
@@ -279,6 +289,9 @@ class LLMEngine:
                     p.logprobs = 0  # ranking needs each sample's cumulative logprob
             rid = request_id if best_of == 1 else f"{request_id}#{i}"
             req = Request(rid, ids, p, arrival)
+            if lora_request is not None:
+                req.lora_request = lora_request
+                req.cache_salt = lora_request  # its KV differs from the base model's and other adapters'
             if mm is not None and mm.items:  # an image's tokens' KV depends on its content
                 req.mm_items = tuple(mm.items)
                 req.identity_spans = [(it.offset, it.end, it.identity) for it in mm.items]
@@ -302,6 +315,26 @@ class LLMEngine:
                 f"({type(self.runner).__name__}) does not apply grammar bitmasks"
             )
         return self.structured.compile(params.structured_outputs)
+
+    # ---- LoRA adapters (vLLM's names) ------------------------------------------------------------
+    def _lora(self) -> LoRAManager:
+        manager = getattr(self.runner, "lora_manager", None)
+        if manager is None:
+            raise LoRAError("LoRA adapters are not enabled: start the engine with enable_lora=True (--enable-lora)")
+        return manager
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Read and check an adapter into the host cache (LoRAError, a ValueError, where it does not fit)."""
+        self._lora().add(lora_request)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Drop an adapter from the host cache and its device slot; False if it was not loaded."""
+        return self._lora().remove(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        """The ids of the adapters in the host cache."""
+        return {r.lora_int_id for r in self._lora().loaded()}
 
     def abort_request(self, request_ids) -> None:
         if isinstance(request_ids, str):

@@ -10,6 +10,7 @@ import torch
 from octavo import vllm_options
 from octavo.engine import LLMEngine, PromptType
 from octavo.engine_args import EngineArgs
+from octavo.lora.request import LoRARequest
 from octavo.outputs import RequestOutput
 from octavo.pooling.outputs import (
     ClassificationRequestOutput,
@@ -80,10 +81,18 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
+        """`lora_request`: the LoRA adapter of every prompt, or one per prompt (None: the base model)."""
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         prompts = list(prompts)
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            loras = [lora_request] * len(prompts)
+        else:
+            loras = list(lora_request)
+            if len(loras) != len(prompts):
+                raise ValueError(f"got {len(loras)} LoRA requests for {len(prompts)} prompts")
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
@@ -95,11 +104,11 @@ class LLM:
         engine = self.llm_engine
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, lora in zip(prompts, params, loras):
                 p = p.clone()
                 p.output_kind = RequestOutputKind.FINAL_ONLY
                 rid = str(next(self._counter))
-                engine.add_request(rid, prompt, p)
+                engine.add_request(rid, prompt, p, lora_request=lora)
                 ids.append(rid)
         except Exception:
             engine.abort_request(ids)  # a bad prompt must not leave the others queued
@@ -121,15 +130,17 @@ class LLM:
         sampling_params: SamplingParams | None = None,
         use_tqdm: bool = True,
         chat_template: str | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """One conversation (a list of {"role", "content"}) or a list of them."""
+        """One conversation (a list of {"role", "content"}) or a list of them; `lora_request` as
+        in `generate`."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         processor = getattr(self.llm_engine, "mm_processor", None)
         if processor is not None:  # a vision-language model: image parts become its placeholders
             # the template's text carries its special tokens: tokenized without adding more
             chats = [processor.chat_prompt(c, chat_template) for c in convs]
             mm = [processor.process(text, {"image": images}, add_special_tokens=False) for text, images in chats]
-            return self.generate(mm, sampling_params, use_tqdm)
+            return self.generate(mm, sampling_params, use_tqdm, lora_request=lora_request)
         tok = self.llm_engine.tokenizer
         prompts = [
             {
@@ -139,7 +150,7 @@ class LLM:
             }
             for c in convs
         ]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request=lora_request)
 
     # ---- pooling models (runner="pooling") ------------------------------------------------
     def encode(

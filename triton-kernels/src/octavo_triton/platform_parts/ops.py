@@ -36,3 +36,15 @@ class TritonOps(FusedOps):
         from octavo_triton.sampling import sample
 
         return sample(logits, temperatures, u)
+
+    def lora_shrink(self, x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        from octavo_triton.lora import lora_shrink
+
+        return lora_shrink(x, a, slots)
+
+    def lora_expand(
+        self, y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, slice_sizes: tuple[int, ...]
+    ) -> torch.Tensor:
+        from octavo_triton.lora import lora_expand
+
+        return lora_expand(y, h, b, slots, slice_sizes)

@@ -59,6 +59,7 @@ from octavo.entrypoints.openai.protocol import (
 from octavo.entrypoints.openai.serving_chat import OpenAIServingChat, load_chat_template
 from octavo.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from octavo.entrypoints.openai.serving_engine import ClientDisconnected
+from octavo.entrypoints.openai.serving_lora import add_lora_routes, lora_model_cards, lora_modules
 from octavo.entrypoints.openai.serving_pooling import add_pooling_routes
 from octavo.multimodal.media import UrlFetch
 from octavo.pooling.engine import PoolingEngine
@@ -98,6 +99,8 @@ class ServerSettings:
     enable_auto_tool_choice: bool = False
     # vision-language models: fetch http(s) image URLs of chat messages (off: data: URLs only)
     allow_image_urls: bool = False
+    # LoRA adapters served from the start: --lora-modules' values (name=path or JSON)
+    lora_modules: list[str] | None = None
 
     @property
     def api_keys(self) -> list[str]:
@@ -215,6 +218,9 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
         reasoning_parser=getattr(engine.engine, "reasoning_parser", None),
         image_fetch=UrlFetch() if settings.allow_image_urls else None,
     )
+    # LoRA adapters, chosen by a request's model name (serving_lora.py)
+    loras = lora_modules(engine, names, settings.lora_modules)
+    completions.loras = chat.loras = loras
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -295,6 +301,7 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
 
     if isinstance(engine.engine, PoolingEngine):
         add_pooling_routes(app, engine, names, limits, errors)
+    add_lora_routes(app, engine, loras, errors)
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
@@ -307,12 +314,14 @@ def build_app(engine: AsyncLLMEngine, settings: ServerSettings) -> FastAPI:
             )
             for name in settings.served_model_names
         ]
+        cards += lora_model_cards(loras, names[0], settings.created, completions.max_model_len)
         return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.get("/v1/models/{model_id:path}", responses={404: {"model": ErrorResponse}})
     async def retrieve_model(model_id: str) -> JSONResponse:
         completions.model_name(model_id)  # 404 if unknown
-        card = ModelCard(
+        adapters = lora_model_cards(loras, names[0], settings.created, completions.max_model_len)
+        card = next((c for c in adapters if c.id == model_id), None) or ModelCard(
             id=model_id,
             created=settings.created,
             root=settings.model_root or model_id,
@@ -434,6 +443,7 @@ def serve_options(args: argparse.Namespace) -> tuple[AsyncEngineArgs, ServerSett
         tool_call_parser=args.tool_call_parser,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         allow_image_urls=args.allow_image_urls,
+        lora_modules=args.lora_modules,
     )
     if settings.enable_auto_tool_choice and settings.tool_call_parser is None:
         raise ValueError(

@@ -53,6 +53,15 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="let the model decide when to call tools (tool_choice 'auto'; needs --tool-call-parser)",
     )
     g.add_argument(
+        "--lora-modules",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="NAME=PATH",
+        help="LoRA adapters (PEFT folders) served as models of these names (needs --enable-lora; vLLM's JSON "
+        'form {"name": ..., "path": ...} too); runtime loading: docs/lora.md',
+    )
+    g.add_argument(
         "--max-waiting-requests",
         type=int,
         default=DEFAULT_MAX_WAITING_REQUESTS,

@@ -201,7 +201,7 @@ class OpenAIServingChat(OpenAIServing):
                 params.skip_special_tokens = keep
         await compile_constraint(self.engine, req, params)
         request_id = req.request_id or random_id("chatcmpl")
-        streams = await self.submit_all(request_id, [(prompt, params)])
+        streams = await self.submit_all(request_id, [(prompt, params)], self.lora_for(model))
         echo = ""
         if req.echo and req.messages[-1].role == ROLE:
             echo = req.messages[-1].text()

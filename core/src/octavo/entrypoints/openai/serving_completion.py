@@ -48,9 +48,11 @@ class OpenAIServingCompletion(OpenAIServing):
         await compile_constraint(self.engine, req, submissions[0][1])
         request_id = req.request_id or random_id("cmpl")
         n = req.n
+        if req.use_beam_search and self.lora_for(model) is not None:
+            raise BadRequestError("beam search does not run LoRA adapters yet", param="use_beam_search")
         if req.use_beam_search:
             return await cancel_on_disconnect(raw, self._beam_search(req, request_id, model, prompts, submissions))
-        streams = await self.submit_all(request_id, submissions)
+        streams = await self.submit_all(request_id, submissions, self.lora_for(model))
         if req.stream:
             return EventStreamResponse(self._stream(req, request_id, model, prompts, streams, n), streams)
         try:

@@ -22,6 +22,8 @@ from octavo.entrypoints.openai.errors import (
     ServiceUnavailableError,
 )
 from octavo.entrypoints.openai.limits import RequestLimits, prompt_byte_bound
+from octavo.lora.registry import LoRAModules
+from octavo.lora.request import LoRARequest
 from octavo.multimodal import MultiModalInputs
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.sampling_params import SamplingParams
@@ -52,15 +54,22 @@ class OpenAIServing:
         # what a request leaves unset: the model's generation_config.json (--generation-config)
         generation = getattr(engine.model_config, "generation", None)
         self.default_sampling: dict[str, Any] = dict(generation.sampling) if generation is not None else {}
+        # LoRA adapters served as models of their own (serving_lora.py); None without --enable-lora
+        self.loras: LoRAModules | None = None
 
     # ---- checks ------------------------------------------------------------------------
     def model_name(self, requested: str | None) -> str:
         """The name to answer with; 404 for a model this server does not serve."""
         if requested is None or requested == "":
             return self.served_model_names[0]
-        if requested not in self.served_model_names:
-            raise ModelNotFoundError(requested, self.served_model_names)
+        if requested not in self.served_model_names and (self.loras is None or requested not in self.loras):
+            adapters = list(self.loras.adapters) if self.loras is not None else []
+            raise ModelNotFoundError(requested, self.served_model_names + adapters)
         return requested
+
+    def lora_for(self, model: str) -> LoRARequest | None:
+        """The adapter a request's (checked) model name chooses; None for the base model."""
+        return self.loras.get(model) if self.loras is not None else None
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
@@ -144,7 +153,11 @@ class OpenAIServing:
 
     # ---- submission --------------------------------------------------------------------
     async def submit(
-        self, request_id: str, prompt_token_ids: list[int] | MultiModalInputs, params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: list[int] | MultiModalInputs,
+        params: SamplingParams,
+        lora: LoRARequest | None = None,
     ) -> RequestStream:
         """Hand a request to the engine (token ids, or a prompt with images already processed);
         engine-side rejections become OpenAI errors."""
@@ -152,7 +165,7 @@ class OpenAIServing:
             prompt = prompt_token_ids
             if not isinstance(prompt, MultiModalInputs):
                 prompt = {"prompt_token_ids": prompt_token_ids}
-            return await self.engine.add_request(request_id, prompt, params)
+            return await self.engine.add_request(request_id, prompt, params, lora_request=lora)
         except QueueFullError as e:
             if self.metrics is not None:
                 self.metrics.rejected.inc()
@@ -165,15 +178,15 @@ class OpenAIServing:
             raise InternalServerError(str(e)) from None
 
     async def submit_all(
-        self, request_id: str, requests: list[tuple[list[int], SamplingParams]]
+        self, request_id: str, requests: list[tuple[list[int], SamplingParams]], lora: LoRARequest | None = None
     ) -> list[RequestStream]:
-        """Submit one request per prompt; if any is refused, abort those already accepted."""
+        """Submit one request per prompt (with `lora`'s adapter); if any is refused, abort those already accepted."""
         if len(requests) == 1:
-            return [await self.submit(request_id, *requests[0])]
+            return [await self.submit(request_id, *requests[0], lora)]
         streams: list[RequestStream] = []
         try:
             for i, (ids, params) in enumerate(requests):
-                streams.append(await self.submit(f"{request_id}-{i}", ids, params))
+                streams.append(await self.submit(f"{request_id}-{i}", ids, params, lora))
         except BaseException:
             for s in streams:
                 s.abort()
