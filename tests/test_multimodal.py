@@ -99,7 +99,7 @@ def test_scheduler_runs_a_prompt_through_its_images_under_the_encoder_budget():
 def test_greedy_matches_transformers_with_images_batched_and_chunked(root, arch, monkeypatch):
     path = make_tiny_vlm(arch, root)
     p = PLACEHOLDER[arch]
-    imgs = [image(40, 30, 1), image(28, 60, 2), image(90, 50, 3), image(120, 84, 4)]
+    imgs = [image(40, 20, 1), image(28, 60, 2), image(90, 50, 3), image(120, 84, 4)]
     cases = [
         (f"USER: {p}\nWhat is in the picture? ASSISTANT:", imgs[:1]),
         (f"Compare {p} with {p} in one word", imgs[1:3]),

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 from tiny_models import smollm2_tokenizer
 
-VLM_ARCHS = ("llava", "qwen2_vl", "qwen2_5_vl")
+VLM_ARCHS = ("llava", "llava_siglip", "llava_next", "qwen2_vl", "qwen2_5_vl")
 QWEN_IMAGE_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
 #: the text of one image in a prompt
 PLACEHOLDER = {"llava": "<image>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>"}
+PLACEHOLDER["llava_siglip"] = PLACEHOLDER["llava_next"] = PLACEHOLDER["llava"]
+#: LLaVA-NeXT's canvases (height, width): images cut into 1x2, 2x1 or 2x2 tiles of 28x28
+PINPOINTS = [[28, 56], [56, 28], [56, 56]]
 PLACEHOLDER["qwen2_5_vl"] = PLACEHOLDER["qwen2_vl"]
 
 
@@ -56,35 +59,46 @@ def make_tiny_vlm(arch: str, root: str) -> str:
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
     )
 
     path = os.path.join(root, arch)
     tok = smollm2_tokenizer()
     torch.manual_seed(VLM_ARCHS.index(arch))
-    if arch == "llava":  # CLIP tower: 28x28 images, 7x7 patches -> 16 tokens per image
+    if arch.startswith("llava"):  # 28x28 images, 7x7 patches -> 16 tokens per image
         tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-        vision = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=28,
-            patch_size=7,
-        )
-        cfg = LlavaConfig(
+        tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)
+        tower.update(image_size=28, patch_size=7)
+        if arch in ("llava", "llava_next"):  # CLIP: the class token dropped, the second-to-last layer's features
+            vision, layer, strategy = CLIPVisionConfig(**tower), -2, "default"
+            processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+        else:  # SigLIP (LLaVA-Interleave): no class token, the last layer's features, all of them
+            vision, layer, strategy = SiglipVisionConfig(**tower), -1, "full"
+            processor = SiglipImageProcessor(size={"height": 28, "width": 28})
+        common = dict(
             vision_config=vision,
             text_config=LlamaConfig(**_text_config(len(tok))),
             image_token_index=tok.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-2,
+            vision_feature_layer=layer,
+            vision_feature_select_strategy=strategy,
             projector_hidden_act="gelu",
         )
-        model = LlavaForConditionalGeneration(cfg)
-        processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+        if arch == "llava_next":  # anyres: the whole image and its tiles on the best canvas
+            model = LlavaNextForConditionalGeneration(LlavaNextConfig(**common, image_grid_pinpoints=PINPOINTS))
+            processor = LlavaNextImageProcessor(
+                size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=PINPOINTS
+            )
+        else:
+            model = LlavaForConditionalGeneration(LlavaConfig(**common))
     else:  # 14x14 patches at the image's own resolution, 2x2 merged, 4 to 36 tokens per image
         tok.add_special_tokens({"additional_special_tokens": QWEN_IMAGE_TOKENS})
         start, pad, end, video = tok.convert_tokens_to_ids(QWEN_IMAGE_TOKENS)
@@ -110,7 +124,7 @@ def make_tiny_vlm(arch: str, root: str) -> str:
         processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 36)
     with torch.no_grad():  # wide weights everywhere, norms spread around 1
         for name, p in model.named_parameters():
-            if "norm" in name or "ln_" in name:
+            if "norm" in name or "ln_" in name or "newline" in name:
                 p.uniform_(0.5, 1.5) if name.endswith("weight") else p.normal_(0, 0.1)
             elif "visual" in name or "vision" in name or "projector" in name:
                 p.normal_(0, p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)  # unit-scale activations
@@ -151,7 +165,21 @@ def hf_generate(path: str, prompt: str, images: list, max_new_tokens: int) -> li
     ids = tok.encode(prompt)
     kw = {}
     image_token = model.config.image_token_id
-    if images:
+    if images and model.config.model_type == "llava_next":  # its own processor counts the tokens
+        from transformers import LlavaNextProcessor
+
+        processor = LlavaNextProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(path),
+            tokenizer=tok,
+            patch_size=model.config.vision_config.patch_size,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+            num_additional_image_tokens=1,
+            image_token="<image>",
+        )
+        x = processor(text=[prompt], images=images, return_tensors="pt")
+        ids = x["input_ids"][0].tolist()
+        kw = dict(pixel_values=x["pixel_values"], image_sizes=x["image_sizes"])
+    elif images:
         x = AutoImageProcessor.from_pretrained(path)(images=images, return_tensors="pt")
         if "image_grid_thw" in x:  # Qwen2-VL: a token per 2x2 patches of the image's grid
             kw = dict(pixel_values=x["pixel_values"], image_grid_thw=x["image_grid_thw"])

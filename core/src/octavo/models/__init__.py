@@ -10,6 +10,7 @@ _REGISTRY = {
     "GraniteForCausalLM": ("octavo.models.granite", "GraniteForCausalLM"),
     "LlamaForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
     "LlavaForConditionalGeneration": ("octavo.models.llava", "LlavaForConditionalGeneration"),
+    "LlavaNextForConditionalGeneration": ("octavo.models.llava", "LlavaNextForConditionalGeneration"),
     "MistralForCausalLM": ("octavo.models.llama", "LlamaForCausalLM"),
     "MixtralForCausalLM": ("octavo.models.mixtral", "MixtralForCausalLM"),
     "Olmo2ForCausalLM": ("octavo.models.olmo2", "Olmo2ForCausalLM"),

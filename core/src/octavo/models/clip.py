@@ -1,7 +1,8 @@
-"""CLIP's vision transformer (LLaVA's vision tower), up to the layer whose features the
-language model reads: pre-norm blocks of bidirectional attention over one image's patches
-and its class token. Images attend within themselves only, so a batch of images is one
-[N, patches + 1, hidden] tensor and torch's scaled_dot_product_attention.
+"""CLIP's and SigLIP's vision transformers (LLaVA's vision towers), up to the layer whose
+features the language model reads: pre-norm blocks of bidirectional attention over one image's
+patches (CLIP: and its class token, and a LayerNorm before the first block). Images attend
+within themselves only, so a batch of images is one [N, tokens, hidden] tensor and torch's
+scaled_dot_product_attention.
 
 Parameter names are the checkpoint's (`embeddings.patch_embedding.weight`, `encoder.layers.3
 .mlp.fc1.bias`, ...): `load_weights` copies by name.
@@ -72,12 +73,13 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEmbeddings(nn.Module):
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, class_token: bool) -> None:
         super().__init__()
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
-        num_positions = (cfg.image_size // cfg.patch_size) ** 2 + 1  # the patches and the class token
-        self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size), requires_grad=False)
-        self.patch_embedding = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=False)
+        num_positions = (cfg.image_size // cfg.patch_size) ** 2 + class_token  # the patches (and the class token)
+        self.class_embedding = nn.Parameter(torch.empty(cfg.hidden_size), requires_grad=False) if class_token else None
+        # SigLIP's patch projection has a bias, CLIP's none
+        self.patch_embedding = nn.Conv2d(3, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=not class_token)
         self.position_embedding = nn.Embedding(num_positions, cfg.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -86,36 +88,47 @@ class CLIPEmbeddings(nn.Module):
                 f"the vision tower takes {self.image_size}x{self.image_size} images, got "
                 f"{tuple(pixel_values.shape[-2:])}: the checkpoint's processor resizes them"
             )
-        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # [N, patches, hidden]
-        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+        x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # [N, patches, hidden]
+        if self.class_embedding is not None:
+            x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        return x + self.position_embedding.weight
+
+
+#: the vision configs' model_type -> whether the tower has CLIP's class token and first LayerNorm
+TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
 
 
 class CLIPVisionTower(nn.Module):
     """Hidden states after the first `num_layers` encoder layers (no post-norm): what
-    transformers' CLIPVisionModel returns as hidden_states[num_layers]."""
+    transformers' CLIPVisionModel / SiglipVisionModel return as hidden_states[num_layers]."""
 
     def __init__(self, cfg, num_layers: int) -> None:
         super().__init__()
+        if cfg.model_type not in TOWERS:
+            raise ValueError(f"vision tower {cfg.model_type!r} is not supported; supported: {', '.join(TOWERS)}")
         if not 0 <= num_layers <= cfg.num_hidden_layers:
             raise ValueError(f"the vision tower has {cfg.num_hidden_layers} layers, {num_layers} asked for")
-        self.embeddings = CLIPEmbeddings(cfg)
-        self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # sic: the checkpoint's name
+        self.class_token = TOWERS[cfg.model_type]
+        self.embeddings = CLIPEmbeddings(cfg, self.class_token)
+        if self.class_token:
+            self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # sic: the checkpoint's name
         self.encoder = nn.Module()
         self.encoder.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(num_layers))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.pre_layrnorm(self.embeddings(pixel_values))
+        x = self.embeddings(pixel_values)
+        if self.class_token:
+            x = self.pre_layrnorm(x)
         for layer in self.encoder.layers:
             x = layer(x)
         return x
 
     def weight_name(self, name: str) -> str | None:
         """A checkpoint name (after `vision_tower.`) as this tower's parameter, or None for
-        weights it does not use (layers past num_layers, the post-norm)."""
+        weights it does not use (layers past num_layers, the post-norm, SigLIP's pooling head)."""
         name = name.removeprefix("vision_model.")
         parts = name.split(".")
-        if parts[0] == "post_layernorm":
+        if parts[0] in ("post_layernorm", "head"):
             return None
         if parts[:2] == ["encoder", "layers"] and int(parts[2]) >= len(self.encoder.layers):
             return None

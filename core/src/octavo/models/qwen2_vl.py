@@ -270,7 +270,7 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
         return "".join(tokenizer.convert_ids_to_tokens(ids))
 
     @staticmethod
-    def split_images(outputs, n: int) -> list[dict]:
+    def split_images(outputs, n: int, hf_config) -> list[dict]:
         grids = outputs["image_grid_thw"]
         pixels = outputs["pixel_values"].split([int(g.prod()) for g in grids])
         return [{"pixel_values": pixels[i], "image_grid_thw": grids[i : i + 1]} for i in range(n)]

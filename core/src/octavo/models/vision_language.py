@@ -30,6 +30,8 @@ class VisionLanguageModel(nn.Module):
         self.platform = platform
         self.config = hf_config
         text = hf_config.get_text_config()
+        if getattr(text, "tie_word_embeddings", None) is None:  # Qwen2-VL keeps it on the outer config
+            text.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.language_model = self.language_model_class(text)(platform, text, max_positions)
 
     @staticmethod

@@ -66,7 +66,8 @@ class MultiModalProcessor:
             )
         if not images:
             return MultiModalInputs(ids, [], prompt)
-        datas = self.model_cls.split_images(self.image_processor(images=images, return_tensors="pt"), len(images))
+        outputs = self.image_processor(images=images, return_tensors="pt")
+        datas = self.model_cls.split_images(outputs, len(images), self.hf_config)
         expanded: list[int] = []
         items = []
         last = 0
