@@ -17,7 +17,7 @@ enum AttnKernel : int {
   kAttnRows = 1,  // the per-row kernel everywhere: the portable path, kept as a baseline
 };
 
-// Paged varlen causal GQA attention, the semantics of octavo.platform.interface:
+// Paged varlen GQA attention (causal, or not for encoders), the semantics of octavo.platform.interface:
 // request i owns query rows query_start_loc[i]..query_start_loc[i+1] and attends to the
 // seq_lens[i] positions of context stored through block_tables[i].
 struct AttnArgs {
@@ -35,6 +35,7 @@ struct AttnArgs {
   int num_heads, num_kv_heads, head_dim, block_size;
   float scale;
   int sliding_window;  // <= 0: none
+  int causal;  // 1: a query sees positions up to its own; 0: its request's whole context (encoders)
   int q_dtype, kv_dtype;
   int q_tile;  // query tokens of one request handled together (prefill)
   int num_threads;

@@ -73,11 +73,12 @@ struct PartialSlots {
 using AttnKernelFn = void (*)(const AttnArgs&, const AttnUnit&, char* ws, const PartialSlots&);
 
 // Row r of a unit is token q0 + r / G, query head kvh * G + r % G. It sees positions
-// lo..hi: hi is the token's own position (causal), lo the start of its sliding window.
+// lo..hi: hi is the token's own position (causal) or the context's last (not causal), lo the
+// start of its sliding window (causal layers only: callers refuse a window without causality).
 static inline void row_span(const AttnArgs& a, int seq, int q0, int r, int G, int* lo, int* hi) {
   const int q_len = a.query_start_loc[seq + 1] - a.query_start_loc[seq];
   const int h = a.seq_lens[seq] - q_len + q0 + r / G;
-  *hi = h;
+  *hi = a.causal ? h : a.seq_lens[seq] - 1;
   *lo = (a.sliding_window > 0 && h - a.sliding_window + 1 > 0) ? h - a.sliding_window + 1 : 0;
 }
 
@@ -269,6 +270,7 @@ static AttnKernelFn pick_kernel(const AttnArgs& a) {
 #ifdef __AVX512F__
   if (a.kernel != kAttnRows) {
     switch (a.head_dim) {
+      case 32: return &blocked::attend_blocked<32, TQ, TKV>;  // MiniLM-shaped encoders
       case 64: return &blocked::attend_blocked<64, TQ, TKV>;
       case 96: return &blocked::attend_blocked<96, TQ, TKV>;
       case 128: return &blocked::attend_blocked<128, TQ, TKV>;

@@ -294,6 +294,7 @@ void decode_step(const DecodeStep& d) {
     a.num_heads = d.num_heads;
     a.scale = d.scale;
     a.sliding_window = (int)p[kWindow];
+    a.causal = 1;
     a.q_tile = 16;  // _native.paged_attention's default (decode rows: one token per request)
     a.num_threads = d.num_threads;
     a.kv_splits = 0;
@@ -348,7 +349,7 @@ PYBIND11_MODULE(_C, m) {
          int64_t kv_stride_tok, int64_t kv_stride_head, int kv_dtype, uintptr_t block_tables,
          int64_t bt_stride, uintptr_t seq_lens, uintptr_t query_start_loc, int first_seq, int num_seqs,
          int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
-         int q_tile, int num_threads, int kv_splits, int kernel) {
+         int q_tile, int num_threads, int kv_splits, int kernel, int causal) {
         AttnArgs a{};
         a.out = ptr<void>(out);
         a.o_stride_t = o_stride_t;
@@ -375,6 +376,7 @@ PYBIND11_MODULE(_C, m) {
         a.block_size = block_size;
         a.scale = scale;
         a.sliding_window = sliding_window;
+        a.causal = causal;
         a.q_tile = q_tile;
         a.num_threads = num_threads;
         a.kv_splits = kv_splits;
@@ -382,7 +384,7 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release nogil;
         OCTAVO_DISPATCH(paged_attention, a);
       },
-      "Paged varlen causal GQA attention over block tables (see kernels.h)");
+      "Paged varlen GQA attention over block tables, causal or not (see kernels.h)");
 
   m.def(
       "write_kv",

@@ -88,6 +88,34 @@ def test_paged_attention(isa, head_dim, heads, block_size, dtype, kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("heads", [(12, 12), (8, 2)], ids=["bert", "gqa4"])
+@pytest.mark.parametrize("kv_splits", [0, 3])
+def test_paged_attention_not_causal(isa, heads, dtype, kernel, kv_splits):
+    """Encoders: every query sees its request's whole context (whole prompts, as the pooling
+    engine schedules them, and chunks behind a context)."""
+    seqs = [(1, 1), (40, 40), (75, 75), (130, 130), (64, 3), (97, 97)]
+    q, kv, meta = _batch(seqs, 16, *heads, 32 if heads[0] == 12 else 64, dtype, seed=3)
+    out = torch.full_like(q, float("nan"))
+    scale = q.shape[-1] ** -0.5
+    _native.paged_attention(
+        out,
+        q,
+        kv,
+        meta.block_tables,
+        meta.seq_lens,
+        meta.query_start_loc,
+        scale,
+        q_tile=8,
+        kernel=kernel,
+        kv_splits=kv_splits,
+        causal=False,
+    )
+    want = ref.attend(q.float(), kv.float(), meta, scale, causal=False)
+    torch.testing.assert_close(out.float(), want, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("window", [1, 5, 16, 40, 1000])
 def test_paged_attention_sliding_window(isa, window, dtype, kernel):
     q, kv, meta = _batch(RAGGED, 16, 8, 2, 64, dtype, seed=1)
@@ -101,7 +129,7 @@ def test_paged_attention_sliding_window(isa, window, dtype, kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("q_tile", [1, 3, 16, 64])
-@pytest.mark.parametrize("head_dim", [80, 96, 256])  # tails of the vector loops; 96 and 256 run blocked
+@pytest.mark.parametrize("head_dim", [32, 80, 96, 256])  # tails of the vector loops; 32, 96 and 256 run blocked
 def test_paged_attention_tiles_and_odd_head_dims(isa, q_tile, head_dim, kernel):
     q, kv, meta = _batch(RAGGED, 16, 6, 2, head_dim, torch.float32, seed=2)
     out = torch.empty_like(q)

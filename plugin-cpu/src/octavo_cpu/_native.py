@@ -110,6 +110,7 @@ def paged_attention(
     q_tile: int = 16,
     kv_splits: int = 0,
     kernel: str | None = None,
+    causal: bool = True,
 ) -> torch.Tensor:
     """Attention of requests first_seq..first_seq+num_seqs-1 of a flat batch into `out`.
 
@@ -119,8 +120,10 @@ def paged_attention(
     `q_tile` query tokens of one request share a pass over its KV (prefill only).
     `kv_splits` > 0 splits every (tile, KV head) item's keys that many ways, merged after
     (tests); 0 splits only when there are too few items for the threads. `kernel`: "auto"
-    or "rows" (None: `ATTENTION_KERNEL`).
+    or "rows" (None: `ATTENTION_KERNEL`). `causal` False: every query of a request sees its
+    whole context (encoders; no sliding window then).
     """
+    assert causal or not sliding_window, "a sliding window needs causal attention"
     assert q.dtype == out.dtype and q.shape == out.shape and q.dim() == 3
     assert q.device.type == out.device.type == kv_cache.device.type == "cpu"
     assert q.stride(-1) == 1 and out.stride(-1) == 1 and kv_cache.stride(-1) == 1
@@ -157,6 +160,7 @@ def paged_attention(
         torch.get_num_threads(),
         kv_splits,
         _ATTN_KERNELS[kernel or ATTENTION_KERNEL],
+        int(causal),
     )
     return out
 

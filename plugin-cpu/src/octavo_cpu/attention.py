@@ -13,8 +13,9 @@ whenever q and the cache are float32 or bfloat16:
   before the blocked kernel, so no row kind stays on it.)
 * write_kv: a native scatter into the slots.
 
-The kernels are causal only: non-causal layers (encoders: BERT, XLM-R) run on
-`_bidirectional`, a torch path (SDPA over each request's whole context). Layers with
+The kernels take non-causal layers too (encoders: BERT, XLM-R: every query sees its
+request's whole context); without them those run on `_bidirectional`, a torch path
+(explicit scores over each request's whole context). Layers with
 attention logit soft-capping (Gemma 2) run on `_soft_capped`, a torch path that scores,
 caps, masks and normalizes explicitly (SDPA has no cap): correct, not fast.
 
@@ -84,13 +85,14 @@ class CpuAttention(AttentionBackend):
         kv_cache[1, blocks, offsets] = v.to(kv_cache.dtype)
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardBatch, layer: AttentionSpec) -> torch.Tensor:
-        if not layer.causal:
-            return self._bidirectional(q, kv_cache, meta, layer)
         scale, window = layer.scale, layer.sliding_window
         if layer.logits_soft_cap is not None:
             return self._soft_capped(q, kv_cache, meta, layer)
+        native = self._native_ok(q, kv_cache)
+        if not layer.causal and not (native and window is None):
+            return self._bidirectional(q, kv_cache, meta, layer)
         out = torch.empty_like(q)
-        if self._native_ok(q, kv_cache):
+        if native:
             if q.stride(-1) != 1:
                 q = q.contiguous()
             # decodes and prefills in one call: the kernel tiles each prefill's queries
@@ -104,6 +106,7 @@ class CpuAttention(AttentionBackend):
                 scale,
                 window,
                 num_seqs=meta.num_reqs,
+                causal=layer.causal,
             )
             return out
         qsl = meta.query_start_loc_cpu
@@ -147,7 +150,8 @@ class CpuAttention(AttentionBackend):
     ) -> torch.Tensor:
         qsl = meta.query_start_loc_cpu
         whole = all(qsl[i + 1] - qsl[i] == n for i, n in enumerate(meta.seq_lens_cpu))
-        if layer.causal or not whole:
+        if layer.causal or not whole or self._native_ok(q, kv_cache):
+            # the native kernels take encoders too (not causal): store and attend natively
             self.write_kv(k, v, kv_cache, meta)
             return self.attend(q, kv_cache, meta, layer)
         # An encoder's step holds each prompt whole (the pooling engine schedules them so): its

@@ -376,6 +376,7 @@ void test_attention(const Isa& isa) {
       a.q_tile = 2;
       a.num_threads = 2;
       a.kernel = kAttnAuto;
+      a.causal = 1;
       isa.paged_attention(a);
       check("paged_attention", isa, std::string(dname(dtype)) + " D" + std::to_string(D), out, want, tol(dtype),
             tol(dtype));
