@@ -119,6 +119,21 @@ def test_greedy_matches_transformers_with_images_batched_and_chunked(root, arch,
     assert not runner.encoder_cache.outputs  # nothing kept once the prompts are computed
 
 
+def test_preempted_requests_encode_their_images_again_and_keep_nothing(root):
+    path = make_tiny_vlm("llava_next", root)  # 16 to 88 tokens per image
+    cases = [
+        (f"<image> one {i} " * (1 + i % 2) + "end", [image(30 + 17 * i, 60 - 7 * i, 50 + i)] * (1 + i % 2))
+        for i in range(4)
+    ]
+    llm = _llm(path, num_gpu_blocks_override=16, block_size=16, max_num_batched_tokens=40)
+    prompts = [{"prompt": t, "multi_modal_data": {"image": im}} for t, im in cases]
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, _greedy(), use_tqdm=False)]
+    engine = llm.llm_engine
+    assert engine.scheduler.num_preemptions > 0  # the cache holds 192 tokens: requests take turns
+    assert got == [hf_generate(path, t, im, MAX_TOKENS) for t, im in cases]
+    assert not engine.runner.encoder_cache.outputs and not engine.scheduler.encoder.encoded
+
+
 # ---- prefix caching ------------------------------------------------------------------------------
 def test_prefix_cache_keys_image_tokens_by_the_image(root):
     path = make_tiny_vlm("llava", root)
