@@ -17,7 +17,8 @@ The kernels take non-causal layers too (encoders: BERT, XLM-R: every query sees 
 request's whole context); without them those run on `_bidirectional`, a torch path
 (explicit scores over each request's whole context). Layers with
 attention logit soft-capping (Gemma 2) run on `_soft_capped`, a torch path that scores,
-caps, masks and normalizes explicitly (SDPA has no cap): correct, not fast.
+caps, masks and normalizes explicitly (SDPA has no cap): correct, not fast. Latent layers
+(DeepSeek's MLA) have their own cache layout and kernels: octavo_cpu.mla.
 
 The torch path below stays for what the native kernels do not cover: float16 (or any
 other dtype), and a build without the extension (e.g. a source checkout never
@@ -33,11 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from octavo.platform import AttentionBackend, AttentionSpec, Device, ForwardBatch, KVCacheSpec
-from octavo_cpu import _native
+from octavo_cpu import _native, mla
 
 
 class CpuAttention(AttentionBackend):
     supports_logits_soft_cap = True  # through `_soft_capped` (torch)
+    supports_mla = True  # through octavo_cpu.mla (torch)
 
     def __init__(self, device: Device, use_native: bool | None = None) -> None:
         super().__init__(device)
@@ -50,6 +52,8 @@ class CpuAttention(AttentionBackend):
             )
 
     def allocate(self, layer: AttentionSpec, spec: KVCacheSpec, num_blocks: int) -> torch.Tensor:
+        if layer.latent_dim is not None:
+            return mla.allocate(spec, layer, num_blocks)
         # calloc-backed (numpy's zeros): the OS maps zero pages on first touch, so start-up
         # writes no gigabytes of zeros and resident memory grows only as the cache fills.
         # Stored head-major, [num_blocks, num_kv_heads, 2, block_size, head_dim], and handed out
@@ -83,6 +87,14 @@ class CpuAttention(AttentionBackend):
         blocks, offsets = slots // block_size, slots % block_size
         kv_cache[0, blocks, offsets] = k.to(kv_cache.dtype)
         kv_cache[1, blocks, offsets] = v.to(kv_cache.dtype)
+
+    def write_latent(self, entry: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardBatch) -> None:
+        mla.write_latent(entry, kv_cache, meta.slot_mapping)
+
+    def attend_latent(
+        self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardBatch, layer: AttentionSpec
+    ) -> torch.Tensor:
+        return mla.attend_latent(q, kv_cache, meta, layer)
 
     def attend(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: ForwardBatch, layer: AttentionSpec) -> torch.Tensor:
         scale, window = layer.scale, layer.sliding_window

@@ -30,7 +30,7 @@ from octavo_cpu.runner import CpuModelRunner
 
 class CpuPlatform(Platform):
     name = "cpu"
-    api_version = "2.0"
+    api_version = "2.3"
     package = "octavo-cpu"
     device_cls = CpuDevice
     attention_cls = CpuAttention

@@ -25,6 +25,7 @@ __all__ = [
     "ReferencePlatform",
     "apply_token_bitmask",
     "attend",
+    "attend_latent",
     "gelu_tanh_and_mul",
     "linear",
     "lora_expand",
@@ -36,6 +37,7 @@ __all__ = [
     "sample_cdf",
     "silu_and_mul",
     "write_kv",
+    "write_latent",
 ]
 
 
@@ -102,6 +104,34 @@ def attend(
     return out.to(q.dtype)
 
 
+def write_latent(entry: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store token t's latent entry ([T, head_dim]) at slot `slot_mapping[t]` of a
+    [num_blocks, block_size, head_dim] cache; slot -1 is padding."""
+    block_size = kv_cache.shape[1]
+    for t, slot in enumerate(slot_mapping.tolist()):
+        if slot >= 0:
+            block, offset = divmod(slot, block_size)
+            kv_cache[block, offset] = entry[t].to(kv_cache.dtype)
+
+
+def attend_latent(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: ForwardBatch,
+    scale: float,
+    latent_dim: int,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Multi-head latent attention over a [num_blocks, block_size, head_dim] cache, causal:
+    q [T, num_heads, head_dim] -> [T, num_heads, latent_dim]. Every head scores against the
+    whole cached entry of each visible position (latent and rotary key) and sums the entries'
+    first `latent_dim` features (the latent) with those weights; positions as in `attend`."""
+    # the entry is the one key and value head of multi-query attention; the values are its latent part
+    entries = kv_cache.unsqueeze(0).expand(2, *kv_cache.shape).unsqueeze(3)
+    out = attend(q, entries, meta, scale, sliding_window)
+    return out[..., :latent_dim]
+
+
 def lora_shrink(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """For `FusedOps.lora_shrink`: token by token, h[t, n] = a[slots[t], n] @ x[t] in float32,
     rounded to x's dtype (zeros for slot -1); x [T, I], a [S, N, R, I] -> [T, N, R]."""
@@ -163,12 +193,20 @@ class ReferenceAttention(AttentionBackend):
     """The default KV layout and the reference attention, for any block and head size."""
 
     supports_logits_soft_cap = True
+    supports_mla = True
 
     def write_kv(self, k, v, kv_cache, meta) -> None:
         write_kv(k, v, kv_cache, meta.slot_mapping)
 
     def attend(self, q, kv_cache, meta, layer: AttentionSpec):
         return attend(q, kv_cache, meta, layer.scale, layer.sliding_window, layer.causal, layer.logits_soft_cap)
+
+    def write_latent(self, entry, kv_cache, meta) -> None:
+        write_latent(entry, kv_cache, meta.slot_mapping)
+
+    def attend_latent(self, q, kv_cache, meta, layer: AttentionSpec):
+        assert layer.latent_dim is not None, "attend_latent serves latent layers only"
+        return attend_latent(q, kv_cache, meta, layer.scale, layer.latent_dim, layer.sliding_window)
 
 
 class ReferenceLinearMethod(LinearMethod):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 
 _REGISTRY = {
+    "DeepseekV2ForCausalLM": ("octavo.models.deepseek_v2", "DeepseekV2ForCausalLM"),
+    "DeepseekV3ForCausalLM": ("octavo.models.deepseek_v2", "DeepseekV3ForCausalLM"),
     "Gemma2ForCausalLM": ("octavo.models.gemma2", "Gemma2ForCausalLM"),
     "Gemma3ForCausalLM": ("octavo.models.gemma3", "Gemma3ForCausalLM"),
     "GraniteForCausalLM": ("octavo.models.granite", "GraniteForCausalLM"),
@@ -36,6 +38,8 @@ _REGISTRY = {
     "XLMRobertaForSequenceClassification": ("octavo.models.bert", "XLMRobertaForSequenceClassification"),
 }
 _MODEL_TYPES = {
+    "deepseek_v2": "DeepseekV2ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "granite": "GraniteForCausalLM",

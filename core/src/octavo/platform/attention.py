@@ -22,6 +22,15 @@ What core hands it, and what a kernel author must get right:
 * GQA: query head h reads KV head `h // (num_heads // num_kv_heads)`.
 * A prefill, a prefill chunk and a decode are the same call with different q_len; one call
   serves any mix. The back end may order its work as it likes (`build_metadata`).
+* Latent layers (multi-head latent attention, DeepSeek's MLA; since 2.3): the layer caches one
+  entry of `head_dim` features per token, shared by all its heads (`num_kv_heads` 1), not
+  per-head keys and values: the compressed latent (its first `latent_dim` features) and the
+  rotary key (the rest). The model folds the per-head projections into q and the output, so
+  the back end runs multi-query attention in which a token's key is its whole entry and its
+  value the entry's first `latent_dim` features: `write_latent` stores entries, `attend_latent`
+  returns [T, num_heads, latent_dim]. Masking and scale as above. A back end that serves them
+  sets `supports_mla`; the default cache layout of such a layer is
+  `[num_blocks, block_size, head_dim]`.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ class AttentionSpec:
     sliding_window: int | None = None
     causal: bool = True
     logits_soft_cap: float | None = None  # c: scores -> c * tanh(scores / c) (since 2.1)
+    #: a latent (MLA) layer: its entry's first latent_dim features are the values (since 2.3)
+    latent_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,8 @@ class AttentionBackend:
     supported_head_sizes: tuple[int, ...] | None = None
     #: the kernels cap scores as `AttentionSpec.logits_soft_cap` says (since 2.1; opt in)
     supports_logits_soft_cap: bool = False
+    #: `write_latent` and `attend_latent` serve latent (MLA) layers (since 2.3; opt in)
+    supports_mla: bool = False
 
     def __init__(self, device: Device) -> None:
         self.device = device
@@ -112,11 +125,15 @@ class AttentionBackend:
                 f"attention logit soft-capping (Gemma 2's, at {layer.logits_soft_cap}) is not implemented by "
                 f"{type(self).__name__}"
             )
+        if layer.latent_dim is not None and not self.supports_mla:
+            return f"multi-head latent attention (DeepSeek's MLA) is not implemented by {type(self).__name__}"
         return None
 
     def kv_cache_spec(self, layer: AttentionSpec, dtype: torch.dtype, block_size: int) -> KVCacheSpec:
         """The cost of one block of this layer's cache in this back end's layout."""
         elem = torch.empty((), dtype=dtype).element_size()
+        if layer.latent_dim is not None:  # one entry per token: the values are part of it
+            return KVCacheSpec(block_size, block_size * layer.num_kv_heads * layer.head_dim * elem, dtype)
         return KVCacheSpec(block_size, 2 * block_size * layer.num_kv_heads * layer.head_dim * elem, dtype)
 
     def allocate(self, layer: AttentionSpec, spec: KVCacheSpec, num_blocks: int) -> Any:
@@ -124,6 +141,8 @@ class AttentionBackend:
         slots no token has written yet). Whatever it returns is what `write_kv` and `attend`
         receive as `kv_cache`."""
         shape = (2, num_blocks, spec.block_size, layer.num_kv_heads, layer.head_dim)
+        if layer.latent_dim is not None:
+            shape = (num_blocks, spec.block_size, layer.head_dim)
         return torch.zeros(shape, dtype=spec.dtype, device=self.device.torch_device())
 
     def build_metadata(self, batch: ForwardBatch) -> Any:
@@ -137,6 +156,17 @@ class AttentionBackend:
 
     def attend(self, q: torch.Tensor, kv_cache: Any, meta: Any, layer: AttentionSpec) -> torch.Tensor:
         """q: [T, num_heads, head_dim] -> output [T, num_heads, head_dim] (q's dtype)."""
+        raise NotImplementedError
+
+    def write_latent(self, entry: torch.Tensor, kv_cache: Any, meta: Any) -> None:
+        """A latent layer's entries ([T, head_dim]: latent, then rotary key) at the batch's
+        slots, in place (since 2.3; with `supports_mla`)."""
+        raise NotImplementedError
+
+    def attend_latent(self, q: torch.Tensor, kv_cache: Any, meta: Any, layer: AttentionSpec) -> torch.Tensor:
+        """A latent layer's attention (since 2.3; with `supports_mla`): q [T, num_heads,
+        head_dim] scores against whole entries, values are their first `layer.latent_dim`
+        features -> [T, num_heads, latent_dim] (q's dtype)."""
         raise NotImplementedError
 
     def forward(

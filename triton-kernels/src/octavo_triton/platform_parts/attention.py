@@ -45,8 +45,12 @@ class TritonAttention(AttentionBackend):
     supported_head_sizes = (16, 32, 64, 128, 256)
     #: any power of two >= 8 (checked in `supports`)
     supported_block_sizes = None
+    #: latent layers (DeepSeek's MLA): octavo_triton.mla_attention, one kernel for every row kind
+    supports_mla = True
 
     def supports(self, layer: AttentionSpec, dtype: torch.dtype, block_size: int) -> str | None:
+        if layer.latent_dim is not None:
+            return self._latent_support(layer, dtype, block_size)
         why = super().supports(layer, dtype, block_size)
         if why:
             return why
@@ -58,6 +62,21 @@ class TritonAttention(AttentionBackend):
             return "non-causal attention (encoder layers) is not supported yet: both Triton kernels mask causally"
         return None
 
+    @staticmethod
+    def _latent_support(layer: AttentionSpec, dtype: torch.dtype, block_size: int) -> str | None:
+        assert layer.latent_dim is not None
+        rope = layer.head_dim - layer.latent_dim
+        for what, n in (("latent", layer.latent_dim), ("rotary key", rope)):
+            if n < 16 or n & (n - 1):
+                return f"a {what} of {n} features is not supported by the MLA kernel (need a power of two >= 16)"
+        if block_size < 8 or block_size & (block_size - 1):
+            return f"block size {block_size} is not supported (need a power of two >= 8)"
+        if dtype not in SUPPORTED_DTYPES:
+            return f"dtype {dtype} is not supported (supported: bfloat16, float16, float32)"
+        if layer.sliding_window is not None or not layer.causal:
+            return "the MLA kernel is causal only, without a sliding window"
+        return None
+
     def build_metadata(self, batch: ForwardBatch) -> TritonAttentionMetadata:
         # the host list, never the device tensor: reading that back would wait for the GPU
         return TritonAttentionMetadata(batch, leading_decodes(batch.query_start_loc_cpu))
@@ -66,6 +85,35 @@ class TritonAttention(AttentionBackend):
         from octavo_triton.kv_cache import write_kv
 
         write_kv(k, v, kv_cache[0], kv_cache[1], meta.batch.slot_mapping)
+
+    def write_latent(self, entry: torch.Tensor, kv_cache: torch.Tensor, meta: TritonAttentionMetadata) -> None:
+        from octavo_triton.mla_attention import write_latent
+
+        write_latent(entry, kv_cache, meta.batch.slot_mapping)
+
+    def attend_latent(
+        self, q: torch.Tensor, kv_cache: torch.Tensor, meta: TritonAttentionMetadata, layer: AttentionSpec
+    ) -> torch.Tensor:
+        from octavo_triton.mla_attention import mla_attention
+
+        assert layer.latent_dim is not None
+        b = meta.batch
+        out = q.new_empty(q.shape[0], q.shape[1], layer.latent_dim)
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        mla_attention(
+            out,
+            q,
+            kv_cache,
+            b.block_tables,
+            b.seq_lens,
+            b.query_start_loc,
+            b.num_reqs,
+            b.max_query_len,
+            b.max_seq_len,
+            layer.scale,
+        )
+        return out
 
     def attend(
         self, q: torch.Tensor, kv_cache: torch.Tensor, meta: TritonAttentionMetadata, layer: AttentionSpec
