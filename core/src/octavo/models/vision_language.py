@@ -64,7 +64,10 @@ class VisionLanguageModel(nn.Module):
         return self.language_model.embed(input_ids)
 
     def structure(self):
-        return None  # images enter as embeddings, which DecoderStructure does not describe
+        """The text model's: a platform may run text-only steps its own way with it (a CPU's
+        one-call decode). Steps with image tokens never reach it: core's runner gives them
+        their embeddings through the model's forward (octavo.multimodal.encoder_cache)."""
+        return self.language_model.structure()
 
     def forward(self, input_ids, positions, kv_caches: list, meta, inputs_embeds=None):
         return self.decode(input_ids, positions, self.cos_sin_cache, kv_caches, meta, inputs_embeds)
