@@ -255,6 +255,37 @@ def test_attend_shapes(head_dim, heads):
 
 
 @kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_prefill_not_causal(head_dim, dtype):
+    """Encoders (BERT): every query sees its request's whole context; whole prompts (as the
+    pooling engine schedules them) across tile edges, and a chunk behind a context."""
+    from octavo_triton.prefill_attention import prefill_attention
+
+    q_lens, seq_lens = [5, 33, 70, 130, 16], [5, 33, 70, 130, 50]
+    q, kv, meta = make_batch(
+        q_lens, seq_lens, num_heads=12, num_kv_heads=12, head_dim=head_dim, block_size=16, dtype=dtype, seed=3
+    )
+    scale = head_dim**-0.5
+    out = torch.empty_like(q)
+    prefill_attention(
+        out,
+        q,
+        kv[0],
+        kv[1],
+        meta.block_tables,
+        meta.seq_lens,
+        meta.query_start_loc,
+        q.shape[0],
+        meta.max_query_len,
+        scale,
+        causal=False,
+    )
+    want = reference.attend(q.float().cpu(), kv.float().cpu(), meta.to("cpu"), scale, causal=False).float()
+    check_attention(out, want, dtype)
+
+
+@kernels
 @pytest.mark.parametrize("block_size", [8, 16, 32] + ([64, 128, 256] if FULL else []))
 def test_attend_block_sizes(block_size):
     q_lens, seq_lens = BATCHES["mixed"]

@@ -4,7 +4,7 @@ Flash-attention style: one program owns BLOCK_Q query tokens of one request and 
 QPK query heads that share one KV head, stacked as BLOCK_M = BLOCK_Q * QPK rows, so
 each key/value tile loaded from the cache serves the whole GQA group. Query rows are
 the last q_len positions of the request's seq_len context, so the causal diagonal is
-offset by ctx = seq_len - q_len.
+offset by ctx = seq_len - q_len. Not causal (encoders), every row sees the whole context.
 
 The grid is sized without reading q_len on the host (no device sync, graph friendly):
 program b of axis 0 finds its request by binary search over query_start_loc, using
@@ -74,6 +74,7 @@ def _prefill_kernel(
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     WINDOW: tl.constexpr,
+    CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     PDL: tl.constexpr,
@@ -108,9 +109,14 @@ def _prefill_kernel(
     lo = 0
     if WINDOW:
         lo = tl.maximum(first_pos - window + 1, 0) // TILE_N * TILE_N
-    # tiles wholly at or before every row's diagonal need no causal or bound mask
-    mid = lo + (first_pos + 1 - lo) // TILE_N * TILE_N
-    hi = last_pos + 1
+    if CAUSAL:
+        # tiles wholly at or before every row's diagonal need no causal or bound mask
+        mid = lo + (first_pos + 1 - lo) // TILE_N * TILE_N
+        hi = last_pos + 1
+    else:
+        # every row sees the whole context: whole tiles need no mask, the last one its bound
+        mid = seq_len // TILE_N * TILE_N
+        hi = seq_len
 
     k_cache += kvh * stride_kvh
     v_cache += kvh * stride_kvh
@@ -163,7 +169,7 @@ def _prefill_kernel(
             TILE_N,
             HEAD_DIM,
             True,
-            True,
+            CAUSAL,
             WINDOW,
             DOT_PRECISION,
             UPCAST,
@@ -197,7 +203,9 @@ def prefill_attention(
     sliding_window: int | None = None,
     config: dict | None = None,
     tuning: Tuning | None = None,  # default: the table's entry for q's device
+    causal: bool = True,  # False: every query sees its request's whole context (encoders)
 ) -> None:
+    assert causal or not sliding_window, "a sliding window needs causal attention"
     num_seqs = seq_lens.shape[0]
     if num_seqs == 0:
         return
@@ -235,6 +243,7 @@ def prefill_attention(
         BLOCK_SIZE=block_size,
         HEAD_DIM=d,
         WINDOW=bool(sliding_window),
+        CAUSAL=causal,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else tuning.dot_precision,
         UPCAST=interpreting(),
         **cfg,

@@ -58,8 +58,8 @@ class TritonAttention(AttentionBackend):
             return f"block size {block_size} is not supported (need a power of two >= 8)"
         if dtype not in SUPPORTED_DTYPES:
             return f"dtype {dtype} is not supported (supported: bfloat16, float16, float32)"
-        if not layer.causal:
-            return "non-causal attention (encoder layers) is not supported yet: both Triton kernels mask causally"
+        if not layer.causal and layer.sliding_window is not None:
+            return "non-causal attention with a sliding window is not supported"
         return None
 
     @staticmethod
@@ -150,5 +150,6 @@ class TritonAttention(AttentionBackend):
                 b.max_query_len,
                 layer.scale,
                 layer.sliding_window,
+                causal=layer.causal,
             )
         return out
