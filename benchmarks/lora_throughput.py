@@ -25,8 +25,9 @@ import time
 import torch
 
 
-def write_adapter(path: str, hf_config, rank: int, seed: int) -> None:
-    """A random PEFT-format adapter of rank `rank` on every projection of every layer."""
+def write_adapter(path: str, hf_config, rank: int, seed: int, b_std: float = 0.02) -> None:
+    """A random PEFT-format adapter of rank `rank` on every projection of every layer (B's
+    entries of standard deviation `b_std`; lora_alpha = 2 * rank)."""
     from safetensors.torch import save_file
 
     cfg = hf_config
@@ -48,7 +49,7 @@ def write_adapter(path: str, hf_config, rank: int, seed: int) -> None:
         for module, (fan_in, fan_out) in shapes.items():
             stem = f"base_model.model.model.layers.{layer}.{module}"
             tensors[f"{stem}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=g) * fan_in**-0.5).bfloat16()
-            tensors[f"{stem}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=g) * 0.02).bfloat16()
+            tensors[f"{stem}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=g) * b_std).bfloat16()
     os.makedirs(path, exist_ok=True)
     save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
     config = {

@@ -18,6 +18,7 @@ block tables are as wide as their bucket, and the rows to sample are padded with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -153,7 +154,11 @@ class ModelRunner(StepRunner):
         if self.workers is not None:  # every rank allocates alike; warm-up forwards run collectives
             self.workers.allocate_kv_cache(num_blocks, self._allocate)
         else:
-            self._allocate(num_blocks)
+            # LoRA: the start-up forwards and the captured graphs run the adapters' kernels
+            sc, lora = self.config.scheduler, self.lora_manager
+            max_tokens = max(sc.max_num_seqs, sc.max_num_batched_tokens)
+            with lora.graph_capture(max_tokens) if lora is not None else contextlib.nullcontext():
+                self._allocate(num_blocks)
 
     def _allocate(self, num_blocks: int) -> None:
         attention = self.platform.attention
@@ -365,8 +370,9 @@ class ModelRunner(StepRunner):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states of one flat batch (every tensor-parallel rank runs it; call it in
         inference mode). A decode step replays a captured graph where there is one."""
-        # graphs are captured without adapters: a step with any runs eagerly
-        graphs = self.graph_runner if self.lora_manager is None or not self.lora_manager.active else None
+        graphs = self.graph_runner
+        if graphs is not None and self.lora_manager is not None and not self.lora_manager.stage_graph():
+            graphs = None  # the graphs hold no LoRA kernels: a step with adapters runs eagerly
         hidden = graphs.run(batch) if graphs is not None else None
         if hidden is None:  # prefill or mixed step, a batch past the captured sizes, or eager
             meta = self.platform.attention.build_metadata(batch)

@@ -33,7 +33,7 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])  # one variant for every batch size
 def _shrink_kernel(
     h, x, a, slots, num_tokens, in_features, stride_xt, stride_as, stride_an, stride_ht, stride_hn,
     RANK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
@@ -60,7 +60,7 @@ def _shrink_kernel(
         tl.store(out, acc.to(h.dtype.element_ty), mask=mine[:, None] & (ranks[None, :] < RANK))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens", "n", "start", "size"])
 def _expand_kernel(
     y, h, b, slots, num_tokens, n, start, size, stride_yt, stride_ht, stride_hn, stride_bs, stride_br,
     RANK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr, IEEE: tl.constexpr,

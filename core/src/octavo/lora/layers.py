@@ -17,11 +17,14 @@ from octavo.platform import FusedOps
 
 class LoRAStep:
     """What the layers read during one forward: each token's slot ([T] int64 on the device, -1
-    for none) and the slots in use; `slots` is None in a step without adapters."""
+    for none) and the slots in use; `slots` is None in a step without adapters. While decode
+    graphs are captured, `slots` is the graphs' static buffer and `capturing` makes every
+    layer record its LoRA kernels (octavo.lora.manager.LoRAManager.graph_capture)."""
 
     def __init__(self) -> None:
         self.slots: torch.Tensor | None = None
         self.in_use: frozenset[int] = frozenset()
+        self.capturing = False
 
 
 class LinearLoRA:
@@ -74,7 +77,8 @@ class LinearLoRA:
         """y (the base layer's output for x) plus each token's adapter; y itself when no token
         of the step uses an adapter that targets this layer."""
         slots = self.step.slots
-        if slots is None or self.targeted.isdisjoint(self.step.in_use):
+        if slots is None or (not self.step.capturing and self.targeted.isdisjoint(self.step.in_use)):
             return y
+        slots = slots[: x.shape[0]]  # a captured graph's rows: the front of its static buffer
         h = self.ops.lora_shrink(x, self.a, slots)
         return self.ops.lora_expand(y, h, self.b, slots, self.slice_sizes)

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -81,6 +82,9 @@ class LoRAManager:
             )
             linear.lora = lora
             self.layers.append(lora)
+        # the platform's own LoRA kernels are assumed graph-safe; core's default groups tokens on the host
+        self.own_kernels = type(ops).lora_shrink is not FusedOps.lora_shrink
+        self.graph_slots: torch.Tensor | None = None  # the decode graphs' static slots, once captured
         self.host: OrderedDict[int, LoRAAdapter] = OrderedDict()  # lora_int_id -> adapter, LRU first
         self.slot_of: OrderedDict[int, int] = OrderedDict()  # lora_int_id -> device slot, LRU first
         self.loads = 0  # adapters put in device slots (evictions show as loads past max_loras)
@@ -137,6 +141,36 @@ class LoRAManager:
     def finish(self) -> None:
         self.step.slots = None
         self.step.in_use = frozenset()
+
+    # ---- captured decode graphs --------------------------------------------------------------
+    @contextlib.contextmanager
+    def graph_capture(self, max_tokens: int) -> Iterator[None]:
+        """Around the start-up forwards (warm-up shapes, the capture of decode graphs) of at most
+        `max_tokens` rows: with the platform's own LoRA kernels every layer runs them (compiled
+        now) and the graphs record them, reading a static slots buffer that each replay fills
+        (`stage_graph`; rows without an adapter, -1, cost an early exit). Without them (core's
+        default ops, which group tokens on the host) the graphs hold no LoRA."""
+        if not self.own_kernels:
+            yield
+            return
+        self.graph_slots = torch.full((max_tokens,), -1, dtype=torch.int64, device=self.device)
+        self.step.slots, self.step.capturing = self.graph_slots, True
+        try:
+            yield
+        finally:
+            self.step.capturing = False
+            self.finish()
+
+    def stage_graph(self) -> bool:
+        """Before a graph replay: this step's slots into the graphs' buffer, -1 past them. False
+        when the step cannot replay: it uses adapters and the graphs hold no LoRA."""
+        buf, slots = self.graph_slots, self.step.slots
+        if buf is None or (slots is not None and slots.shape[0] > buf.shape[0]):
+            return slots is None
+        buf.fill_(-1)
+        if slots is not None:
+            buf[: slots.shape[0]].copy_(slots)
+        return True
 
     def _slot(self, req: LoRARequest, wanted: dict[int, LoRARequest]) -> int:
         """`req`'s device slot, loading it into a free slot or the least recently used one
