@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from octavo.lora.request import LoRARequest
 from octavo.outputs import CompletionOutput, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
+from octavo.spec_decode.metrics import SpecDecodeStats
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class EngineStatsSnapshot:
     num_steps: int = 0  # loop iterations of the engine thread
     num_recompiles: int = 0  # compilations after warm-up (static-shape platforms)
     step_tokens: int = 0  # tokens the last step scheduled
+    spec_decode: SpecDecodeStats | None = None  # speculative decoding's counters (None: off)
 
 
 _END = object()  # stream sentinel: no more outputs
@@ -489,6 +491,7 @@ class AsyncLLMEngine:
             num_steps=prev.num_steps + 1,
             num_recompiles=getattr(s, "num_recompiles", 0),
             step_tokens=getattr(s, "step_tokens", 0),
+            spec_decode=getattr(s, "spec_decode", None),
         )
 
     # ---- back on the event loop ------------------------------------------------------------

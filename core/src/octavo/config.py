@@ -117,6 +117,8 @@ class EngineConfig:
     device: str
     enforce_eager: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # octavo.spec_decode.SpeculativeConfig, or None: no speculative decoding
+    speculative: Any = None
     # octavo.lora.LoRAConfig, or None: LoRA adapters not enabled
     lora: Any = None
 

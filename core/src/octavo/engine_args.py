@@ -55,6 +55,8 @@ class EngineArgs:
     override_generation_config: dict[str, Any] | None = None
     # reasoning models: the parser of their thinking (deepseek_r1, qwen3); grammars start after it
     reasoning_parser: str | None = None
+    # speculative decoding (vLLM's keys): {"method": "ngram", "num_speculative_tokens": k, ...}
+    speculative_config: dict[str, Any] | str | None = None
     # LoRA adapters (docs/lora.md): device slots, the largest rank, adapters kept in host memory
     enable_lora: bool = False
     max_loras: int = 1
@@ -188,6 +190,13 @@ class EngineArgs:
             type=int,
             default=None,
             help="adapters kept loaded in host memory, least recently used dropped first (default: --max-loras)",
+        )
+        parser.add_argument(
+            "--speculative-config",
+            default=None,
+            metavar="JSON",
+            help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
+            '"prompt_lookup_max": 5, "prompt_lookup_min": 2}\' (docs/speculative-decoding.md)',
         )
         vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser

@@ -187,6 +187,20 @@ def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | Non
     return parse_limits(limits)
 
 
+def _speculative_config(value, platform: Platform):
+    """The parsed speculative_config; refused where the platform's runner cannot verify proposals."""
+    from octavo.model_runner import ModelRunner
+    from octavo.spec_decode import SpeculativeConfig
+
+    config = SpeculativeConfig.parse(value)
+    if config is not None and platform.runner_cls is not None and not issubclass(platform.runner_cls, ModelRunner):
+        raise ValueError(
+            f"speculative decoding is not supported on device {platform.name!r}: its step runner "
+            f"({platform.runner_cls.__name__}) does not verify proposed tokens; drop speculative_config"
+        )
+    return config
+
+
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     platform = resolve_platform(args.device)
     source = _model_source(args)
@@ -271,6 +285,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
         device=platform.name,
         enforce_eager=args.enforce_eager,
+        speculative=_speculative_config(args.speculative_config, platform),
         lora=_lora_config(args, platform),
     )
     config.parallel.enable_expert_parallel = _expert_parallel(args, hf_config)

@@ -41,6 +41,7 @@ from octavo.quantization.apply import quantize_linears
 from octavo.request import RequestFailure
 from octavo.sampling import RowByRowJob, SampleJob, Sampler
 from octavo.scheduler import PENDING_TOKEN, SchedulerOutput
+from octavo.spec_decode.verifier import Verified, rows_of, verify
 from octavo.transfer import tensor_to_device, to_device
 
 logger = logging.getLogger("octavo")
@@ -54,6 +55,8 @@ class LaunchedStep:
     request_ids: list[str]
     prompt_logprobs: dict
     failed: dict[str, str] = field(default_factory=dict)
+    # speculative decoding: the requests whose proposed tokens were verified in this step
+    verified: dict[str, Verified] = field(default_factory=dict)
 
 
 def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -420,7 +423,8 @@ class ModelRunner(StepRunner):
     ) -> LaunchedStep:
         failed: dict[str, str] = {}
         while True:  # a request whose inputs cannot be built fails; the step runs without it
-            rows = [i for i, s in enumerate(out.scheduled) if s.sample]
+            # rows with proposed tokens are verified apart (octavo.spec_decode), synchronously
+            rows = [i for i, s in enumerate(out.scheduled) if s.sample and not s.spec_token_ids]
             try:
                 # `last` is uploaded with the inputs: an upload queued behind the forward would wait for it
                 batch, last = self._prepare(out, rows)
@@ -443,9 +447,10 @@ class ModelRunner(StepRunner):
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, batch.query_start_loc_cpu, failed)
+        verified = self._verify(out, hidden, batch.query_start_loc_cpu, failed)
         if not rows:
             self._last_tokens = (None, {})
-            return LaunchedStep(None, [], prompt_lps, failed)
+            return LaunchedStep(None, [], prompt_lps, failed, verified)
         logits = self.model.compute_logits(hidden.index_select(0, last))[: len(rows)]
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
@@ -463,7 +468,22 @@ class ModelRunner(StepRunner):
             bitmask=bitmask,
         )
         self._last_tokens = (job.token_ids, {r: i for i, r in enumerate(rids)})
-        return LaunchedStep(job, rids, prompt_lps, failed)
+        return LaunchedStep(job, rids, prompt_lps, failed, verified)
+
+    def _verify(self, out: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], failed: dict[str, str]):
+        """Speculative decoding: verify the proposed tokens of the requests that carry some
+        against the logits at their positions (octavo.spec_decode.verifier). Waits for the
+        device. If verification raises, those requests fail; the others go on."""
+        spec = [s for s in out.scheduled if s.spec_token_ids]
+        if not spec:
+            return {}
+        try:
+            rows = to_device(rows_of(out.scheduled, qsl), torch.long, self.device)
+            return verify(self.sampler, self.model.compute_logits(hidden.index_select(0, rows)), spec)
+        except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
+            logger.exception("verifying proposed tokens failed")
+            failed.update((s.request_id, f"{type(e).__name__}: {e}") for s in spec)
+            return {}
 
     def collect(self, launched: LaunchedStep, before_sync: Callable[[], None] | None = None) -> StepOutput:
         """Wait for a launched step's sampled tokens. `before_sync` runs first, while the
@@ -471,18 +491,26 @@ class ModelRunner(StepRunner):
         step = launched
         if before_sync is not None:
             before_sync()
-        if step.job is None:
-            return StepOutput({}, prompt_logprobs=step.prompt_logprobs, failed=step.failed)
-        try:
-            result = step.job.result()
-        except BaseException as e:
-            self._worker_failure(e)
-            raise
+        sampled: dict[str, int] = {}
+        lps: dict = {}
         failed = dict(step.failed)
-        failed.update((step.request_ids[i], msg) for i, msg in result.failed.items())
-        sampled = {r: t for r, t in zip(step.request_ids, result.token_ids) if r not in failed}
-        lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None and r not in failed}
-        return StepOutput(sampled, lps, step.prompt_logprobs, failed)
+        if step.job is not None:
+            try:
+                result = step.job.result()
+            except BaseException as e:
+                self._worker_failure(e)
+                raise
+            failed.update((step.request_ids[i], msg) for i, msg in result.failed.items())
+            sampled = {r: t for r, t in zip(step.request_ids, result.token_ids) if r not in failed}
+            lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None and r not in failed}
+        accepted_lps = {}
+        for rid, v in step.verified.items():
+            sampled[rid] = v.token
+            if v.logprobs[-1] is not None:
+                lps[rid] = v.logprobs[-1]
+                accepted_lps[rid] = v.logprobs[:-1]
+        num_accepted = {rid: v.num_accepted for rid, v in step.verified.items()}
+        return StepOutput(sampled, lps, step.prompt_logprobs, failed, num_accepted, accepted_lps)
 
     def forget(self, request_id: str) -> None:
         self.sampler.forget(request_id)

@@ -1,6 +1,8 @@
 """Request state as the scheduler sees it: token ids and counters (no torch).
 
-Invariant: `num_computed_tokens <= num_tokens + num_pending`; the KV of tokens
+Invariant: `num_computed_tokens <= num_tokens + num_pending`, except while a step that
+verifies proposed tokens runs (speculative decoding: they count as computed until the
+scheduler's update rolls back the rejected ones); the KV of tokens
 [0, num_computed_tokens) is in `block_ids` once the steps scheduled so far have run. A
 prefill, a prefill chunk, a prefix-cache hit and a decode are all "computed catches up
 with tokens". `num_pending` counts tokens sampled by steps already launched whose ids
@@ -59,6 +61,7 @@ class Request:
         "num_pending",
         "cache_salt",
         "identity_spans",
+        "spec_token_ids",
         "lora_request",
         "mm_items",
     )
@@ -91,6 +94,9 @@ class Request:
         # overlap token range [start, end) (an image's placeholder tokens and its content hash).
         self.cache_salt: Hashable | None = None
         self.identity_spans: list[tuple[int, int, Hashable]] = []
+        # speculative decoding: tokens proposed to follow token_ids, verified by the next step
+        # that decodes this request (the scheduler takes them; octavo.spec_decode fills them)
+        self.spec_token_ids: list[int] = []
         # the LoRA adapter the request runs with (octavo.lora.LoRARequest; None: the base model)
         self.lora_request: LoRARequest | None = None
         # the prompt's images (octavo.multimodal.MultiModalItem), in prompt order: the

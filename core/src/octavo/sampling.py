@@ -138,6 +138,13 @@ class Sampler:
             self.generators[request_id] = g
         return g
 
+    def uniform(self, request_id: str, params: SamplingParams) -> Callable[[], float]:
+        """A request's source of U[0, 1) draws, the one `launch` uses: its seeded generator,
+        or torch's global one."""
+        if params.seed is not None and not params.greedy:
+            return self._generator(request_id, params.seed).random
+        return lambda: float(torch.rand((), dtype=torch.float64))
+
     def _uniforms(self, request_ids, params) -> torch.Tensor:
         """One U[0, 1) per row: seeded rows from their request's generator, the others from
         torch's global generator (so torch.manual_seed makes a whole run repeatable)."""
@@ -202,17 +209,7 @@ class Sampler:
     def _launch(self, logits, request_ids, params, histories, eos_masks, copy_to_host, bitmask) -> SampleJob:
         raw = logits
         want_lp = any(p.logprobs is not None for p in params)
-        edit = [self._edits_row(p, bool(eos_masks and eos_masks[i])) for i, p in enumerate(params)]
-        if want_lp or any(edit) or bitmask is not None:  # the raw logits stay intact for logprobs and a retry
-            logits = logits.clone()
-        if bitmask is not None:
-            logits = self.mask(logits, bitmask)
-        # logit bias, allowed tokens, min_tokens (ban EOS / stop tokens) and penalties change
-        # the distribution
-        for i, p in enumerate(params):
-            if edit[i]:
-                self._edit_row(logits, i, p, bool(eos_masks and eos_masks[i]))
-        logits = _apply_penalties(logits, params, histories)
+        logits = self._edited(logits, params, histories, eos_masks, bitmask, keep_raw=want_lp)
 
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
@@ -220,6 +217,51 @@ class Sampler:
             tokens = self._sample(logits, request_ids, params)
         lp_tensors = self._logprobs(raw, tokens, params) if want_lp else None
         return SampleJob(tokens, lp_tensors, params, copy_to_host)
+
+    def _edited(self, logits, params, histories, eos_masks, bitmask, keep_raw: bool) -> torch.Tensor:
+        """Logit bias, allowed tokens, min_tokens (ban EOS / stop tokens), the grammar's bitmask
+        and penalties: the edits that change the distribution before temperature. `logits` is
+        cloned before any edit when `keep_raw` (logprobs read the raw logits)."""
+        edit = [self._edits_row(p, bool(eos_masks and eos_masks[i])) for i, p in enumerate(params)]
+        if keep_raw or any(edit) or bitmask is not None:  # the raw logits stay intact for logprobs and a retry
+            logits = logits.clone()
+        if bitmask is not None:
+            logits = self.mask(logits, bitmask)
+        for i, p in enumerate(params):
+            if edit[i]:
+                self._edit_row(logits, i, p, bool(eos_masks and eos_masks[i]))
+        return _apply_penalties(logits, params, histories)
+
+    def distribution(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        histories: Sequence[tuple[list[int], int]],
+        eos_masks: Sequence[bool] = (),
+    ) -> torch.Tensor:
+        """Per row, the probabilities [S, V] float32 that `launch` draws that row's token from:
+        the same edits, penalties, temperature and truncations; a greedy row is one-hot at the
+        token `launch` would take. Speculative decoding's verification reads p from here, so
+        its output follows the sampler's distribution exactly. `logits` is not changed."""
+        edited = self._edited(logits, params, histories, eos_masks, None, keep_raw=True)
+        shaped, tempers = self._truncated(edited, params)
+        if tempers is not None:
+            shaped = shaped / tempers.to(shaped.dtype).unsqueeze(1)
+        probs = shaped.float().softmax(dim=-1)
+        if any(p.greedy for p in params):
+            one_hot = torch.zeros_like(probs).scatter_(1, edited.argmax(dim=-1, keepdim=True), 1.0)
+            greedy = to_device([p.greedy for p in params], torch.bool, self.device)
+            probs = torch.where(greedy.unsqueeze(1), one_hot, probs)
+        return probs
+
+    def logprobs(
+        self, raw: torch.Tensor, tokens: torch.Tensor, params: Sequence[SamplingParams]
+    ) -> list[tuple[float, int, list[tuple[int, float]]] | None]:
+        """Per row of the model's logits `raw`, the logprobs of `tokens` (one per row) as `launch`
+        returns them (None for rows that asked for none); waits for the device."""
+        if all(p.logprobs is None for p in params):
+            return [None] * len(params)
+        return _logprob_rows(params, *copy_to_host_now(self._logprobs(raw, tokens, params))())
 
     @staticmethod
     def _edits_row(p: SamplingParams, ban_eos: bool) -> bool:
@@ -241,9 +283,19 @@ class Sampler:
             logits[i, ban] = float("-inf")
 
     def _sample(self, logits, request_ids, params) -> torch.Tensor:
+        raw = logits
+        logits, tempers = self._truncated(logits, params)
+        sampled = self.draw(logits, tempers, self._uniforms(request_ids, params))
+        if not any(p.greedy for p in params):
+            return sampled
+        greedy = to_device([p.greedy for p in params], torch.bool, self.device)
+        return torch.where(greedy, raw.argmax(dim=-1), sampled)
+
+    def _truncated(self, logits, params) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Top-k, top-p and min-p applied; returns the logits and the temperatures the draw
+        still divides by (None: already divided, or all 1)."""
         dev = self.device
         temps = [1.0 if p.greedy else p.temperature for p in params]
-        raw = logits
         # x / 1 is x: no temperatures, no pass over the logits
         tempers = to_device(temps, torch.float32, dev) if any(x != 1.0 for x in temps) else None
         top_k = [p.top_k for p in params]
@@ -258,11 +310,7 @@ class Sampler:
                 logits = _top_k_top_p(logits, top_k, top_p)
             if any(m > 0 for m in min_p):
                 logits = _min_p(logits, to_device(min_p, logits.dtype, dev))
-        sampled = self.draw(logits, tempers, self._uniforms(request_ids, params))
-        if not any(p.greedy for p in params):
-            return sampled
-        greedy = to_device([p.greedy for p in params], torch.bool, dev)
-        return torch.where(greedy, raw.argmax(dim=-1), sampled)
+        return logits, tempers
 
     def _logprobs(self, raw, tokens, params) -> list[torch.Tensor]:
         """Device tensors: the sampled token's logprob and rank per row, and the top-k

@@ -35,6 +35,9 @@ class ScheduledRequest:
     # output tokens sampled before this step but not yet in all_token_ids (0 unless the
     # step was scheduled while the one before it still ran)
     num_pending: int = 0
+    # speculative decoding: proposed tokens, the last len(spec_token_ids) of token_ids; the
+    # runner verifies them and returns how many stand (StepOutput.num_accepted)
+    spec_token_ids: tuple[int, ...] = ()
     # the request's images (octavo.multimodal.MultiModalItem) and those whose encoder runs
     # in this step (indices into mm_items; octavo.multimodal.encoder_budget)
     mm_items: tuple = ()
@@ -140,6 +143,12 @@ class Scheduler:
 
         Without mixed steps a step is all prefills or all decodes: the two kinds alternate
         while both have work. Without chunked prefill a prompt is admitted only whole.
+
+        Speculative decoding: a decoding request's proposed tokens (`spec_token_ids`) are
+        scheduled after its last token, as tokens whose KV is written, while the budget and
+        free blocks allow (they never preempt). `update` moves the computed tokens back past
+        the rejected ones and frees the blocks only they used; they are never indexed in the
+        prefix cache (indexing stops at the known tokens).
         """
         if self.mixed_steps:
             return self._schedule(None)
@@ -172,8 +181,9 @@ class Scheduler:
                     continue
             if not self._reserve(req, n, preempted):
                 break  # req itself was preempted; everything after it too
-            scheduled.append(self._scheduled(req, n))
-            budget -= n
+            drafts = self._drafts(req, n, budget - n)
+            scheduled.append(self._scheduled(req, n, drafts))
+            budget -= n + len(drafts)
             i += 1
 
         if not preempted and phase != "decode":
@@ -235,6 +245,22 @@ class Scheduler:
         running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
         return lora.lora_int_id in running or len(running) < self.max_loras
 
+    def _drafts(self, req: Request, n: int, room: int) -> list[int]:
+        """The proposed tokens to verify with a decode of `req` (n = 1): as many as the budget
+        left, the free blocks, max_tokens and the context allow (the token drawn after them
+        counts too)."""
+        drafts, req.spec_token_ids = req.spec_token_ids, []
+        if not drafts or req.num_pending or n != 1 or req.num_computed_tokens + 1 != req.num_tokens:
+            return []
+        p = req.sampling_params
+        left = self.max_model_len - req.num_tokens
+        if p.max_tokens is not None:
+            left = min(left, p.max_tokens - req.num_output_tokens)
+        drafts = drafts[: max(0, min(room, left - 1))]
+        if drafts and not self.bm.allocate(req.block_ids, req.num_computed_tokens + n + len(drafts)):
+            return []
+        return drafts
+
     def _admit(self, req: Request, budget: int) -> int:
         """Reserve blocks for a waiting request; return the tokens scheduled (0 = cannot)."""
         assert req.num_computed_tokens == 0 and not req.block_ids
@@ -283,7 +309,7 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
-    def _scheduled(self, req: Request, n: int) -> ScheduledRequest:
+    def _scheduled(self, req: Request, n: int, drafts: list[int] | None = None) -> ScheduledRequest:
         start = req.num_computed_tokens
         known = req.num_tokens
         # Index the blocks this step fills as soon as it is scheduled: a request admitted
@@ -302,7 +328,9 @@ class Scheduler:
         if req.mm_items:
             encode = self.encoder.fit(req.request_id, req.mm_items, start, n)[1]
             self.encoder.commit(req.request_id, req.mm_items, encode, start + n)
-        req.num_computed_tokens = start + n
+        drafts = drafts or []
+        token_ids += drafts
+        req.num_computed_tokens = start + n + len(drafts)
         if sample:
             req.num_pending += 1
         return ScheduledRequest(
@@ -315,17 +343,25 @@ class Scheduler:
             all_token_ids=req.token_ids,
             num_prompt_tokens=req.num_prompt_tokens,
             num_pending=pending_before,
+            spec_token_ids=tuple(drafts),
             mm_items=req.mm_items,
             encode=encode,
             lora_request=req.lora_request,
         )
 
     # ---- after the step ---------------------------------------------------------------
-    def update(self, scheduler_output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+    def update(
+        self,
+        scheduler_output: SchedulerOutput,
+        sampled: dict[str, int],
+        num_accepted: dict[str, int] | None = None,
+    ) -> list[Request]:
         """Append a finished step's sampled tokens and apply token-level stops.
 
         Returns the requests that received a new token (finished ones included). A
-        request preempted since the step was scheduled still gets its token.
+        request preempted since the step was scheduled still gets its token. A request
+        that was given proposed tokens gets the first `num_accepted[request_id]` of them
+        before its sampled token, each checked for stops in turn; the rest are rolled back.
         """
         changed: list[Request] = []
         for s in scheduler_output.scheduled:
@@ -336,12 +372,33 @@ class Scheduler:
                 continue
             req.num_pending -= 1
             token = sampled.get(s.request_id)
+            accepted: tuple[int, ...] = ()
+            if s.spec_token_ids:
+                if token is not None:
+                    accepted = s.spec_token_ids[: (num_accepted or {}).get(s.request_id, 0)]
+                self._roll_back(req, s, len(s.spec_token_ids) - len(accepted))
             if token is None:
                 continue
-            req.token_ids.append(token)
+            for t in (*accepted, token):
+                req.token_ids.append(t)
+                self._check_stop(req, t)
+                if req.is_finished:
+                    break  # tokens after a stop are dropped
             changed.append(req)
-            self._check_stop(req, token)
         return changed
+
+    def _roll_back(self, req: Request, s: ScheduledRequest, rejected: int) -> None:
+        """Forget the KV of a request's `rejected` last proposed tokens: computed moves back,
+        and the blocks past what its tokens need are freed (none of them holds a prefix-cache
+        entry: indexing stops at the known tokens)."""
+        if req.num_computed_tokens != s.start_pos + len(s.token_ids):
+            return  # preempted since: nothing of that step is kept anyway
+        req.num_computed_tokens -= rejected
+        keep = self.bm.blocks_needed(req.num_computed_tokens + 1)  # + the token drawn after them
+        assert len(req.block_keys) <= keep
+        if len(req.block_ids) > keep:
+            self.bm.free(req.block_ids[keep:])
+            del req.block_ids[keep:]
 
     def _check_stop(self, req: Request, token: int) -> None:
         p = req.sampling_params

@@ -81,7 +81,6 @@ ENGINE_REFUSED = [
     Option("data_parallel_backend", "mp", "data parallelism"),
     Option("distributed_executor_backend", None, "workers on Ray or an external launcher", also=("mp", "uni")),
     Option("cpu_offload_gb", 0, "weights offloaded to CPU memory"),
-    Option("speculative_config", None, "speculative decoding", "json"),
     Option("rope_scaling", None, "a RoPE scaling other than the model's", "json"),
     Option("rope_theta", None, "a RoPE base other than the model's"),
     Option("hf_overrides", None, "changes to the model's config", "json"),

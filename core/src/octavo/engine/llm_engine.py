@@ -21,6 +21,8 @@ from octavo.reasoning import reasoning_token_ids
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 from octavo.scheduler import Scheduler, SchedulerOutput
+from octavo.spec_decode.metrics import SpecDecodeStats
+from octavo.spec_decode.speculator import Speculator
 from octavo.structured_output import StructuredOutputManager
 from octavo.structured_output.manager import Accepted
 
@@ -46,6 +48,8 @@ class EngineStats:
     num_recompiles: int = 0
     # tokens scheduled by the last step() (prefill chunks + decodes; 0 if it scheduled none)
     step_tokens: int = 0
+    # speculative decoding's counters (None without speculative_config)
+    spec_decode: SpecDecodeStats | None = None
 
 
 class _Sample:
@@ -122,6 +126,11 @@ class LLMEngine:
         self.reasoning_parser = args.reasoning_parser
         start, end = reasoning_token_ids(args.reasoning_parser, self.tokenizer)
         self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids, end, start)
+        # speculative decoding: proposals before each schedule (octavo.spec_decode)
+        self.speculator = None
+        if self.config.speculative is not None:
+            nb, max_len = self.block_manager.num_blocks, self.model_config.max_model_len
+            self.speculator = Speculator(self.config.speculative, args, nb, self.vocab_size, max_len)
         # vision-language models: the checkpoint's processor turns a prompt's images into inputs
         self.mm_processor = self._multimodal_processor()
         self.groups: dict[str, _Group] = {}
@@ -131,7 +140,7 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.step_tokens = 0
         # the last step's new tokens, turned into outputs during the next step
-        self._unprocessed: tuple[list[tuple[Request, int]], dict, float] | None = None
+        self._unprocessed: tuple[list[tuple[Request, int, Any]], float] | None = None
         # async scheduling: the launched step the host has not waited for yet
         self._inflight: tuple[SchedulerOutput, Any] | None = None
         # outputs of requests that failed alone since the last step returned (LLMEngine._fail)
@@ -147,6 +156,8 @@ class LLMEngine:
         collection and interpreter exit do it too). The engine cannot step afterwards."""
         if getattr(self, "runner", None) is not None:
             self.runner.shutdown()
+        if getattr(self, "speculator", None) is not None:
+            self.speculator.shutdown()
 
     def _num_kv_blocks(self) -> int:
         """As many blocks as the device's budget holds at the attention back end's price per
@@ -352,6 +363,8 @@ class LLMEngine:
             self.group_of.pop(s.req.request_id, None)
             self.structured.remove(s.req.request_id)
             self.runner.forget(s.req.request_id)
+            if self.speculator is not None:
+                self.speculator.forget(s.req.request_id)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.groups)
@@ -370,9 +383,11 @@ class LLMEngine:
         late, and the token computed for it in that step is dropped.
 
         With async scheduling the next step is also scheduled and launched before the host
-        waits for this one (see `_step_async`).
+        waits for this one (see `_step_async`). Speculative decoding steps synchronously: a
+        request's proposals need its last token on the host.
         """
-        outputs = self._step_async() if self.config.scheduler.async_scheduling else self._step_sync()
+        overlap = self.config.scheduler.async_scheduling and self.speculator is None
+        outputs = self._step_async() if overlap else self._step_sync()
         if self._failed_outputs:
             outputs += self._failed_outputs
             self._failed_outputs = []
@@ -398,7 +413,7 @@ class LLMEngine:
             step_out = self.runner.execute(sched_out, pending, before_sync=process_previous)
         tokens = self._apply(sched_out, step_out)
         if tokens:
-            self._unprocessed = (tokens, step_out.logprobs, time.monotonic())
+            self._unprocessed = (tokens, time.monotonic())
         return outputs
 
     def _step_async(self) -> list[RequestOutput]:
@@ -450,6 +465,8 @@ class LLMEngine:
     def _schedule(self) -> SchedulerOutput:
         """The scheduler's next step, noted for metrics: its size, and when each request first
         ran (the end of its time in the queue)."""
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         sched_out = self.scheduler.schedule()
         self.step_tokens = sched_out.num_batched_tokens
         now = time.monotonic()
@@ -465,16 +482,26 @@ class LLMEngine:
         sched_out, step = launched
         step_out = self.runner.collect(step)
         tokens = self._apply(sched_out, step_out)
-        return self._process_tokens(tokens, step_out.logprobs, time.monotonic()) if tokens else []
+        return self._process_tokens(tokens, time.monotonic()) if tokens else []
 
-    def _apply(self, sched_out, step_out) -> list[tuple[Request, int]]:
-        """A finished step's prompt logprobs and tokens into the requests; (request, new token) each.
-        Requests whose own work failed in the step end with an error."""
+    def _apply(self, sched_out, step_out) -> list[tuple[Request, int, Any]]:
+        """A finished step's prompt logprobs and tokens into the requests; (request, new token,
+        its logprobs or None) each. Requests whose own work failed in the step end with an error."""
         self._add_prompt_logprobs(step_out)
-        tokens = [(req, req.token_ids[-1]) for req in self.scheduler.update(sched_out, step_out.sampled)]
+        # a request that verified proposals may get several tokens: those past its length before
+        before = {s.request_id: len(s.all_token_ids) for s in sched_out.scheduled if s.spec_token_ids}
+        tokens = []
+        for req in self.scheduler.update(sched_out, step_out.sampled, step_out.num_accepted):
+            rid = req.request_id
+            new = req.token_ids[before.get(rid, req.num_tokens - 1) :]
+            # accepted proposals' logprobs, then the drawn token's (zip drops those past a stop)
+            lps = [*step_out.accepted_logprobs.get(rid, [None] * (len(new) - 1)), step_out.logprobs.get(rid)]
+            tokens += [(req, t, lp) for t, lp in zip(new, lps)]
+        if self.speculator is not None:
+            self.speculator.observe(sched_out, step_out.num_accepted)
         for rid, error in step_out.failed.items():
             self._fail(rid, error)
-        for req, token in tokens:
+        for req, token, _ in tokens:
             if req.request_id in self.structured:
                 self._accept_into_grammar(req, token)
         return tokens
@@ -540,10 +567,10 @@ class LLMEngine:
                 entry[group.prompt_ids[first + j]] = Logprob(chosen, rank)
                 group.prompt_logprobs.append(entry)
 
-    def _process_tokens(self, tokens: list[tuple[Request, int]], logprobs: dict, now: float) -> list[RequestOutput]:
+    def _process_tokens(self, tokens: list[tuple[Request, int, Any]], now: float) -> list[RequestOutput]:
         """Detokenize one step's new tokens, apply stop strings, build the outputs."""
         touched: dict[str, _Group] = {}
-        for req, token in tokens:
+        for req, token, lp in tokens:
             sample = self.sample_of.get(req.request_id)
             if sample is None:  # aborted since
                 continue
@@ -557,7 +584,7 @@ class LLMEngine:
                 metrics.inter_token_latencies.append(now - metrics.last_token_time)
             metrics.last_token_time = now
             try:
-                self._add_token(sample, req, token, logprobs.get(req.request_id))
+                self._add_token(sample, req, token, lp)
             except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 logger.exception("detokenizing request %s failed", group.request_id)
                 self._fail(req.request_id, f"{type(e).__name__}: {e}")
@@ -680,4 +707,5 @@ class LLMEngine:
             kv_slot_utilization=self.get_kv_cache_utilization() if with_utilization else None,
             num_recompiles=self.runner.stats().num_recompiles,
             step_tokens=self.step_tokens,
+            spec_decode=self.speculator.stats.copy() if self.speculator is not None else None,
         )

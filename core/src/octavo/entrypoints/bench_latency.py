@@ -33,12 +33,16 @@ def main(args: argparse.Namespace) -> int:
 
     for _ in range(args.num_iters_warmup):
         run()
+    spec_before = llm.llm_engine.get_stats().spec_decode
     latencies = [run() for _ in range(args.num_iters)]
+    spec_after = llm.llm_engine.get_stats().spec_decode
     avg = float(np.mean(latencies))
     pcts = {p: float(np.percentile(latencies, p)) for p in PERCENTILES}
     print(f"Avg latency: {avg} seconds")
     for p, v in pcts.items():
         print(f"{p}% percentile latency: {v} seconds")
+    if spec_after is not None:  # speculative decoding: the timed runs' drafts
+        print(spec_after.since(spec_before).summary())
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump({"avg_latency": avg, "latencies": latencies, "percentiles": pcts}, f, indent=2)

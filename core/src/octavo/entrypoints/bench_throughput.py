@@ -214,6 +214,9 @@ def run_octavo(llm, w: Workload, schema: dict | None = None, ratio: float = 0.0)
         "prefix_cache_hit_rate": hits / queries if queries else 0.0,
         "num_preemptions": after.num_preemptions_total - before.num_preemptions_total,
     }
+    if after.spec_decode is not None:  # speculative decoding: this pass's drafts
+        spec = after.spec_decode.since(before.spec_decode)
+        extra["spec_decode"] = {**asdict(spec), "acceptance_rate": spec.acceptance_rate, "summary": spec.summary()}
     return _result(w, elapsed), extra
 
 
@@ -306,6 +309,8 @@ def main(args: argparse.Namespace) -> int:
         f"(mean over every 16th step), prefix-cache hit rate {100 * extra['prefix_cache_hit_rate']:.1f}%, "
         f"{extra['num_preemptions']} preemptions"
     )
+    if "spec_decode" in extra:
+        print(f"          {extra['spec_decode']['summary']}")
     if args.structured_output_ratio:
         schema = LONG_SCHEMA
         if args.json_schema:

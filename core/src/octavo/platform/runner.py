@@ -37,6 +37,11 @@ class StepOutput:
     prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
     # requests whose own work raised this step (request id -> error): they fail, the rest go on
     failed: dict[str, str] = field(default_factory=dict)
+    # speculative decoding (since 2.3), per request scheduled with proposed tokens
+    # (`ScheduledRequest.spec_token_ids`): how many of them stand, before its `sampled` token
+    num_accepted: dict[str, int] = field(default_factory=dict)
+    # and the logprobs of those accepted tokens (requests that asked for logprobs)
+    accepted_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

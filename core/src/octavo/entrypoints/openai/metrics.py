@@ -103,6 +103,20 @@ class _EngineCollector(Collector):
         yield counter("num_preemptions", "Preemptions (a running request lost its KV blocks).", s.num_preemptions_total)
         yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
         yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
+        spec = getattr(s, "spec_decode", None)
+        if spec is not None:  # speculative decoding is on
+            drafts = "Drafts verified (one request's proposals in one step)."
+            yield counter("spec_decode_num_drafts", drafts, spec.num_drafts)
+            yield counter("spec_decode_num_draft_tokens", "Proposed tokens verified.", spec.num_draft_tokens)
+            yield counter("spec_decode_num_accepted_tokens", "Proposed tokens accepted.", spec.num_accepted_tokens)
+            per_pos = CounterMetricFamily(
+                f"{self.prefix}:spec_decode_num_accepted_tokens_per_pos",
+                "Accepted proposed tokens, by position in the draft.",
+                labels=[*LABELS, "position"],
+            )
+            for pos, n in enumerate(spec.num_accepted_tokens_per_pos):
+                per_pos.add_metric([*self.labels, str(pos)], n)
+            yield per_pos
 
 
 class ServerMetrics:
