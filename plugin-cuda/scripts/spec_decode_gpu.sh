@@ -3,8 +3,8 @@
 # dummy bf16 weights, 1 x 128 random tokens in, 512 greedy tokens out), each beside plain decoding
 # in the same call (benchmarks/spec_decode.py, which also says where greedy outputs differ):
 #   1. the target as its own draft ("draft_model", same dummy weights: acceptance 1, the ceiling of the
-#      mechanism): decode tok/s and the verification step rate; target (k+1) x verification >= 0.9 x
-#      (k+1) x plain, i.e. a verification step costs at most 1/0.9 of a plain decode step;
+#      mechanism): decode tok/s and the verification step rate; the target, (k+1) tokens per verification at
+#      >= 0.9x of (k+1) x the plain step rate, is a verification step rate >= 0.9x the plain one;
 #   2. n-gram lookup on the same shape (dummy weights copy nothing: this is its overhead when proposals
 #      fail, not a speed-up);
 #   3. n-gram on SmolLM2 with the input-grounded prompts (repeat / edit a text), if its GGUF is at
