@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from octavo.platform import AttentionSpec, FusedOps
+from octavo.platform import AttentionSpec, FusedOps, ops
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
 from octavo_cpu.device import CpuDevice
@@ -544,3 +544,19 @@ def test_silu_and_mul_strided_rows(isa):
     wide = torch.randn(4, 300, generator=g)
     x = wide[:, :200]
     torch.testing.assert_close(_native.silu_and_mul(x), ref.silu_and_mul(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [1, 31, 32, 33, 1000, 49152])
+def test_apply_token_bitmask(vocab):
+    """Against core's definition: random words, all-allowed (-1) and all-banned (0) words, a
+    vocabulary that ends mid-word, and a bitmask wider than the vocabulary needs."""
+    g = torch.Generator().manual_seed(vocab)
+    words = -(-vocab // 32) + 1
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (5, words), generator=g, dtype=torch.int64).to(torch.int32)
+    bitmask[1] = -1
+    bitmask[2] = 0
+    bitmask[3, ::2] = -1
+    logits = torch.randn(5, vocab, generator=g)
+    want = ops.apply_token_bitmask(logits.clone(), bitmask)  # core's torch definition
+    got = _native.apply_token_bitmask(logits.clone(), bitmask)
+    assert torch.equal(got, want)

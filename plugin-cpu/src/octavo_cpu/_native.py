@@ -327,6 +327,18 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], d)
 
 
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """`FusedOps.apply_token_bitmask` in one pass: logits [S, V] float32 with a contiguous last
+    dim, banned in place where the bit of bitmask [S, >= ceil(V / 32)] int32 is 0."""
+    assert logits.dim() == 2 and logits.stride(-1) == 1 and logits.dtype == torch.float32
+    s, v = logits.shape
+    bitmask = _int32(bitmask)
+    assert bitmask.dim() == 2 and bitmask.shape[0] == s and bitmask.shape[1] * 32 >= v, "bitmask too small"
+    if s:
+        _C.apply_token_bitmask(logits.data_ptr(), logits.stride(0), s, v, bitmask.data_ptr(), bitmask.shape[1])
+    return logits
+
+
 def sample(logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
     """`FusedOps.sample`'s semantics (inverse CDF of softmax(logits / t) at u, per row) in one
     call: logits [S, V] float32 or bfloat16 with a contiguous last dim."""

@@ -51,6 +51,13 @@ class CpuOps(FusedOps):
             return _native.silu_and_mul(x)
         return super().silu_and_mul(x)
 
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+        # structured outputs' mask in one pass over the words (torch's definition expands
+        # every bit to a byte first: 64 x 49k logits ~33 ms against ~1-3 ms here)
+        if _native.available() and logits.dtype == torch.float32 and logits.dim() == 2 and logits.stride(-1) == 1:
+            return _native.apply_token_bitmask(logits, bitmask)
+        return super().apply_token_bitmask(logits, bitmask)
+
     def sample(self, logits: torch.Tensor, temperatures: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
         # one native call reads each row twice from cache (max, block sums) and scans one
         # block, where the torch path makes five passes and two temporaries of [S, V]
