@@ -170,6 +170,22 @@ def test_chat_image_url_part_matches_transformers(root):
     assert out.outputs[0].token_ids == hf_generate(path, text, [img], MAX_TOKENS)
 
 
+def test_chat_template_that_loops_over_content_parts_gets_image_parts(root):
+    path = make_tiny_vlm("llava", root)
+    img = image(50, 40, 6)
+    # a processor's template (LLaVA-1.5's style): images first, as {"type": "image"} parts it renders
+    template = (
+        "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+        "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}<image>\n{% endfor %}"
+        "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}{{ part['text'] }}{% endfor %}"
+        "{% endfor %} ASSISTANT:"
+    )
+    content = [{"type": "text", "text": "What is it?"}, {"type": "image_pil", "image_pil": img}]
+    (out,) = _llm(path).chat([{"role": "user", "content": content}], _greedy(), use_tqdm=False, chat_template=template)
+    want = hf_generate(path, "USER: <image>\nWhat is it? ASSISTANT:", [img], MAX_TOKENS)
+    assert out.outputs[0].token_ids == want
+
+
 def test_bad_images_are_refused_with_what_is_wrong(root, monkeypatch):
     from octavo.multimodal import MultiModalInputError, media
 

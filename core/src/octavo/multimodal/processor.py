@@ -11,6 +11,9 @@ says how the image processor's outputs read: `split_images`, `image_num_tokens`,
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from typing import Any
 
 from octavo.multimodal.hashing import image_hash
@@ -42,6 +45,7 @@ class MultiModalProcessor:
 
         from octavo.models import get_model_class
 
+        self.directory = directory
         self.hf_config = hf_config
         self.tokenizer = tokenizer
         self.model_cls = get_model_class(hf_config)
@@ -81,27 +85,47 @@ class MultiModalProcessor:
         return MultiModalInputs(expanded, items, prompt)
 
     def chat_prompt(self, conversation: list[dict], chat_template: str | None = None) -> tuple[str, list]:
-        """A chat's prompt text and its images (PIL, in order): each image part ({"type":
-        "image_url", "image_url": {"url": ...}}, {"type": "image_pil", "image_pil": image})
-        becomes the model's placeholder, text parts stay, one per line, and the tokenizer's
-        chat template renders the messages."""
+        """A chat's prompt text and its images (PIL, in order), from OpenAI's content parts:
+        text, {"type": "image_url", "image_url": {"url": ...}}, {"type": "image_pil",
+        "image_pil": image}. A template that loops over a message's parts (transformers'
+        processors', Qwen's) gets them as {"type": "text"} and {"type": "image"} parts and
+        writes each image's placeholder itself; any other gets the text, each image part as
+        the model's placeholder, one part per line. The template: `chat_template`, else the
+        tokenizer's, else the checkpoint's processor's (chat_template.json)."""
         from octavo.multimodal.media import image_from_part
 
+        template = chat_template or getattr(self.tokenizer, "chat_template", None) or self._processor_template()
+        parts = template is not None and renders_parts(template)
         images: list = []
         messages = []
         for message in conversation:
             content = message.get("content")
             if isinstance(content, list):
-                texts = []
+                out: list = []
                 for part in content:
                     if part.get("type") == "text":
-                        texts.append(part.get("text", ""))
-                    else:
-                        images.append(image_from_part(part, len(images)))
-                        texts.append(self.placeholder)
-                message = {**message, "content": "\n".join(texts)}
+                        out.append(part if parts else part.get("text", ""))
+                        continue
+                    images.append(image_from_part(part, len(images)))
+                    out.append({"type": "image"} if parts else self.placeholder)
+                message = {**message, "content": out if parts else "\n".join(out)}
             messages.append(message)
         text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, chat_template=chat_template
+            messages, add_generation_prompt=True, tokenize=False, chat_template=template
         )
         return text, images
+
+    def _processor_template(self) -> str | None:
+        """The chat template of the checkpoint's processor, where it keeps one apart from the
+        tokenizer's (older processors: chat_template.json)."""
+        path = os.path.join(self.directory, "chat_template.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f).get("chat_template")
+
+
+def renders_parts(template: str) -> bool:
+    """Whether a chat template loops over a message's content parts (`for part in
+    message['content']`, `message.content | selectattr(...)`) rather than printing it."""
+    return re.search(r"in\s+\w+(\[['\"]content['\"]\]|\.content)", template) is not None
