@@ -48,3 +48,16 @@ class TritonOps(FusedOps):
         from octavo_triton.lora import lora_expand
 
         return lora_expand(y, h, b, slots, slice_sizes)
+
+    def fused_moe(
+        self,
+        x: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        activation: str = "silu",
+    ) -> torch.Tensor:
+        from octavo_triton.fused_moe import fused_moe
+
+        return fused_moe(x, w13, w2, topk_weights, topk_ids, activation)
