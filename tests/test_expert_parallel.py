@@ -1,6 +1,6 @@
 """Mixture-of-experts models over 2 ranks on the CPU (gloo): with --enable-expert-parallel (whole
 experts per rank, tokens dispatched and combined by all_to_all) and without it (every expert's
-features split over the ranks), greedy tokens equal one rank's and transformers'; the switch is
+features split over the ranks), greedy tokens equal one rank's; the switch is
 refused, before any worker starts, for a model without experts and for an expert count the
 ranks cannot share."""
 
@@ -44,13 +44,13 @@ def _llm(path, tp, ep=False, **kw):
     [("qwen2_moe", True), ("mixtral", False)],
     ids=["qwen2_moe-expert-parallel", "mixtral-tensor-parallel-experts"],
 )
-def test_two_ranks_match_one_and_transformers(arch, ep, tmp_path, hf_reference):
+def test_two_ranks_match_one(arch, ep, tmp_path):
     """qwen2_moe: 6 experts, 3 per rank, a gated shared expert and a dense layer beside them;
-    prompts of 1 token (one rank's slice is empty) to 120 (chunks of 48: steps of decodes and prefills)."""
+    prompts of 1 token (one rank's slice is empty) to 120 (chunks of 48: steps of decodes and
+    prefills). One rank equals transformers on these models (test_moe_models)."""
     path = make_tiny_model(arch, str(tmp_path / arch), tiny_moe_config(arch))
     prompts = random_prompts(4, [1, 17, 60, 120], vocab=len(smollm2_tokenizer()), seed=3)
     one = _greedy(_llm(path, 1), prompts)
-    assert one == hf_reference(path, prompts, NEW_TOKENS), f"{arch}: one rank differs from transformers"
     llm = _llm(path, 2, ep, max_num_batched_tokens=48)
     layers = [m for m in llm.llm_engine.runner.model.modules() if isinstance(m, FusedMoE)]
     assert layers and all(m.expert_parallel == ep for m in layers)
