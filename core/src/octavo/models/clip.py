@@ -94,6 +94,12 @@ class CLIPEmbeddings(nn.Module):
         return x + self.position_embedding.weight
 
 
+class CLIPEncoder(nn.Module):
+    def __init__(self, cfg, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(num_layers))
+
+
 #: the vision configs' model_type -> whether the tower has CLIP's class token and first LayerNorm
 TOWERS = {"clip_vision_model": True, "siglip_vision_model": False}
 
@@ -112,8 +118,7 @@ class CLIPVisionTower(nn.Module):
         self.embeddings = CLIPEmbeddings(cfg, self.class_token)
         if self.class_token:
             self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # sic: the checkpoint's name
-        self.encoder = nn.Module()
-        self.encoder.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(num_layers))
+        self.encoder = CLIPEncoder(cfg, num_layers)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(pixel_values)

@@ -103,16 +103,22 @@ class PatchMerger(nn.Module):
     def __init__(self, out: int, width: int, merge: int, rms: bool) -> None:
         super().__init__()
         self.ln_q = _norm(rms, width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width * merge**2, width * merge**2), nn.GELU(), nn.Linear(width * merge**2, out)
-        )
+        self.merged = width * merge**2  # a 2x2 block of patches, side by side
+        self.mlp = nn.Sequential(nn.Linear(self.merged, self.merged), nn.GELU(), nn.Linear(self.merged, out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, n, width] -> [B, n / merge^2, out]
-        b = x.shape[0]
-        return self.mlp(self.ln_q(x).reshape(b, -1, self.mlp[0].in_features))
+        return self.mlp(self.ln_q(x).reshape(x.shape[0], -1, self.merged))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, channels: int, width: int, kernel: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(channels, width, kernel, kernel, bias=False)
 
 
 class Qwen2VisionTransformer(nn.Module):
+    inv_freq: torch.Tensor  # a buffer
+
     def __init__(self, vc, v2_5: bool) -> None:
         super().__init__()
         self.v2_5 = v2_5
@@ -123,9 +129,7 @@ class Qwen2VisionTransformer(nn.Module):
         self.merge = vc.spatial_merge_size
         self.window = getattr(vc, "window_size", 0) // self.merge // self.patch if v2_5 else 0
         self.full_blocks = set(getattr(vc, "fullatt_block_indexes", ()) or ()) if v2_5 else None
-        self.patch_embed = nn.Module()
-        kernel = (vc.temporal_patch_size, vc.patch_size, vc.patch_size)
-        self.patch_embed.proj = nn.Conv3d(vc.in_channels, width, kernel, kernel, bias=False)
+        self.patch_embed = PatchEmbed(vc.in_channels, width, (vc.temporal_patch_size, vc.patch_size, vc.patch_size))
         self.blocks = nn.ModuleList(
             VisionBlock(width, vc.num_heads, intermediate, vc.hidden_act, v2_5) for _ in range(vc.depth)
         )
@@ -190,6 +194,7 @@ class Qwen2VisionTransformer(nn.Module):
 
 class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     v2_5 = False
+    mrope_axis: torch.Tensor  # a buffer
 
     def __init__(self, platform: Platform, hf_config, max_positions: int) -> None:
         super().__init__(platform, hf_config, max_positions)
@@ -225,7 +230,8 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
         """Each image's merged tokens, [tokens, hidden]; images of one grid run as one batch."""
         by_grid: dict[tuple[int, int, int], list[int]] = {}
         for i, it in enumerate(items):
-            by_grid.setdefault(tuple(int(v) for v in it.data["image_grid_thw"][0]), []).append(i)
+            t, h, w = (int(v) for v in it.data["image_grid_thw"][0])
+            by_grid.setdefault((t, h, w), []).append(i)
         results: list[torch.Tensor] = [torch.empty(0)] * len(items)
         for grid, indices in by_grid.items():
             pixels = torch.cat([items[i].data["pixel_values"] for i in indices])

@@ -84,6 +84,11 @@ class VisionLanguageModel(nn.Module):
         return x
 
     # ---- the processor's outputs ----------------------------------------------------------
+    @staticmethod
+    def image_token_id(hf_config) -> int:
+        """The placeholder token's id (each subclass reads it from its config)."""
+        raise NotImplementedError
+
     @classmethod
     def image_placeholder(cls, tokenizer, hf_config) -> str:
         """The text that stands for one image in a prompt: its placeholder token."""

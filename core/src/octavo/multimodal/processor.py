@@ -54,7 +54,7 @@ class MultiModalProcessor:
         self.image_token_id = self.model_cls.image_token_id(hf_config)
         self.placeholder = self.model_cls.image_placeholder(tokenizer, hf_config)
 
-    def process(self, prompt: str, multi_modal_data: Any, add_special_tokens: bool = True) -> MultiModalInputs:
+    def process(self, prompt: str | None, multi_modal_data: Any, add_special_tokens: bool = True) -> MultiModalInputs:
         """A text prompt with one placeholder per image, in order, and its images:
         MultiModalInputError when they do not fit together. A chat template's text has its
         special tokens already: tokenize it with add_special_tokens=False."""
