@@ -93,6 +93,9 @@ def main() -> None:
         )
         outs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
         llm.shutdown()
+        del llm
+        if args.device == "cuda":
+            torch.cuda.empty_cache()  # the first engine's cache, freed for the second
         want = hf_encode(hf, prompts, "cpu")
         got = torch.tensor([o.outputs.embedding for o in outs])
         result["tiny_fp32_min_cosine"] = float(F.cosine_similarity(got, want, dim=-1).min())
