@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from octavo.lora.request import LoRARequest
+from octavo.multimodal import MultiModalInputs
 from octavo.outputs import CompletionOutput, RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 from octavo.spec_decode.metrics import SpecDecodeStats
 
 logger = logging.getLogger(__name__)
 
-PromptType = str | dict
+PromptType = str | dict | MultiModalInputs  # the last: a prompt with images, processed
 
 DEFAULT_MAX_WAITING_REQUESTS = 1024
 
@@ -331,6 +332,8 @@ class AsyncLLMEngine:
 
     def _log_request(self, request_id: str, prompt: PromptType, params: SamplingParams) -> None:
         shown: Any = prompt.get("prompt_token_ids", prompt) if isinstance(prompt, dict) else prompt
+        if isinstance(prompt, MultiModalInputs):  # its token ids (the images' placeholders expanded)
+            shown = prompt.prompt_token_ids
         if self.max_log_len is not None:
             shown = shown[: self.max_log_len]
         logger.info("received request %s: prompt %r, params %s", request_id, shown, params)

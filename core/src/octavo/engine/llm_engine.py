@@ -28,7 +28,7 @@ from octavo.structured_output.manager import Accepted
 
 logger = logging.getLogger("octavo")
 
-PromptType = str | dict
+PromptType = str | dict | MultiModalInputs  # the last: a prompt with images, processed
 
 
 @dataclass
@@ -259,9 +259,9 @@ class LLMEngine:
                     f"invalid sampling parameter {name}={getattr(params, name)}: this engine returns at most "
                     f"{most} (--max-logprobs)"
                 )
-        if isinstance(prompt, dict) and "multi_modal_data" in prompt:
-            prompt = self.process_multimodal(prompt)
         mm = prompt if isinstance(prompt, MultiModalInputs) else None
+        if isinstance(prompt, dict) and "multi_modal_data" in prompt:
+            mm = self.process_multimodal(prompt)
         text, ids = (mm.prompt, mm.prompt_token_ids) if mm is not None else self._tokenize(prompt)
         if not ids:
             raise ValueError("the prompt is empty; give at least one token")

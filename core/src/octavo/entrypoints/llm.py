@@ -11,6 +11,7 @@ from octavo import vllm_options
 from octavo.engine import LLMEngine, PromptType
 from octavo.engine_args import EngineArgs
 from octavo.lora.request import LoRARequest
+from octavo.multimodal import MultiModalInputs
 from octavo.outputs import RequestOutput
 from octavo.pooling.outputs import (
     ClassificationRequestOutput,
@@ -84,7 +85,7 @@ class LLM:
         lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """`lora_request`: the LoRA adapter of every prompt, or one per prompt (None: the base model)."""
-        if isinstance(prompts, (str, dict)):
+        if isinstance(prompts, (str, dict, MultiModalInputs)):
             prompts = [prompts]
         prompts = list(prompts)
         if lora_request is None or isinstance(lora_request, LoRARequest):
@@ -167,7 +168,7 @@ class LLM:
         engine = self.llm_engine
         if not isinstance(engine, PoolingEngine):
             raise ValueError(f"{pooling_task} needs a pooling model: LLM(model, runner='pooling')")
-        if isinstance(prompts, (str, dict)):
+        if isinstance(prompts, (str, dict, MultiModalInputs)):
             prompts = [prompts]
         prompts = list(prompts)
         if isinstance(pooling_params, Sequence):

@@ -162,9 +162,8 @@ class OpenAIServing:
         """Hand a request to the engine (token ids, or a prompt with images already processed);
         engine-side rejections become OpenAI errors."""
         try:
-            prompt = prompt_token_ids
-            if not isinstance(prompt, MultiModalInputs):
-                prompt = {"prompt_token_ids": prompt_token_ids}
+            ids = prompt_token_ids
+            prompt = ids if isinstance(ids, MultiModalInputs) else {"prompt_token_ids": ids}
             return await self.engine.add_request(request_id, prompt, params, lora_request=lora)
         except QueueFullError as e:
             if self.metrics is not None:
@@ -178,7 +177,10 @@ class OpenAIServing:
             raise InternalServerError(str(e)) from None
 
     async def submit_all(
-        self, request_id: str, requests: list[tuple[list[int], SamplingParams]], lora: LoRARequest | None = None
+        self,
+        request_id: str,
+        requests: list[tuple[list[int] | MultiModalInputs, SamplingParams]],
+        lora: LoRARequest | None = None,
     ) -> list[RequestStream]:
         """Submit one request per prompt (with `lora`'s adapter); if any is refused, abort those already accepted."""
         if len(requests) == 1:
