@@ -1,13 +1,16 @@
 """DeepSeek-V2 / V3 with multi-head latent attention (issue 24, part B).
 
-Greedy tokens equal Hugging Face transformers on tiny random-weight configs (float32): V2-Lite's
-q without LoRA, V2's q LoRA with YaRN's mscale, V3's interleaved rope and YaRN; prefill in chunks,
-prefix-cache hits and preemption. The latent cache costs layers x (kv_lora_rank +
+Greedy tokens equal Hugging Face transformers on tiny random-weight configs (float32), a first
+dense layer then experts: V2-Lite's q without LoRA and greedy routing, V2's q LoRA with YaRN's
+mscale and group-limited routing, V3's interleaved rope, YaRN and sigmoid routing with a
+correction bias; prefill in chunks, prefix-cache hits and preemption. The latent cache costs layers x (kv_lora_rank +
 qk_rope_head_dim) x dtype bytes a token, and octavo-cpu's latent attention equals the kit's
 reference.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
@@ -18,7 +21,7 @@ from octavo.platform import AttentionSpec, Device
 from octavo_plugin_kit import reference
 from octavo_plugin_kit.inputs import make_forward_batch
 
-NEW_TOKENS = 12
+NEW_TOKENS = 10
 LAYERS = 2
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1}
 
@@ -31,7 +34,10 @@ def _config(arch: str):
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=LAYERS,
-        first_k_dense_replace=LAYERS,  # dense layers only: the MoE layers come with octavo.layers.moe
+        first_k_dense_replace=1,  # a dense layer, then experts
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
         num_attention_heads=4,
         num_key_value_heads=4,
         kv_lora_rank=32,
@@ -46,13 +52,16 @@ def _config(arch: str):
         tie_word_embeddings=False,
     )
     if arch == "deepseek-v2-lite":  # q in one projection, plain rope
-        return DeepseekV2Config(**common, q_lora_rank=None, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+        rope = {"rope_type": "default", "rope_theta": 1e4}
+        return DeepseekV2Config(**common, q_lora_rank=None, rope_parameters=rope, n_shared_experts=2)
     if arch == "deepseek-v2":  # q LoRA, YaRN with V2's mscale pair (the softmax scale changes too)
         rope = {**YARN, "rope_theta": 1e4, "mscale": 0.707, "mscale_all_dim": 0.707}
-        return DeepseekV2Config(**common, q_lora_rank=24, rope_parameters=rope)
+        groups = dict(topk_method="group_limited_greedy", n_group=4, topk_group=2, routed_scaling_factor=1.5)
+        return DeepseekV2Config(**common, q_lora_rank=24, rope_parameters=rope, n_shared_experts=1, **groups)
     if arch == "deepseek-v3":  # q LoRA, interleaved rope (V3's flag), YaRN with mscale 1
         rope = {**YARN, "rope_theta": 1e4, "mscale": 1.0, "mscale_all_dim": 1.0}
-        return DeepseekV3Config(**common, q_lora_rank=24, rope_parameters=rope, rope_interleave=True)
+        groups = dict(n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, n_shared_experts=1)
+        return DeepseekV3Config(**common, q_lora_rank=24, rope_parameters=rope, rope_interleave=True, **groups)
     raise ValueError(arch)
 
 
@@ -62,7 +71,23 @@ ARCHS = ("deepseek-v2-lite", "deepseek-v2", "deepseek-v3")
 @pytest.fixture(scope="module")
 def deepseek_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("deepseek")
-    return {arch: make_tiny_model(arch, str(root / arch), _config(arch)) for arch in ARCHS}
+    dirs = {arch: make_tiny_model(arch, str(root / arch), _config(arch)) for arch in ARCHS}
+    _randomize_correction_bias(dirs["deepseek-v3"])
+    return dirs
+
+
+def _randomize_correction_bias(path: str) -> None:
+    """V3's score correction bias is a zero buffer in a fresh model: give it values that change
+    which experts win (sigmoid scores lie in (0, 1))."""
+    from safetensors.torch import load_file, save_file
+
+    file = f"{path}/model.safetensors"
+    tensors = load_file(file)
+    g = torch.Generator().manual_seed(0)
+    for name in tensors:
+        if name.endswith("e_score_correction_bias"):
+            tensors[name] = torch.randn(tensors[name].shape, generator=g) * 0.3
+    save_file(tensors, file, metadata={"format": "pt"})
 
 
 def _prompts() -> list[list[int]]:
@@ -70,7 +95,7 @@ def _prompts() -> list[list[int]]:
     vocab = len(smollm2_tokenizer())
     prefix = random_prompts(1, [40], vocab, seed=5)[0]
     shared = [prefix + s for s in random_prompts(3, [3, 9, 20], vocab, seed=6)]
-    return shared + random_prompts(3, [1, 70, 150], vocab, seed=7)
+    return shared + random_prompts(3, [1, 60, 100], vocab, seed=7)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -118,10 +143,12 @@ def test_kv_bytes_per_token_follow_the_latent_formula(deepseek_dirs, caplog):
 
     path = deepseek_dirs["deepseek-v2"]
     cfg = AutoConfig.from_pretrained(path)
-    llm = LLM(model=path, device="cpu", dtype="bfloat16", block_size=16, kv_cache_memory="1MiB")
+    with caplog.at_level(logging.INFO, logger="octavo"):
+        llm = LLM(model=path, device="cpu", dtype="bfloat16", block_size=16, kv_cache_memory="1MiB")
     runner = llm.llm_engine.runner
     per_token = runner.kv_cache_bytes_per_block() / 16
     assert per_token == cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 2
+    assert f"{int(per_token)} bytes a token" in caplog.text  # the start-up log line says it
     # per-head K and V: every head's key (nope + rope features) and value
     per_head_kv = cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
     per_head_kv = (per_head_kv + cfg.num_hidden_layers * cfg.num_attention_heads * cfg.v_head_dim) * 2

@@ -181,11 +181,13 @@ class LLMEngine:
             )
         tokens = num_blocks * cache.block_size
         logger.info(
-            "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB); max concurrency at %d tokens/request: %.1fx",
+            "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB, %d bytes a token); max concurrency at %d "
+            "tokens/request: %.1fx",
             num_blocks,
             cache.block_size,
             tokens,
             num_blocks * per_block / 2**30,
+            per_block // cache.block_size,  # every layer's, as the back end prices them (MLA: the latent's)
             max_len,
             tokens / max_len,
         )

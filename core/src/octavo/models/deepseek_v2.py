@@ -1,5 +1,6 @@
 """DeepSeek-V2 / V2-Lite / V3: Llama's pre-norm decoder with multi-head latent attention
-(layers/mla.py) and, from layer `first_k_dense_replace` on, mixture-of-experts MLPs.
+(layers/mla.py) and, from layer `first_k_dense_replace` on, mixture-of-experts MLPs
+(layers/moe.py: DeepSeek's grouped top-k routing, shared experts).
 
 - q is one projection where `q_lora_rank` is None (V2-Lite), else a low-rank pair with an
   RMSNorm between (V2, V3);
@@ -9,10 +10,12 @@
   platform's rotate-half `rotary` op computes the same products; scores are unchanged, since
   q and k are reordered alike;
 - YaRN scaling as transformers computes it: the rotary table from its rope functions (their
-  attention factor included), and the softmax scale times mscale(factor, mscale_all_dim)^2.
-
-The weights of MoE layers come only with octavo.layers.moe (issue 24a): until then a config
-with such layers is refused.
+  attention factor included), and the softmax scale times mscale(factor, mscale_all_dim)^2;
+- routing: V2 scores by softmax, over all experts (`greedy`) or the best `topk_group` of
+  `n_group` groups (`group_limited_greedy`), never renormalized (transformers' V2 ignores
+  norm_topk_prob); V3 by sigmoid with the per-expert correction bias choosing (noaux_tc),
+  renormalized when norm_topk_prob; both scaled by routed_scaling_factor; the
+  n_shared_experts as one wider MLP every token goes through.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from octavo.layers.linear import Linear
 from octavo.layers.mla import LatentAttention
-from octavo.layers.norm import RMSNorm
+from octavo.layers.moe import FusedMoE, GroupedTopKRouting, MoEBlock, SharedExpert
 from octavo.layers.rotary import build_cos_sin_cache, rope_parameters
-from octavo.models.llama import LlamaForCausalLM
-from octavo.models.structure import DecoderStructure
+from octavo.models.llama_moe import MoELlamaForCausalLM
 from octavo.platform import Platform
 
 
@@ -43,47 +44,53 @@ def softmax_scale(hf_config) -> float:
     return scale
 
 
-class DeepseekDecoderLayer(nn.Module):
-    """Llama's layer (models/llama.py DecoderLayer) with latent attention; a dense MLP on the
-    first `first_k_dense_replace` layers."""
-
-    def __init__(self, model: DeepseekV2ForCausalLM, index: int) -> None:
-        super().__init__()
-        cfg, platform = model.config, model.platform
-        self.self_attn = model.make_attention(index)
-        if index < (cfg.first_k_dense_replace or 0) or not getattr(cfg, "n_routed_experts", None):
-            self.mlp = model.make_mlp()
-        else:
-            raise ValueError(
-                f"layer {index} of this DeepSeek model is a mixture of experts, which octavo does not run yet "
-                "(octavo.layers.moe); models whose layers are all dense (first_k_dense_replace = "
-                "num_hidden_layers) run"
-            )
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, platform.ops)
-
-    def forward(self, x, residual, positions, cos_sin, kv_cache, meta):
-        if residual is None:
-            residual = x
-            h = self.input_layernorm(x)
-        else:
-            h, residual = self.input_layernorm(x, residual)
-        h = self.self_attn(h, positions, cos_sin, kv_cache, meta)
-        h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
-
-
-class DeepseekV2ForCausalLM(LlamaForCausalLM):
-    def __init__(self, platform: Platform, hf_config, max_positions: int) -> None:
+class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
+    def __init__(self, platform: Platform, hf_config, max_positions: int, enable_expert_parallel: bool = False):
         if platform.communicator.world_size > 1:
             raise ValueError(
-                "DeepSeek's latent attention does not run with tensor parallelism in octavo yet; "
+                "DeepSeek's latent attention does not run with tensor (or expert) parallelism in octavo yet; "
                 "use tensor_parallel_size=1"
             )
-        super().__init__(platform, hf_config, max_positions)
+        super().__init__(platform, hf_config, max_positions, enable_expert_parallel)
 
-    def make_layer(self, index: int) -> nn.Module:
-        return DeepseekDecoderLayer(self, index)
+    def is_sparse(self, index: int) -> bool:
+        cfg = self.config
+        first_dense = cfg.first_k_dense_replace or 0
+        return bool(cfg.n_routed_experts) and index >= first_dense and index % getattr(cfg, "moe_layer_freq", 1) == 0
+
+    def routing(self) -> tuple[GroupedTopKRouting, bool]:
+        """V2's routing and whether it has a correction bias (no: V3 overrides)."""
+        cfg = self.config
+        grouped = getattr(cfg, "topk_method", "greedy") == "group_limited_greedy"
+        routing = GroupedTopKRouting(
+            cfg.num_experts_per_tok,
+            num_groups=cfg.n_group if grouped else 1,
+            topk_groups=cfg.topk_group if grouped else 1,
+            scoring="softmax",
+            scaling=cfg.routed_scaling_factor,
+        )
+        return routing, False
+
+    def make_moe(self) -> MoEBlock:
+        cfg = self.config
+        act = getattr(cfg, "hidden_act", None) or "silu"
+        routing, bias = self.routing()
+        experts = FusedMoE(
+            self.platform,
+            cfg.hidden_size,
+            cfg.moe_intermediate_size,
+            cfg.n_routed_experts,
+            routing,
+            act,
+            self.expert_parallel,
+            correction_bias=bias,
+        )
+        shared = None
+        if cfg.n_shared_experts:
+            shared = SharedExpert(
+                self.platform, cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, False, act
+            )
+        return MoEBlock(self.platform, experts, shared)
 
     def make_attention(self, index: int) -> LatentAttention:  # type: ignore[override]
         cfg = self.config
@@ -104,9 +111,6 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
     def make_cos_sin_cache(self, max_positions: int) -> torch.Tensor:
         return build_cos_sin_cache(self.config, self.config.qk_rope_head_dim, max_positions)
 
-    def structure(self) -> DecoderStructure | None:
-        return None  # latent attention is not that structure's
-
     # ---- weights -------------------------------------------------------------------
     def _target(self, name: str):
         parts = name.removeprefix("model.").split(".")
@@ -114,6 +118,11 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
             return None, None, None  # V3's multi-token-prediction layers: not used for generation
         if parts[2:] == ["self_attn", "kv_b_proj", "weight"]:
             return self._decoder_layers()[int(parts[1])].self_attn.kv_b_proj, None, None
+        if parts[2:] == ["mlp", "gate", "e_score_correction_bias"]:
+            layer = self._decoder_layers()[int(parts[1])]
+            if not isinstance(layer.mlp, MoEBlock) or layer.mlp.experts.correction_bias is None:
+                raise KeyError(name)
+            return layer.mlp.experts.correction_bias, None, None
         return super()._target(name)
 
     def _linear_entry(self, stem: str):
@@ -125,13 +134,15 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
         if rest.startswith("self_attn."):
             linear = getattr(layer.self_attn, rest.removeprefix("self_attn."), None)
             return (linear, None, None) if isinstance(linear, Linear) else (None, None, None)
-        inter = layer.mlp.intermediate
-        table = {
-            "mlp.gate_proj": (layer.mlp.gate_up_proj, (0, inter), None),
-            "mlp.up_proj": (layer.mlp.gate_up_proj, (inter, inter), None),
-            "mlp.down_proj": (layer.mlp.down_proj, None, None),
-        }
-        return table.get(rest, (None, None, None))
+        return self._mlp_entries(layer.mlp).get(rest, (None, None, None))
+
+    def _mlp_entries(self, mlp):
+        if not isinstance(mlp, MoEBlock):
+            return super()._mlp_entries(mlp)
+        entries = {"mlp.gate": (mlp.experts.gate, None, None)}  # the router
+        if mlp.shared is not None:
+            entries.update(mlp.shared.linear_entries("mlp.shared_experts"))
+        return entries
 
     @torch.no_grad()
     def load_weights(self, weights) -> None:
@@ -161,5 +172,17 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
 
 
 class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):
+    def routing(self) -> tuple[GroupedTopKRouting, bool]:
+        cfg = self.config
+        routing = GroupedTopKRouting(
+            cfg.num_experts_per_tok,
+            num_groups=cfg.n_group or 1,
+            topk_groups=cfg.topk_group or 1,
+            scoring="sigmoid",
+            renormalize=bool(cfg.norm_topk_prob),
+            scaling=cfg.routed_scaling_factor,
+        )
+        return routing, True
+
     def _interleaved_rope(self) -> bool:
         return bool(getattr(self.config, "rope_interleave", True))
