@@ -168,7 +168,9 @@ def main() -> None:
             vision.update(
                 depth=2, hidden_size=64, intermediate_size=128, out_hidden_size=256, fullatt_block_indexes=[1]
             )
-        processor = Qwen2VLImageProcessor()  # Qwen's defaults: a 448x448 image stays 448x448, 32x32 patches
+        # Qwen's limits, given explicitly: transformers 5.17 carried the tiny check's max_pixels over to a
+        # processor built with defaults (the first run processed 448x448 images at 224x224: 64 tokens each)
+        processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
         path, cfg = model_dir(root, "big", tok, text, vision, processor)
         prompt = f"<|im_start|>user\n{PLACEHOLDER}Describe this image in detail.<|im_end|>\n<|im_start|>assistant\n"
         images = [picture(448, 100 + i) for i in range(args.requests)]  # all different: no prefix-cache hits
@@ -188,6 +190,7 @@ def main() -> None:
         outs = llm.generate(reqs, params, use_tqdm=False)
         octavo_s = time.perf_counter() - t0
         result["prompt_tokens"] = len(outs[0].prompt_token_ids)
+        result["image_tokens"] = outs[0].prompt_token_ids.count(cfg.image_token_id)  # 256 for 448x448
         result["octavo_s"] = octavo_s
         result["octavo_output_tok_per_s"] = sum(len(o.outputs[0].token_ids) for o in outs) / octavo_s
         result["octavo_req_per_s"] = args.requests / octavo_s
