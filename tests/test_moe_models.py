@@ -58,13 +58,14 @@ def test_greedy_matches_transformers_chunked_cached_and_preempted(arch, moe_dirs
     assert stats.num_preemptions_total > 0, "the KV budget was meant to force preemption"
 
 
-def test_fused_expert_tensors_load_like_per_expert_ones(moe_dirs):
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])
+def test_fused_expert_tensors_load_like_per_expert_ones(arch, moe_dirs):
     """transformers 5's in-memory layout ([E, 2I, H] gate_up_proj, [E, H, I] down_proj) gives the
     same stacked weights as the checkpoint's per-expert tensors."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    path = moe_dirs["qwen3_moe"]
+    path = moe_dirs[arch]
     llm = LLM(model=path, device="cpu", dtype="float32", max_model_len=64, kv_cache_memory="4MiB")
     model = llm.llm_engine.runner.model
     fused = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()

@@ -254,12 +254,11 @@ class SharedExpert(nn.Module):
     def linear_entries(self, prefix: str) -> dict[str, tuple[Linear, tuple[int, int] | None, tuple[int, int, int]]]:
         """The checkpoint's linear layers under `prefix` (`mlp.shared_expert`), as `_linear_entry` maps them."""
         inter, src = self.intermediate, (0, self.inter_start, self.total_intermediate)
-        entries = {
+        return {
             f"{prefix}.gate_proj": (self.gate_up_proj, (0, inter), src),
             f"{prefix}.up_proj": (self.gate_up_proj, (inter, inter), src),
             f"{prefix}.down_proj": (self.down_proj, None, (1, *src[1:])),
         }
-        return entries
 
 
 class MoEBlock(nn.Module):

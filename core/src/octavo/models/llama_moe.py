@@ -113,11 +113,13 @@ class MoELlamaForCausalLM(LlamaForCausalLM):
         super().load_weights(self._split_fused_experts(weights))
 
     def _split_fused_experts(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """transformers 5's fused expert tensors as the per-expert tensors checkpoints store."""
+        """transformers 5's fused expert tensors (and names) as the per-expert tensors checkpoints store."""
         names = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
         if self.moe_prefix == "block_sparse_moe":
             names = {"gate": "w1", "up": "w3", "down": "w2"}
         for name, tensor in weights:
+            if self.moe_prefix != "mlp" and (".mlp.gate." in name or ".mlp.experts." in name):
+                name = name.replace(".mlp.", f".{self.moe_prefix}.", 1)  # transformers 5 calls Mixtral's block `mlp`
             stem, _, last = name.rpartition(".")
             if not stem.endswith(f"{self.moe_prefix}.experts") or last not in ("gate_up_proj", "down_proj"):
                 yield name, tensor
