@@ -21,11 +21,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ON_GPU = HAS_TRITON and not INTERPRET and torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 kernels = pytest.mark.skipif(not (ON_GPU or (INTERPRET and HAS_TRITON)), reason="needs a GPU or TRITON_INTERPRET=1")
-#: (tokens, slots, in_features, slice sizes, rank): a decode batch, a prefill, a fused MLP, a small rank
+#: (tokens, slots, in_features, slice sizes, rank): a decode batch, a prefill, a fused MLP, a small rank;
+#: on the CPU the last case's features span several of shrink's K splits
 CASES = (
     [(64, 8, 4096, (4096, 1024, 1024), 16), (700, 4, 4096, (4096,), 16), (40, 3, 4096, (14336, 14336), 8)]
     if ON_GPU
-    else [(5, 3, 40, (32, 16, 16), 16), (37, 2, 72, (80,), 8), (20, 4, 24, (48, 48), 4)]
+    else [(5, 3, 40, (32, 16, 16), 16), (37, 2, 72, (80,), 8), (20, 4, 24, (48, 48), 4), (9, 2, 600, (32, 16), 8)]
 )
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 

@@ -5,7 +5,9 @@ SGMV without sorting: the grid is (token tile, adapter slot, ...), and a program
 the rows of its tile whose token uses its slot, doing nothing when there are none. A prefill's
 tokens come in runs of one request (one slot), so most tiles hold one slot and run one
 tensor-core product against that slot's A or B; a decode tile of 16 tokens from different
-requests is visited once per slot in it. No host sync and no per-token copy of weights, so the
+requests is visited once per slot in it. Shrink also splits the input features over programs
+(float32 partial sums added atomically), so a decode step's few tiles still fill the GPU instead
+of each program walking all of K alone. No host sync and no per-token copy of weights, so the
 launches could be captured in a graph. Products accumulate in float32 (float32 inputs in IEEE
 precision, not tf32) and round as the definitions say.
 """
@@ -20,6 +22,7 @@ from octavo_triton import interpreting
 
 BLOCK_T = 16  # token rows per program (tl.dot's smallest M)
 BLOCK_K = 64  # input features per step of shrink's loop
+K_SPLIT = 256  # input features per shrink program: a decode step's tiles x slots x splits fill the GPU
 BLOCK_O = 64  # output features per expand program
 
 
@@ -35,29 +38,31 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit(do_not_specialize=["num_tokens"])  # one variant for every batch size
 def _shrink_kernel(
-    h, x, a, slots, num_tokens, in_features, stride_xt, stride_as, stride_an, stride_ht, stride_hn,
-    RANK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr,
+    h, x, a, slots, num_tokens, in_features, stride_xt, stride_as,
+    NR: tl.constexpr, BLOCK_NR: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_SPLIT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
+    """h[rows, :] += x[rows, this split's features] @ a[s] (every slice's rows of A, [N * R, I])
+    for the tile's rows whose slot is s, in float32 (atomically: the splits of K add up)."""
     s = tl.program_id(1)
-    n = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     mine = tl.load(slots + rows, mask=rows < num_tokens, other=-1) == s
     if tl.max(mine.to(tl.int32), axis=0) > 0:
-        ranks = tl.arange(0, BLOCK_R)
-        acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
-        a_rows = a + s.to(tl.int64) * stride_as + n * stride_an + ranks[:, None] * in_features
-        for k0 in range(0, in_features, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
+        nr = tl.arange(0, BLOCK_NR)
+        k_first = tl.program_id(2) * K_SPLIT
+        acc = tl.zeros((BLOCK_T, BLOCK_NR), dtype=tl.float32)
+        a_rows = a + s.to(tl.int64) * stride_as + nr[:, None] * in_features
+        for k0 in range(0, K_SPLIT, BLOCK_K):
+            ks = k_first + k0 + tl.arange(0, BLOCK_K)
             xk = tl.load(
                 x + rows[:, None].to(tl.int64) * stride_xt + ks[None, :],
                 mask=mine[:, None] & (ks[None, :] < in_features),
                 other=0.0,
             )
-            ak = tl.load(a_rows + ks[None, :], mask=(ranks[:, None] < RANK) & (ks[None, :] < in_features), other=0.0)
+            ak = tl.load(a_rows + ks[None, :], mask=(nr[:, None] < NR) & (ks[None, :] < in_features), other=0.0)
             acc += _dot(xk, tl.trans(ak), IEEE, UPCAST)
-        out = h + rows[:, None].to(tl.int64) * stride_ht + n * stride_hn + ranks[None, :]
-        tl.store(out, acc.to(h.dtype.element_ty), mask=mine[:, None] & (ranks[None, :] < RANK))
+        out = h + rows[:, None].to(tl.int64) * NR + nr[None, :]
+        tl.atomic_add(out, acc, mask=mine[:, None] & (nr[None, :] < NR))
 
 
 @triton.jit(do_not_specialize=["num_tokens", "n", "start", "size"])
@@ -95,19 +100,22 @@ def _rank_block(rank: int) -> int:
 
 
 def lora_shrink(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """x [T, I], a [S, N, R, I] (x's dtype), slots [T] (-1: none) -> h [T, N, R] in x's dtype."""
+    """x [T, I], a [S, N, R, I] (x's dtype), slots [T] (-1: none) -> h [T, N, R] in x's dtype.
+
+    Each program takes one K_SPLIT of the input features and every slice at once (A's rows
+    [N * R]), so x is read once and a decode step's few tiles still fill the GPU; the splits'
+    float32 sums add up atomically, rounded to x's dtype at the end."""
     num_slots, n, rank, in_features = a.shape
     x, a = x.contiguous(), a.contiguous()
-    h = torch.zeros(x.shape[0], n, rank, dtype=x.dtype, device=x.device)
-    if x.shape[0] == 0:
-        return h
-    grid = (triton.cdiv(x.shape[0], BLOCK_T), num_slots, n)
-    _shrink_kernel[grid](
-        h, x, a, slots, x.shape[0], in_features, x.stride(0), a.stride(0), a.stride(1), h.stride(0), h.stride(1),
-        RANK=rank, BLOCK_R=_rank_block(rank), BLOCK_T=BLOCK_T, BLOCK_K=BLOCK_K, IEEE=x.dtype == torch.float32,
-        UPCAST=interpreting(),
-    )  # fmt: skip
-    return h
+    h = torch.zeros(x.shape[0], n * rank, dtype=torch.float32, device=x.device)
+    if x.shape[0] > 0:
+        grid = (triton.cdiv(x.shape[0], BLOCK_T), num_slots, triton.cdiv(in_features, K_SPLIT))
+        _shrink_kernel[grid](
+            h, x, a, slots, x.shape[0], in_features, x.stride(0), a.stride(0),
+            NR=n * rank, BLOCK_NR=max(16, triton.next_power_of_2(n * rank)), BLOCK_T=BLOCK_T, BLOCK_K=BLOCK_K,
+            K_SPLIT=K_SPLIT, IEEE=x.dtype == torch.float32, UPCAST=interpreting(),
+        )  # fmt: skip
+    return h.view(-1, n, rank).to(x.dtype)
 
 
 def lora_expand(

@@ -43,10 +43,6 @@ class LoRAAdapter:
     rank: int  # the largest of its modules' ranks
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
-    @property
-    def num_bytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.weights.values())
-
 
 def _pattern_value(patterns: Mapping[str, int | float], module: str, default):
     """PEFT's per-module override: the first pattern matching the end of the module's name."""
