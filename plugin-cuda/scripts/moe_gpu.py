@@ -8,7 +8,7 @@
    experts, lm_head) / 4.25e12 B/s), and 64 prompts x 1024 tokens, 128 out each, against its floor
    (prefill FLOPs at 989 TFLOP/s + each decode step's bytes: the experts 64 tokens touch, the
    rest of the weights and the KV cache read, at 4.25e12 B/s);
-3. transformers beside, batch 1, while the time budget lasts.
+3. transformers beside, batch 1, while the time budget lasts; then other tiles of the kernel.
 
     python3 plugin-cuda/scripts/moe_gpu.py TOKENIZER_DIR OUT.json [--device cuda] [--tiny] [--budget 165]
 
@@ -130,6 +130,38 @@ def kernel_check(name: str, experts: int, top_k: int, hidden: int, inter: int, d
         }
     w13 = w2 = None  # freed before the next shapes
     _free(device)
+    return out
+
+
+def tile_sweep(device: str, budget: float) -> dict:
+    """Other tiles of octavo_triton's fused_moe at Qwen3-30B-A3B widths, 1 and 512 tokens: the data to
+    tune `_tiles` with (each entry: BLOCK_M, BLOCK_N gate/up, BLOCK_N down, BLOCK_K, warps -> us)."""
+    from octavo_triton import fused_moe as module
+
+    chosen = module._tiles
+    g = torch.Generator(device=device).manual_seed(0)
+    w13 = (torch.randn(128, 1536, 2048, generator=g, device=device) * 0.02).bfloat16()
+    w2 = (torch.randn(128, 2048, 768, generator=g, device=device) * 0.03).bfloat16()
+    out: dict = {}
+    configs = [
+        (16, 32, 64, 128, 4),
+        (16, 64, 64, 64, 4),
+        (16, 16, 32, 256, 2),
+        (32, 64, 128, 64, 4),
+        (64, 64, 128, 64, 4),
+        (64, 128, 128, 64, 8),
+    ]
+    try:
+        for tokens in (1, 512):
+            x = torch.randn(tokens, 2048, generator=g, device=device).bfloat16()
+            weights, ids = torch.topk(torch.randn(tokens, 128, generator=g, device=device).softmax(-1), 8)
+            for cfg in configs:
+                if left(budget) < 10:
+                    return out
+                module._tiles = lambda n, e, cfg=cfg: cfg
+                out[f"t{tokens} {cfg}"] = _time(lambda: module.fused_moe(x, w13, w2, weights, ids), 20, device) * 1e6
+    finally:
+        module._tiles = chosen
     return out
 
 
@@ -270,6 +302,8 @@ def main() -> None:
             result["mixtral_8x7b"] = bench("mixtral_8x7b", mixtral, 2, 8, tok, args.device, root, args.budget, big)
         else:
             result["mixtral_8x7b"] = "skipped: out of time"
+    if args.device == "cuda" and left(args.budget) > 25:
+        result["tile_sweep_us"] = tile_sweep(args.device, args.budget)
     result["elapsed_s"] = time.monotonic() - START
     print(result, flush=True)
     dump()
