@@ -30,6 +30,7 @@ KERNELS = (
     "kv_cache",
     "write_kv",
     "attend",
+    "attend_latent",
     "linear",
     "rms_norm",
     "rotary",
