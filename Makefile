@@ -13,7 +13,7 @@ $(STAMP): constraints.txt pyproject.toml core/pyproject.toml plugins/pyproject.t
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e "./core[serve]" -e ./static-shapes -e ./plugins -e ./plugin-cpu -r requirements-dev.txt
+	$(PIP) --quiet -e "./core[serve,ray]" -e ./static-shapes -e ./plugins -e ./plugin-cpu -r requirements-dev.txt
 	# octavo-neuron imports without the Neuron SDK (it reports score 0 there, naming the SDK and
 	# its install command from AWS's index); CI runs its code on the CPU (device "neuron-cpu")
 	$(PIP) --quiet -e ./plugin-neuron

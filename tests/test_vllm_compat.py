@@ -146,7 +146,7 @@ def test_llm_takes_vllms_keywords(tiny_model_dirs, hf_reference):
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"pipeline_parallel_size": 2}, "pipeline_parallel_size")]
+    [({"kv_cache_memory_bytes": 2**30}, "kv_cache_memory_bytes")]
     + [({"cpu_offload_gb": 4}, "cpu_offload_gb"), ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype")],
 )
 def test_llm_refuses_what_octavo_lacks_by_name(kwargs, name):

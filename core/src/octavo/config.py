@@ -104,8 +104,18 @@ class SchedulerConfig:
 @dataclass
 class ParallelConfig:
     tensor_parallel_size: int = 1
+    # layers split into this many stages, each with its own tensor-parallel group (octavo.pipeline)
+    pipeline_parallel_size: int = 1
+    # how the worker processes start: "mp" (torch.multiprocessing on this host) or "ray"
+    distributed_executor_backend: str = "mp"
+    # this process's rank in the run (0: the engine's own process, which drives the others)
+    rank: int = 0
     # MoE layers: whole experts sharded over the ranks (octavo.layers.moe), not each expert's features
     enable_expert_parallel: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 @dataclass
@@ -117,10 +127,10 @@ class EngineConfig:
     device: str
     enforce_eager: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-    # octavo.spec_decode.SpeculativeConfig, or None: no speculative decoding
-    speculative: Any = None
     # octavo.lora.LoRAConfig, or None: LoRA adapters not enabled
     lora: Any = None
+    # octavo.spec_decode.SpeculativeConfig, or None: no speculative decoding
+    speculative: Any = None
 
     def replace(self, **kw: Any) -> EngineConfig:
         return dataclasses.replace(self, **kw)

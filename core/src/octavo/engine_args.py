@@ -47,6 +47,10 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     # MoE models: shard the experts over the tensor-parallel ranks, tokens dispatched by all_to_all
     enable_expert_parallel: bool = False
+    # layers split over this many stages of tensor_parallel_size ranks each (octavo.pipeline)
+    pipeline_parallel_size: int = 1
+    # "mp": worker processes on this host; "ray": Ray actors on a Ray cluster (None: "mp")
+    distributed_executor_backend: str | None = None
     enforce_eager: bool = False
     async_scheduling: bool | None = None  # None: the platform's default (on for GPUs)
     max_logprobs: int = MAX_LOGPROBS
@@ -134,6 +138,28 @@ class EngineArgs:
             action="store_true",
             help="MoE models: give each tensor-parallel rank whole experts (tokens go to them by all-to-all) "
             "instead of a slice of every expert; attention stays tensor parallel",
+        )
+        parser.add_argument(
+            "--pipeline-parallel-size",
+            "-pp",
+            type=int,
+            default=d.pipeline_parallel_size,
+            help="split the layers over this many stages, each of --tensor-parallel-size ranks",
+        )
+        parser.add_argument(
+            "--distributed-executor-backend",
+            default=d.distributed_executor_backend,
+            choices=["mp", "ray"],
+            help="how the ranks start: mp = processes on this host (the default); ray = Ray actors placed on "
+            "the Ray cluster (RAY_ADDRESS, or one started on this node; else a local instance)",
+        )
+        parser.add_argument(
+            "--data-parallel-size",
+            "-dp",
+            type=int,
+            default=d.data_parallel_size,
+            help="serve with this many engine core processes, each with its own copy of the model and KV cache "
+            "(and --tensor-parallel-size ranks), requests balanced by load",
         )
         parser.add_argument("--enforce-eager", action="store_true")
         parser.add_argument(

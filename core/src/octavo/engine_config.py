@@ -44,22 +44,71 @@ def _check_tensor_parallel(tp: int, hf_config, platform: Platform) -> None:
     shard_heads(heads, getattr(hf_config, "num_key_value_heads", None) or heads, tp, 0)
     if platform.spmd:
         return  # the platform's runner runs the ranks itself
+    _check_workers("tensor_parallel_size", tp, platform)
+
+
+def _check_workers(option: str, size: int, platform: Platform) -> None:
+    """Refuse a run of several worker processes (`option`=`size` asks for it) where core cannot start them."""
     from octavo.model_runner import ModelRunner
 
     if platform.runner_cls is not None and not issubclass(platform.runner_cls, ModelRunner):
         raise ValueError(
             f"device {platform.name!r} runs steps with its own runner ({platform.runner_cls.__name__}), which "
-            "neither derives from core's ModelRunner (worker processes) nor declares spmd; use tensor_parallel_size=1"
+            f"neither derives from core's ModelRunner (worker processes) nor declares spmd; use {option}=1"
         )
     import torch.distributed as dist
 
     backend = platform.device.dist_backend
     if not dist.is_available() or not dist.is_backend_available(backend):
         raise ValueError(
-            f"tensor_parallel_size={tp} needs torch.distributed with the {backend!r} "
-            f"backend (device {platform.name!r}), which this torch build lacks; use "
-            "tensor_parallel_size=1"
+            f"{option}={size} needs torch.distributed with the {backend!r} backend (device {platform.name!r}), "
+            f"which this torch build lacks; use {option}=1"
         )
+
+
+def _parallel_config(args, hf_config, platform: Platform) -> ParallelConfig:
+    """The run's ranks (tensor parallelism is checked by `_check_tensor_parallel`): pipeline
+    stages only where each gets a layer, for the dense decoders' generation, on core's runner."""
+    pp, tp = args.pipeline_parallel_size, args.tensor_parallel_size
+    backend = args.distributed_executor_backend or "mp"
+    if backend not in ("mp", "ray"):
+        raise ValueError(f"unknown distributed_executor_backend {backend!r}; choose mp or ray")
+    if pp < 1:
+        raise ValueError(f"pipeline_parallel_size must be >= 1, got {pp}")
+    if pp > 1:
+        from octavo.models import get_model_class
+        from octavo.models.llama import LlamaForCausalLM
+
+        archs = getattr(hf_config, "architectures", None) or [getattr(hf_config, "model_type", "?")]
+        cls = get_model_class(hf_config)
+        if not (issubclass(cls, LlamaForCausalLM) and archs[0].endswith("ForCausalLM")):
+            raise ValueError(
+                f"pipeline parallelism runs the generating decoders built on core's Llama family, not {archs[0]}; "
+                "use pipeline_parallel_size=1"
+            )
+        layers = hf_config.num_hidden_layers
+        if pp > layers:
+            raise ValueError(
+                f"pipeline_parallel_size={pp} exceeds the model's {layers} layers (each stage needs one); "
+                f"use at most {layers}"
+            )
+        unsupported = [
+            ("enable_lora", args.enable_lora),
+            ("speculative_config", args.speculative_config),
+            (f"device {platform.name!r}, whose runner runs every rank in one process (SPMD)", platform.spmd),
+            (f"device {platform.name!r}, which compiles its steps (static shapes)", platform.scheduling.static_shapes),
+        ]
+        for what, asked in unsupported:
+            if asked:
+                raise ValueError(f"pipeline parallelism does not support {what} yet; use pipeline_parallel_size=1")
+        if tp == 1:  # the worker checks `_check_tensor_parallel` runs for tp > 1
+            _check_workers("pipeline_parallel_size", pp, platform)
+    if backend == "ray" and tp * pp > 1:
+        from importlib.util import find_spec
+
+        if find_spec("ray") is None:
+            raise ValueError("distributed_executor_backend='ray' needs Ray: pip install 'octavo[ray]'")
+    return ParallelConfig(tp, pp, backend)
 
 
 def _expert_parallel(args, hf_config) -> bool:
@@ -247,6 +296,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             f"{static.block_buckets[-1] * block_size} or less"
         )
     _check_tensor_parallel(args.tensor_parallel_size, text_config, platform)
+    parallel = _parallel_config(args, hf_config, platform)
     quantization = read_quantization(
         source, hf_config, args.quantization, args.dtype != "auto", dummy=args.load_format == "dummy"
     )
@@ -282,7 +332,7 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
             num_blocks=args.num_gpu_blocks_override,
         ),
         scheduler=scheduler,
-        parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
+        parallel=parallel,
         device=platform.name,
         enforce_eager=args.enforce_eager,
         speculative=_speculative_config(args.speculative_config, platform),

@@ -6,10 +6,13 @@ samples with the platform's draw. Platforms subclass it where they run something
 way: graphs of decode steps (`make_graph_runner`), start-up warm-up shapes (`warm_up_batches`),
 a whole forward of their own (`forward`).
 
-Tensor parallelism across processes lives here too: rank 0 (the engine's process) starts the
-other ranks (octavo.executor), each of which builds this same runner class and runs the
-forward on the inputs rank 0 hands it. With `Platform.spmd` the runner gets all ranks in
-one process instead, and nothing is started.
+Tensor and pipeline parallelism across processes live here too: rank 0 (the engine's process)
+starts the other ranks (octavo.executor), each of which builds this same runner class and runs
+the forward on the inputs rank 0 hands it. With `Platform.spmd` the runner gets all ranks in
+one process instead, and nothing is started. With pipeline stages (octavo.pipeline) rank 0
+holds the last stage: `launch` only hands the step to the workers, and `collect` waits for the
+previous stage's activations, runs its layers and samples, so that up to pipeline_parallel_size
+steps of different requests are in flight, each on its own stage.
 
 With `SchedulingPolicy.static_shapes` every step is padded to a bucket (`_prepare`):
 padding tokens carry slot -1 and position 0, padding requests q_len 0 and seq_len 0, the
@@ -36,6 +39,7 @@ from octavo.loader.weights import init_dummy, iter_weights
 from octavo.lora.manager import LoRAManager
 from octavo.models import get_model_class
 from octavo.multimodal.encoder_cache import EncoderCache
+from octavo.pipeline import recv_activations, send_activations, zero_activations
 from octavo.platform import ForwardBatch, Platform, StepOutput, StepRunner
 from octavo.quantization.apply import quantize_linears
 from octavo.request import RequestFailure
@@ -57,6 +61,8 @@ class LaunchedStep:
     failed: dict[str, str] = field(default_factory=dict)
     # speculative decoding: the requests whose proposed tokens were verified in this step
     verified: dict[str, Verified] = field(default_factory=dict)
+    # rank 0 of a pipeline: the step's own stage, run by `collect` (it returns the launched step)
+    deferred: Callable[[], LaunchedStep] | None = None
 
 
 def _upload(parts: list[list[int]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -82,8 +88,10 @@ class ModelRunner(StepRunner):
         super().__init__(config, platform, source)
         from octavo.executor import start_workers  # imports this module: not at the top
 
-        # tensor parallelism: ranks 1.. start and load their shards while this process loads rank 0's
+        # tensor and pipeline parallelism: ranks 1.. start and load their shards (their stages)
+        # while this process loads rank 0's
         self.workers = start_workers(config, platform, source) if self._is_driver() else None
+        self.stage = platform.communicator.stage  # known once this process joined the run
         try:
             self._load_model(config, platform, source)
         except BaseException as e:
@@ -101,9 +109,11 @@ class ModelRunner(StepRunner):
         self.block_size = config.cache.block_size
         self.static = platform.scheduling.static_shapes
         self.graph_runner: GraphRunner | None = None
+        # pipeline stages: launched steps not collected yet (their activations are still between stages)
+        self._uncollected = 0
 
     def _is_driver(self) -> bool:
-        return self.platform.communicator.rank == 0 and not self.platform.spmd
+        return self.config.parallel.rank == 0 and not self.platform.spmd
 
     def _load_model(self, config: EngineConfig, platform: Platform, source: ModelSource) -> None:
         self.device = platform.device.torch_device()
@@ -148,7 +158,10 @@ class ModelRunner(StepRunner):
         return [attention.kv_cache_spec(spec, self.dtype, bs) for spec in self.specs]
 
     def kv_cache_bytes_per_block(self) -> int:
-        return sum(s.page_bytes for s in self._kv_specs())
+        """This rank's price of a block, or with workers the most any rank pays (every rank
+        allocates as many blocks: a pipeline stage may hold more layers than this one)."""
+        own = sum(s.page_bytes for s in self._kv_specs())
+        return own if self.workers is None else max(own, self.workers.kv_cache_bytes_per_block())
 
     def kv_cache_budget_bytes(self) -> int:
         return self.platform.device.kv_cache_budget_bytes(self.config, self.profile_run)
@@ -173,7 +186,9 @@ class ModelRunner(StepRunner):
                 for q_lens, seq_lens in self.warm_up_batches():
                     self.forward(self._dummy_batch(q_lens, seq_lens))
             self.platform.device.synchronize()
-            self.graph_runner = None if self.config.enforce_eager else self.make_graph_runner()
+            # a stage's steps take the previous stage's activations, which no captured graph reads
+            eager = self.config.enforce_eager or self.stage.size > 1
+            self.graph_runner = None if eager else self.make_graph_runner()
 
     def warm_up_batches(self) -> list[tuple[list[int], list[int]]]:
         """(q_lens, seq_lens) of the dummy batches run at start-up when `warm_up_at_start`:
@@ -242,8 +257,12 @@ class ModelRunner(StepRunner):
         attention = self.platform.attention
         caches = [attention.allocate(spec, kv, 1) for spec, kv in zip(self.specs, self._kv_specs())]
         batch = self._dummy_batch(lens, lens)
-        hidden = self.model(batch.input_ids, batch.positions, caches, attention.build_metadata(batch))
-        if getattr(self.model, "lm_head", None) is None:  # a pooling model (octavo.pooling): no logits, no sampler
+        meta = attention.build_metadata(batch)
+        stand_in = self._stand_in(batch)  # a stage past the first: zeros for the earlier stages' activations
+        args = (batch.input_ids, batch.positions, caches, meta)
+        hidden = self.model(*args) if stand_in is None else self.model(*args, stand_in)
+        # a pooling model (octavo.pooling), or a pipeline stage before the last: no logits, no sampler
+        if getattr(self.model, "lm_head", None) is None:
             return
         rows = min(sc.max_num_seqs, batch.input_ids.shape[0])
         logits = self.model.compute_logits(hidden[:rows])
@@ -372,7 +391,11 @@ class ModelRunner(StepRunner):
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states of one flat batch (every tensor-parallel rank runs it; call it in
-        inference mode). A decode step replays a captured graph where there is one."""
+        inference mode). A decode step replays a captured graph where there is one. On a
+        pipeline stage it serves the forwards a rank runs alone (warm-up shapes): steps run
+        through `run_stage`."""
+        if self.stage.size > 1:
+            return self._forward_stage(batch, self._stand_in(batch))
         graphs = self.graph_runner
         if graphs is not None and self.lora_manager is not None and not self.lora_manager.stage_graph():
             graphs = None  # the graphs hold no LoRA kernels: a step with adapters runs eagerly
@@ -387,6 +410,33 @@ class ModelRunner(StepRunner):
         embeddings (and M-RoPE positions) beside the batch, eagerly."""
         meta = self.platform.attention.build_metadata(batch)
         return self.model(batch.input_ids, batch.positions, self.kv_caches, meta, **extra)
+
+    # ---- pipeline stages ----------------------------------------------------------------------
+    def _forward_stage(self, batch: ForwardBatch, intermediate) -> Any:
+        meta = self.platform.attention.build_metadata(batch)
+        return self.model(batch.input_ids, batch.positions, self.kv_caches, meta, intermediate)
+
+    def _stand_in(self, batch: ForwardBatch):
+        """Zeros in place of the previous stage's activations, for the forwards a stage runs
+        alone (profiling, warm-up); None on the first stage (or without stages)."""
+        if self.stage.is_first:
+            return None
+        hidden = self.config.model.hf_config.hidden_size
+        return zero_activations(batch.input_ids.shape[0], hidden, self.dtype, self.device)
+
+    def run_stage(self, batch: ForwardBatch) -> Any:
+        """One step of this rank's pipeline stage: the previous stage's activations in (unless
+        first), its layers, the activations out to the next stage (unless last). Returns the
+        hidden states on the last stage. Call it in inference mode."""
+        comm = self.platform.communicator
+        intermediate = None
+        if not self.stage.is_first:
+            hidden = self.config.model.hf_config.hidden_size
+            intermediate = recv_activations(comm, batch.input_ids.shape[0], hidden, self.dtype, self.device)
+        out = self._forward_stage(batch, intermediate)
+        if not self.stage.is_last:
+            send_activations(comm, *out)
+        return out
 
     @torch.inference_mode()
     def launch(
@@ -421,6 +471,9 @@ class ModelRunner(StepRunner):
         pending: dict[str, bool],
         grammar_bitmask: Callable[[list[str]], torch.Tensor | None] | None = None,
     ) -> LaunchedStep:
+        """Build the step's inputs and hand them to the workers; then queue the forward and the
+        sampling here (`_run`), or, on a pipeline's rank 0, leave that to `collect`: the
+        earlier stages compute meanwhile, and further steps can be launched behind this one."""
         failed: dict[str, str] = {}
         while True:  # a request whose inputs cannot be built fails; the step runs without it
             # rows with proposed tokens are verified apart (octavo.spec_decode), synchronously
@@ -440,10 +493,25 @@ class ModelRunner(StepRunner):
             self.lora_manager.prepare([(s.lora_request, len(s.token_ids)) for s in out.scheduled], len(batch.input_ids))
         if self.workers is not None:
             self.workers.send_step(batch)
-        extra = None
-        if self.encoder_cache is not None:  # a vision-language model (octavo.multimodal.encoder_cache)
-            batch, extra = self.encoder_cache.step_inputs(out, batch)
-        hidden = self.forward(batch) if extra is None else self._forward_multimodal(batch, extra)
+        if self.stage.size == 1:
+            extra = None
+            if self.encoder_cache is not None:  # a vision-language model (octavo.multimodal.encoder_cache)
+                batch, extra = self.encoder_cache.step_inputs(out, batch)
+            hidden = self.forward(batch) if extra is None else self._forward_multimodal(batch, extra)
+            return self._run(out, batch, last, rows, failed, pending, grammar_bitmask, hidden)
+        # a step scheduled on a token still being sampled would need it on the first stage
+        assert all(s.token_ids[-1] != PENDING_TOKEN for s in out.scheduled), "a pipeline step fed a pending token"
+        self._last_tokens = (None, {})
+
+        def run() -> LaunchedStep:
+            self._uncollected -= 1
+            return self._run(out, batch, last, rows, failed, pending, grammar_bitmask, self.run_stage(batch))
+
+        self._uncollected += 1
+        return LaunchedStep(None, [], {}, failed, deferred=run)
+
+    def _run(self, out, batch, last, rows, failed, pending, grammar_bitmask, hidden) -> LaunchedStep:
+        """The rest of a step once its hidden states are queued: prompt logprobs, logits, sampling."""
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, batch.query_start_loc_cpu, failed)
@@ -489,6 +557,13 @@ class ModelRunner(StepRunner):
         """Wait for a launched step's sampled tokens. `before_sync` runs first, while the
         device still computes."""
         step = launched
+        if step.deferred is not None:  # rank 0's pipeline stage: its forward and sampling now
+            try:
+                with torch.inference_mode():
+                    step = step.deferred()
+            except BaseException as e:
+                self._worker_failure(e)
+                raise
         if before_sync is not None:
             before_sync()
         sampled: dict[str, int] = {}
@@ -526,8 +601,10 @@ class ModelRunner(StepRunner):
             workers.step_failed(cause)
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel workers, if any (idempotent; garbage collection and
+        """Stop the workers, if any (idempotent; garbage collection and
         interpreter exit do it too). The runner cannot step afterwards."""
         workers = getattr(self, "workers", None)  # None too when __init__ failed before setting it
         if workers is not None:
-            workers.shutdown()
+            # a stage whose step was never collected waits to hand its activations on, and would
+            # not read the stop message: stop the workers at once
+            workers.shutdown(now=getattr(self, "_uncollected", 0) > 0)

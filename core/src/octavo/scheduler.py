@@ -83,6 +83,11 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # pipeline parallelism (octavo.pipeline): the steps in flight at once, one per stage. Above
+        # 1, a request waits for the step that samples its token (sampled on the last stage, it
+        # is embedded on the first: no step can be fed it), and a step takes at most 1/depth of
+        # the requests, so that the stages get steps of their own to compute
+        self.pipeline_depth = 1
         # image tokens the vision encoder may run per step, beside the token budget
         self.encoder = EncoderBudget(max_num_batched_tokens)
 
@@ -167,10 +172,13 @@ class Scheduler:
         preempted: list[str] = []
         self.encoder.new_step()
 
+        # pipeline stages: this step's share of the requests (see pipeline_depth)
+        most = -(-(len(self.running) + len(self.waiting)) // self.pipeline_depth)
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and budget > 0 and len(scheduled) < most:
             req = self.running[i]
-            if (req.num_pending and self._ends_by_length(req)) or (phase and self._phase_of(req) != phase):
+            waits = req.num_pending and (self.pipeline_depth > 1 or self._ends_by_length(req))
+            if waits or (phase and self._phase_of(req) != phase):
                 i += 1
                 continue
             n = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
@@ -187,7 +195,7 @@ class Scheduler:
             i += 1
 
         if not preempted and phase != "decode":
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and len(scheduled) < most:
                 req = self.waiting[0]
                 if req.num_pending:
                     break  # preempted while its token was being sampled: admit it once that arrived

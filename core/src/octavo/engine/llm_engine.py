@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,10 @@ class LLMEngine:
             mixed_steps=sc.mixed_steps,
             max_loras=self.config.lora.max_loras if self.config.lora is not None else None,
         )
+        # pipeline parallelism: up to one step per stage in flight (`_step_pipelined`)
+        self._pipeline_depth = self.config.parallel.pipeline_parallel_size
+        self.scheduler.pipeline_depth = self._pipeline_depth
+        self._pipelined: deque[tuple[SchedulerOutput, Any]] = deque()
 
         self.eos_token_ids = self._eos_ids()
         self.vocab_size = self.model_config.hf_config.get_text_config().vocab_size
@@ -389,7 +394,10 @@ class LLMEngine:
         request's proposals need its last token on the host.
         """
         overlap = self.config.scheduler.async_scheduling and self.speculator is None
-        outputs = self._step_async() if overlap else self._step_sync()
+        if self._pipeline_depth > 1:  # pipeline stages: a step per stage in flight
+            outputs = self._step_pipelined()
+        else:
+            outputs = self._step_async() if overlap else self._step_sync()
         if self._failed_outputs:
             outputs += self._failed_outputs
             self._failed_outputs = []
@@ -447,6 +455,26 @@ class LLMEngine:
             self._inflight = (sched_out, step)
         if inflight is not None:
             outputs += self._finish(inflight)
+        return outputs
+
+    def _step_pipelined(self) -> list[RequestOutput]:
+        """Pipeline parallelism: launch steps while fewer than one per stage are in flight, then
+        wait for the oldest, so that every stage has a step to compute (octavo.pipeline). Each
+        holds other requests: a request waits for the step that samples its token before it is
+        scheduled again, and a step takes its share of the requests (`Scheduler.pipeline_depth`);
+        the next chunk of a prompt may follow its previous one at once (every stage runs the
+        steps in order)."""
+        outputs: list[RequestOutput] = []
+        sched_out = self._schedule()
+        if not sched_out.is_empty:
+            pending = self._min_tokens_pending(sched_out)
+            if self.structured.constrains(sched_out):  # the masks are made when rank 0's stage samples
+                step = self.runner.launch_with_grammar(sched_out, pending, self.structured.bitmask)
+            else:
+                step = self.runner.launch(sched_out, pending)
+            self._pipelined.append((sched_out, step))
+        if self._pipelined and (sched_out.is_empty or len(self._pipelined) >= self._pipeline_depth):
+            outputs += self._finish(self._pipelined.popleft())
         return outputs
 
     def _launch_with_grammar(self, sched_out, pending, inflight, outputs: list[RequestOutput]):

@@ -117,7 +117,8 @@ class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
         if len(parts) > 2 and parts[0] == "layers" and int(parts[1]) >= self.config.num_hidden_layers:
             return None, None, None  # V3's multi-token-prediction layers: not used for generation
         if parts[2:] == ["self_attn", "kv_b_proj", "weight"]:
-            return self._decoder_layers()[int(parts[1])].self_attn.kv_b_proj, None, None
+            layer = self._layer(name.removeprefix("model."))  # None: another pipeline stage's
+            return (layer.self_attn.kv_b_proj if layer is not None else None), None, None
         if parts[2:] == ["mlp", "gate", "e_score_correction_bias"]:
             layer = self._decoder_layers()[int(parts[1])]
             if not isinstance(layer.mlp, MoEBlock) or layer.mlp.experts.correction_bias is None:
@@ -129,7 +130,9 @@ class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
         parts = stem.split(".")
         if len(parts) < 3 or parts[0] != "layers":
             return super()._linear_entry(stem)
-        layer = self._decoder_layers()[int(parts[1])]
+        layer = self._layer(stem)
+        if layer is None:  # another pipeline stage's layer
+            return None, None, None
         rest = ".".join(parts[2:])
         if rest.startswith("self_attn."):
             linear = getattr(layer.self_attn, rest.removeprefix("self_attn."), None)

@@ -8,6 +8,12 @@ ranks, as evenly as the counts allow; the
 embedding, lm_head and norms are replicated, so every rank holds the whole residual stream
 and only rank 0's logits are used. `load_weights` slices each rank's shard out of the
 full checkpoint tensors.
+
+Pipeline parallelism (`platform.communicator.stage`, octavo.pipeline): a stage builds only its
+layers (under their global indices: windows and rotary tables follow the index), the first
+stage the embedding, the last the final norm and lm_head (and the embedding when the lm_head
+is tied to it); its forward takes and returns the residual stream `(x, residual)` where a stage
+before or after it runs the rest, and `load_weights` skips the other stages' weights.
 """
 
 from __future__ import annotations
@@ -114,12 +120,18 @@ class LlamaForCausalLM(nn.Module):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.qkv_bias = bool(getattr(cfg, "attention_bias", self.qkv_bias)) or self.qkv_bias
         self.tp_size, self.tp_rank = platform.communicator.world_size, platform.communicator.rank
-        self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
-        self.layers = nn.ModuleList(self.make_layer(i) for i in range(cfg.num_hidden_layers))
-        self.norm = self.make_norm(cfg.hidden_size)
+        self.stage = platform.communicator.stage
+        self.layer_range = self.stage.layer_range(cfg.num_hidden_layers)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, platform.linear)
-        if self.tie_word_embeddings:
+        last = self.stage.is_last
+        self.embed_tokens: nn.Parameter | None = None
+        if self.stage.is_first or (last and self.tie_word_embeddings):
+            self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        self.layers = nn.ModuleList(self.make_layer(i) for i in self.layer_range)
+        # a stage before the last hands on its residual stream: no final norm, no lm_head
+        self.norm = self.make_norm(cfg.hidden_size) if last else None
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, platform.linear) if last else None
+        if self.lm_head is not None and self.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens  # one parameter, loaded once
         self.register_buffer("cos_sin_cache", self.make_cos_sin_cache(max_positions), persistent=False)
 
@@ -167,33 +179,52 @@ class LlamaForCausalLM(nn.Module):
         return build_cos_sin_cache(self.config, self.head_dim, max_positions)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        assert self.embed_tokens is not None, "only the first pipeline stage embeds"
         return self.embed_tokens.index_select(0, input_ids)
 
     def attention_specs(self) -> list[AttentionSpec]:
         """Each layer's attention, as this rank runs it: what its KV cache must hold."""
         return [layer.self_attn.spec for layer in self._decoder_layers()]
 
+    def _layer(self, name: str) -> DecoderLayer | None:
+        """The layer of a `layers.N...` name, or None where another pipeline stage holds layer N
+        (IndexError: there is no layer N)."""
+        index = int(name.split(".")[1])
+        if not 0 <= index < self.config.num_hidden_layers:
+            raise IndexError(name)
+        if index not in self.layer_range:
+            return None
+        return self._decoder_layers()[index - self.layer_range.start]
+
     def _decoder_layers(self) -> list[DecoderLayer]:
         # nn.ModuleList is not generic: a type checker sees Modules where make_layer put layers
         # with DecoderLayer's attributes (self_attn, mlp and their norms)
         return cast("list[DecoderLayer]", list(self.layers))
 
-    def forward(self, input_ids, positions, kv_caches: list, meta):
-        x = self.embed(input_ids)
-        residual = None
+    def forward(self, input_ids, positions, kv_caches: list, meta, intermediate=None):
+        """Hidden states after the final norm; on a pipeline stage, from the previous stage's
+        residual stream `intermediate` (x, residual) unless it is the first, and the residual
+        stream for the next stage unless it is the last."""
+        x, residual = (self.embed(input_ids), None) if intermediate is None else intermediate
         for layer, kv in zip(self.layers, kv_caches):
             x, residual = layer(x, residual, positions, self.cos_sin_cache, kv, meta)
+        if self.norm is None:
+            return x, residual
         x, _ = self.norm(x, residual)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self.lm_head is not None, "only the last pipeline stage computes logits"
         return self.lm_head(hidden).float()
 
     def structure(self) -> DecoderStructure | None:
         """The layers as `DecoderStructure` describes them (what a platform's runner may
-        compute its own way); None where this model's math is not that structure's."""
+        compute its own way); None where this model's math is not that structure's, or where
+        this process runs one pipeline stage of it."""
+        if self.stage.size > 1:
+            return None
         norm = _llama_norm(self.norm)
-        assert norm is not None
+        assert norm is not None and self.embed_tokens is not None
         return DecoderStructure(
             embed=self.embed_tokens,
             layers=[
@@ -228,10 +259,14 @@ class LlamaForCausalLM(nn.Module):
             name = name[len("model.") :]
         if name == "lm_head.weight" and self.tie_word_embeddings:  # the embedding, loaded under its own name
             return None, None, None
+        if name.startswith("lm_head.") and self.lm_head is None:  # a pipeline stage before the last
+            return None, None, None
         if name == "embed_tokens.weight":
-            return self.embed_tokens, None, None
+            return self.embed_tokens, None, None  # None: a stage without it
         if name == "norm.weight":
-            return self.norm.weight, None, None
+            return (self.norm.weight if self.norm is not None else None), None, None
+        if name.startswith("layers.") and self._layer(name) is None:  # another pipeline stage's layer
+            return None, None, None
         stem, _, suffix = name.rpartition(".")
         linear, dst, src = self._linear_entry(stem)
         if linear is not None:
@@ -247,7 +282,8 @@ class LlamaForCausalLM(nn.Module):
         parts = name.split(".")
         if parts[0] != "layers":
             raise KeyError(name)
-        layer = self._decoder_layers()[int(parts[1])]
+        layer = self._layer(name)
+        assert layer is not None  # _target returned early for other stages' layers
         # the norms, whole on every rank, under their module names (input_layernorm, ...; Qwen3's
         # self_attn.q_norm)
         norms = {f"{n}.weight": m for n, m in layer.named_modules() if isinstance(m, (RMSNorm, Float32RMSNorm))}
@@ -262,7 +298,9 @@ class LlamaForCausalLM(nn.Module):
         parts = stem.split(".")
         if len(parts) < 3 or parts[0] != "layers":
             return None, None, None
-        layer = self._decoder_layers()[int(parts[1])]
+        layer = self._layer(stem)
+        if layer is None:  # another pipeline stage's layer
+            return None, None, None
         attn = layer.self_attn
         q, kv, hd = attn.q_size, attn.kv_size, attn.spec.head_dim
         # this rank's slices of the full tensors (the whole tensors without tensor parallelism)

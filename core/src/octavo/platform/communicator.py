@@ -4,6 +4,12 @@ Core's models call `all_reduce` (row-parallel layers); the other collectives are
 that pipeline, expert and vocabulary parallelism build on. The default runs them through
 torch.distributed with the device's backend (gloo, nccl, ...); with one rank every collective
 returns its input.
+
+With pipeline parallelism (octavo.pipeline) the run has more processes than one tensor-parallel
+group: `join` joins them all, then core narrows the communicator to this rank's stage (since
+2.3): `world_size`, `rank` and `group` become the stage's tensor-parallel group, which the
+collectives run over, and `stage` says which layers the rank holds and whom it sends its
+activations to; `send` and `recv` address global ranks of the whole run.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import datetime
 
 import torch
 
+from octavo.pipeline import PipelineStage
 from octavo.platform.device import Device
 
 
@@ -26,6 +33,10 @@ class Communicator:
         self.device = device
         self.world_size = 1
         self.rank = 0
+        #: the process group of the collectives (None: the whole run's, torch's default group)
+        self.group = None
+        #: this rank's pipeline stage (the default: the whole model)
+        self.stage = PipelineStage()
 
     def join(self, world_size: int, rank: int, init_method: str) -> None:
         """Join the process group of a run with `world_size` ranks (one process per rank,
@@ -48,7 +59,7 @@ class Communicator:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum over ranks, in place where the backend allows; returns the result."""
         if self.world_size > 1:
-            torch.distributed.all_reduce(x)
+            torch.distributed.all_reduce(x, group=self.group)
         return x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -56,7 +67,7 @@ class Communicator:
         if self.world_size == 1:
             return x
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
-        torch.distributed.all_gather(parts, x.contiguous())
+        torch.distributed.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
 
     def all_to_all(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,13 +76,14 @@ class Communicator:
         if self.world_size == 1:
             return x
         out = torch.empty_like(x)
-        torch.distributed.all_to_all_single(out, x.contiguous())
+        torch.distributed.all_to_all_single(out, x.contiguous(), group=self.group)
         return out
 
     def send(self, x: torch.Tensor, dst: int) -> None:
+        """Send x to global rank `dst` (blocks until it is handed over)."""
         torch.distributed.send(x.contiguous(), dst=dst)
 
     def recv(self, x: torch.Tensor, src: int) -> torch.Tensor:
-        """Receive into x (its shape and dtype say what arrives); returns x."""
+        """Receive into x from global rank `src` (its shape and dtype say what arrives); returns x."""
         torch.distributed.recv(x, src=src)
         return x
