@@ -32,12 +32,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def octavo_serve(argv: list[str], *, env: dict | None = None, timeout: float = 300.0) -> Iterator[Served]:
+def octavo_serve(
+    argv: list[str], *, env: dict | None = None, timeout: float = 300.0, code: str | None = None
+) -> Iterator[Served]:
     """`python -m octavo.entrypoints.cli <argv> --port P` until the block ends; a server that
-    exits or is not healthy within `timeout` fails the test with the tail of its log."""
+    exits or is not healthy within `timeout` fails the test with the tail of its log. `code`:
+    Python run as `python -c code <argv>` instead (a test's patches, then the CLI's main)."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="octavo-serve-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "octavo.entrypoints.cli", *argv, "--port", str(port)]
+    run = ["-c", code] if code is not None else ["-m", "octavo.entrypoints.cli"]
+    cmd = [sys.executable, *run, *argv, "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

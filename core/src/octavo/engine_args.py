@@ -47,6 +47,8 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     # MoE models: shard the experts over the tensor-parallel ranks, tokens dispatched by all_to_all
     enable_expert_parallel: bool = False
+    # engine cores behind one server, each with its own KV cache (octavo serve; the offline LLM is one)
+    data_parallel_size: int = 1
     # layers split over this many stages of tensor_parallel_size ranks each (octavo.pipeline)
     pipeline_parallel_size: int = 1
     # "mp": worker processes on this host; "ray": Ray actors on a Ray cluster (None: "mp")
@@ -152,6 +154,14 @@ class EngineArgs:
             choices=["mp", "ray"],
             help="how the ranks start: mp = processes on this host (the default); ray = Ray actors placed on "
             "the Ray cluster (RAY_ADDRESS, or one started on this node; else a local instance)",
+        )
+        parser.add_argument(
+            "--data-parallel-size",
+            "-dp",
+            type=int,
+            default=d.data_parallel_size,
+            help="serve with this many engine core processes, each with its own copy of the model and KV cache "
+            "(and --tensor-parallel-size ranks), requests balanced by load",
         )
         parser.add_argument(
             "--data-parallel-size",

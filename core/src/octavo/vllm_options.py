@@ -72,7 +72,6 @@ LLM_ACCEPTED = [
 ENGINE_REFUSED = [
     Option("kv_cache_dtype", "auto", "a KV cache in another dtype than the model's"),
     Option("kv_cache_memory_bytes", None, "a KV cache size in bytes on GPUs; use --gpu-memory-utilization"),
-    Option("data_parallel_size", 1, "data parallelism; run one server per replica", alias="-dp"),
     Option("data_parallel_rank", None, "data parallelism"),
     Option("data_parallel_size_local", None, "data parallelism"),
     Option("data_parallel_address", None, "data parallelism"),
@@ -131,7 +130,6 @@ SERVER_REFUSED = [
     Option("enable_tokenizer_info_endpoint", False, "the /tokenizer_info route", "flag"),
     Option("middleware", None, "custom ASGI middleware", "list"),
     Option("log_config_file", None, "a logging configuration file"),
-    Option("api_server_count", 1, "several API server processes"),
     Option("headless", False, "an engine without an API server", "flag"),
     Option("config", None, "options read from a YAML file; pass them on the command line"),
 ]

@@ -53,6 +53,19 @@ class EngineStats:
     spec_decode: SpecDecodeStats | None = None
 
 
+def eos_token_ids(model_config, tokenizer) -> tuple[int, ...]:
+    """The ids that end generation: the model config's, the tokenizer's and generation_config.json's."""
+    ids = set()
+    cfg_eos = getattr(model_config.hf_config, "eos_token_id", None)
+    for e in cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]:
+        if e is not None:
+            ids.add(int(e))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    ids.update(model_config.generation.eos_token_ids)  # generation_config.json's
+    return tuple(sorted(ids))
+
+
 class _Sample:
     """One of the n samples of a user request: a scheduler Request plus its text state."""
 
@@ -95,6 +108,11 @@ def _cumulative_logprob(sample: _Sample) -> float:
 
 class LLMEngine:
     def __init__(self, args: EngineArgs) -> None:
+        if args.data_parallel_size != 1:
+            raise ValueError(
+                f"data_parallel_size={args.data_parallel_size}: one engine is one replica; serve several with "
+                "`octavo serve --data-parallel-size N` (engine core processes behind one API)"
+            )
         t0 = time.perf_counter()
         self.config, self.platform, source = args.create_config()
         self.model_config = self.config.model
@@ -125,7 +143,7 @@ class LLMEngine:
         self.scheduler.pipeline_depth = self._pipeline_depth
         self._pipelined: deque[tuple[SchedulerOutput, Any]] = deque()
 
-        self.eos_token_ids = self._eos_ids()
+        self.eos_token_ids = eos_token_ids(self.model_config, self.tokenizer)
         self.vocab_size = self.model_config.hf_config.get_text_config().vocab_size
         # structured outputs: grammars per request; with a reasoning parser they start after `</think>`
         self.reasoning_parser = args.reasoning_parser
@@ -197,17 +215,6 @@ class LLMEngine:
             tokens / max_len,
         )
         return num_blocks
-
-    def _eos_ids(self) -> tuple[int, ...]:
-        ids = set()
-        cfg_eos = getattr(self.model_config.hf_config, "eos_token_id", None)
-        for e in cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]:
-            if e is not None:
-                ids.add(int(e))
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        ids.update(self.model_config.generation.eos_token_ids)  # generation_config.json's
-        return tuple(sorted(ids))
 
     def _multimodal_processor(self) -> MultiModalProcessor | None:
         processor = multimodal_processor(self.model_config, self.tokenizer)

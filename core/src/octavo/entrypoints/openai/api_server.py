@@ -452,15 +452,33 @@ def serve_options(args: argparse.Namespace) -> tuple[AsyncEngineArgs, ServerSett
     return engine_args, settings
 
 
+def _make_engine(args: argparse.Namespace, engine_args: AsyncEngineArgs, pooling: bool) -> AsyncLLMEngine:
+    """The engine in a thread of this process, or in engine core processes (octavo.engine.core_client)
+    with --engine-core-process or --data-parallel-size above 1."""
+    if args.api_server_count != 1:
+        raise ValueError(
+            "--api-server-count above 1 is not implemented yet: one API server process talks to the engine core(s)"
+        )
+    if args.engine_core_process or engine_args.data_parallel_size > 1:
+        # LoRA requests do not cross to engine core processes yet
+        if pooling or engine_args.enable_lora:
+            raise ValueError(
+                "pooling models and --enable-lora run the engine in the server's process: leave out "
+                "--engine-core-process and --data-parallel-size"
+            )
+        from octavo.engine.core_client import MPAsyncEngine
+
+        return MPAsyncEngine.from_engine_args(engine_args, max_waiting_requests=args.max_waiting_requests)
+    return AsyncLLMEngine.from_engine_args(engine_args, pooling=pooling, max_waiting_requests=args.max_waiting_requests)
+
+
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM (exit status 0) or until the engine dies (status 1: a
     supervisor should restart the process; an engine never comes back)."""
     engine_args, settings = serve_options(args)
     t0 = time.perf_counter()
     pooling = getattr(args, "runner", None) == "pooling" or getattr(args, "convert", None) in ("embed", "classify")
-    engine = AsyncLLMEngine.from_engine_args(
-        engine_args, pooling=pooling, max_waiting_requests=args.max_waiting_requests
-    )
+    engine = _make_engine(args, engine_args, pooling)
     logger.info("model %s loaded in %.1f s", engine_args.model, time.perf_counter() - t0)
     app = build_app(engine, settings)
     config = uvicorn.Config(

@@ -68,6 +68,18 @@ def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="requests allowed to wait for a batch slot; more get HTTP 503 (0 = unbounded)",
     )
     g.add_argument(
+        "--engine-core-process",
+        action="store_true",
+        help="run the engine in an engine core process of its own (HTTP, tokenization and detokenization stay "
+        "here), as --data-parallel-size does; default: a thread of this process (not for pooling models)",
+    )
+    g.add_argument(
+        "--api-server-count",
+        type=int,
+        default=1,
+        help="API server processes (only 1 so far: one API server talks to the engine core processes)",
+    )
+    g.add_argument(
         "--shutdown-timeout",
         type=float,
         default=30.0,
