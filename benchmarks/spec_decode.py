@@ -62,12 +62,13 @@ def prompts(tokenizer, random_len: int = 0, vocab: int = 0) -> list[list[int]]:
     return out
 
 
-def timed(llm, prompt: list[int], max_tokens: int) -> tuple[list[int], float, float]:
-    """(output tokens, decode seconds: from the first token to the last, of which proposing)."""
+def timed(llm, prompt: list[int], max_tokens: int, ignore_eos: bool = False) -> tuple[list[int], float, float]:
+    """(output tokens, decode seconds: from the first token to the last, of which proposing). The
+    repeat / edit prompts end at the model's EOS (where the copy ends); random ones run to max_tokens."""
     from octavo import SamplingParams
 
     engine = llm.llm_engine
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos)
     engine.add_request("bench", {"prompt_token_ids": prompt}, params)
     first = None
     proposing = 0.0
@@ -155,7 +156,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for p in ps:
                 for name in names:  # alternating, so that a shared machine's load falls on both alike
-                    results[name].append(timed(live[name], p, args.max_tokens))
+                    results[name].append(timed(live[name], p, args.max_tokens, bool(args.random_prompt)))
         if "spec" in live:
             stats = live["spec"].llm_engine.get_stats().spec_decode.since(before)
         for name in names:

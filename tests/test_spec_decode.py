@@ -385,3 +385,86 @@ def test_greedy_output_identical_with_a_draft_model(tiny_llama, tmp_path, draft)
         assert stats.spec_decode.acceptance_rate == 1.0
     else:
         assert stats.spec_decode.num_drafts > 0
+
+
+def test_metrics_under_vllms_names(tiny_llama):
+    """/metrics with --metrics-prefix vllm: vLLM's spec_decode counters, equal to the engine's."""
+    import asyncio
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from octavo.async_engine import AsyncLLMEngine
+    from octavo.engine import LLMEngine
+    from octavo.engine_args import EngineArgs
+    from octavo.entrypoints.openai.api_server import ServerSettings, build_app
+
+    args = EngineArgs(model=tiny_llama, device="cpu", dtype="float32", max_model_len=128, speculative_config=SPEC)
+    args.kv_cache_memory = "16MiB"
+    engine = AsyncLLMEngine(LLMEngine(args))
+    app = build_app(engine, ServerSettings(served_model_names=["tiny"], metrics_prefix="vllm"))
+    body = {"model": "tiny", "prompt": _prompts(1, seed=3)[0], "max_tokens": 16, "ignore_eos": True}
+    body["allowed_token_ids"] = list(range(10, 16))
+
+    async def main() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as client:
+            try:
+                r = await client.post("/v1/completions", json=body)
+                assert r.status_code == 200, r.text
+                return (await client.get("/metrics")).text
+            finally:
+                await engine.shutdown()
+
+    samples = {}
+    for family in text_string_to_metric_families(asyncio.run(main())):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append(s)
+    spec = engine.engine.get_stats().spec_decode
+    assert spec.num_accepted_tokens > 0
+    for name, value in [
+        ("vllm:spec_decode_num_drafts_total", spec.num_drafts),
+        ("vllm:spec_decode_num_draft_tokens_total", spec.num_draft_tokens),
+        ("vllm:spec_decode_num_accepted_tokens_total", spec.num_accepted_tokens),
+    ]:
+        (s,) = samples[name]
+        assert s.labels == {"model_name": "tiny", "engine": "0"} and s.value == value
+    per_pos = {s.labels["position"]: s.value for s in samples["vllm:spec_decode_num_accepted_tokens_per_pos_total"]}
+    assert per_pos == {str(j): n for j, n in enumerate(spec.num_accepted_tokens_per_pos)}
+
+
+def test_sampled_output_with_a_draft_model_follows_the_target(tiny_llama, tmp_path):
+    """Proposals drawn from a different draft's q (so many are rejected and replaced from the
+    residual): the second token's distribution over 500 seeded requests is the target's, computed
+    by transformers on the same weights (chi-square at p = 1e-4)."""
+    from tiny_models import _load_hf
+
+    draft = make_tiny_model("qwen2", str(tmp_path / "qwen2"))
+    allowed = list(range(10, 16))
+    prompt = [3, 40, 41, 42, 43, 10, 11, 12, 13, 14]
+    temp = 1.3
+    config = {"method": "draft_model", "model": draft, "num_speculative_tokens": 2}
+    llm = LLM(model=tiny_llama, device="cpu", dtype="float32", speculative_config=config)
+    n = 500
+    params = [SamplingParams(temperature=temp, max_tokens=3, allowed_token_ids=allowed, seed=i) for i in range(n)]
+    outs = llm.generate([{"prompt_token_ids": prompt}] * n, params, use_tqdm=False)
+    stats = llm.llm_engine.get_stats().spec_decode
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens  # accepted and rejected both
+    _check_blocks(llm)
+    bm = llm.llm_engine.speculator.draft.bm
+    assert bm.num_free_blocks == bm.num_blocks
+
+    # the target's p(t2) = sum over t1 of p(t1) p(t2 | t1), restricted to `allowed` at `temp`
+    hf = _load_hf(tiny_llama, None)
+    idx = torch.tensor(allowed)
+
+    def restricted(ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = hf(torch.tensor([ids])).logits[0, -1].double()
+        return (logits[idx] / temp).softmax(-1)
+
+    p1 = restricted(prompt)
+    p2 = sum(p1[i] * restricted(prompt + [t]) for i, t in enumerate(allowed))
+    counts = Counter(allowed.index(o.outputs[0].token_ids[1]) for o in outs)
+    stat, df = _chi2(counts, p2.float())
+    assert stat < _chi2_critical(df), f"chi2 {stat:.1f}: {sorted(counts.items())} against {p2.tolist()}"

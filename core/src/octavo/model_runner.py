@@ -547,11 +547,23 @@ class ModelRunner(StepRunner):
             return {}
         try:
             rows = to_device(rows_of(out.scheduled, qsl), torch.long, self.device)
-            return verify(self.sampler, self.model.compute_logits(hidden.index_select(0, rows)), spec)
+            logits = self.model.compute_logits(hidden.index_select(0, rows))
+            return verify(self.sampler, logits, spec, [s.spec_probs for s in spec])
         except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
             logger.exception("verifying proposed tokens failed")
             failed.update((s.request_id, f"{type(e).__name__}: {e}") for s in spec)
             return {}
+
+    @torch.inference_mode()
+    def last_logits(self, out: SchedulerOutput) -> torch.Tensor:
+        """One forward of `out` and the logits at each scheduled request's last position, in
+        order, without sampling: a draft model (octavo.spec_decode.draft_model) draws from them
+        with the target's processing."""
+        rows = list(range(len(out.scheduled)))
+        batch, last = self._prepare(out, rows)
+        if self.workers is not None:
+            self.workers.send_step(batch)
+        return self.model.compute_logits(self.forward(batch).index_select(0, last))[: len(rows)]
 
     def collect(self, launched: LaunchedStep, before_sync: Callable[[], None] | None = None) -> StepOutput:
         """Wait for a launched step's sampled tokens. `before_sync` runs first, while the

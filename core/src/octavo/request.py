@@ -62,6 +62,7 @@ class Request:
         "cache_salt",
         "identity_spans",
         "spec_token_ids",
+        "spec_probs",
         "lora_request",
         "mm_items",
     )
@@ -97,6 +98,8 @@ class Request:
         # speculative decoding: tokens proposed to follow token_ids, verified by the next step
         # that decodes this request (the scheduler takes them; octavo.spec_decode fills them)
         self.spec_token_ids: list[int] = []
+        # the proposer's distributions they were drawn from (opaque: a device tensor), or None
+        self.spec_probs = None
         # the LoRA adapter the request runs with (octavo.lora.LoRARequest; None: the base model)
         self.lora_request: LoRARequest | None = None
         # the prompt's images (octavo.multimodal.MultiModalItem), in prompt order: the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from octavo.block_manager import BlockManager
 from octavo.multimodal.encoder_budget import EncoderBudget
@@ -38,6 +38,9 @@ class ScheduledRequest:
     # speculative decoding: proposed tokens, the last len(spec_token_ids) of token_ids; the
     # runner verifies them and returns how many stand (StepOutput.num_accepted)
     spec_token_ids: tuple[int, ...] = ()
+    # the proposer's distributions they were drawn from (a device tensor [k, V], opaque here), or
+    # None: drawn deterministically (q one-hot)
+    spec_probs: Any = None
     # the request's images (octavo.multimodal.MultiModalItem) and those whose encoder runs
     # in this step (indices into mm_items; octavo.multimodal.encoder_budget)
     mm_items: tuple = ()
@@ -189,8 +192,8 @@ class Scheduler:
                     continue
             if not self._reserve(req, n, preempted):
                 break  # req itself was preempted; everything after it too
-            drafts = self._drafts(req, n, budget - n)
-            scheduled.append(self._scheduled(req, n, drafts))
+            drafts, probs = self._drafts(req, n, budget - n)
+            scheduled.append(self._scheduled(req, n, drafts, probs))
             budget -= n + len(drafts)
             i += 1
 
@@ -253,21 +256,22 @@ class Scheduler:
         running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
         return lora.lora_int_id in running or len(running) < self.max_loras
 
-    def _drafts(self, req: Request, n: int, room: int) -> list[int]:
+    def _drafts(self, req: Request, n: int, room: int) -> tuple[list[int], Any]:
         """The proposed tokens to verify with a decode of `req` (n = 1): as many as the budget
         left, the free blocks, max_tokens and the context allow (the token drawn after them
-        counts too)."""
+        counts too); and the rows of their `spec_probs`."""
         drafts, req.spec_token_ids = req.spec_token_ids, []
+        probs, req.spec_probs = req.spec_probs, None
         if not drafts or req.num_pending or n != 1 or req.num_computed_tokens + 1 != req.num_tokens:
-            return []
+            return [], None
         p = req.sampling_params
         left = self.max_model_len - req.num_tokens
         if p.max_tokens is not None:
             left = min(left, p.max_tokens - req.num_output_tokens)
         drafts = drafts[: max(0, min(room, left - 1))]
         if drafts and not self.bm.allocate(req.block_ids, req.num_computed_tokens + n + len(drafts)):
-            return []
-        return drafts
+            return [], None
+        return drafts, probs[: len(drafts)] if drafts and probs is not None else None
 
     def _admit(self, req: Request, budget: int) -> int:
         """Reserve blocks for a waiting request; return the tokens scheduled (0 = cannot)."""
@@ -317,7 +321,7 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
-    def _scheduled(self, req: Request, n: int, drafts: list[int] | None = None) -> ScheduledRequest:
+    def _scheduled(self, req: Request, n: int, drafts: list[int] | None = None, probs: Any = None) -> ScheduledRequest:
         start = req.num_computed_tokens
         known = req.num_tokens
         # Index the blocks this step fills as soon as it is scheduled: a request admitted
@@ -352,6 +356,7 @@ class Scheduler:
             num_prompt_tokens=req.num_prompt_tokens,
             num_pending=pending_before,
             spec_token_ids=tuple(drafts),
+            spec_probs=probs,
             mm_items=req.mm_items,
             encode=encode,
             lora_request=req.lora_request,

@@ -6,25 +6,24 @@ tokens its cache holds; each round it first catches up with the tokens the targe
 the one drawn after them), reusing its cache up to where it still agrees with the request, then
 proposes k tokens, one step each, all requests batched.
 
-Proposals are the draft's greedy choices, so the proposer's distribution q is one-hot at each
-(`octavo.spec_decode.rejection`): the target's output stays exact for greedy and sampled
-requests alike; a sampled request accepts a proposal with probability p(proposal).
+Each proposal is drawn from q, the draft's distribution after the same processing the target's
+p gets (the request's temperature, top-k, top-p, min-p, penalties counting the proposals before
+it, min_tokens' bans: `Sampler.distribution`), with the draft runner's own seeded generators;
+q goes with the proposals to verification (`Request.spec_probs`), whose rejection rule keeps the
+target's distribution exact. A greedy request's q is one-hot at the draft's argmax (not kept).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
+
+import torch
 
 from octavo.block_manager import BlockManager
 from octavo.request import Request
-from octavo.sampling_params import SamplingParams
 from octavo.scheduler import ScheduledRequest, SchedulerOutput
-
-logger = logging.getLogger("octavo")
-
-_GREEDY = SamplingParams(temperature=0.0, max_tokens=None)
+from octavo.transfer import to_device
 
 
 @dataclasses.dataclass
@@ -46,8 +45,8 @@ class DraftModelProposer:
         self.states: dict[str, _DraftState] = {}
 
     def propose_batch(self, reqs: list[Request]) -> None:
-        """Fill each request's `spec_token_ids` with the draft's k greedy tokens (none for a
-        request the draft's cache has no room for)."""
+        """Fill each request's `spec_token_ids` with k tokens drawn from the draft (none for a
+        request the draft's cache has no room for), and `spec_probs` with their q rows."""
         feeds: dict[str, list[int]] = {}
         live: list[tuple[Request, _DraftState]] = []
         for req in reqs:
@@ -64,7 +63,8 @@ class DraftModelProposer:
             feeds[req.request_id] = req.token_ids[n:]
             live.append((req, st))
         drafts: dict[str, list[int]] = {req.request_id: [] for req, _ in live}
-        for _ in range(self.k):
+        q_rows: dict[str, list[torch.Tensor]] = {req.request_id: [] for req, _ in live}
+        for j in range(self.k):
             if not live:
                 break
             scheduled = [
@@ -74,25 +74,46 @@ class DraftModelProposer:
                     start_pos=len(st.tokens),
                     block_ids=st.block_ids,
                     sample=True,
-                    sampling_params=_GREEDY,
+                    sampling_params=req.sampling_params,
                     all_token_ids=req.token_ids,
                     num_prompt_tokens=req.num_prompt_tokens,
                 )
                 for req, st in live
             ]
-            out = self.runner.execute(SchedulerOutput(scheduled, sum(len(s.token_ids) for s in scheduled)), {})
-            still = []
-            for req, st in live:
+            logits = self.runner.last_logits(SchedulerOutput(scheduled, sum(len(s.token_ids) for s in scheduled)))
+            q, tokens = self._draw(logits, [req for req, _ in live], drafts, j)
+            for i, (req, st) in enumerate(live):
                 st.tokens += feeds[req.request_id]
-                token = out.sampled.get(req.request_id)
-                if token is None or token >= self.vocab_size:
-                    continue  # this request's proposals end here
-                drafts[req.request_id].append(token)
-                feeds[req.request_id] = [token]
-                still.append((req, st))
-            live = still
+                drafts[req.request_id].append(tokens[i])
+                q_rows[req.request_id].append(q[i])
+                feeds[req.request_id] = [tokens[i]]
         for req in reqs:
-            req.spec_token_ids = drafts.get(req.request_id, [])
+            rid = req.request_id
+            req.spec_token_ids = drafts.get(rid, [])
+            greedy = req.sampling_params.greedy or not req.spec_token_ids
+            req.spec_probs = None if greedy else torch.stack(q_rows[rid])
+
+    def _draw(self, logits: torch.Tensor, reqs: list[Request], drafts: dict[str, list[int]], j: int):
+        """q over the target's vocabulary (the draft's columns past it cut off, missing ones
+        at probability 0) after the target's processing of row j, and one token drawn from it per
+        request."""
+        v = logits.shape[1]
+        if v > self.vocab_size:
+            logits = logits[:, : self.vocab_size]
+        elif v < self.vocab_size:
+            logits = torch.nn.functional.pad(logits, (0, self.vocab_size - v), value=float("-inf"))
+        histories, bans = [], []
+        for req in reqs:
+            p = req.sampling_params
+            done = drafts[req.request_id]
+            histories.append((req.token_ids + done if p.penalized else req.token_ids, req.num_prompt_tokens))
+            bans.append(req.num_output_tokens + j < p.min_tokens)
+        sampler = self.runner.sampler  # the draft's own seeded generators: its draws are its own
+        params = [req.sampling_params for req in reqs]
+        q = sampler.distribution(logits.float(), params, histories, bans)
+        u = [sampler.uniform(req.request_id, req.sampling_params)() for req in reqs]
+        tokens = sampler.draw(q.log(), None, to_device(u, torch.float32, q.device)).tolist()
+        return q, tokens
 
     def forget(self, request_id: str) -> None:
         st = self.states.pop(request_id, None)
