@@ -163,14 +163,6 @@ class EngineArgs:
             help="serve with this many engine core processes, each with its own copy of the model and KV cache "
             "(and --tensor-parallel-size ranks), requests balanced by load",
         )
-        parser.add_argument(
-            "--data-parallel-size",
-            "-dp",
-            type=int,
-            default=d.data_parallel_size,
-            help="serve with this many engine core processes, each with its own copy of the model and KV cache "
-            "(and --tensor-parallel-size ranks), requests balanced by load",
-        )
         parser.add_argument("--enforce-eager", action="store_true")
         parser.add_argument(
             "--async-scheduling",
