@@ -94,7 +94,7 @@ class MultiModalProcessor:
         tokenizer's, else the checkpoint's processor's (chat_template.json)."""
         from octavo.multimodal.media import image_from_part
 
-        template = chat_template or getattr(self.tokenizer, "chat_template", None) or self._processor_template()
+        template = chat_template or getattr(self.tokenizer, "chat_template", None) or self.processor_template()
         parts = template is not None and renders_parts(template)
         images: list = []
         messages = []
@@ -115,7 +115,7 @@ class MultiModalProcessor:
         )
         return text, images
 
-    def _processor_template(self) -> str | None:
+    def processor_template(self) -> str | None:
         """The chat template of the checkpoint's processor, where it keeps one apart from the
         tokenizer's (older processors: chat_template.json)."""
         path = os.path.join(self.directory, "chat_template.json")

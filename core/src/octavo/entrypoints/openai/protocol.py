@@ -284,6 +284,11 @@ class ChatMessage(RequestModel):
         (OpenAI's shape) and go to the template as objects, which templates write with
         `tojson` (as vLLM passes them)."""
         msg: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if isinstance(self.content, list) and any(p.type == "image" for p in self.content):
+            # a vision-language model's template that writes images itself (serving_images.py): its parts
+            msg["content"] = [
+                {"type": "image"} if p.type == "image" else {"type": "text", "text": p.text} for p in self.content
+            ]
         for key in ("name", "tool_call_id"):
             if getattr(self, key) is not None:
                 msg[key] = getattr(self, key)
@@ -298,6 +303,8 @@ class ChatMessage(RequestModel):
             return self.content
         out = []
         for part in self.content:
+            if part.type == "image":  # an image's place, left by serving_images.py: no text
+                continue
             if part.type != "text" or part.text is None:
                 raise ValueError(f"message content part of type {part.type!r} is not supported (only 'text' parts)")
             out.append(part.text)

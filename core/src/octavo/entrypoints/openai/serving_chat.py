@@ -43,7 +43,7 @@ from octavo.entrypoints.openai.serving_images import multimodal_prompt, take_ima
 from octavo.entrypoints.openai.structured import compile_constraint
 from octavo.multimodal import MultiModalInputs
 from octavo.multimodal.media import UrlFetch
-from octavo.multimodal.processor import multimodal_processor
+from octavo.multimodal.processor import multimodal_processor, renders_parts
 from octavo.outputs import CompletionOutput
 from octavo.reasoning import get_reasoning_parser
 from octavo.tool_parsers import get_tool_parser
@@ -96,6 +96,8 @@ class OpenAIServingChat(OpenAIServing):
             engine.model_config, self.tokenizer
         )
         self.chat_template = chat_template
+        if self.mm_processor is not None and not (chat_template or getattr(self.tokenizer, "chat_template", None)):
+            self.chat_template = self.mm_processor.processor_template()  # older processors keep it apart
         self.tool_parser = get_tool_parser(tool_call_parser) if tool_call_parser else None
         self.auto_tools = enable_auto_tool_choice and self.tool_parser is not None
         self.reasoning = get_reasoning_parser(reasoning_parser) if reasoning_parser else None
@@ -178,7 +180,9 @@ class OpenAIServingChat(OpenAIServing):
         self.check_chat_template(req.chat_template)
         self.sampling_params(req, None)  # every field checked before the prompt is built
         processor = self.mm_processor
-        messages, images = take_images(req.messages, processor, self.image_fetch)
+        template = req.chat_template or self.chat_template or getattr(self.tokenizer, "chat_template", None)
+        parts = template is not None and renders_parts(template)  # the template writes images itself
+        messages, images = take_images(req.messages, processor, self.image_fetch, parts)
         text = self.render_checked(
             messages,
             add_generation_prompt=req.add_generation_prompt,

@@ -12,21 +12,24 @@ from octavo.multimodal import MultiModalInputError, MultiModalInputs
 from octavo.multimodal.media import UrlFetch, image_from_part
 
 
-def take_images(messages: list[ChatMessage], processor: Any, fetch: UrlFetch | None) -> tuple[list[ChatMessage], list]:
-    """The messages with each image part replaced by the model's placeholder text, and the
-    images (PIL, in order). A text-only model refuses image parts."""
-    parts = [p for m in messages if isinstance(m.content, list) for p in m.content if p.type != "text"]
-    if not parts:
+def take_images(
+    messages: list[ChatMessage], processor: Any, fetch: UrlFetch | None, parts: bool = False
+) -> tuple[list[ChatMessage], list]:
+    """The messages with each image part replaced by the model's placeholder text (or, for a
+    template that loops over content parts and writes images itself, `parts`, by an
+    {"type": "image"} part), and the images (PIL, in order). A text-only model refuses image parts."""
+    others = [p for m in messages if isinstance(m.content, list) for p in m.content if p.type != "text"]
+    if not others:
         return messages, []
     if processor is None:
         raise BadRequestError(
-            f"message content part of type {parts[0].type!r} is not supported: this model takes text only",
+            f"message content part of type {others[0].type!r} is not supported: this model takes text only",
             param="messages",
         )
     limit = processor.limits["image"]
-    if len(parts) > limit:
+    if len(others) > limit:
         raise BadRequestError(
-            f"the messages have {len(parts)} images, more than the {limit} this server takes per prompt "
+            f"the messages have {len(others)} images, more than the {limit} this server takes per prompt "
             "(--limit-mm-per-prompt)",
             param="messages",
         )
@@ -43,7 +46,9 @@ def take_images(messages: list[ChatMessage], processor: Any, fetch: UrlFetch | N
                     images.append(image_from_part(p.model_dump(exclude_none=True), len(images), fetch))
                 except MultiModalInputError as e:
                     raise BadRequestError(str(e), param="messages") from None
-                content.append(ChatContentPart(type="text", text=processor.placeholder))
+                content.append(
+                    ChatContentPart(type="image") if parts else ChatContentPart(type="text", text=processor.placeholder)
+                )
             m = m.model_copy(update={"content": content})
         out.append(m)
     return out, images
