@@ -50,11 +50,12 @@ COMMAND_LINES = [
         "--task",
     ),
     ("vllm serve facebook/opt-13b --tensor-parallel-size 4", DISTRIBUTED, None),
-    ("vllm serve gpt2 --tensor-parallel-size 4 --pipeline-parallel-size 2", DISTRIBUTED, "--pipeline-parallel-size"),
+    # pipeline parallelism (issue 28b): these parse now, as tensor parallelism's lines do
+    ("vllm serve gpt2 --tensor-parallel-size 4 --pipeline-parallel-size 2", DISTRIBUTED, None),
     (
         "vllm serve /path/to/the/model/in/the/container --tensor-parallel-size 8 --pipeline-parallel-size 2",
         DISTRIBUTED,
-        "--pipeline-parallel-size",
+        None,
     ),
     ("vllm serve /path/to/the/model/in/the/container --tensor-parallel-size 16", DISTRIBUTED, None),
     ("vllm serve unsloth/Qwen3-0.6B-GGUF:Q4_K_M --tokenizer Qwen/Qwen3-0.6B --dtype float16", GGUF, None),
