@@ -29,7 +29,7 @@ class LoRAStep:
 
 class LinearLoRA:
     """Slots of A [max_loras, N, max_rank, in] and B transposed [max_loras, max_rank, out] (in
-    the model's dtype, the scaling folded into B; the layouts of the platform's LoRA ops) for a linear
+    `dtype`, the scaling folded into B; the layouts of the platform's LoRA ops) for a linear
     whose output rows are the N slices `targets` (checkpoint module names, in row order) of
     `slice_sizes` rows."""
 
@@ -79,6 +79,7 @@ class LinearLoRA:
         slots = self.step.slots
         if slots is None or (not self.step.capturing and self.targeted.isdisjoint(self.step.in_use)):
             return y
-        slots = slots[: x.shape[0]]  # a captured graph's rows: the front of its static buffer
+        if slots.shape[0] != x.shape[0]:  # a captured graph's rows: the front of its static buffer
+            slots = slots[: x.shape[0]]  # (else the step's own tensor: ops may cache by its identity)
         h = self.ops.lora_shrink(x, self.a, slots)
         return self.ops.lora_expand(y, h, self.b, slots, self.slice_sizes)

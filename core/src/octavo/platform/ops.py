@@ -168,23 +168,24 @@ def fused_moe(
 def lora_shrink(x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """The first half of every LoRA adapter of a batch on one layer, in one call (since 2.3).
 
-    x [T, I]; a [S, N, R, I] in x's dtype: adapter slot s's A of each of the layer's N output
-    slices (q, k, v of a fused qkv projection), ranks padded with zeros to R; slots [T] int64:
-    token t's slot, -1 for none (one tensor per step, shared by its layers and never changed
-    in place: implementations may keep what they derive from it). Returns h [T, N, R] in x's
-    dtype: h[t, n] = a[slots[t], n] @ x[t], summed in float32 and rounded to x's dtype as a
+    x [T, I]; a [S, N, R, I] in x's dtype or float32: adapter slot s's A of each of the layer's
+    N output slices (q, k, v of a fused qkv projection), ranks padded with zeros to R; slots
+    [T] int64: token t's slot, -1 for none (one tensor per step, shared by its layers and never
+    changed in place: implementations may keep what they derive from it). Returns h [T, N, R] in
+    x's dtype: h[t, n] = a[slots[t], n] @ x[t], summed in float32 and rounded to x's dtype as a
     linear layer's output is; zeros where slots[t] is -1. Written per slot in use, over the
-    tokens that use it (`_SlotGroups`)."""
+    tokens that use it (`_SlotGroups`), in the weights' dtype."""
     s, n, r, i = a.shape
     groups = _SlotGroups.of(slots)
-    h = x.new_zeros(x.shape[0] + 1, n * r)  # + the padding row
+    h = x.new_zeros(x.shape[0], n * r)
     if groups.table is not None:  # one batched GEMM over the slots in use
-        xs = torch.cat([x, x.new_zeros(1, i)])[groups.table]  # [U, width, I]
-        h[groups.table.view(-1)] = torch.bmm(xs, groups.in_use(a).view(-1, n * r, i).transpose(1, 2)).flatten(0, 1)
+        xs = x[groups.table].to(a.dtype)  # [U, width, I]
+        out = torch.bmm(xs, groups.in_use(a).view(-1, n * r, i).transpose(1, 2)).flatten(0, 1)
+        h[groups.valid_rows] = groups.valid(out).to(x.dtype)
     else:
         for slot, rows in groups.rows:
-            h[rows] = torch.nn.functional.linear(x[rows], a[slot].view(n * r, i))
-    return h[:-1].view(-1, n, r)
+            h[rows] = torch.nn.functional.linear(x[rows].to(a.dtype), a[slot].view(n * r, i)).to(x.dtype)
+    return h.view(-1, n, r)
 
 
 def lora_expand(
@@ -193,21 +194,21 @@ def lora_expand(
     """The second half (since 2.3), in place: for every token t with a slot, y[t]'s columns of
     slice n get d = h[t, n] @ b[slots[t], :, those columns], d summed in float32 and rounded to
     y's dtype, then y + d rounded to y's dtype (a linear layer's output added to the residual
-    stream). y [T, O]; h [T, N, R] (`lora_shrink`'s); b [S, R, O] in y's dtype: each slot's B
-    transposed (PEFT's lora_B is [O, R]), its scaling folded in, ranks padded with zeros;
-    slice_sizes: the N slices' columns of y, in order, summing to O. Returns y."""
+    stream). y [T, O]; h [T, N, R] (`lora_shrink`'s); b [S, R, O] in y's dtype or float32: each
+    slot's B transposed (PEFT's lora_B is [O, R]), its scaling folded in, ranks padded with
+    zeros; slice_sizes: the N slices' columns of y, in order, summing to O. Returns y."""
     groups = _SlotGroups.of(slots)
     cols = list(_slices(slice_sizes))
     if groups.table is not None:
-        hs = torch.cat([h, h.new_zeros(1, *h.shape[1:])])[groups.table]  # [U, width, N, R]
+        hs = h[groups.table].to(b.dtype)  # [U, width, N, R]
         bs = groups.in_use(b)
-        d = torch.cat([torch.bmm(hs[:, :, n], bs[:, :, c0:c1]) for n, (c0, c1) in enumerate(cols)], dim=-1)
-        delta = y.new_zeros(y.shape[0] + 1, y.shape[1])
-        delta[groups.table.view(-1)] = d.flatten(0, 1)
-        return y.add_(delta[:-1])
+        parts = [torch.bmm(hs[:, :, n], bs[:, :, c0:c1]) for n, (c0, c1) in enumerate(cols)]
+        d = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).flatten(0, 1)
+        return y.index_add_(0, groups.valid_rows, groups.valid(d).to(y.dtype))
     for slot, rows in groups.rows:
-        d = torch.cat([h[rows, n] @ b[slot, :, c0:c1] for n, (c0, c1) in enumerate(cols)], dim=-1)
-        y[rows] = y[rows] + d
+        hr = h[rows].to(b.dtype)
+        d = torch.cat([hr[:, n] @ b[slot, :, c0:c1] for n, (c0, c1) in enumerate(cols)], dim=-1)
+        y.index_add_(0, rows, d.to(y.dtype))
     return y
 
 
@@ -222,32 +223,39 @@ def _slices(sizes: tuple[int, ...]):
 class _SlotGroups:
     """A step's tokens grouped by adapter slot, computed once per `slots` tensor (by identity:
     see `lora_shrink`) and reused by every layer's LoRA calls: `rows`, each slot in use with its
-    tokens' rows; and, where padding every group to the largest costs at most as many rows
-    again as there are tokens (decode steps, mixed steps), `table` [U, width] of those rows
-    padded with the row past the last (a zero row the ops append), and `used`, the U slots:
-    one batched GEMM then serves every slot."""
+    tokens' rows; and, where padding every group to the largest costs at most as many rows again
+    as there are tokens (decode steps, mixed steps), `table` [U, width] of those rows padded with
+    row 0, `used` (the U slots), and `valid_rows` with their places in the flattened table
+    (`valid`): one batched GEMM then serves every slot, its padding rows dropped."""
 
     _last: _SlotGroups | None = None
 
     def __init__(self, slots: torch.Tensor) -> None:
         self.slots = slots
         host = slots.tolist()
-        t, dev = len(host), slots.device
+        dev = slots.device
         by_slot: dict[int, list[int]] = {}
         for row, slot in enumerate(host):
             if slot >= 0:
                 by_slot.setdefault(slot, []).append(row)
-        self.rows = [(slot, torch.tensor(rows, device=dev)) for slot, rows in sorted(by_slot.items())]
+        groups = sorted(by_slot.items())
+        self.rows = [(slot, torch.tensor(rows, device=dev)) for slot, rows in groups]
         width = max((len(rows) for rows in by_slot.values()), default=0)
         self.table: torch.Tensor | None = None
-        if by_slot and len(by_slot) * width <= 2 * t:
-            padded = [rows + [t] * (width - len(rows)) for _, rows in sorted(by_slot.items())]
-            self.table = torch.tensor(padded, device=dev)
-            self.used = torch.tensor(sorted(by_slot), device=dev)
+        if groups and len(groups) * width <= 2 * len(host):
+            self.table = torch.tensor([rows + [0] * (width - len(rows)) for _, rows in groups], device=dev)
+            self.used = torch.tensor([slot for slot, _ in groups], device=dev)
+            self.valid_rows = torch.tensor([row for _, rows in groups for row in rows], device=dev)
+            places = [u * width + j for u, (_, rows) in enumerate(groups) for j in range(len(rows))]
+            self.places = None if len(places) == len(groups) * width else torch.tensor(places, device=dev)
 
     def in_use(self, weights: torch.Tensor) -> torch.Tensor:
         """The slots in use of per-slot `weights` (all of them without a copy)."""
         return weights if len(self.rows) == weights.shape[0] else weights[self.used]
+
+    def valid(self, flat: torch.Tensor) -> torch.Tensor:
+        """The rows of a flattened [U * width, ...] result that are tokens, in `valid_rows`' order."""
+        return flat if self.places is None else flat[self.places]
 
     @classmethod
     def of(cls, slots: torch.Tensor) -> _SlotGroups:
