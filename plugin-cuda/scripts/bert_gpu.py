@@ -43,9 +43,10 @@ def _save(model: BertModel, tok, path: str) -> str:
     return path
 
 
-def _memory(device: str) -> dict:
-    # two engines one after the other in one process: each takes a share, not the default 0.9
-    return {"gpu_memory_utilization": 0.3} if device == "cuda" else {}
+def _memory(device: str, share: float) -> dict:
+    # two engines one after the other in one process: the first's memory still counts as in use
+    # when the second sizes its cache, so the second's share must exceed the first's
+    return {"gpu_memory_utilization": share} if device == "cuda" else {}
 
 
 @torch.inference_mode()
