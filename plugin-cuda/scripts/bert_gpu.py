@@ -90,7 +90,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(1)
         prompts = [torch.randint(3, len(tok), (n,), generator=g).tolist() for n in (5, 77, 300, 1, 129)]
         llm = LLM(
-            path, runner="pooling", device=args.device, dtype="float32", max_model_len=512, **_memory(args.device)
+            path, runner="pooling", device=args.device, dtype="float32", max_model_len=512, **_memory(args.device, 0.15)
         )
         outs = llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
         llm.shutdown()
@@ -109,7 +109,7 @@ def main() -> None:
         lengths = torch.randint(16, 513, (args.num,), generator=g).tolist()
         prompts = [torch.randint(3, len(tok), (n,), generator=g).tolist() for n in lengths]
         llm = LLM(
-            big, runner="pooling", device=args.device, dtype="bfloat16", max_model_len=1024, **_memory(args.device)
+            big, runner="pooling", device=args.device, dtype="bfloat16", max_model_len=1024, **_memory(args.device, 0.5)
         )
         batch = [{"prompt_token_ids": p} for p in prompts]
         llm.embed(batch[:32], use_tqdm=False)
