@@ -468,3 +468,19 @@ def test_sampled_output_with_a_draft_model_follows_the_target(tiny_llama, tmp_pa
     counts = Counter(allowed.index(o.outputs[0].token_ids[1]) for o in outs)
     stat, df = _chi2(counts, p2.float())
     assert stat < _chi2_critical(df), f"chi2 {stat:.1f}: {sorted(counts.items())} against {p2.tolist()}"
+
+
+def test_speculative_config_flag(tiny_llama):
+    """`--speculative-config JSON` on the command line (octavo serve / generate / bench) reaches
+    the engine's config; a bad value is refused naming the key."""
+    import argparse
+
+    from octavo.engine_args import EngineArgs
+
+    parser = EngineArgs.add_cli_args(argparse.ArgumentParser())
+    flags = ["--model", tiny_llama, "--device", "cpu", "--speculative-config", '{"num_speculative_tokens": 2}']
+    config, _, _ = EngineArgs.from_cli_args(parser.parse_args(flags)).create_config()
+    assert config.speculative == SpeculativeConfig("ngram", 2)
+    with pytest.raises(ValueError, match="prompt_lookup_max"):
+        bad = flags[:-1] + ['{"num_speculative_tokens": 2, "prompt_lookup_max": 0}']
+        EngineArgs.from_cli_args(parser.parse_args(bad)).create_config()
