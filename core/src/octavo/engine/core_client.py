@@ -16,6 +16,7 @@ in-process engine whose thread died: /health fails and the server exits with sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -52,9 +53,13 @@ class CoreReplica:
 
     index: int
     address: str
-    socket: zmq.Socket  # DEALER; shadowed by an asyncio socket once serving
+    socket: zmq.Socket  # DEALER, for the start-up handshake
     monitor: zmq.Socket  # PAIR: the DEALER's connection events
     process: Any = None  # multiprocessing.Process where this API server started it
+    # the DEALER once serving, on the event loop: every send and receive goes through it, since
+    # ZeroMQ signals readiness on edges and a send through the plain socket can swallow the edge
+    # an asyncio receive waits for
+    stream: Any = None
     num_kv_blocks: int = 0
     alive: bool = True
     stats: EngineStats | None = None
@@ -228,6 +233,7 @@ class MPAsyncEngine(AsyncLLMEngine):
             return
         self._loop = asyncio.get_running_loop()
         for r in self.replicas:
+            r.stream = zmq.asyncio.Socket.shadow(r.socket.underlying)
             self._tasks.append(self._loop.create_task(self._listen(r)))
             self._tasks.append(self._loop.create_task(self._watch(r)))
 
@@ -252,16 +258,18 @@ class MPAsyncEngine(AsyncLLMEngine):
         self._post(r, wire.Add(rid, wired, wire.pickled(params), time.monotonic()))
 
     def _post(self, r: CoreReplica, msg: Any) -> None:
-        try:
+        # queued without waiting (no high-water mark); a message to a core that is gone waits
+        # unsent until the socket closes, and its requests fail when the monitor says so
+        if r.stream is not None:
+            r.stream.send(self._codec.encode(msg))
+            return
+        with contextlib.suppress(zmq.Again):  # shut down before serving: a core that is gone needs nothing
             r.socket.send(self._codec.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:  # no connection to the core: it is gone
-            self._replica_died(r, "its socket takes no more messages")
 
     async def _listen(self, r: CoreReplica) -> None:
-        sock = zmq.asyncio.Socket.shadow(r.socket.underlying)
         codec = wire.Codec()
         while r.alive:
-            msg = codec.to_server(await sock.recv())
+            msg = codec.to_server(await r.stream.recv())
             if isinstance(msg, wire.Outputs):
                 r.stats = msg.stats
                 r.unseen_adds = 0
