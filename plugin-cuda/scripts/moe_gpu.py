@@ -260,6 +260,32 @@ def hf_beside(cfg, prompt: list[int], device: str) -> dict:
     return out
 
 
+def _bench_child(queue, start: float, tokenizer: str, *args) -> None:
+    global START
+    START = start  # CLOCK_MONOTONIC is the host's: the parent's budget carries over
+    queue.put(bench(*args[:4], AutoTokenizer.from_pretrained(tokenizer), *args[4:]))
+
+
+def isolated_bench(tokenizer: str, *args) -> dict | str:
+    """`bench` in a process of its own: all its GPU memory (engine, CUDA graph pools, transformers'
+    model) is gone when it exits, whatever still referenced it (the first run on the H200 kept
+    ~60 GB of the Qwen3 part held, and the Mixtral part ran out of memory)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_bench_child, args=(queue, START, tokenizer, *args))
+    proc.start()
+    try:
+        return queue.get(timeout=max(left(args[-2]), 1.0))
+    except Exception as e:  # the child died (its exit code says how) or ran out of time
+        return f"failed: {type(e).__name__}; child exit code {proc.exitcode}"
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("tokenizer")
@@ -296,10 +322,14 @@ def main() -> None:
         print(result, flush=True)
         dump()
         big = (4, 64, 8) if args.tiny else (64, 1024, 128)
-        result["qwen3_30b_a3b"] = bench("qwen3_30b_a3b", qwen, 8, 128, tok, args.device, root, args.budget, big)
+        result["qwen3_30b_a3b"] = isolated_bench(
+            args.tokenizer, "qwen3_30b_a3b", qwen, 8, 128, args.device, root, args.budget, big
+        )
         dump()
         if left(args.budget) > 50:
-            result["mixtral_8x7b"] = bench("mixtral_8x7b", mixtral, 2, 8, tok, args.device, root, args.budget, big)
+            result["mixtral_8x7b"] = isolated_bench(
+                args.tokenizer, "mixtral_8x7b", mixtral, 2, 8, args.device, root, args.budget, big
+            )
         else:
             result["mixtral_8x7b"] = "skipped: out of time"
     if args.device == "cuda" and left(args.budget) > 25:
