@@ -120,7 +120,9 @@ class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
             layer = self._layer(name.removeprefix("model."))  # None: another pipeline stage's
             return (layer.self_attn.kv_b_proj if layer is not None else None), None, None
         if parts[2:] == ["mlp", "gate", "e_score_correction_bias"]:
-            layer = self._decoder_layers()[int(parts[1])]
+            layer = self._layer(name.removeprefix("model."))
+            if layer is None:
+                return None, None, None
             if not isinstance(layer.mlp, MoEBlock) or layer.mlp.experts.correction_bias is None:
                 raise KeyError(name)
             return layer.mlp.experts.correction_bias, None, None
