@@ -47,12 +47,12 @@ class EngineArgs:
     tensor_parallel_size: int = 1
     # MoE models: shard the experts over the tensor-parallel ranks, tokens dispatched by all_to_all
     enable_expert_parallel: bool = False
-    # engine cores behind one server, each with its own KV cache (octavo serve; the offline LLM is one)
-    data_parallel_size: int = 1
     # layers split over this many stages of tensor_parallel_size ranks each (octavo.pipeline)
     pipeline_parallel_size: int = 1
     # "mp": worker processes on this host; "ray": Ray actors on a Ray cluster (None: "mp")
     distributed_executor_backend: str | None = None
+    # engine cores behind one server, each with its own KV cache (octavo serve; the offline LLM is one)
+    data_parallel_size: int = 1
     enforce_eager: bool = False
     async_scheduling: bool | None = None  # None: the platform's default (on for GPUs)
     max_logprobs: int = MAX_LOGPROBS
@@ -61,15 +61,15 @@ class EngineArgs:
     override_generation_config: dict[str, Any] | None = None
     # reasoning models: the parser of their thinking (deepseek_r1, qwen3); grammars start after it
     reasoning_parser: str | None = None
-    # speculative decoding (vLLM's keys): {"method": "ngram", "num_speculative_tokens": k, ...}
-    speculative_config: dict[str, Any] | str | None = None
+    # vision-language models: the most items of each modality per prompt, e.g. {"image": 2}
+    limit_mm_per_prompt: dict[str, int] | None = None
     # LoRA adapters (docs/lora.md): device slots, the largest rank, adapters kept in host memory
     enable_lora: bool = False
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None
-    # vision-language models: the most items of each modality per prompt, e.g. {"image": 2}
-    limit_mm_per_prompt: dict[str, int] | None = None
+    # speculative decoding (vLLM's keys): {"method": "ngram", "num_speculative_tokens": k, ...}
+    speculative_config: dict[str, Any] | str | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -201,11 +201,11 @@ class EngineArgs:
             "structured outputs start after it",
         )
         parser.add_argument(
-            "--limit-mm-per-prompt",
-            type=json.loads,
+            "--speculative-config",
             default=None,
             metavar="JSON",
-            help="vision-language models: the most images per prompt, e.g. '{\"image\": 2}' (default 16)",
+            help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
+            '"prompt_lookup_max": 5, "prompt_lookup_min": 2}\' (docs/speculative-decoding.md)',
         )
         lora = parser.add_argument_group("LoRA adapters (docs/lora.md)")
         lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters of the model (PEFT format)")
@@ -220,11 +220,11 @@ class EngineArgs:
             help="adapters kept loaded in host memory, least recently used dropped first (default: --max-loras)",
         )
         parser.add_argument(
-            "--speculative-config",
+            "--limit-mm-per-prompt",
+            type=json.loads,
             default=None,
             metavar="JSON",
-            help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
-            '"prompt_lookup_max": 5, "prompt_lookup_min": 2}\' (docs/speculative-decoding.md)',
+            help="vision-language models: the most images per prompt, e.g. '{\"image\": 2}' (default 16)",
         )
         vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser

@@ -195,16 +195,18 @@ def _max_logprobs(value: int) -> int:
     return value
 
 
-def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | None:
-    """--limit-mm-per-prompt, checked: a vision-language model's (octavo.multimodal)."""
-    if limits is None:
-        return None
-    from octavo.multimodal.inputs import parse_limits
-    from octavo.multimodal.processor import is_multimodal
+def _speculative_config(value, platform: Platform):
+    """The parsed speculative_config; refused where the platform's runner cannot verify proposals."""
+    from octavo.model_runner import ModelRunner
+    from octavo.spec_decode import SpeculativeConfig
 
-    if not is_multimodal(hf_config):
-        raise ValueError("limit_mm_per_prompt is for vision-language models; this model takes text only")
-    return parse_limits(limits)
+    config = SpeculativeConfig.parse(value)
+    if config is not None and platform.runner_cls is not None and not issubclass(platform.runner_cls, ModelRunner):
+        raise ValueError(
+            f"speculative decoding is not supported on device {platform.name!r}: its step runner "
+            f"({platform.runner_cls.__name__}) does not verify proposed tokens; drop speculative_config"
+        )
+    return config
 
 
 def _lora_config(args, platform: Platform):
@@ -234,20 +236,6 @@ def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | Non
     if not is_multimodal(hf_config):
         raise ValueError("limit_mm_per_prompt is for vision-language models; this model takes text only")
     return parse_limits(limits)
-
-
-def _speculative_config(value, platform: Platform):
-    """The parsed speculative_config; refused where the platform's runner cannot verify proposals."""
-    from octavo.model_runner import ModelRunner
-    from octavo.spec_decode import SpeculativeConfig
-
-    config = SpeculativeConfig.parse(value)
-    if config is not None and platform.runner_cls is not None and not issubclass(platform.runner_cls, ModelRunner):
-        raise ValueError(
-            f"speculative decoding is not supported on device {platform.name!r}: its step runner "
-            f"({platform.runner_cls.__name__}) does not verify proposed tokens; drop speculative_config"
-        )
-    return config
 
 
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
@@ -335,8 +323,8 @@ def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
         parallel=parallel,
         device=platform.name,
         enforce_eager=args.enforce_eager,
-        speculative=_speculative_config(args.speculative_config, platform),
         lora=_lora_config(args, platform),
+        speculative=_speculative_config(args.speculative_config, platform),
     )
     config.parallel.enable_expert_parallel = _expert_parallel(args, hf_config)
     platform.check_and_update_config(config)

@@ -41,6 +41,7 @@ from octavo.models import get_model_class
 from octavo.multimodal.encoder_cache import EncoderCache
 from octavo.pipeline import recv_activations, send_activations, zero_activations
 from octavo.platform import ForwardBatch, Platform, StepOutput, StepRunner
+from octavo.platform.runner import TokenLogprobs
 from octavo.quantization.apply import quantize_linears
 from octavo.request import RequestFailure
 from octavo.sampling import RowByRowJob, SampleJob, Sampler
@@ -590,12 +591,12 @@ class ModelRunner(StepRunner):
             failed.update((step.request_ids[i], msg) for i, msg in result.failed.items())
             sampled = {r: t for r, t in zip(step.request_ids, result.token_ids) if r not in failed}
             lps = {r: lp for r, lp in zip(step.request_ids, result.logprobs) if lp is not None and r not in failed}
-        accepted_lps = {}
+        accepted_lps: dict[str, list[TokenLogprobs]] = {}
         for rid, v in step.verified.items():
             sampled[rid] = v.token
-            if v.logprobs[-1] is not None:
+            if v.logprobs[-1] is not None:  # logprobs asked for: every accepted token has them
                 lps[rid] = v.logprobs[-1]
-                accepted_lps[rid] = v.logprobs[:-1]
+                accepted_lps[rid] = [lp for lp in v.logprobs[:-1] if lp is not None]
         num_accepted = {rid: v.num_accepted for rid, v in step.verified.items()}
         return StepOutput(sampled, lps, step.prompt_logprobs, failed, num_accepted, accepted_lps)
 

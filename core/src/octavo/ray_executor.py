@@ -80,7 +80,7 @@ class RayLauncher:
         index = self._bundles[len(self._actors)]
         strategy = PlacementGroupSchedulingStrategy(placement_group=self._pg, placement_group_bundle_index=index)
         resources = self._pg.bundle_specs[index]
-        actor_cls = ray.remote(_RankActor).options(
+        actor_cls: Any = ray.remote(_RankActor).options(
             num_cpus=resources.get("CPU", 0),
             num_gpus=resources.get("GPU", 0),
             scheduling_strategy=strategy,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from octavo.block_manager import BlockIdentity
 from octavo.sampling_params import SamplingParams
@@ -61,9 +61,9 @@ class Request:
         "num_pending",
         "cache_salt",
         "identity_spans",
+        "lora_request",
         "spec_token_ids",
         "spec_probs",
-        "lora_request",
         "mm_items",
     )
 
@@ -95,13 +95,13 @@ class Request:
         # overlap token range [start, end) (an image's placeholder tokens and its content hash).
         self.cache_salt: Hashable | None = None
         self.identity_spans: list[tuple[int, int, Hashable]] = []
+        # the LoRA adapter the request runs with (octavo.lora.LoRARequest; None: the base model)
+        self.lora_request: LoRARequest | None = None
         # speculative decoding: tokens proposed to follow token_ids, verified by the next step
         # that decodes this request (the scheduler takes them; octavo.spec_decode fills them)
         self.spec_token_ids: list[int] = []
         # the proposer's distributions they were drawn from (opaque: a device tensor), or None
-        self.spec_probs = None
-        # the LoRA adapter the request runs with (octavo.lora.LoRARequest; None: the base model)
-        self.lora_request: LoRARequest | None = None
+        self.spec_probs: Any = None
         # the prompt's images (octavo.multimodal.MultiModalItem), in prompt order: the
         # scheduler plans their encoder runs (octavo.multimodal.encoder_budget)
         self.mm_items: tuple = ()

@@ -248,14 +248,6 @@ class Scheduler:
                 return False
         return True
 
-    def _adapter_fits(self, req: Request) -> bool:
-        """A waiting request's LoRA adapter is running already, or a slot is left for it."""
-        lora = req.lora_request
-        if lora is None or self.max_loras is None:
-            return True
-        running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
-        return lora.lora_int_id in running or len(running) < self.max_loras
-
     def _drafts(self, req: Request, n: int, room: int) -> tuple[list[int], Any]:
         """The proposed tokens to verify with a decode of `req` (n = 1): as many as the budget
         left, the free blocks, max_tokens and the context allow (the token drawn after them
@@ -272,6 +264,14 @@ class Scheduler:
         if drafts and not self.bm.allocate(req.block_ids, req.num_computed_tokens + n + len(drafts)):
             return [], None
         return drafts, probs[: len(drafts)] if drafts and probs is not None else None
+
+    def _adapter_fits(self, req: Request) -> bool:
+        """A waiting request's LoRA adapter is running already, or a slot is left for it."""
+        lora = req.lora_request
+        if lora is None or self.max_loras is None:
+            return True
+        running = {r.lora_request.lora_int_id for r in self.running if r.lora_request is not None}
+        return lora.lora_int_id in running or len(running) < self.max_loras
 
     def _admit(self, req: Request, budget: int) -> int:
         """Reserve blocks for a waiting request; return the tokens scheduled (0 = cannot)."""

@@ -188,7 +188,7 @@ class MPAsyncEngine(AsyncLLMEngine):
 
         kwargs.setdefault("log_requests", getattr(engine_args, "enable_log_requests", False))
         kwargs.setdefault("max_log_len", getattr(engine_args, "max_log_len", None))
-        ctx = zmq.Context.instance()
+        ctx: Any = zmq.Context.instance()
         replicas = []
         for i, address in enumerate(addresses):
             sock = ctx.socket(zmq.DEALER)

@@ -101,8 +101,8 @@ class EngineCore:
                 self._send(ident.bytes, wire.Ready(num_kv_blocks=self.engine.block_manager.num_blocks))
             else:
                 raise _ShutdownRequested
-        for ident, results in accepted.items():
-            self._send(ident, wire.Accepted(results=results))
+        for owner, results in accepted.items():
+            self._send(owner, wire.Accepted(results=results))
         return applied
 
     def _add(self, msg: wire.Add, waiting: int) -> Any:

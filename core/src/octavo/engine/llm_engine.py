@@ -149,13 +149,13 @@ class LLMEngine:
         self.reasoning_parser = args.reasoning_parser
         start, end = reasoning_token_ids(args.reasoning_parser, self.tokenizer)
         self.structured = StructuredOutputManager(self.tokenizer, self.vocab_size, self.eos_token_ids, end, start)
+        # vision-language models: the checkpoint's processor turns a prompt's images into inputs
+        self.mm_processor = self._multimodal_processor()
         # speculative decoding: proposals before each schedule (octavo.spec_decode)
         self.speculator = None
         if self.config.speculative is not None:
             nb, max_len = self.block_manager.num_blocks, self.model_config.max_model_len
             self.speculator = Speculator(self.config.speculative, args, nb, self.vocab_size, max_len)
-        # vision-language models: the checkpoint's processor turns a prompt's images into inputs
-        self.mm_processor = self._multimodal_processor()
         self.groups: dict[str, _Group] = {}
         self.sample_of: dict[str, _Sample] = {}
         self.group_of: dict[str, _Group] = {}
@@ -179,8 +179,9 @@ class LLMEngine:
         collection and interpreter exit do it too). The engine cannot step afterwards."""
         if getattr(self, "runner", None) is not None:
             self.runner.shutdown()
-        if getattr(self, "speculator", None) is not None:
-            self.speculator.shutdown()
+        speculator = getattr(self, "speculator", None)
+        if speculator is not None:
+            speculator.shutdown()
 
     def _num_kv_blocks(self) -> int:
         """As many blocks as the device's budget holds at the attention back end's price per
@@ -314,12 +315,12 @@ class LLMEngine:
                     p.logprobs = 0  # ranking needs each sample's cumulative logprob
             rid = request_id if best_of == 1 else f"{request_id}#{i}"
             req = Request(rid, ids, p, arrival)
-            if lora_request is not None:
-                req.lora_request = lora_request
-                req.cache_salt = lora_request  # its KV differs from the base model's and other adapters'
             if mm is not None and mm.items:  # an image's tokens' KV depends on its content
                 req.mm_items = tuple(mm.items)
                 req.identity_spans = [(it.offset, it.end, it.identity) for it in mm.items]
+            if lora_request is not None:
+                req.lora_request = lora_request
+                req.cache_salt = lora_request  # its KV differs from the base model's and other adapters'
             group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
         self.groups[request_id] = group
         for s in group.samples:

@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"Avg latency: {avg} seconds")
     for p, v in pcts.items():
         print(f"{p}% percentile latency: {v} seconds")
-    if spec_after is not None:  # speculative decoding: the timed runs' drafts
+    if spec_after is not None and spec_before is not None:  # speculative decoding: the timed runs' drafts
         print(spec_after.since(spec_before).summary())
     if args.output_json:
         with open(args.output_json, "w") as f:

@@ -144,7 +144,7 @@ class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
     def _mlp_entries(self, mlp):
         if not isinstance(mlp, MoEBlock):
             return super()._mlp_entries(mlp)
-        entries = {"mlp.gate": (mlp.experts.gate, None, None)}  # the router
+        entries: dict[str, tuple] = {"mlp.gate": (mlp.experts.gate, None, None)}  # the router
         if mlp.shared is not None:
             entries.update(mlp.shared.linear_entries("mlp.shared_experts"))
         return entries
@@ -154,6 +154,7 @@ class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
         super().load_weights(weights)
         if self._interleaved_rope():
             for layer in self._decoder_layers():
+                assert isinstance(layer.self_attn, LatentAttention)
                 self._deinterleave_rope_rows(layer.self_attn)
 
     def _interleaved_rope(self) -> bool:
@@ -166,12 +167,14 @@ class DeepseekV2ForCausalLM(MoELlamaForCausalLM):
         rope = attn.rope
         order = torch.cat([torch.arange(0, rope, 2), torch.arange(1, rope, 2)])
         q = attn.q_proj if attn.q_proj is not None else attn.q_b_proj
-        assert q is not None
-        q_rows = q.weight.view(attn.num_heads, attn.nope + rope, -1)[:, attn.nope :]
-        q_rows.copy_(q_rows[:, order.to(q_rows.device)])
         kv = attn.kv_a_proj_with_mqa
+        assert isinstance(q, Linear) and isinstance(kv, Linear)
+        q_weight = q.weight
+        assert isinstance(q_weight, torch.Tensor)
+        q_rows = q_weight.view(attn.num_heads, attn.nope + rope, -1)[:, attn.nope :]
+        q_rows.copy_(q_rows[:, order.to(q_rows.device)])
         for tensor in (kv.weight, kv.bias):
-            if tensor is not None:
+            if isinstance(tensor, torch.Tensor):
                 rows = tensor[attn.rank :]
                 rows.copy_(rows[order.to(rows.device)])
 

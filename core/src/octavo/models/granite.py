@@ -44,6 +44,7 @@ class GraniteForCausalLM(LlamaForCausalLM):
         return super().embed(input_ids) * float(self.config.embedding_multiplier)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert self.lm_head is not None, "only the last pipeline stage computes logits"
         return (self.lm_head(hidden) / float(self.config.logits_scaling)).float()
 
     def structure(self) -> DecoderStructure | None:

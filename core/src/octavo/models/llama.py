@@ -132,6 +132,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = self.make_norm(cfg.hidden_size) if last else None
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, platform.linear) if last else None
         if self.lm_head is not None and self.tie_word_embeddings:
+            assert self.embed_tokens is not None  # the last stage keeps it when tied (above)
             self.lm_head.weight = self.embed_tokens  # one parameter, loaded once
         self.register_buffer("cos_sin_cache", self.make_cos_sin_cache(max_positions), persistent=False)
 

@@ -140,7 +140,7 @@ class AttentionBackend:
         """One layer's cache of `num_blocks` blocks, zero-filled (kernels may read, and mask,
         slots no token has written yet). Whatever it returns is what `write_kv` and `attend`
         receive as `kv_cache`."""
-        shape = (2, num_blocks, spec.block_size, layer.num_kv_heads, layer.head_dim)
+        shape: tuple[int, ...] = (2, num_blocks, spec.block_size, layer.num_kv_heads, layer.head_dim)
         if layer.latent_dim is not None:
             shape = (num_blocks, spec.block_size, layer.head_dim)
         return torch.zeros(shape, dtype=spec.dtype, device=self.device.torch_device())

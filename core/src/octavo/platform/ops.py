@@ -10,6 +10,8 @@ re-exports them beside the reference attention).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from octavo.platform.device import Device
@@ -212,7 +214,7 @@ def lora_expand(
     return y
 
 
-def _slices(sizes: tuple[int, ...]):
+def _slices(sizes: tuple[int, ...]) -> Iterator[tuple[int, int]]:
     """(first, past the last) column of each slice."""
     start = 0
     for size in sizes:

@@ -124,7 +124,7 @@ class PoolingEngine(LLMEngine):
         self.scheduler.add_request(req)
         return ids
 
-    def add_request(self, request_id, prompt, params, arrival_time=None) -> None:
+    def add_request(self, request_id, prompt, params, arrival_time=None, lora_request=None) -> None:
         raise ValueError(
             "this engine runs a pooling model, which does not generate text; use its pooling requests "
             "(LLM.embed / classify / score, the server's /v1/embeddings, /classify, /score, /rerank)"

@@ -84,8 +84,9 @@ def rejection_sample(
         weights = weights.clone()
         for i in rejected:
             a = accepted[i]
-            if q_given and draft_probs is not None and draft_probs[i] is not None:
-                residual = (weights[i] - draft_probs[i][a]).clamp_(min=0)
+            q = draft_probs[i] if q_given and draft_probs is not None else None
+            if q is not None:
+                residual = (weights[i] - q[a]).clamp_(min=0)
             else:  # q one-hot at the rejected token: p without it
                 residual = weights[i].clone()
                 residual[drafts[i][a]] = 0.0

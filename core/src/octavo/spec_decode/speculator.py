@@ -65,6 +65,7 @@ class Speculator:
             for req in reqs:
                 req.spec_token_ids = self.ngram.propose(req.token_ids)
         elif reqs:
+            assert self.draft is not None  # one proposer or the other
             self.draft.propose_batch(reqs)
         self.propose_seconds += time.perf_counter() - t0
 

@@ -16,6 +16,7 @@ import torch
 
 from octavo.platform.runner import TokenLogprobs
 from octavo.sampling import Sampler
+from octavo.sampling_params import SamplingParams
 from octavo.scheduler import ScheduledRequest
 from octavo.spec_decode.rejection import rejection_sample
 from octavo.transfer import to_device
@@ -32,7 +33,7 @@ class Verified:
 def rows_of(scheduled: Sequence[ScheduledRequest], query_start_loc: Sequence[int]) -> list[int]:
     """The flat batch's rows whose logits verification reads: each request's last k + 1
     positions (its last known token and its k proposals); `scheduled` in batch order."""
-    rows = []
+    rows: list[int] = []
     for i, s in enumerate(scheduled):
         if s.spec_token_ids:
             end = query_start_loc[i + 1]
@@ -49,7 +50,10 @@ def verify(
     """logits [sum(k_i + 1), V]: the rows `rows_of` names, in that order, for the requests in
     `scheduled` that carry proposals (`scheduled` holds only those). draft_probs: per request,
     the proposer's distributions its proposals were drawn from (None: one-hot proposals)."""
-    params, histories, bans, starts = [], [], [], []
+    params: list[SamplingParams] = []
+    histories: list[tuple[list[int], int]] = []
+    bans: list[bool] = []
+    starts: list[int] = []
     for s in scheduled:
         starts.append(len(params))
         p = s.sampling_params

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -179,7 +179,7 @@ class OpenAIServing:
     async def submit_all(
         self,
         request_id: str,
-        requests: list[tuple[list[int] | MultiModalInputs, SamplingParams]],
+        requests: Sequence[tuple[list[int] | MultiModalInputs, SamplingParams]],
         lora: LoRARequest | None = None,
     ) -> list[RequestStream]:
         """Submit one request per prompt (with `lora`'s adapter); if any is refused, abort those already accepted."""

@@ -92,7 +92,7 @@ def add_lora_routes(app: FastAPI, engine: Any, registry: LoRAModules | None, err
     @app.post("/v1/unload_lora_adapter", response_class=PlainTextResponse, responses=errors)
     async def unload_lora_adapter(body: UnloadLoRAAdapterRequest) -> PlainTextResponse:
         req = registry.get(body.lora_name) if registry is not None else None
-        if req is None or (body.lora_int_id is not None and body.lora_int_id != req.lora_int_id):
+        if registry is None or req is None or (body.lora_int_id is not None and body.lora_int_id != req.lora_int_id):
             raise NotFoundError(f"The lora adapter '{body.lora_name}' cannot be found.", param="lora_name")
         # requests already running keep their adapter to the end; new ones cannot name it
         registry.remove(body.lora_name)
