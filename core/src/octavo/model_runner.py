@@ -499,19 +499,19 @@ class ModelRunner(StepRunner):
             if self.encoder_cache is not None:  # a vision-language model (octavo.multimodal.encoder_cache)
                 batch, extra = self.encoder_cache.step_inputs(out, batch)
             hidden = self.forward(batch) if extra is None else self._forward_multimodal(batch, extra)
-            return self._run(out, batch, last, rows, failed, pending, grammar_bitmask, hidden)
+            return self._launch_forward(out, batch, last, rows, failed, pending, grammar_bitmask, hidden)
         # a step scheduled on a token still being sampled would need it on the first stage
         assert all(s.token_ids[-1] != PENDING_TOKEN for s in out.scheduled), "a pipeline step fed a pending token"
         self._last_tokens = (None, {})
 
         def run() -> LaunchedStep:
             self._uncollected -= 1
-            return self._run(out, batch, last, rows, failed, pending, grammar_bitmask, self.run_stage(batch))
+            return self._launch_forward(out, batch, last, rows, failed, pending, grammar_bitmask, self.run_stage(batch))
 
         self._uncollected += 1
         return LaunchedStep(None, [], {}, failed, deferred=run)
 
-    def _run(self, out, batch, last, rows, failed, pending, grammar_bitmask, hidden) -> LaunchedStep:
+    def _launch_forward(self, out, batch, last, rows, failed, pending, grammar_bitmask, hidden) -> LaunchedStep:
         """The rest of a step once its hidden states are queued: prompt logprobs, logits, sampling."""
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
