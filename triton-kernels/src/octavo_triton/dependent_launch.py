@@ -52,8 +52,19 @@ def launch_options(tuning: Tuning) -> dict:
 
 
 @triton.jit
-def wait_for_previous(PDL: tl.constexpr):
+def _wait_pdl(PDL: tl.constexpr):
     """Wait until the previous kernel's writes are visible, then let the next kernel launch."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def _no_pdl(PDL: tl.constexpr):
+    pass
+
+
+#: what every kernel calls first. Where this triton has no PDL it is a no-op: its compiler may
+#: resolve the gdc calls even in the branch PDL=False never takes (triton-xpu 3.3 does, and
+#: fails the SPIR-V compile of every kernel), so the calls must not be there at all
+wait_for_previous = _wait_pdl if _triton_has_gdc() else _no_pdl
