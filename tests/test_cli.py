@@ -19,7 +19,9 @@ def test_plugins_lists_cpu_with_score_and_reason():
     assert "native kernels (" in line, "octavo-cpu's compiled kernels did not build or import"
     data = json.loads(octavo("plugins", "--json").stdout)
     cpu = next(d for d in data if d["name"] == "cpu")
-    assert cpu["usable"] and cpu["score"] > 0 and cpu["api_version"] == "2.0"
+    from octavo_cpu.platform import CpuPlatform
+
+    assert cpu["usable"] and cpu["score"] > 0 and cpu["api_version"] == CpuPlatform.api_version  # what it declares
 
 
 def test_generate_with_the_default_model():

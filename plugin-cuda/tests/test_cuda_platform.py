@@ -123,7 +123,8 @@ def test_supports_says_why_not():
     assert "block size 4" in att.supports(_spec(128), torch.bfloat16, 4)
     assert "head size 80" in att.supports(_spec(80), torch.bfloat16, 16)
     assert "float64" in att.supports(_spec(128), torch.float64, 16)
-    assert "non-causal" in att.supports(_spec(128, causal=False), torch.bfloat16, 16)
+    assert att.supports(_spec(128, causal=False), torch.bfloat16, 16) is None  # encoders: the non-causal prefill
+    assert "non-causal" in att.supports(_spec(128, window=64, causal=False), torch.bfloat16, 16)
 
 
 def test_old_gpus_are_refused_with_the_capability_needed(monkeypatch):
@@ -157,7 +158,7 @@ def launches(monkeypatch):
         ("gemv", "gemv"),
     ]:
         fake = types.ModuleType(f"octavo_triton.{module}")
-        setattr(fake, name, lambda *args, _name=name: calls.append((_name, args)))
+        setattr(fake, name, lambda *args, _name=name, **kwargs: calls.append((_name, args)))
         monkeypatch.setitem(sys.modules, f"octavo_triton.{module}", fake)
     return calls
 
