@@ -9,6 +9,7 @@ image changes the logits: a test that ignored the image would see different toke
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 
@@ -72,7 +73,9 @@ def make_tiny_vlm(arch: str, root: str) -> str:
     )
 
     path = os.path.join(root, arch)
-    tok = smollm2_tokenizer()
+    # a copy: smollm2_tokenizer() is cached and shared, and the image tokens added below would
+    # otherwise grow the vocabulary every later test draws random prompt ids from
+    tok = copy.deepcopy(smollm2_tokenizer())
     torch.manual_seed(VLM_ARCHS.index(arch))
     if arch.startswith("llava"):  # 28x28 images, 7x7 patches -> 16 tokens per image
         tok.add_special_tokens({"additional_special_tokens": ["<image>"]})

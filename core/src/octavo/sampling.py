@@ -127,6 +127,9 @@ class Sampler:
         self.draw = draw if draw is not None else inverse_cdf_sample
         self.mask = mask if mask is not None else apply_token_bitmask
         self.generators: dict[str, random.Random] = {}
+        #: names this sampler's seeded streams: a second sampler serving the same requests (a
+        #: speculative draft's) sets its own, so its draws never repeat the target's uniforms
+        self.stream = ""
 
     def forget(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
@@ -134,7 +137,8 @@ class Sampler:
     def _generator(self, request_id: str, seed: int) -> random.Random:
         g = self.generators.get(request_id)
         if g is None:
-            g = random.Random(seed)
+            # str seeds hash with SHA-512 (not Python's salted hash): repeatable across runs
+            g = random.Random(f"{self.stream}:{seed}" if self.stream else seed)
             self.generators[request_id] = g
         return g
 

@@ -60,7 +60,7 @@ def _on_cuda() -> bool:
 
 class RocmPlatform(Platform):
     name = "rocm"
-    api_version = "2.2"
+    api_version = "2.3"
     package = "octavo-rocm"
     verified = (
         "kernels compiled for gfx942/gfx950/gfx1100 in CI (LDS checked against each arch's limit), their "

@@ -41,7 +41,7 @@ INSTALL = (
 
 class XpuPlatform(Platform):
     name = "xpu"
-    api_version = "2.2"
+    api_version = "2.3"
     package = "octavo-xpu"
     verified = (
         "every kernel compiled to SPIR-V in CI through Intel's triton (triton-xpu 3.3, for a Data Center GPU Max); "

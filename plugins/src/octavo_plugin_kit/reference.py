@@ -220,7 +220,7 @@ class ReferencePlatform(Platform):
     directly, and it is far too slow to serve with."""
 
     name = "reference"
-    api_version = "2.1"
+    api_version = "2.3"
     package = "octavo-plugin-kit"
     attention_cls = ReferenceAttention
     linear_cls = ReferenceLinearMethod

@@ -41,6 +41,9 @@ class DraftModelProposer:
         config, platform, source = engine_args.create_config()
         self.runner = platform.make_runner(config, source)
         self.runner.initialize_kv_cache(num_blocks)
+        # the same seed must not give the draft the target's uniforms: a proposal drawn with the
+        # uniform that drew the token before it, or that later tests it, is not drawn from q
+        self.runner.sampler.stream = "draft"
         self.bm = BlockManager(num_blocks, config.cache.block_size, enable_prefix_caching=False)
         self.states: dict[str, _DraftState] = {}
 
