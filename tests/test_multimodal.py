@@ -222,3 +222,63 @@ def test_bad_images_are_refused_with_what_is_wrong(root, monkeypatch):
     with pytest.raises(MultiModalInputError, match="image 0 is larger than 100 bytes"):
         chat(_data_url(img))
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+# ---- image embeddings as input -------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+def test_image_embeddings_give_the_images_tokens_without_the_encoder(root, arch, monkeypatch):
+    from tiny_vlm import hf_generate_from_embeds, hf_image_embeds
+
+    path = make_tiny_vlm(arch, root)
+    p = PLACEHOLDER[arch]
+    imgs = [image(40, 20, 21), image(56, 84, 22)]
+    text = f"Compare {p} with {p} now"
+    embeds = hf_image_embeds(path, imgs)
+    llm = _llm(path, max_num_batched_tokens=256)
+    with monkeypatch.context() as m:
+        m.setattr(llm.llm_engine.runner.model, "encode_images", lambda items: pytest.fail("the encoder ran"))
+        (out,) = llm.generate([{"prompt": text, "multi_modal_data": {"image": embeds}}], _greedy(), use_tqdm=False)
+    got = out.outputs[0].token_ids
+    assert got == hf_generate(path, text, imgs, MAX_TOKENS)  # the same prompt given the images
+    if arch == "llava":  # and transformers given those embeddings on the placeholders
+        assert got == hf_generate_from_embeds(path, text, embeds, MAX_TOKENS)
+        # the same embeddings again hit the prefix cache; changed ones do not, and change the answer
+        (again,) = llm.generate([{"prompt": text, "multi_modal_data": {"image": embeds}}], _greedy(), use_tqdm=False)
+        assert again.num_cached_tokens >= 16 and again.outputs[0].token_ids == got
+        other = embeds.flip(0)
+        (swapped,) = llm.generate([{"prompt": text, "multi_modal_data": {"image": other}}], _greedy(), use_tqdm=False)
+        assert swapped.num_cached_tokens < 16
+        assert swapped.outputs[0].token_ids == hf_generate_from_embeds(path, text, other, MAX_TOKENS) != got
+    else:  # the first image as embeddings beside the second as a picture, in one prompt
+        grid = embeds["image_grid_thw"][:1]
+        one = {"image_embeds": embeds["image_embeds"][: int(grid.prod()) // 4], "image_grid_thw": grid}
+        (mixed,) = llm.generate(
+            [{"prompt": text, "multi_modal_data": {"image": [one, imgs[1]]}}], _greedy(), use_tqdm=False
+        )
+        assert mixed.outputs[0].token_ids == got
+
+
+def test_image_embeddings_of_the_wrong_shape_are_refused_naming_the_expected_one(root):
+    import torch
+
+    from octavo.multimodal import MultiModalInputError
+
+    llava, qwen = _llm(make_tiny_vlm("llava", root)), _llm(make_tiny_vlm("qwen2_vl", root))
+
+    def gen(llm, prompt, value):
+        llm.generate([{"prompt": prompt, "multi_modal_data": {"image": value}}], _greedy(), use_tqdm=False)
+
+    with pytest.raises(MultiModalInputError, match=r"shape \[num_images, 16, 64\], got \(1, 15, 64\)"):
+        gen(llava, "<image>", torch.zeros(1, 15, 64))
+    with pytest.raises(MultiModalInputError, match=r"shape \[num_images, 16, 64\], got \(1, 16, 32\)"):
+        gen(llava, "<image>", torch.zeros(1, 16, 32))
+    with pytest.raises(MultiModalInputError, match=r"floating-point .* got \(1, 16, 64\) torch.int64"):
+        gen(llava, "<image>", torch.zeros(1, 16, 64, dtype=torch.long))
+    with pytest.raises(MultiModalInputError, match="2 image placeholders .* for 3 images"):
+        gen(llava, "<image> <image>", torch.zeros(3, 16, 64))
+    q = PLACEHOLDER["qwen2_vl"]
+    grid = torch.tensor([[1, 4, 6]])  # 6 tokens
+    with pytest.raises(MultiModalInputError, match=r"image_embeds must have shape \[6, 64\] for these grids"):
+        gen(qwen, q, {"image_embeds": torch.zeros(5, 64), "image_grid_thw": grid})
+    with pytest.raises(MultiModalInputError, match=r'a dict \{"image_embeds"'):
+        gen(qwen, q, torch.zeros(6, 64))

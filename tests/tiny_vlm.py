@@ -205,3 +205,48 @@ def hf_generate(path: str, prompt: str, images: list, max_new_tokens: int) -> li
         pad_token_id=0,
     )
     return out[0, len(ids) :].tolist()
+
+
+@torch.inference_mode()
+def hf_image_embeds(path: str, images: list):
+    """transformers' vision encoder output for `images`, in the form vLLM takes as image
+    embeddings: LLaVA's projected features [num_images, feature_size, hidden]; Qwen2-VL's
+    {"image_embeds": [total_tokens, hidden], "image_grid_thw": [num_images, 3]}."""
+    from transformers import AutoImageProcessor
+
+    model = _load_hf(path)
+    x = AutoImageProcessor.from_pretrained(path)(images=images, return_tensors="pt")
+    if "image_grid_thw" in x:
+        out = model.model.get_image_features(pixel_values=x["pixel_values"], image_grid_thw=x["image_grid_thw"])
+        return {"image_embeds": torch.cat(out.pooler_output), "image_grid_thw": x["image_grid_thw"]}
+    c = model.config
+    out = model.model.get_image_features(
+        pixel_values=x["pixel_values"],
+        vision_feature_layer=c.vision_feature_layer,
+        vision_feature_select_strategy=c.vision_feature_select_strategy,
+    )
+    return torch.stack(list(out.pooler_output))
+
+
+@torch.inference_mode()
+def hf_generate_from_embeds(path: str, prompt: str, embeds: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """transformers' greedy tokens for a LLaVA prompt whose image placeholders' input
+    embeddings are `embeds` [num_images, feature_size, hidden] (generate's inputs_embeds)."""
+    from transformers import AutoTokenizer
+
+    model = _load_hf(path)
+    token = model.config.image_token_id
+    ids = torch.tensor(
+        [expand(AutoTokenizer.from_pretrained(path).encode(prompt), token, [embeds.shape[1]] * len(embeds))]
+    )
+    x = model.get_input_embeddings()(ids)
+    x[ids == token] = embeds.reshape(-1, embeds.shape[-1]).to(x.dtype)
+    out = model.generate(
+        inputs_embeds=x,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[0, -max_new_tokens:].tolist()

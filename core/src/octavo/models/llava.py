@@ -10,6 +10,7 @@ from torch import nn
 
 from octavo.models.clip import TOWERS, CLIPVisionTower, vision_activation
 from octavo.models.vision_language import VisionLanguageModel, language_model_name
+from octavo.multimodal.inputs import MultiModalInputError, embeds_tensor
 from octavo.platform import Platform
 
 
@@ -69,6 +70,25 @@ class LlavaForConditionalGeneration(VisionLanguageModel):
         vc = hf_config.vision_config
         tokens = (vc.image_size // vc.patch_size) ** 2 + TOWERS.get(vc.model_type, True)  # + the class token
         return tokens - (hf_config.vision_feature_select_strategy == "default")
+
+    @classmethod
+    def split_image_embeds(cls, value, hf_config) -> list[dict]:
+        """Embeddings given in place of images, as vLLM takes them: what the projector outputs,
+        [num_images, feature_size, hidden_size] (or one image's [feature_size, hidden_size])."""
+        hidden = hf_config.get_text_config().hidden_size
+        tokens = cls._embeds_tokens(hf_config)
+        shape = f"[num_images, {tokens or 'feature_size'}, {hidden}]"
+        embeds = embeds_tensor(value, "image embeddings", shape, hidden)
+        if embeds.dim() == 2:
+            embeds = embeds[None]
+        if embeds.dim() != 3 or embeds.shape[1] == 0 or tokens not in (None, embeds.shape[1]):
+            raise MultiModalInputError(f"image embeddings must have shape {shape}, got {tuple(embeds.shape)}")
+        return [{"image_embeds": e} for e in embeds]
+
+    @classmethod
+    def _embeds_tokens(cls, hf_config) -> int | None:
+        """Each image's number of embeddings (None where it depends on the image's size)."""
+        return cls.image_num_tokens({}, hf_config)
 
     # ---- weights ----------------------------------------------------------------------------
     def route_weight(self, name: str) -> tuple[str, str] | None:
@@ -155,6 +175,10 @@ class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
             rows, cols = cls._tiles(size[0].tolist(), hf_config)
             out.append({"pixel_values": outputs["pixel_values"][i, : 1 + rows * cols], "image_sizes": size})
         return out
+
+    @classmethod
+    def _embeds_tokens(cls, hf_config) -> int | None:
+        return None  # the tiles' grid follows the image's size
 
     @classmethod
     def image_num_tokens(cls, data: dict, hf_config) -> int:

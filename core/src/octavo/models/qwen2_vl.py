@@ -27,6 +27,7 @@ from torch import nn
 from octavo.models.clip import vision_activation
 from octavo.models.qwen2 import Qwen2ForCausalLM
 from octavo.models.vision_language import VisionLanguageModel, language_model_name
+from octavo.multimodal.inputs import MultiModalInputError, embeds_tensor
 from octavo.platform import Platform
 
 
@@ -284,6 +285,32 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     @staticmethod
     def image_num_tokens(data: dict, hf_config) -> int:
         return int(data["image_grid_thw"][0].prod()) // hf_config.vision_config.spatial_merge_size**2
+
+    @classmethod
+    def split_image_embeds(cls, value, hf_config) -> list[dict]:
+        """Embeddings given in place of images, as vLLM takes them: {"image_embeds": the merger's
+        output of every image, [total_tokens, hidden_size], "image_grid_thw": [num_images, 3]};
+        the grids give the M-RoPE positions and each image's share of the rows."""
+        hidden = hf_config.get_text_config().hidden_size
+        if not isinstance(value, dict) or set(value) != {"image_embeds", "image_grid_thw"}:
+            raise MultiModalInputError(
+                'image embeddings of this model are a dict {"image_embeds": [total_tokens, '
+                f'{hidden}] tensor, "image_grid_thw": [num_images, 3] tensor}}'
+            )
+        grids = value["image_grid_thw"]
+        if not isinstance(grids, torch.Tensor) or grids.dim() != 2 or grids.shape[1] != 3 or grids.is_floating_point():
+            raise MultiModalInputError(
+                f"image_grid_thw must be an integer tensor of shape [num_images, 3], got {grids!r}"
+            )
+        grids = grids.cpu()
+        lengths = [cls.image_num_tokens({"image_grid_thw": g[None]}, hf_config) for g in grids]
+        shape = f"[{sum(lengths)}, {hidden}]"
+        embeds = embeds_tensor(value["image_embeds"], "image_embeds", shape + " (the grids' tokens)", hidden)
+        if embeds.dim() != 2 or embeds.shape[0] != sum(lengths):
+            raise MultiModalInputError(
+                f"image_embeds must have shape {shape} for these grids, got {tuple(embeds.shape)}"
+            )
+        return [{"image_embeds": e, "image_grid_thw": grids[i : i + 1]} for i, e in enumerate(embeds.split(lengths))]
 
     # ---- weights ----------------------------------------------------------------------------
     def route_weight(self, name: str) -> tuple[str, str] | None:

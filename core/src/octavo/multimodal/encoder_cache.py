@@ -52,10 +52,11 @@ class EncoderCache:
 
     def _encode(self, out) -> None:
         todo = [(s.request_id, i, s.mm_items[i]) for s in out.scheduled for i in s.encode]
-        if not todo:
-            return
-        results = self.model.encode_images([item for _, _, item in todo])
-        for (rid, i, item), result in zip(todo, results):
+        # images given as embeddings are the encoder's output already: only the others run it
+        pictures = [item for _, _, item in todo if "image_embeds" not in item.data]
+        encoded = iter(self.model.encode_images(pictures) if pictures else ())
+        for rid, i, item in todo:
+            result = item.data["image_embeds"] if "image_embeds" in item.data else next(encoded)
             if result.shape[0] != item.length:
                 raise RuntimeError(
                     f"image {i} of request {rid}: the encoder gave {result.shape[0]} embeddings for "

@@ -7,6 +7,7 @@ processor there, so what crosses into the engine is tensors, integers and string
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,12 @@ def parse_limits(limits: dict[str, int] | None) -> dict[str, int]:
     return out
 
 
-def images_of(multi_modal_data: Any, limits: dict[str, int]) -> list:
-    """The PIL images of a prompt's `multi_modal_data` ({"image": image or list}), in order,
-    converted to RGB; MultiModalInputError for anything else or more than the limit allows."""
+def images_of(multi_modal_data: Any, limits: dict[str, int], split_embeds: Callable[[Any], list[dict]]) -> list:
+    """The images of a prompt's `multi_modal_data` ({"image": image or list}), in order: PIL
+    images converted to RGB, and image embeddings (a tensor, or Qwen2-VL's dict of
+    `image_embeds` and `image_grid_thw`) as `split_embeds` cuts them into one dict per image;
+    MultiModalInputError for anything else or more than the limit allows."""
+    import torch
     from PIL import Image
 
     if not isinstance(multi_modal_data, dict):
@@ -77,17 +81,33 @@ def images_of(multi_modal_data: Any, limits: dict[str, int]) -> list:
         raise MultiModalInputError(
             f"multi_modal_data has {', '.join(map(repr, unknown))}; supported: {', '.join(MODALITIES)}"
         )
-    images = multi_modal_data.get("image", [])
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    if len(images) > limits["image"]:
+    given = multi_modal_data.get("image", [])
+    if not isinstance(given, (list, tuple)):
+        given = [given]
+    out: list = []
+    for value in given:
+        if isinstance(value, (torch.Tensor, dict)):  # embeddings: the vision encoder's output, given
+            out += split_embeds(value)
+        elif isinstance(value, Image.Image):
+            out.append(value if value.mode == "RGB" else value.convert("RGB"))
+        else:
+            raise MultiModalInputError(
+                f"image {len(out)} is a {type(value).__name__}, not a PIL image or a tensor of image embeddings"
+            )
+    if len(out) > limits["image"]:
         raise MultiModalInputError(
-            f"the prompt has {len(images)} images, more than the {limits['image']} this server takes per prompt "
+            f"the prompt has {len(out)} images, more than the {limits['image']} this server takes per prompt "
             "(--limit-mm-per-prompt)"
         )
-    out = []
-    for i, image in enumerate(images):
-        if not isinstance(image, Image.Image):
-            raise MultiModalInputError(f"image {i} is a {type(image).__name__}, not a PIL image")
-        out.append(image if image.mode == "RGB" else image.convert("RGB"))
     return out
+
+
+def embeds_tensor(value: Any, what: str, shape: str, hidden: int) -> Any:
+    """`value` checked as a floating-point tensor of embeddings whose last dimension is the
+    language model's `hidden` size (`shape` names the expected shape in the error)."""
+    import torch
+
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.shape[-1:] != (hidden,):
+        got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise MultiModalInputError(f"{what} must be a floating-point tensor of shape {shape}, got {got}")
+    return value.detach().cpu()

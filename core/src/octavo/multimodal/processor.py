@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any
 
-from octavo.multimodal.hashing import image_hash
+from octavo.multimodal.hashing import embeds_hash, image_hash
 from octavo.multimodal.inputs import MultiModalInputError, MultiModalInputs, MultiModalItem, images_of, parse_limits
 
 
@@ -60,7 +60,7 @@ class MultiModalProcessor:
         special tokens already: tokenize it with add_special_tokens=False."""
         if not isinstance(prompt, str):
             raise MultiModalInputError("a prompt with multi_modal_data must be text (a 'prompt' string)")
-        images = images_of(multi_modal_data, self.limits)
+        images = images_of(multi_modal_data, self.limits, self._split_embeds)
         ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         where = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(where) != len(images):
@@ -70,19 +70,30 @@ class MultiModalProcessor:
             )
         if not images:
             return MultiModalInputs(ids, [], prompt)
-        outputs = self.image_processor(images=images, return_tensors="pt")
-        datas = self.model_cls.split_images(outputs, len(images), self.hf_config)
+        pictures = [im for im in images if not isinstance(im, dict)]  # the others are embeddings, processed
+        if pictures:
+            outputs = self.image_processor(images=pictures, return_tensors="pt")
+            processed = iter(self.model_cls.split_images(outputs, len(pictures), self.hf_config))
         expanded: list[int] = []
         items = []
         last = 0
-        for at, image, data in zip(where, images, datas):
+        for at, image in zip(where, images):
             expanded += ids[last:at]
-            length = self.model_cls.image_num_tokens(data, self.hf_config)
-            items.append(MultiModalItem(len(expanded), length, image_hash(image), data))
+            if isinstance(image, dict):
+                data, length, identity = image, image["image_embeds"].shape[0], embeds_hash(image)
+            else:
+                data = next(processed)
+                length, identity = self.model_cls.image_num_tokens(data, self.hf_config), image_hash(image)
+            items.append(MultiModalItem(len(expanded), length, identity, data))
             expanded += [self.image_token_id] * length
             last = at + 1
         expanded += ids[last:]
         return MultiModalInputs(expanded, items, prompt)
+
+    def _split_embeds(self, value) -> list[dict]:
+        """Image embeddings given in place of images, one dict per image (the model class'
+        `split_image_embeds`): what the encoder would output, put on the placeholders as is."""
+        return self.model_cls.split_image_embeds(value, self.hf_config)
 
     def chat_prompt(self, conversation: list[dict], chat_template: str | None = None) -> tuple[str, list]:
         """A chat's prompt text and its images (PIL, in order), from OpenAI's content parts:
