@@ -103,6 +103,13 @@ def test_score_rerank_and_pooling(base, model_dir):
     assert httpx.post(f"{base}/rerank", json={"query": "q", "documents": []}).status_code == 400
     r = httpx.post(f"{base}/pooling", json={"input": TEXTS[2]}).json()
     _check(r["data"][0]["data"], vec[2], "/pooling")
+    # vLLM's per-token task: one normalized row per prompt token; a classifier's task is refused
+    ids = tok.encode(TEXTS[0])
+    r = httpx.post(f"{base}/pooling", json={"input": TEXTS[0], "task": "token_embed"}).json()
+    rows, want = torch.tensor(r["data"][0]["data"]), F.normalize(_hf_hidden(model_dir, ids), dim=-1)
+    assert rows.shape == want.shape and float(F.cosine_similarity(rows, want, dim=-1).min()) >= MIN_COS
+    r = httpx.post(f"{base}/pooling", json={"input": TEXTS[0], "task": "token_classify"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "task", r.text
     r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 1})
     assert r.status_code == 400, r.text
 
@@ -133,6 +140,10 @@ def test_classify_and_cross_encoder_routes(num_labels, tmp_path):
             want = logits.sigmoid() if num_labels == 1 else logits.softmax(-1)
             torch.testing.assert_close(torch.tensor(d["probs"]), want, rtol=1e-4, atol=1e-5)
             assert d["num_classes"] == num_labels and d["label"] == hf.config.id2label[int(want.argmax())]
+        r = http.post("/pooling", json={"input": TEXTS[0], "task": "token_classify"}).json()
+        logits = hf.score(hf.model(torch.tensor([tok.encode(TEXTS[0])])).last_hidden_state)[0]
+        want = logits.sigmoid() if num_labels == 1 else logits.softmax(-1)
+        torch.testing.assert_close(torch.tensor(r["data"][0]["data"]), want, rtol=1e-4, atol=1e-5)
         r = http.post("/score", json={"text_1": TEXTS[0], "text_2": TEXTS[1:]})
         if num_labels != 1:
             assert r.status_code == 400 and "one label" in r.json()["error"]["message"]

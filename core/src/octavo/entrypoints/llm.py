@@ -162,7 +162,8 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         pooling_task: str = "encode",
     ) -> list[PoolingRequestOutput]:
-        """Pool each prompt: an embedding (embedders) or class probabilities (classifiers)."""
+        """Pool each prompt: an embedding (embedders) or class probabilities (classifiers);
+        with pooling_task "token_embed" / "token_classify", one such row per prompt token."""
         from octavo.pooling.engine import PoolingEngine
 
         engine = self.llm_engine

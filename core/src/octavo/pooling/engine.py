@@ -18,8 +18,8 @@ from octavo.engine_args import EngineArgs
 from octavo.model_runner import ModelRunner
 from octavo.pooling.config import read_pooler_config
 from octavo.pooling.outputs import PoolingOutput, PoolingRequestOutput
-from octavo.pooling.pooler import PoolingState, activate, embed
-from octavo.pooling_params import PoolingParams
+from octavo.pooling.pooler import ALL, PoolingState, activate, embed
+from octavo.pooling_params import CLASSIFY_TASKS, EMBED_TASKS, PoolingParams
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import SamplingParams
 from octavo.scheduler import Scheduler, SchedulerOutput
@@ -84,11 +84,13 @@ class PoolingEngine(LLMEngine):
         if request_id in self.pooling:
             raise ValueError(f"request id {request_id!r} is already in use")
         task = params.task or self.task
-        if (task == "embed") != (self.classifier is None) and task != "encode":
+        tasks = EMBED_TASKS if self.classifier is None else CLASSIFY_TASKS
+        if task not in tasks:
             raise ValueError(
-                f"this model serves the {self.task!r} task, not {task!r}"
+                f"this model serves the {self.task!r} task ({', '.join(tasks)}), not {task!r}"
                 + (" (it has a classification head)" if self.classifier is not None else " (it has no classifier)")
             )
+        per_token = task.startswith("token_")
         if params.dimensions is not None and (self.classifier is not None or params.dimensions > self.hidden_size):
             raise ValueError(
                 f"dimensions={params.dimensions} is not supported: this model's embeddings have "
@@ -117,10 +119,11 @@ class PoolingEngine(LLMEngine):
             )
         # max_tokens=1: the prompt's last chunk ends it. Asking for prompt logits makes the
         # scheduler compute the whole prompt, past any prefix-cache hit (Scheduler._admit); the
-        # runner never computes those logits here
-        sampling = SamplingParams(max_tokens=1, prompt_logprobs=0 if self._compute_whole_prompt else None)
+        # runner never computes those logits here. A token_* task needs every position's row
+        whole = self._compute_whole_prompt or per_token
+        sampling = SamplingParams(max_tokens=1, prompt_logprobs=0 if whole else None)
         req = Request(request_id, ids, sampling, time.monotonic())
-        self.pooling[request_id] = _Pooling(req, params, PoolingState(self.pooler.pooling_type))
+        self.pooling[request_id] = _Pooling(req, params, PoolingState(ALL if per_token else self.pooler.pooling_type))
         self.scheduler.add_request(req)
         return ids
 
@@ -166,11 +169,15 @@ class PoolingEngine(LLMEngine):
                 done.append(p)
         if not done:
             return []
-        pooled = torch.stack([p.state.result() for p in done])
+        # one row per request, or for the token_* tasks one per prompt token: all in one batch
+        results = [p.state.result() for p in done]
+        matrices = [torch.atleast_2d(r) for r in results]
+        pooled = torch.cat(matrices)
         if self.classifier is not None:
             pooled = self.classifier(pooled.to(self.model_config.dtype)).float()
         outputs = []
-        for p, row in zip(done, pooled):
+        for p, r, row in zip(done, results, pooled.split([len(m) for m in matrices])):
+            row = row if r.dim() == 2 else row[0]
             if self.classifier is None:
                 data = embed(row, p.params, self.pooler.normalize)
             else:

@@ -10,7 +10,9 @@ import torch
 
 @dataclass
 class PoolingOutput:
-    data: torch.Tensor  # float32, on the host: an embedding or a classifier's probabilities
+    # float32, on the host: an embedding or a classifier's probabilities; for the token_* tasks
+    # one such row per prompt token ([prompt tokens, features])
+    data: torch.Tensor
 
 
 @dataclass

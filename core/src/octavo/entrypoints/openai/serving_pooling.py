@@ -42,6 +42,11 @@ class EmbeddingRequest(_Body):
     normalize: bool | None = None
 
 
+class PoolingRequest(EmbeddingRequest):
+    # vLLM's: "token_embed" / "token_classify" return one row per prompt token; None: "encode"
+    task: str | None = None
+
+
 class ClassificationRequest(_Body):
     input: Input
 
@@ -87,7 +92,7 @@ class OpenAIServingPooling(OpenAIServing):
         try:
             return await asyncio.gather(*(self.engine.encode(f"{base}-{i}", p, params) for i, p in enumerate(prompts)))
         except ValueError as e:  # the engine's check of one input (length, dimensions, task)
-            param = "dimensions" if "dimensions" in str(e) else "input"
+            param = "dimensions" if "dimensions" in str(e) else "task" if "task" in str(e) else "input"
             raise BadRequestError(str(e), param=param) from e
 
     def _params(self, body: _Body, task: str, **kw: Any) -> PoolingParams:
@@ -124,9 +129,10 @@ class OpenAIServingPooling(OpenAIServing):
             data.append({"object": "embedding", "embedding": emb, "index": i})
         return {**head, "data": data, "usage": self._usage(outs)}
 
-    async def pooling(self, body: EmbeddingRequest) -> dict:
+    async def pooling(self, body: PoolingRequest) -> dict:
         head = self._head(body, "pool")
-        outs = await self.run(self.prompts(body.input), self._params(body, "encode", dimensions=body.dimensions))
+        params = self._params(body, body.task or "encode", dimensions=body.dimensions, normalize=body.normalize)
+        outs = await self.run(self.prompts(body.input), params)
         data = [{"object": "pooling", "data": o.outputs.data.tolist(), "index": i} for i, o in enumerate(outs)]
         return {**head, "data": data, "usage": self._usage(outs)}
 
