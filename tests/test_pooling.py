@@ -154,6 +154,50 @@ def test_sequence_classification_matches_transformers(arch, num_labels, prompts,
                 assert abs(s.outputs.score - float(hf(torch.tensor([ids])).logits[0, 0].sigmoid())) < 1e-5
 
 
+RERANKER = {"architectures": None, "classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": True}
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2"])  # a separate lm_head, and one tied to the embedding
+def test_reranker_from_yes_no_tokens_matches_transformers(arch, prompts, tmp_path):
+    """Qwen3-Reranker as vLLM serves it: a causal LM with hf_overrides naming a
+    sequence-classification architecture and classifier_from_token ["no", "yes"]; its score is
+    p(yes) against p(no) at the last token, computed here from transformers' causal LM logits."""
+    from tiny_models import _load_hf, make_tiny_model
+
+    path = make_tiny_model(arch, str(tmp_path / arch))
+    tok = smollm2_tokenizer()
+    no, yes = (tok.encode(t, add_special_tokens=False)[0] for t in ("no", "yes"))
+    cls = {"qwen3": "Qwen3ForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification"}[arch]
+    llm = _llm(path, max_model_len=128, hf_overrides={**RERANKER, "architectures": [cls]})
+    outs = llm.classify([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)
+    hf = _load_hf(path, None)
+    with torch.inference_mode():
+        for p, out in zip(prompts, outs):
+            logits = hf(torch.tensor([p])).logits[0, -1]
+            want = logits[[no, yes]].softmax(-1)[1]
+            assert out.outputs.probs == pytest.approx([float(want)], abs=1e-5)
+    # scoring a query against documents: the pair tokenized together, as any cross-encoder
+    got = llm.score("a query", ["one document", "another"], use_tqdm=False)
+    with torch.inference_mode():
+        for doc, s in zip(["one document", "another"], got):
+            ids = tok("a query", text_pair=doc)["input_ids"]
+            logits = hf(torch.tensor([ids])).logits[0, -1]
+            assert s.outputs.score == pytest.approx(float(logits[[no, yes]].softmax(-1)[1]), abs=1e-5)
+
+
+def test_reranker_overrides_are_checked(tmp_path):
+    from tiny_models import make_tiny_model
+
+    path = make_tiny_model("qwen3", str(tmp_path / "qwen3"))
+    over = {"architectures": ["Qwen3ForSequenceClassification"]}
+    with pytest.raises(ValueError, match="two or more tokens"):
+        _llm(path, hf_overrides={**over, "classifier_from_token": ["yes"]})
+    with pytest.raises(ValueError, match="encode to one id each"):
+        _llm(path, hf_overrides={**over, "classifier_from_token": ["no", "a whole sentence of tokens"]})
+    with pytest.raises(ValueError, match="JSON object"):
+        _llm(path, hf_overrides=["architectures"])
+
+
 @pytest.mark.parametrize("arch", ENCODER_ARCHS)
 def test_encoder_embeddings_match_transformers(arch, prompts, tmp_path):
     """BERT / XLM-R: bidirectional attention through the platform's back end, absolute

@@ -59,6 +59,9 @@ class EngineArgs:
     # "auto": the model's generation_config.json sets request defaults; "vllm": Octavo's; or a folder
     generation_config: str = "auto"
     override_generation_config: dict[str, Any] | None = None
+    # fields set over the checkpoint's config.json, e.g. a causal LM served as a reranker:
+    # {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"]}
+    hf_overrides: dict[str, Any] | None = None
     # reasoning models: the parser of their thinking (deepseek_r1, qwen3); grammars start after it
     reasoning_parser: str | None = None
     # vision-language models: the most items of each modality per prompt, e.g. {"image": 2}
@@ -190,6 +193,14 @@ class EngineArgs:
             default=None,
             metavar="JSON",
             help="generation config fields set over --generation-config, e.g. '{\"temperature\": 0.5}'",
+        )
+        parser.add_argument(
+            "--hf-overrides",
+            type=json.loads,
+            default=None,
+            metavar="JSON",
+            help="fields set over the model's config.json, e.g. '{\"architectures\": "
+            '["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"]}\' (Qwen3-Reranker)',
         )
         from octavo.reasoning import REASONING_PARSERS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 
@@ -19,7 +20,13 @@ from octavo.config import (
 from octavo.engine_args import LOAD_FORMATS
 from octavo.layers.attention import shard_heads
 from octavo.loader.generation_config import load_generation_defaults
-from octavo.loader.source import ModelSource, check_architecture, load_hf_config, resolve_model_source
+from octavo.loader.source import (
+    ModelSource,
+    check_architecture,
+    load_hf_config,
+    load_tokenizer,
+    resolve_model_source,
+)
 from octavo.platform import AttentionSpec, Platform, resolve_platform
 from octavo.quantization.checkpoint import read_quantization
 from octavo.sampling_params import MAX_LOGPROBS
@@ -189,6 +196,37 @@ def _model_source(args) -> ModelSource:
     return source
 
 
+def apply_hf_overrides(hf_config, overrides: dict[str, Any] | None, source: ModelSource):
+    """`hf_overrides` set over the checkpoint's config, as vLLM sets them. A classifier read
+    from the language-model head (`classifier_from_token`: Qwen3-Reranker's ["no", "yes"]) gets
+    its tokens' ids here, where the tokenizer is at hand: two tokens make one label, the
+    difference of their rows (sigmoid of it = the second token's probability against the
+    first's), more make one label per token."""
+    if not overrides:
+        return hf_config
+    if not isinstance(overrides, dict):
+        raise ValueError(f"hf_overrides must be a JSON object of config fields, got {overrides!r}")
+    for key, value in overrides.items():
+        setattr(hf_config, key, value)
+    tokens = getattr(hf_config, "classifier_from_token", None)
+    if tokens is not None:
+        if not (isinstance(tokens, list) and len(tokens) >= 2 and all(isinstance(t, str) for t in tokens)):
+            raise ValueError(f"classifier_from_token must list two or more tokens, got {tokens!r}")
+        tokenizer = load_tokenizer(source)
+        ids = []
+        for token in tokens:
+            encoded = tokenizer.encode(token, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise ValueError(
+                    f"classifier_from_token: {token!r} is {len(encoded)} tokens in this model's vocabulary; "
+                    "give tokens that encode to one id each"
+                )
+            ids.append(encoded[0])
+        hf_config.classifier_from_token_ids = ids
+        hf_config.num_labels = 1 if len(ids) == 2 else len(ids)
+    return hf_config
+
+
 def _max_logprobs(value: int) -> int:
     if not 0 <= value <= MAX_LOGPROBS:
         raise ValueError(f"max_logprobs must be in [0, {MAX_LOGPROBS}] (the most Octavo returns), got {value}")
@@ -241,7 +279,7 @@ def _mm_limits(limits: dict[str, int] | None, hf_config) -> dict[str, int] | Non
 def create_engine_config(args) -> tuple[EngineConfig, Platform, ModelSource]:
     platform = resolve_platform(args.device)
     source = _model_source(args)
-    hf_config = load_hf_config(source)
+    hf_config = apply_hf_overrides(load_hf_config(source), args.hf_overrides, source)
     generation = load_generation_defaults(
         args.generation_config, None if source.is_gguf else source.directory, args.override_generation_config
     )

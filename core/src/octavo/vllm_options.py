@@ -80,7 +80,6 @@ ENGINE_REFUSED = [
     Option("cpu_offload_gb", 0, "weights offloaded to CPU memory"),
     Option("rope_scaling", None, "a RoPE scaling other than the model's", "json"),
     Option("rope_theta", None, "a RoPE base other than the model's"),
-    Option("hf_overrides", None, "changes to the model's config", "json"),
     Option("hf_config_path", None, "a config from another place than the model's"),
     Option("code_revision", None, "remote modelling code, which Octavo does not run"),
     Option("tokenizer_mode", "auto", "a slow or mistral_common tokenizer", also=("hf",)),

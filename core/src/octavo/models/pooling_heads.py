@@ -5,6 +5,8 @@ the pooled hidden state, no bias)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from octavo.layers.linear import Linear
@@ -27,6 +29,10 @@ class _Headless:
 
 class _Classifier(_Headless):
     def __init__(self, platform, hf_config, max_positions: int) -> None:
+        #: a classifier read from the language-model head's rows of these tokens (hf_overrides'
+        #: `classifier_from_token`, `apply_hf_overrides`): Qwen3-Reranker's "no" and "yes"
+        self.from_token_ids: list[int] | None = getattr(hf_config, "classifier_from_token_ids", None)
+        self.lm_head_tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         super().__init__(platform, hf_config, max_positions)
         self.score = Linear(hf_config.hidden_size, hf_config.num_labels, platform.linear)
 
@@ -34,6 +40,29 @@ class _Classifier(_Headless):
         if name == "score.weight":
             return self.score.weight, None, None
         return super()._target(name)  # type: ignore[misc]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.from_token_ids is None:
+            return super().load_weights(weights)  # type: ignore[misc]
+        return super().load_weights(self._score_from_head(weights))  # type: ignore[misc]
+
+    def _score_from_head(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        """The checkpoint's tensors, then `score.weight` built from the head's rows of the
+        tokens (the embedding's where the head is tied to it): for two tokens their difference,
+        since softmax over two logits is the sigmoid of their difference."""
+        assert self.from_token_ids is not None
+        source = "model.embed_tokens.weight" if self.lm_head_tied else "lm_head.weight"
+        rows = None
+        for name, tensor in weights:
+            if name in (source, source.removeprefix("model.")):
+                rows = tensor[self.from_token_ids].float()
+            if name != "lm_head.weight":
+                yield name, tensor
+        if rows is None:
+            raise ValueError(
+                f"classifier_from_token reads the language-model head, but the checkpoint has no {source!r}"
+            )
+        yield "score.weight", (rows[1] - rows[0])[None] if len(rows) == 2 else rows
 
 
 class LlamaModel(_Headless, LlamaForCausalLM):
