@@ -282,3 +282,99 @@ def test_image_embeddings_of_the_wrong_shape_are_refused_naming_the_expected_one
         gen(qwen, q, {"image_embeds": torch.zeros(5, 64), "image_grid_thw": grid})
     with pytest.raises(MultiModalInputError, match=r'a dict \{"image_embeds"'):
         gen(qwen, q, torch.zeros(6, 64))
+
+
+# ---- videos (Qwen2-VL, Qwen2.5-VL) ---------------------------------------------------------------
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_video_greedy_matches_transformers_alone_and_beside_an_image(root, arch):
+    from tiny_vlm import video
+
+    path = make_tiny_vlm(arch, root)
+    # 4 frames: 2 temporal patches of 2x3 merged tokens; 5 frames: 3 of 2x2, more temporal
+    # patches than rows or columns (the text after it starts past its rows, not its patches)
+    clip, other, img = video(4, 40, 30, 31), video(5, 30, 30, 32), image(40, 20, 33)
+    cases = [  # (prompt, multi_modal_data, the videos' frames per second)
+        (f"Describe {VIDEO} briefly", {"video": clip}, [2.0]),
+        # beside an image, before and after it; an odd frame count (the last repeated) and a frame
+        # rate whose temporal ids (Qwen2.5-VL: 4 tokens a second x 2/3 s a patch) are rounded down
+        (f"{PLACEHOLDER[arch]} then {VIDEO} and", {"image": img, "video": (other, {"fps": 3.0})}, [3.0]),
+        (f"First {VIDEO} second {PLACEHOLDER[arch]}", {"video": [clip], "image": [img]}, [2.0]),
+        ("and text alone", None, []),
+    ]
+    llm = _llm(path)
+    prompts = [{"prompt": t, "multi_modal_data": d} if d else t for t, d, _ in cases]
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, _greedy(), use_tqdm=False)]
+    proc = llm.llm_engine.mm_processor
+
+    def encoder_inputs(data, rates):
+        frames = data.get("video") if data else None
+        frames = frames[0] if isinstance(frames, (list, tuple)) else frames
+        if frames is None:
+            return []
+        return [proc.model_cls.process_video(proc.image_processor, list(map(_frame, frames)), rates[0], proc.hf_config)]
+
+    want = []
+    for text, data, rates in cases:
+        images = [img] if data and "image" in data else []
+        want.append(hf_generate(path, text, images, MAX_TOKENS, videos=encoder_inputs(data, rates)))
+    assert got == want
+    assert not llm.llm_engine.runner.encoder_cache.outputs
+
+
+def _frame(array):
+    from PIL import Image
+
+    return Image.fromarray(array)
+
+
+def test_video_frames_are_patched_as_qwens_video_processor_lays_them_out(root):
+    """The frames, each resized and normalized as transformers' image processor does, padded
+    to an even count with the last, laid out as Qwen's video processor lays out its patches
+    ([t, 2, C, h/2, 2, 14, w/2, 2, 14] -> t, h/2, w/2, 2, 2, C, 2, 14, 14), here in numpy."""
+    import numpy as np
+    import torch
+    from tiny_vlm import video
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    from octavo.models.qwen2_vl import Qwen2VLForConditionalGeneration
+    from octavo.multimodal.processor import MultiModalProcessor
+
+    path = make_tiny_vlm("qwen2_vl", root)
+    proc = MultiModalProcessor(path, AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+    clip = [_frame(f) for f in video(3, 70, 44, 41)]
+    data = Qwen2VLForConditionalGeneration.process_video(proc.image_processor, clip, 2.0, proc.hf_config)
+    ip = AutoImageProcessor.from_pretrained(path)
+    frames = []
+    for f in clip + clip[-1:]:
+        h, w = (int(v) * 14 for v in ip(images=[f], return_tensors="pt")["image_grid_thw"][0][1:])
+        x = np.asarray(f.resize((w, h), resample=3), dtype=np.float32) / 255  # PIL bicubic, as the processor
+        frames.append(((x - np.array(ip.image_mean)) / np.array(ip.image_std)).transpose(2, 0, 1))
+    v = np.stack(frames).reshape(2, 2, 3, h // 28, 2, 14, w // 28, 2, 14)
+    want = v.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(2 * (h // 14) * (w // 14), -1)
+    assert data["image_grid_thw"].tolist() == [[2, h // 14, w // 14]] and data["second_per_grid_t"] == 1.0
+    torch.testing.assert_close(data["pixel_values"], torch.from_numpy(want).float(), atol=2e-2, rtol=0)
+
+
+def test_bad_videos_are_refused_with_what_is_wrong(root):
+    import numpy as np
+    from tiny_vlm import video
+
+    from octavo.multimodal import MultiModalInputError
+
+    qwen = _llm(make_tiny_vlm("qwen2_vl", root), limit_mm_per_prompt={"image": 1, "video": 1})
+
+    def gen(llm, prompt, data):
+        llm.generate([{"prompt": prompt, "multi_modal_data": data}], _greedy(), use_tqdm=False)
+
+    clip = video(2, 28, 28, 1)
+    with pytest.raises(MultiModalInputError, match="2 videos, more than the 1"):
+        gen(qwen, VIDEO * 2, {"video": [clip, clip]})
+    with pytest.raises(MultiModalInputError, match="1 video placeholders .* for 0 videos"):
+        gen(qwen, VIDEO, {"video": []})
+    with pytest.raises(MultiModalInputError, match=r"uint8 array of shape \[frames, height, width, 3\]"):
+        gen(qwen, VIDEO, {"video": np.zeros((2, 28, 28), dtype=np.uint8)})
+    with pytest.raises(MultiModalInputError, match="takes no videos"):
+        gen(_llm(make_tiny_vlm("llava", root)), "<image>", {"video": clip})

@@ -27,6 +27,11 @@ PINPOINTS = [[28, 56], [56, 28], [56, 56]]
 PLACEHOLDER["qwen2_5_vl"] = PLACEHOLDER["qwen2_vl"]
 
 
+def video(frames: int, width: int, height: int, seed: int):
+    """A random RGB video, [frames, height, width, 3] uint8 (the form vLLM takes)."""
+    return (np.random.default_rng(seed).random((frames, height, width, 3)) * 255).astype("uint8")
+
+
 def image(width: int, height: int, seed: int):
     """A random RGB PIL image."""
     from PIL import Image
@@ -159,8 +164,10 @@ def expand(ids: list[int], image_token: int, lengths: list[int]) -> list[int]:
 
 
 @torch.inference_mode()
-def hf_generate(path: str, prompt: str, images: list, max_new_tokens: int) -> list[int]:
-    """transformers' greedy tokens for a text prompt with its images, never stopping at EOS."""
+def hf_generate(path: str, prompt: str, images: list, max_new_tokens: int, videos: list | None = None) -> list[int]:
+    """transformers' greedy tokens for a text prompt with its images, never stopping at EOS.
+    Qwen2-VL's `videos`: the encoder's inputs of each video (octavo's frame processing: see
+    test_video_frames_are_patched_as_qwens_video_processor_lays_them_out for its check)."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     model = _load_hf(path)
@@ -192,9 +199,18 @@ def hf_generate(path: str, prompt: str, images: list, max_new_tokens: int) -> li
             kw = dict(pixel_values=x["pixel_values"])
             lengths = [(vc.image_size // vc.patch_size) ** 2] * len(images)
         ids = expand(ids, image_token, lengths)
+    if videos:
+        video_token = model.config.video_token_id
+        ids = expand(ids, video_token, [int(v["image_grid_thw"].prod()) // 4 for v in videos])
+        kw["pixel_values_videos"] = torch.cat([v["pixel_values"] for v in videos])
+        kw["video_grid_thw"] = torch.cat([v["image_grid_thw"] for v in videos])
+        if model.config.model_type == "qwen2_5_vl":
+            kw["second_per_grid_ts"] = torch.tensor([v["second_per_grid_t"] for v in videos])
     inp = torch.tensor([ids])
     if "image_grid_thw" in kw or model.config.model_type.startswith("qwen"):
         kw["mm_token_type_ids"] = (inp == image_token).int()
+        if videos:
+            kw["mm_token_type_ids"][inp == model.config.video_token_id] = 2
     out = model.generate(
         input_ids=inp,
         attention_mask=torch.ones_like(inp),

@@ -10,10 +10,17 @@ of `window_size` pixels except in `fullatt_block_indexes` layers. Qwen2.5-VL reo
 merged tokens window by window before the blocks (so a window is a contiguous run) and
 back after the merger, as transformers does.
 
+Videos: frames in pairs (`temporal_patch_size`), each pair a temporal patch of the same grid,
+which the vision transformer runs as an image of its own; a video's tokens are its temporal
+patches' tokens one after another.
+
 M-RoPE (`mrope_positions`, as transformers' get_rope_index computes it): text tokens sit at
 the same position on the three axes, counting on from the previous token; an image's tokens
-at (start, start + row, start + column) of its merged grid, and the text after it at start +
-max(rows, columns). A generated token at position p sits at p + delta on all three axes.
+at (start, start + row, start + column) of its merged grid, a video's at (start + temporal
+id, ...) where the temporal id counts its temporal patches (Qwen2.5-VL: times
+`tokens_per_second * second_per_grid_t`, rounded down), and the text after either at start +
+max(rows, columns). A generated token at position p sits at p + delta on all three axes,
+counting on from the prompt's last token (which may lie below a video's temporal ids).
 The rotary table's frequencies are split into `mrope_section` runs, one per axis: each
 token's row of angles takes each run from its position on that axis.
 """
@@ -163,14 +170,14 @@ class Qwen2VisionTransformer(nn.Module):
         return torch.cat(order), sizes
 
     def forward(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Images of one grid (t, h, w) in patches: [B * t * h * w, C * T * P * P] ->
+        """Images or videos of one grid (t, h, w) in patches: [B * t * h * w, C * T * P * P] ->
         [B, t * h * w / merge^2, out]."""
         t, h, w = grid
-        if t != 1:
-            raise ValueError(f"an image has one temporal patch, got a grid of {t} (videos are not supported)")
         n, unit = h * w, self.merge**2
         weight = self.patch_embed.proj.weight
         x = pixels.to(weight.device, weight.dtype).view(-1, self.in_channels, self.temporal, self.patch, self.patch)
+        # a video's temporal patches (t of them, frames in pairs) attend each within itself, at the
+        # same 2-D positions and windows as an image's: they run as a batch of t images
         x = self.patch_embed.proj(x).view(-1, n, weight.shape[0])
         freqs = (self._positions(h, w).to(x.device)[..., None].float() * self.inv_freq).flatten(1)  # [n, half]
         masks: dict[bool, torch.Tensor | None] = {True: None, False: None}
@@ -190,7 +197,7 @@ class Qwen2VisionTransformer(nn.Module):
         merged = self.merger(x)
         if order is not None:
             merged = merged[:, torch.argsort(order)]
-        return merged
+        return merged.reshape(-1, t * merged.shape[1], merged.shape[2])
 
 
 class Qwen2VLForConditionalGeneration(VisionLanguageModel):
@@ -245,6 +252,7 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     def mrope_positions(prompt_ids: list[int], items, hf_config) -> tuple[torch.Tensor, int]:
         """([3, len(prompt_ids)] positions, delta) of a prompt and its images (module doc)."""
         merge = hf_config.vision_config.spatial_merge_size
+        per_second = getattr(hf_config.vision_config, "tokens_per_second", None)  # Qwen2.5-VL's only
         parts = []
         pos = 0  # the next text position
         at = 0
@@ -254,16 +262,22 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
                 pos += item.offset - at
             t, h, w = (int(v) for v in item.data["image_grid_thw"][0])
             gh, gw = h // merge, w // merge
-            tt = torch.arange(t).view(t, 1, 1).expand(t, gh, gw)
+            times = torch.arange(t)
+            if "second_per_grid_t" in item.data and per_second:  # a video on Qwen2.5-VL: ids in time units
+                times = (times * (per_second * item.data["second_per_grid_t"])).long()
+            tt = times.view(t, 1, 1).expand(t, gh, gw)
             hh = torch.arange(gh).view(1, gh, 1).expand(t, gh, gw)
             ww = torch.arange(gw).view(1, 1, gw).expand(t, gh, gw)
             parts.append(torch.stack([tt.flatten(), hh.flatten(), ww.flatten()]) + pos)
-            pos += max(t, gh, gw)
+            pos += max(gh, gw)  # the text after it: past its rows and columns (not its temporal ids)
             at = item.end
         if at < len(prompt_ids):
             parts.append(torch.arange(pos, pos + len(prompt_ids) - at).expand(3, -1))
         positions = torch.cat(parts, dim=1)
-        return positions, int(positions.max()) + 1 - len(prompt_ids)
+        # generated tokens count on from the prompt's last token (transformers' generate), which
+        # a video's temporal ids may pass (Qwen2.5-VL): not from the largest position
+        last = int(positions[:, -1].max())
+        return positions, last + 1 - len(prompt_ids)
 
     # ---- the processor's outputs ------------------------------------------------------------
     @staticmethod
@@ -285,6 +299,35 @@ class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     @staticmethod
     def image_num_tokens(data: dict, hf_config) -> int:
         return int(data["image_grid_thw"][0].prod()) // hf_config.vision_config.spatial_merge_size**2
+
+    # ---- videos -------------------------------------------------------------------------------
+    @staticmethod
+    def video_token_id(hf_config) -> int:
+        return int(hf_config.video_token_id)
+
+    @classmethod
+    def video_placeholder(cls, tokenizer, hf_config) -> str:
+        ids = [hf_config.vision_start_token_id, hf_config.video_token_id, hf_config.vision_end_token_id]
+        return "".join(tokenizer.convert_ids_to_tokens(ids))
+
+    @staticmethod
+    def process_video(image_processor, frames: list, fps: float, hf_config, size: dict | None = None) -> dict:
+        """A video's frames as the encoder takes them, without transformers' video processor
+        (it needs torchvision): each frame through the image processor (resize to a multiple of
+        28, normalize, patches), the frames padded with the last to a multiple of
+        `temporal_patch_size` (2) and paired, each patch holding its pair's two frames, as
+        Qwen's temporal patches do. `size` ({"shortest_edge", "longest_edge"} in pixels): the
+        checkpoint's video pixel bounds where they differ from its images'."""
+        pair = hf_config.vision_config.temporal_patch_size
+        frames = frames + frames[-1:] * (-len(frames) % pair)
+        out = image_processor(images=frames, return_tensors="pt", **({"size": size} if size else {}))
+        _, h, w = (int(v) for v in out["image_grid_thw"][0])
+        t = len(frames) // pair
+        # each frame's rows hold its pixels `pair` times over ([C, pair, P * P]): keep one copy per
+        # frame and put a pair's frames on the temporal axis
+        rows = out["pixel_values"].view(t, pair, h * w, -1, pair, hf_config.vision_config.patch_size**2)[..., 0, :]
+        pixels = rows.permute(0, 2, 3, 1, 4).reshape(t * h * w, -1)
+        return {"pixel_values": pixels, "image_grid_thw": torch.tensor([[t, h, w]]), "second_per_grid_t": pair / fps}
 
     @classmethod
     def split_image_embeds(cls, value, hf_config) -> list[dict]:

@@ -25,3 +25,12 @@ def embeds_hash(data: dict) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def video_hash(frames: list, fps: float) -> str:
+    """sha256 of a video: its frames' hashes in order and its frame rate (which moves the
+    temporal positions of Qwen2.5-VL's tokens)."""
+    h = hashlib.sha256(f"video:{fps}:".encode())
+    for frame in frames:
+        h.update(image_hash(frame).encode())
+    return h.hexdigest()

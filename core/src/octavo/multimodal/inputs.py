@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 #: the modalities a prompt's `multi_modal_data` may hold
-MODALITIES = ("image",)
+MODALITIES = ("image", "video")
 
-#: images per prompt when the engine is given no limit (vLLM's `--limit-mm-per-prompt`)
+#: items of each modality per prompt when the engine is given no limit (vLLM's `--limit-mm-per-prompt`)
 DEFAULT_LIMIT = 16
 
 
@@ -111,3 +111,59 @@ def embeds_tensor(value: Any, what: str, shape: str, hidden: int) -> Any:
         got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise MultiModalInputError(f"{what} must be a floating-point tensor of shape {shape}, got {got}")
     return value.detach().cpu()
+
+
+#: a video's frames per second where its frames come without their metadata (Qwen's processors' default)
+DEFAULT_FPS = 2.0
+
+
+def videos_of(multi_modal_data: dict, limits: dict[str, int]) -> list[tuple[list, float]]:
+    """The videos of a prompt's `multi_modal_data` ({"video": video or list}), in order, each as
+    (its frames as RGB PIL images, frames per second). A video is a numpy array [T, H, W, 3]
+    of uint8, a list of PIL images, or vLLM's (frames, metadata) pair whose metadata gives
+    "fps"; MultiModalInputError for anything else or more than the limit allows."""
+    given = multi_modal_data.get("video", [])
+    if isinstance(given, list) and given and not isinstance(given[0], (list, tuple)) and _is_frame(given[0]):
+        given = [given]  # one video given as its list of frames
+    elif not isinstance(given, list):
+        given = [given]
+    if len(given) > limits["video"]:
+        raise MultiModalInputError(
+            f"the prompt has {len(given)} videos, more than the {limits['video']} this server takes per prompt "
+            "(--limit-mm-per-prompt)"
+        )
+    return [_video(v, i) for i, v in enumerate(given)]
+
+
+def _is_frame(value: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
+
+
+def _video(value: Any, index: int) -> tuple[list, float]:
+    import numpy as np
+    from PIL import Image
+
+    fps = DEFAULT_FPS
+    if isinstance(value, tuple):
+        if len(value) != 2 or not isinstance(value[1], dict):
+            raise MultiModalInputError(f"video {index}: a tuple must be (frames, metadata dict)")
+        value, fps = value[0], float(value[1].get("fps") or DEFAULT_FPS)
+    if isinstance(value, np.ndarray):
+        if value.ndim != 4 or value.shape[-1] != 3 or value.dtype != np.uint8 or not len(value):
+            raise MultiModalInputError(
+                f"video {index} must be a uint8 array of shape [frames, height, width, 3], got "
+                f"{value.shape} {value.dtype}"
+            )
+        frames = [Image.fromarray(f) for f in value]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(f, Image.Image) for f in value):
+        frames = [f if f.mode == "RGB" else f.convert("RGB") for f in value]
+    else:
+        raise MultiModalInputError(
+            f"video {index} is a {type(value).__name__}: give a uint8 array [frames, height, width, 3] or a list of "
+            "PIL images"
+        )
+    if len({f.size for f in frames}) != 1:
+        raise MultiModalInputError(f"video {index}: its frames differ in size ({sorted({f.size for f in frames})})")
+    return frames, fps

@@ -16,8 +16,15 @@ import os
 import re
 from typing import Any
 
-from octavo.multimodal.hashing import embeds_hash, image_hash
-from octavo.multimodal.inputs import MultiModalInputError, MultiModalInputs, MultiModalItem, images_of, parse_limits
+from octavo.multimodal.hashing import embeds_hash, image_hash, video_hash
+from octavo.multimodal.inputs import (
+    MultiModalInputError,
+    MultiModalInputs,
+    MultiModalItem,
+    images_of,
+    parse_limits,
+    videos_of,
+)
 
 
 def is_multimodal(hf_config) -> bool:
@@ -53,6 +60,10 @@ class MultiModalProcessor:
         self.image_processor = AutoImageProcessor.from_pretrained(directory)
         self.image_token_id = self.model_cls.image_token_id(hf_config)
         self.placeholder = self.model_cls.image_placeholder(tokenizer, hf_config)
+        videos = hasattr(self.model_cls, "process_video")
+        self.video_token_id = self.model_cls.video_token_id(hf_config) if videos else None
+        self.video_placeholder = self.model_cls.video_placeholder(tokenizer, hf_config) if videos else None
+        self.video_size = self._video_size()
 
     def process(self, prompt: str | None, multi_modal_data: Any, add_special_tokens: bool = True) -> MultiModalInputs:
         """A text prompt with one placeholder per image, in order, and its images:
@@ -61,6 +72,9 @@ class MultiModalProcessor:
         if not isinstance(prompt, str):
             raise MultiModalInputError("a prompt with multi_modal_data must be text (a 'prompt' string)")
         images = images_of(multi_modal_data, self.limits, self._split_embeds)
+        videos = videos_of(multi_modal_data, self.limits)
+        if videos and self.video_token_id is None:
+            raise MultiModalInputError(f"{self.model_cls.__name__} takes no videos (Qwen2-VL and Qwen2.5-VL do)")
         ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         where = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(where) != len(images):
@@ -68,27 +82,53 @@ class MultiModalProcessor:
                 f"the prompt has {len(where)} image placeholders ({self.placeholder!r}) for {len(images)} images: "
                 "put one placeholder where each image goes"
             )
-        if not images:
+        where_videos = [i for i, t in enumerate(ids) if t == self.video_token_id] if self.video_token_id else []
+        if len(where_videos) != len(videos):
+            raise MultiModalInputError(
+                f"the prompt has {len(where_videos)} video placeholders ({self.video_placeholder!r}) for {len(videos)} "
+                "videos: put one placeholder where each video goes"
+            )
+        if not images and not videos:
             return MultiModalInputs(ids, [], prompt)
+        # (placeholder index, token id, the encoder's inputs, tokens, content hash), in prompt order
+        found = [(at, self.image_token_id, *image) for at, image in zip(where, self._images(images))]
+        for at, (frames, fps) in zip(where_videos, videos):
+            data = self.model_cls.process_video(self.image_processor, frames, fps, self.hf_config, self.video_size)
+            found.append(
+                (
+                    at,
+                    self.video_token_id,
+                    data,
+                    self.model_cls.image_num_tokens(data, self.hf_config),
+                    video_hash(frames, fps),
+                )
+            )
+        expanded: list[int] = []
+        items = []
+        last = 0
+        for at, token, data, length, identity in sorted(found, key=lambda f: f[0]):
+            expanded += ids[last:at]
+            items.append(MultiModalItem(len(expanded), length, identity, data))
+            expanded += [token] * length
+            last = at + 1
+        expanded += ids[last:]
+        return MultiModalInputs(expanded, items, prompt)
+
+    def _images(self, images: list) -> list[tuple[dict, int, str]]:
+        """(the encoder's inputs, tokens, content hash) of each image: pictures through the
+        image processor, embeddings as given."""
         pictures = [im for im in images if not isinstance(im, dict)]  # the others are embeddings, processed
         if pictures:
             outputs = self.image_processor(images=pictures, return_tensors="pt")
             processed = iter(self.model_cls.split_images(outputs, len(pictures), self.hf_config))
-        expanded: list[int] = []
-        items = []
-        last = 0
-        for at, image in zip(where, images):
-            expanded += ids[last:at]
+        out = []
+        for image in images:
             if isinstance(image, dict):
-                data, length, identity = image, image["image_embeds"].shape[0], embeds_hash(image)
+                out.append((image, image["image_embeds"].shape[0], embeds_hash(image)))
             else:
                 data = next(processed)
-                length, identity = self.model_cls.image_num_tokens(data, self.hf_config), image_hash(image)
-            items.append(MultiModalItem(len(expanded), length, identity, data))
-            expanded += [self.image_token_id] * length
-            last = at + 1
-        expanded += ids[last:]
-        return MultiModalInputs(expanded, items, prompt)
+                out.append((data, self.model_cls.image_num_tokens(data, self.hf_config), image_hash(image)))
+        return out
 
     def _split_embeds(self, value) -> list[dict]:
         """Image embeddings given in place of images, one dict per image (the model class'
@@ -125,6 +165,21 @@ class MultiModalProcessor:
             messages, add_generation_prompt=True, tokenize=False, chat_template=template
         )
         return text, images
+
+    def _video_size(self) -> dict | None:
+        """The checkpoint's pixel bounds of a video frame (its video processor's config), where
+        it has them: its frames are resized within those rather than the images' bounds."""
+        path = os.path.join(self.directory, "video_preprocessor_config.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            config = json.load(f)
+        size = dict(config.get("size") or {})
+        if config.get("min_pixels"):
+            size["shortest_edge"] = config["min_pixels"]
+        if config.get("max_pixels"):
+            size["longest_edge"] = config["max_pixels"]
+        return size if {"shortest_edge", "longest_edge"} <= set(size) else None
 
     def processor_template(self) -> str | None:
         """The chat template of the checkpoint's processor, where it keeps one apart from the
