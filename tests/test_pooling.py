@@ -176,26 +176,58 @@ def test_reranker_from_yes_no_tokens_matches_transformers(arch, prompts, tmp_pat
             logits = hf(torch.tensor([p])).logits[0, -1]
             want = logits[[no, yes]].softmax(-1)[1]
             assert out.outputs.probs == pytest.approx([float(want)], abs=1e-5)
-    # scoring a query against documents: the pair tokenized together, as any cross-encoder
-    got = llm.score("a query", ["one document", "another"], use_tqdm=False)
+    # scoring a query against documents: as vLLM scores an LLM turned reranker, the two texts
+    # joined into one string and tokenized together (a query ending in a space: the join merges)
+    query, docs = "<Query>: a query ", ["one document", "another"]
+    assert any(tok(query + d)["input_ids"] != tok(query, text_pair=d)["input_ids"] for d in docs)
+    got = llm.score(query, docs, use_tqdm=False)
     with torch.inference_mode():
-        for doc, s in zip(["one document", "another"], got):
-            ids = tok("a query", text_pair=doc)["input_ids"]
-            logits = hf(torch.tensor([ids])).logits[0, -1]
+        for doc, s in zip(docs, got):
+            logits = hf(torch.tensor([tok(query + doc)["input_ids"]])).logits[0, -1]
             assert s.outputs.score == pytest.approx(float(logits[[no, yes]].softmax(-1)[1]), abs=1e-5)
+
+
+def test_classifier_from_token_methods_match_transformers(prompts, tmp_path):
+    """vLLM's other `method`, no_post_processing: one label per token, the head's logits of
+    those tokens as they are (softmax over several, sigmoid for one); tokens are looked up as
+    spelled in the vocabulary ('Ġyes' is the token of ' yes')."""
+    from tiny_models import _load_hf, make_tiny_model
+
+    path = make_tiny_model("qwen3", str(tmp_path / "qwen3"))
+    vocab = smollm2_tokenizer().get_vocab()
+    hf = _load_hf(path, None)
+    batch = [{"prompt_token_ids": p} for p in prompts[:3]]
+    for tokens in (["no", "yes"], ["Ġyes"]):
+        over = {"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": tokens}
+        outs = _llm(path, max_model_len=128, hf_overrides={**over, "method": "no_post_processing"}).classify(
+            batch, use_tqdm=False
+        )
+        with torch.inference_mode():
+            for p, out in zip(prompts, outs):
+                logits = hf(torch.tensor([p])).logits[0, -1, [vocab[t] for t in tokens]]
+                want = logits.sigmoid() if len(tokens) == 1 else logits.softmax(-1)
+                assert out.outputs.probs == pytest.approx(want.tolist(), abs=1e-5), tokens
 
 
 def test_reranker_overrides_are_checked(tmp_path):
     from tiny_models import make_tiny_model
 
+    from octavo.entrypoints.cli import build_parser
+
     path = make_tiny_model("qwen3", str(tmp_path / "qwen3"))
     over = {"architectures": ["Qwen3ForSequenceClassification"]}
-    with pytest.raises(ValueError, match="two or more tokens"):
-        _llm(path, hf_overrides={**over, "classifier_from_token": ["yes"]})
-    with pytest.raises(ValueError, match="encode to one id each"):
+    with pytest.raises(ValueError, match="takes two tokens"):
+        _llm(path, hf_overrides={**over, "classifier_from_token": ["yes"], "method": "from_2_way_softmax"})
+    with pytest.raises(ValueError, match="not in this model's vocabulary"):
         _llm(path, hf_overrides={**over, "classifier_from_token": ["no", "a whole sentence of tokens"]})
+    with pytest.raises(ValueError, match="method must be"):
+        _llm(path, hf_overrides={**over, "classifier_from_token": ["no", "yes"], "method": "softmax"})
     with pytest.raises(ValueError, match="JSON object"):
         _llm(path, hf_overrides=["architectures"])
+    # vLLM's docs spell the flag with an underscore: `vllm serve ... --hf_overrides '{...}'`
+    for flag in ("--hf-overrides", "--hf_overrides"):
+        args = build_parser().parse_args(["serve", path, flag, '{"classifier_from_token": ["no", "yes"]}'])
+        assert args.hf_overrides == {"classifier_from_token": ["no", "yes"]}
 
 
 @pytest.mark.parametrize("arch", ENCODER_ARCHS)

@@ -156,3 +156,47 @@ def test_classify_and_cross_encoder_routes(num_labels, tmp_path):
         r = http.post("/rerank", json={"query": TEXTS[0], "documents": TEXTS[1:]}).json()
         assert [x["index"] for x in r["results"]] == sorted((0, 1), key=lambda i: -want[i])
         assert http.post("/v1/embeddings", json={"input": "x"}).status_code == 400  # a classifier, not an embedder
+
+
+# Qwen3-Reranker's prompt template (its model card, vLLM's example): the query's part, then the document's
+RERANK_QUERY = "<|im_start|>system\nJudge whether the Document meets the requirements.<|im_end|>\n<|im_start|>user\n"
+RERANK_QUERY += "<Instruct>: Given a web search query, retrieve relevant passages\n<Query>: {}\n"
+RERANK_DOC = "<Document>: {}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_reranker_routes_from_yes_no_tokens(tmp_path):
+    """A causal LM served as Qwen3-Reranker (vLLM's hf_overrides): /score and /rerank give
+    p("yes") against p("no") at the last token of the query's and document's prompts joined,
+    from transformers' causal LM logits."""
+    from fastapi.testclient import TestClient
+    from tiny_models import _load_hf, make_tiny_model
+
+    from octavo.async_engine import AsyncLLMEngine
+    from octavo.engine_args import EngineArgs
+    from octavo.entrypoints.openai.api_server import ServerSettings, build_app
+
+    path = make_tiny_model("qwen3", str(tmp_path / "qwen3"))
+    over = {
+        "architectures": ["Qwen3ForSequenceClassification"],
+        "classifier_from_token": ["no", "yes"],
+        "is_original_qwen3_reranker": True,
+    }
+    args = EngineArgs(
+        model=path, device="cpu", dtype="float32", max_model_len=128, kv_cache_memory="16MiB", hf_overrides=over
+    )
+    app = build_app(AsyncLLMEngine.from_engine_args(args, pooling=True), ServerSettings(served_model_names=["m"]))
+    tok, hf = smollm2_tokenizer(), _load_hf(path, None)
+    no, yes = tok.convert_tokens_to_ids(["no", "yes"])
+    query, docs = RERANK_QUERY.format(TEXTS[0]), [RERANK_DOC.format(t) for t in TEXTS]
+    with TestClient(app) as http, torch.inference_mode():
+        want = []
+        for d in docs:
+            logits = hf(torch.tensor([tok(query + d)["input_ids"]])).logits[0, -1]
+            want.append(float(logits[[no, yes]].softmax(-1)[1]))
+        r = http.post("/score", json={"text_1": query, "text_2": docs})
+        assert r.status_code == 200, r.text
+        got = [d["score"] for d in r.json()["data"]]
+        assert got == pytest.approx(want, abs=1e-5)
+        r = http.post("/v1/rerank", json={"query": query, "documents": docs, "top_n": 2}).json()
+        assert [x["index"] for x in r["results"]] == sorted(range(len(docs)), key=lambda i: -want[i])[:2]
+        assert [x["relevance_score"] for x in r["results"]] == pytest.approx(sorted(want, reverse=True)[:2], abs=1e-5)

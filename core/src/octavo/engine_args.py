@@ -196,6 +196,7 @@ class EngineArgs:
         )
         parser.add_argument(
             "--hf-overrides",
+            "--hf_overrides",  # the spelling of vLLM's docs and model cards for Qwen3-Reranker
             type=json.loads,
             default=None,
             metavar="JSON",

@@ -199,31 +199,17 @@ def _model_source(args) -> ModelSource:
 def apply_hf_overrides(hf_config, overrides: dict[str, Any] | None, source: ModelSource):
     """`hf_overrides` set over the checkpoint's config, as vLLM sets them. A classifier read
     from the language-model head (`classifier_from_token`: Qwen3-Reranker's ["no", "yes"]) gets
-    its tokens' ids here, where the tokenizer is at hand: two tokens make one label, the
-    difference of their rows (sigmoid of it = the second token's probability against the
-    first's), more make one label per token."""
+    its tokens' ids here, where the tokenizer is at hand (pooling/from_token.py)."""
     if not overrides:
         return hf_config
     if not isinstance(overrides, dict):
         raise ValueError(f"hf_overrides must be a JSON object of config fields, got {overrides!r}")
     for key, value in overrides.items():
         setattr(hf_config, key, value)
-    tokens = getattr(hf_config, "classifier_from_token", None)
-    if tokens is not None:
-        if not (isinstance(tokens, list) and len(tokens) >= 2 and all(isinstance(t, str) for t in tokens)):
-            raise ValueError(f"classifier_from_token must list two or more tokens, got {tokens!r}")
-        tokenizer = load_tokenizer(source)
-        ids = []
-        for token in tokens:
-            encoded = tokenizer.encode(token, add_special_tokens=False)
-            if len(encoded) != 1:
-                raise ValueError(
-                    f"classifier_from_token: {token!r} is {len(encoded)} tokens in this model's vocabulary; "
-                    "give tokens that encode to one id each"
-                )
-            ids.append(encoded[0])
-        hf_config.classifier_from_token_ids = ids
-        hf_config.num_labels = 1 if len(ids) == 2 else len(ids)
+    if getattr(hf_config, "classifier_from_token", None) is not None:
+        from octavo.pooling.from_token import resolve_classifier_from_token
+
+        resolve_classifier_from_token(hf_config, load_tokenizer(source))
     return hf_config
 
 

@@ -210,6 +210,7 @@ class LLM:
         paired in order): an embedder's cosine similarity, or a cross-encoder's (a one-label
         classifier's) probability for the pair tokenized together (vLLM's `LLM.score`)."""
         from octavo.pooling.engine import PoolingEngine
+        from octavo.pooling.pairs import pair_token_ids
 
         data_1 = [data_1] if isinstance(data_1, (str, dict)) else list(data_1)
         data_2 = [data_2] if isinstance(data_2, (str, dict)) else list(data_2)
@@ -222,7 +223,8 @@ class LLM:
                 raise ValueError("score needs an embedder or a classifier with one label (a cross-encoder)")
             tok = self.get_tokenizer()
             firsts = data_1 * n if len(data_1) == 1 else data_1
-            pairs = [{"prompt_token_ids": tok(a, text_pair=b)["input_ids"]} for a, b in zip(firsts, data_2)]
+            hf_config = engine.model_config.hf_config
+            pairs = [{"prompt_token_ids": pair_token_ids(tok, hf_config, a, b)} for a, b in zip(firsts, data_2)]
             outs = self.encode(pairs, pooling_params, use_tqdm, truncate_prompt_tokens, "score")
             return [
                 ScoringRequestOutput(o.request_id, ScoringOutput(float(o.outputs.data[0])), o.prompt_token_ids)

@@ -13,6 +13,7 @@ from octavo.layers.linear import Linear
 from octavo.models.llama import LlamaForCausalLM
 from octavo.models.qwen2 import Qwen2ForCausalLM
 from octavo.models.qwen3 import Qwen3ForCausalLM
+from octavo.pooling.from_token import TWO_WAY
 
 
 class _Headless:
@@ -32,6 +33,7 @@ class _Classifier(_Headless):
         #: a classifier read from the language-model head's rows of these tokens (hf_overrides'
         #: `classifier_from_token`, `apply_hf_overrides`): Qwen3-Reranker's "no" and "yes"
         self.from_token_ids: list[int] | None = getattr(hf_config, "classifier_from_token_ids", None)
+        self.from_token_method: str | None = getattr(hf_config, "method", None)
         self.lm_head_tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         super().__init__(platform, hf_config, max_positions)
         self.score = Linear(hf_config.hidden_size, hf_config.num_labels, platform.linear)
@@ -48,8 +50,8 @@ class _Classifier(_Headless):
 
     def _score_from_head(self, weights: Iterable[tuple[str, torch.Tensor]]):
         """The checkpoint's tensors, then `score.weight` built from the head's rows of the
-        tokens (the embedding's where the head is tied to it): for two tokens their difference,
-        since softmax over two logits is the sigmoid of their difference."""
+        tokens (the embedding's where the head is tied to it): for the two-way method their
+        difference, since softmax over two logits is the sigmoid of their difference."""
         assert self.from_token_ids is not None
         source = "model.embed_tokens.weight" if self.lm_head_tied else "lm_head.weight"
         rows = None
@@ -62,7 +64,7 @@ class _Classifier(_Headless):
             raise ValueError(
                 f"classifier_from_token reads the language-model head, but the checkpoint has no {source!r}"
             )
-        yield "score.weight", (rows[1] - rows[0])[None] if len(rows) == 2 else rows
+        yield "score.weight", (rows[1] - rows[0])[None] if self.from_token_method == TWO_WAY else rows
 
 
 class LlamaModel(_Headless, LlamaForCausalLM):

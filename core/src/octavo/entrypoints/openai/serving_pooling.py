@@ -24,6 +24,7 @@ from octavo.entrypoints.openai.errors import BadRequestError
 from octavo.entrypoints.openai.limits import RequestLimits
 from octavo.entrypoints.openai.serving_engine import OpenAIServing
 from octavo.pooling.outputs import PoolingRequestOutput
+from octavo.pooling.pairs import pair_token_ids
 from octavo.pooling_params import PoolingParams
 
 Input = str | list[str] | list[int] | list[list[int]]
@@ -158,7 +159,10 @@ class OpenAIServingPooling(OpenAIServing):
             if self.classifier.out_features != 1:
                 raise BadRequestError("this model is a classifier with several labels; scores need one label")
             self.check_prompt_bytes(firsts + seconds, "text_2")
-            pairs = [{"prompt_token_ids": self.tokenizer(a, text_pair=b)["input_ids"]} for a, b in zip(firsts, seconds)]
+            hf_config = self.engine.model_config.hf_config
+            pairs = [
+                {"prompt_token_ids": pair_token_ids(self.tokenizer, hf_config, a, b)} for a, b in zip(firsts, seconds)
+            ]
             outs = await self.run(pairs, self._params(body, "score"))
             return [float(o.outputs.data[0]) for o in outs], self._usage(outs)
         outs = await self.run(self.prompts(firsts + seconds), self._params(body, "embed"))
