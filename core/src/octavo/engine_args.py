@@ -236,7 +236,8 @@ class EngineArgs:
             type=json.loads,
             default=None,
             metavar="JSON",
-            help="vision-language models: the most images per prompt, e.g. '{\"image\": 2}' (default 16)",
+            help='vision-language models: the most images / videos per prompt, e.g. \'{"image": 2, "video": 1}\' '
+            "(default 16 each)",
         )
         vllm_options.add_to_parser(parser, vllm_options.ENGINE_OPTIONS, "engine options of vLLM")
         return parser
