@@ -40,3 +40,15 @@ def peft_greedy(base: str, adapter: str | None, prompts: list[list[int]], n: int
                 ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
             outs.append(ids[len(prompt) :])
     return outs
+
+
+def peft_log_softmax(base: str, adapter: str | None, prompt: list[int]) -> torch.Tensor:
+    """transformers' log-probabilities [len(prompt), vocab] over a prompt with PEFT's adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.inference_mode():
+        return model(torch.tensor([prompt])).logits[0].float().log_softmax(dim=-1)

@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from lora_adapters import ALL_TARGETS, make_adapter, peft_greedy
+from lora_adapters import ALL_TARGETS, make_adapter, peft_greedy, peft_log_softmax
 from tiny_models import assert_greedy_matches, make_tiny_model, random_prompts, tiny_config
 
 from octavo import LLM, SamplingParams
@@ -120,6 +120,42 @@ def test_prefix_cache_isolation(base, adapters):
     assert_greedy_matches(base, prompt, got_base, peft_greedy(base, None, [prompt], 8)[0], "base after all")
 
 
+def test_embedding_and_lm_head_adapters_match_peft(base, adapters, tmp_path):
+    """Adapters on embed_tokens (PEFT's lora_embedding_A/B) and lm_head, in one batch with the
+    base model and a projections-only adapter: each request gets PEFT's tokens, at prefill and
+    decode (the lm_head's rows are the sampled ones, in another order than the batch's tokens)."""
+    vocab = tiny_config("llama").vocab_size
+    heads = {
+        "embed_head": make_adapter(base, str(tmp_path / "eh"), 6, ["embed_tokens", "lm_head", "q_proj"], r=8),
+        "embed": make_adapter(base, str(tmp_path / "e"), 7, ["embed_tokens"], r=4, lora_alpha=16),
+        "attn": adapters["attn"],
+    }
+    reqs = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(heads.items())}
+    prompts = random_prompts(6, [9, 31, 17], vocab, seed=13)
+    # rows of one adapter at different places: the sampled rows' slots are not the batch's first
+    names = ["embed_head", None, "embed", "attn", "embed", "embed_head"]
+    llm = make_llm(base, max_loras=3)
+    got = tokens(llm.generate([{"prompt_token_ids": p} for p in prompts], PARAMS, False, [reqs.get(n) for n in names]))
+    base_want = peft_greedy(base, None, prompts, PARAMS.max_tokens)
+    for name in heads:
+        rows = [i for i, n in enumerate(names) if n == name]
+        want = peft_greedy(base, heads[name], [prompts[i] for i in rows], PARAMS.max_tokens)
+        for i, w in zip(rows, want):
+            assert_greedy_matches(base, prompts[i], got[i], w, f"prompt {i} with adapter {name}")
+            if name != "attn":
+                assert got[i] != base_want[i], f"adapter {name} left the base model's tokens"
+    assert_greedy_matches(base, prompts[1], got[1], base_want[1], "prompt 1 without an adapter")
+    # prompt logprobs run the lm_head on every prompt row of a request: PEFT's log-softmax there
+    lp = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
+    order = ["embed_head", None, "embed"]
+    outs = llm.generate([{"prompt_token_ids": prompts[1]}] * 3, lp, False, [reqs.get(n) for n in order])
+    for name, out in zip(order, outs):
+        ref = peft_log_softmax(base, heads[name] if name else None, prompts[1])
+        for i in range(1, len(prompts[1])):
+            tok = prompts[1][i]
+            assert out.prompt_logprobs[i][tok].logprob == pytest.approx(ref[i - 1, tok].item(), abs=1e-4), (name, i)
+
+
 def _broken_copy(src: str, dst: str, **config) -> str:
     """A copy of adapter `src` with its config changed."""
     os.makedirs(dst)
@@ -148,10 +184,10 @@ def test_adapters_that_do_not_fit_are_refused_by_name(base, adapters, tmp_path):
     wide = make_adapter(other, str(tmp_path / "wide-adapter"), 4, ["q_proj"], r=4)
     with pytest.raises(LoRAError, match=r"does not fit the base model: layers\.0\.self_attn\.q_proj takes 64"):
         llm.generate(prompt, PARAMS, False, LoRARequest("wide", 2, wide))
-    # lm_head and embeddings are not served
-    head = make_adapter(base, str(tmp_path / "head"), 5, ["lm_head"], r=4)
-    with pytest.raises(LoRAError, match="lm_head"):
-        llm.generate(prompt, PARAMS, False, LoRARequest("head", 3, head))
+    # trained added tokens are not served (as vLLM: no vocabulary beyond the base model's)
+    tokens_cfg = _broken_copy(adapters["attn"], str(tmp_path / "tokens"), trainable_token_indices=[5, 6])
+    with pytest.raises(LoRAError, match="trainable_token_indices"):
+        llm.generate(prompt, PARAMS, False, LoRARequest("tokens", 3, tokens_cfg))
     saves = _broken_copy(adapters["attn"], str(tmp_path / "saves"), modules_to_save=["lm_head"])
     with pytest.raises(LoRAError, match="modules_to_save"):
         llm.generate(prompt, PARAMS, False, LoRARequest("saves", 4, saves))

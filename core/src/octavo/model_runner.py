@@ -376,6 +376,8 @@ class ModelRunner(StepRunner):
             try:
                 result[s.request_id] = self._prompt_logprobs_of(s, hidden[qsl[i] : qsl[i] + n], k)
             except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                if self.lora_manager is not None:  # an lm_head adapter follows the rows taken
+                    self.lora_manager.logit_rows(slice(qsl[i], qsl[i] + n))
                 logger.exception("prompt logprobs failed for request %s", s.request_id)
                 failed[s.request_id] = f"{type(e).__name__}: {e}"
         return result
@@ -524,6 +526,8 @@ class ModelRunner(StepRunner):
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
         # the host fills the grammars' masks while the device runs the forward queued above
+        if self.lora_manager is not None:
+            self.lora_manager.logit_rows(last)
         bitmask = grammar_bitmask(rids) if grammar_bitmask is not None else None
         if bitmask is not None:
             bitmask = tensor_to_device(bitmask, self.device)
@@ -552,6 +556,8 @@ class ModelRunner(StepRunner):
             return verify(self.sampler, logits, spec, [s.spec_probs for s in spec])
         except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
             logger.exception("verifying proposed tokens failed")
+            if self.lora_manager is not None:
+                self.lora_manager.logit_rows(rows)
             failed.update((s.request_id, f"{type(e).__name__}: {e}") for s in spec)
             return {}
 

@@ -9,7 +9,7 @@ lora_alpha / r (lora_alpha / sqrt(r) with `use_rslora`), per module where `rank_
 
 `load_adapter` returns each target's A and B in float32 with the scaling folded into B, or
 raises `LoRAError` naming what does not fit: a missing file, a PEFT feature Octavo does not run
-(DoRA, biases, `modules_to_save`, embedding and lm_head adapters), a rank over --max-lora-rank,
+(DoRA, biases, `modules_to_save`, trained added tokens), a rank over --max-lora-rank,
 a module the base model does not have, or a shape that differs from the base module's.
 """
 
@@ -68,6 +68,9 @@ def _read_config(req: LoRARequest) -> dict:
                             f"replaces whole modules ({cfg.get('modules_to_save')}, modules_to_save), "
                             "which Octavo's LoRA does not serve"),
         "fan_in_fan_out": (bool(cfg.get("fan_in_fan_out")), "stores transposed weights (fan_in_fan_out)"),
+        "trainable_token_indices": (bool(cfg.get("trainable_token_indices")),
+                                    "trains token embeddings (trainable_token_indices), which Octavo does not "
+                                    "serve (as vLLM, no vocabulary beyond the base model's)"),
     }  # fmt: skip
     for bad, why in refuse.values():
         if bad:
@@ -98,7 +101,12 @@ def load_adapter(req: LoRARequest, targets: Mapping[str, tuple[int, int]], max_r
         raise LoRAError(f"LoRA adapter {req.lora_name!r}: no adapter_model.safetensors in {req.lora_path!r}{extra}")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in load_file(file).items():
+        if name.endswith(".base_layer.weight"):
+            _check_base_copy(req, name, tensor, targets)
+            continue
         module, part = _module_of(name)
+        if module == "embed_tokens":  # PEFT's names for an embedding's A [r, vocab] and B [hidden, r]
+            part = {"embedding_A": "A", "embedding_B": "B"}.get(part, part)
         if part not in ("A", "B"):
             what = "embeddings" if "embedding" in part else part
             raise LoRAError(
@@ -136,13 +144,31 @@ def load_adapter(req: LoRARequest, targets: Mapping[str, tuple[int, int]], max_r
                 )
             fan_in, fan_out = targets[name]
             if a.shape[1] != fan_in or b_part.shape[0] != fan_out:
+                vocab = name in ("embed_tokens", "lm_head")
+                why = " (added tokens are not served: as vLLM, no vocabulary beyond the base model's)" if vocab else ""
                 raise LoRAError(
                     f"LoRA adapter {req.lora_name!r} does not fit the base model: {name} takes {fan_in} features "
                     f"and gives {fan_out}, the adapter's lora_A is {list(a.shape)} and lora_B {list(b_part.shape)}"
+                    f"{why}"
                 )
             weights[name] = (a.contiguous(), (b_part * scaling).contiguous())
         rank = max(rank, r)
     return LoRAAdapter(req, rank, weights)
+
+
+def _check_base_copy(req: LoRARequest, name: str, tensor: torch.Tensor, targets: Mapping[str, tuple[int, int]]):
+    """PEFT saves the (frozen) base embedding and lm_head beside an adapter that targets them
+    (`save_embedding_layers`): a copy of the base model's weights, which is not read. One of
+    another shape holds added tokens, which are not served (vLLM dropped its extra vocabulary)."""
+    module = name.removesuffix(".base_layer.weight").removeprefix("base_model.model.").removeprefix("model.")
+    if module not in ("embed_tokens", "lm_head") or module not in targets:
+        raise LoRAError(f"LoRA adapter {req.lora_name!r}: tensor {name!r} is not a LoRA weight (lora_A / lora_B)")
+    vocab = targets["embed_tokens"][0] if module == "embed_tokens" else targets[module][1]
+    if tensor.shape[0] != vocab:
+        raise LoRAError(
+            f"LoRA adapter {req.lora_name!r} has a {module} of {tensor.shape[0]} tokens, the base model {vocab}: "
+            "added tokens are not served (as vLLM, no vocabulary beyond the base model's)"
+        )
 
 
 def _split_fused(req: LoRARequest, module: str, b: torch.Tensor, targets: Mapping[str, tuple[int, int]]):

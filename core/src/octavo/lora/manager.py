@@ -20,7 +20,7 @@ import torch
 from octavo.layers.linear import Linear
 from octavo.lora.adapter import LoRAAdapter, load_adapter
 from octavo.lora.config import LoRAConfig, LoRAError
-from octavo.lora.layers import LinearLoRA, LoRAStep
+from octavo.lora.layers import EmbeddingLoRA, LinearLoRA, LoRAStep
 from octavo.lora.request import LoRARequest
 from octavo.platform import FusedOps
 
@@ -53,6 +53,9 @@ def _model_targets(model) -> dict[Linear, list[tuple[str, int, int]]]:
                 continue
             start, size = rows if rows is not None else (0, linear.out_features)
             found.setdefault(linear, []).append((name, start, size))
+    lm_head = getattr(model, "lm_head", None)
+    if isinstance(lm_head, Linear):  # PEFT's `lm_head` target (the logits' rows: LinearLoRA.logits)
+        found[lm_head] = [("lm_head", 0, lm_head.out_features)]
     for linear, slices in found.items():
         slices.sort(key=lambda s: s[1])
         assert sum(s[2] for s in slices) == linear.out_features, f"{slices} do not cover {linear}"
@@ -65,7 +68,7 @@ class LoRAManager:
         self.device = device
         self.step = LoRAStep()
         self.targets: dict[str, tuple[int, int]] = {}  # module -> (in_features, out_features)
-        self.layers: list[LinearLoRA] = []
+        self.layers: list[LinearLoRA | EmbeddingLoRA] = []
         # the platform's own LoRA kernels are assumed graph-safe, and get the weights in the model's
         # dtype; core's default groups tokens on the host and multiplies in float32 (a CPU's torch
         # runs these small batched GEMMs 2-5x faster in float32 than in bfloat16)
@@ -84,9 +87,18 @@ class LoRAManager:
                 ops,
                 device,
                 weights_dtype,
+                logits=slices[0][0] == "lm_head",
             )
             linear.lora = lora
             self.layers.append(lora)
+        embed = getattr(model, "embed_tokens", None)
+        if isinstance(embed, torch.Tensor) and hasattr(model, "embed_lora"):  # PEFT's `embed_tokens` target
+            vocab, hidden = embed.shape
+            self.targets["embed_tokens"] = (vocab, hidden)  # lora_embedding_A [r, vocab], _B [hidden, r]
+            model.embed_lora = EmbeddingLoRA(
+                vocab, hidden, config.max_loras, config.max_lora_rank, self.step, ops, device, weights_dtype
+            )
+            self.layers.append(model.embed_lora)
         self.graph_slots: torch.Tensor | None = None  # the decode graphs' static slots, once captured
         self.host: OrderedDict[int, LoRAAdapter] = OrderedDict()  # lora_int_id -> adapter, LRU first
         self.slot_of: OrderedDict[int, int] = OrderedDict()  # lora_int_id -> device slot, LRU first
@@ -139,11 +151,19 @@ class LoRAManager:
             per_token += [slot[req.lora_int_id] if req is not None else -1] * n
         per_token += [-1] * (num_tokens - len(per_token))
         self.step.slots = torch.tensor(per_token, dtype=torch.int64).to(self.device, non_blocking=True)
+        self.step.logit_slots = None
         self.step.in_use = frozenset(slot.values())
 
     def finish(self) -> None:
         self.step.slots = None
         self.step.in_use = frozenset()
+        self.step.logit_slots = None
+
+    def logit_rows(self, rows: torch.Tensor | slice) -> None:
+        """Before the model's compute_logits on `rows` of this step's forward output (an index
+        tensor or a slice): the lm_head's adapters follow those rows' slots."""
+        slots = self.step.slots
+        self.step.logit_slots = None if slots is None else slots[rows]
 
     # ---- captured decode graphs --------------------------------------------------------------
     @contextlib.contextmanager

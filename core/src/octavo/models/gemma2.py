@@ -92,8 +92,7 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
         return 0
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        assert self.embed_tokens is not None, "only the first pipeline stage embeds"
-        return self.embed_tokens.index_select(0, input_ids) * self.embed_scale
+        return super().embed(input_ids) * self.embed_scale
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.lm_head is not None, "only the last pipeline stage computes logits"

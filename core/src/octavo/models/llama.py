@@ -19,7 +19,7 @@ before or after it runs the rest, and `load_weights` skips the other stages' wei
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from octavo.layers.norm import Float32RMSNorm, RMSNorm
 from octavo.layers.rotary import build_cos_sin_cache
 from octavo.models.structure import DecoderLayerStructure, DecoderStructure
 from octavo.platform import AttentionSpec, Platform
+
+if TYPE_CHECKING:
+    from octavo.lora.layers import EmbeddingLoRA
 
 #: the config's hidden_act -> the fused op of its gated MLP
 GATED_ACTIVATIONS = {"silu": "silu_and_mul", "gelu_pytorch_tanh": "gelu_tanh_and_mul"}
@@ -125,6 +128,7 @@ class LlamaForCausalLM(nn.Module):
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         last = self.stage.is_last
         self.embed_tokens: nn.Parameter | None = None
+        self.embed_lora: EmbeddingLoRA | None = None  # the embedding's LoRA adapters (octavo.lora)
         if self.stage.is_first or (last and self.tie_word_embeddings):
             self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
         self.layers = nn.ModuleList(self.make_layer(i) for i in self.layer_range)
@@ -181,7 +185,8 @@ class LlamaForCausalLM(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         assert self.embed_tokens is not None, "only the first pipeline stage embeds"
-        return self.embed_tokens.index_select(0, input_ids)
+        x = self.embed_tokens.index_select(0, input_ids)
+        return x if self.embed_lora is None else self.embed_lora.apply(input_ids, x)
 
     def attention_specs(self) -> list[AttentionSpec]:
         """Each layer's attention, as this rank runs it: what its KV cache must hold."""
