@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from octavo.kv_transfer import KVTransferStats
 from octavo.lora.request import LoRARequest
 from octavo.multimodal import MultiModalInputs
 from octavo.outputs import CompletionOutput, RequestOutput
@@ -92,6 +93,7 @@ class EngineStatsSnapshot:
     num_recompiles: int = 0  # compilations after warm-up (static-shape platforms)
     step_tokens: int = 0  # tokens the last step scheduled
     spec_decode: SpecDecodeStats | None = None  # speculative decoding's counters (None: off)
+    kv_transfer: KVTransferStats | None = None  # disaggregated prefill/decode's counters (None: off)
 
 
 _END = object()  # stream sentinel: no more outputs
@@ -495,6 +497,7 @@ class AsyncLLMEngine:
             num_recompiles=getattr(s, "num_recompiles", 0),
             step_tokens=getattr(s, "step_tokens", 0),
             spec_decode=getattr(s, "spec_decode", None),
+            kv_transfer=getattr(s, "kv_transfer", None),
         )
 
     # ---- back on the event loop ------------------------------------------------------------

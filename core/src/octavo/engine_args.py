@@ -73,6 +73,8 @@ class EngineArgs:
     max_cpu_loras: int | None = None
     # speculative decoding (vLLM's keys): {"method": "ngram", "num_speculative_tokens": k, ...}
     speculative_config: dict[str, Any] | str | None = None
+    # disaggregated prefill/decode (vLLM's JSON): {"kv_connector": "OctavoTcpConnector", "kv_role": ...}
+    kv_transfer_config: dict[str, Any] | str | None = None
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, model_positional: bool = False) -> argparse.ArgumentParser:
@@ -218,6 +220,13 @@ class EngineArgs:
             metavar="JSON",
             help='speculative decoding, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
             '"prompt_lookup_max": 5, "prompt_lookup_min": 2}\' (docs/speculative-decoding.md)',
+        )
+        parser.add_argument(
+            "--kv-transfer-config",
+            default=None,
+            metavar="JSON",
+            help='disaggregated prefill/decode, e.g. \'{"kv_connector": "OctavoTcpConnector", "kv_role": '
+            '"kv_producer", "kv_port": 14579}\' (docs/disaggregation.md)',
         )
         lora = parser.add_argument_group("LoRA adapters (docs/lora.md)")
         lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters of the model (PEFT format)")

@@ -92,7 +92,6 @@ ENGINE_REFUSED = [
     Option("runner", "auto", "tasks other than text generation and pooling", also=("generate", "pooling")),
     Option("convert", "auto", "conversions other than to an embedder", also=("none", "embed", "classify")),
     Option("mm_processor_kwargs", None, "multimodal inputs", "json"),
-    Option("kv_transfer_config", None, "disaggregated prefill (KV transfer)", "json"),
     Option("worker_cls", "auto", "custom worker classes"),
     Option("worker_extension_cls", "", "custom worker classes"),
     Option("enable_prompt_embeds", False, "prompt embeddings as input", "flag"),

@@ -36,6 +36,7 @@ from octavo.async_engine import _END, AsyncLLMEngine, EngineDeadError, PromptTyp
 from octavo.engine import wire
 from octavo.engine.core_proc import engine_core_main
 from octavo.engine.llm_engine import EngineStats, eos_token_ids
+from octavo.kv_transfer import KVTransferStats
 
 logger = logging.getLogger("octavo.engine_core")
 
@@ -109,6 +110,9 @@ class EngineInfo:
             total.prefix_cache_hits += s.prefix_cache_hits
             total.num_recompiles += s.num_recompiles
             total.step_tokens += s.step_tokens
+            if s.kv_transfer is not None:
+                total.kv_transfer = total.kv_transfer or KVTransferStats()
+                total.kv_transfer.add(s.kv_transfer)
         total.kv_cache_usage = sum(s.kv_cache_usage for s in seen) / len(seen)
         utils = [s.kv_slot_utilization for s in seen if s.kv_slot_utilization is not None]
         total.kv_slot_utilization = sum(utils) / len(utils) if utils else None

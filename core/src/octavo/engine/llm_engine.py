@@ -11,6 +11,7 @@ from typing import Any
 from octavo.block_manager import BlockManager
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.engine_args import EngineArgs
+from octavo.kv_transfer import KVConnector, KVTransferConfig, KVTransferStats
 from octavo.loader.source import load_tokenizer
 from octavo.lora import LoRAError, LoRARequest
 from octavo.lora.manager import LoRAManager
@@ -51,6 +52,8 @@ class EngineStats:
     step_tokens: int = 0
     # speculative decoding's counters (None without speculative_config)
     spec_decode: SpecDecodeStats | None = None
+    # disaggregated prefill/decode's counters (None without kv_transfer_config)
+    kv_transfer: KVTransferStats | None = None
 
 
 def eos_token_ids(model_config, tokenizer) -> tuple[int, ...]:
@@ -114,6 +117,8 @@ class LLMEngine:
                 "`octavo serve --data-parallel-size N` (engine core processes behind one API)"
             )
         t0 = time.perf_counter()
+        # disaggregated prefill/decode: a bad --kv-transfer-config is refused before the model loads
+        kv_transfer = None if args.kv_transfer_config is None else KVTransferConfig.parse(args.kv_transfer_config)
         self.config, self.platform, source = args.create_config()
         self.model_config = self.config.model
         self.tokenizer = load_tokenizer(source)
@@ -128,6 +133,13 @@ class LLMEngine:
             raise
         cache = self.config.cache
         self.block_manager = BlockManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        self.kv_connector: KVConnector | None = None
+        if kv_transfer is not None:
+            try:
+                self.kv_connector = KVConnector(kv_transfer, self.runner, self.platform.attention, self.block_manager)
+            except BaseException:
+                self.runner.shutdown()
+                raise
         sc = self.config.scheduler
         self.scheduler = Scheduler(
             self.block_manager,
@@ -179,6 +191,10 @@ class LLMEngine:
         collection and interpreter exit do it too). The engine cannot step afterwards."""
         if getattr(self, "runner", None) is not None:
             self.runner.shutdown()
+        connector = getattr(self, "kv_connector", None)
+        if connector is not None:
+            connector.shutdown()
+            self.kv_connector = None
         speculator = getattr(self, "speculator", None)
         if speculator is not None:
             speculator.shutdown()
@@ -322,6 +338,9 @@ class LLMEngine:
                 req.lora_request = lora_request
                 req.cache_salt = lora_request  # its KV differs from the base model's and other adapters'
             group.samples.append(_Sample(i, req, IncrementalDetokenizer(self.tokenizer, ids, p)))
+        connector = self.kv_connector
+        if connector is not None and not connector.config.is_producer and group.samples[0].req.block_identity() is None:
+            connector.load(request_id, ids)  # the prefill instance's KV, as prefix-cache blocks
         self.groups[request_id] = group
         for s in group.samples:
             self.sample_of[s.req.request_id] = s
@@ -639,6 +658,7 @@ class LLMEngine:
                 self._fail(group.samples[0].req.request_id, f"{type(e).__name__}: {e}")
                 continue
             if group.finished:
+                self._save_kv(group)
                 group.metrics.finished_time = now
                 group.metrics.num_preemptions = sum(s.req.num_preemptions for s in group.samples)
                 self.groups.pop(group.request_id, None)
@@ -646,6 +666,16 @@ class LLMEngine:
             if out is not None:
                 outputs.append(out)
         return outputs
+
+    def _save_kv(self, group: _Group) -> None:
+        """A prefill instance keeps a finished prompt's KV for its decode instance."""
+        connector = self.kv_connector
+        if connector is None or not connector.config.is_producer or group.samples[0].req.block_identity() is not None:
+            return
+        try:
+            connector.save(group.prompt_ids)
+        except Exception:  # the decode instance recomputes what it does not receive
+            logger.exception("keeping the KV of request %s for the decode instance failed", group.request_id)
 
     def _add_token(self, sample: _Sample, req: Request, token: int, lp) -> None:
         """One sample's new token: its logprobs, its text, a stop string it completes."""
@@ -746,4 +776,5 @@ class LLMEngine:
             num_recompiles=self.runner.stats().num_recompiles,
             step_tokens=self.step_tokens,
             spec_decode=self.speculator.stats.copy() if self.speculator is not None else None,
+            kv_transfer=self.kv_connector.stats.copy() if self.kv_connector is not None else None,
         )

@@ -169,6 +169,40 @@ class AttentionBackend:
         features -> [T, num_heads, latent_dim] (q's dtype)."""
         raise NotImplementedError
 
+    def read_blocks(self, kv_cache: Any, block_ids: torch.Tensor, layer: AttentionSpec) -> torch.Tensor:
+        """Blocks `block_ids` (int64) of one layer's cache as one contiguous tensor, block-major
+        (`[len(block_ids), ...]`), in whatever per-block layout this back end keeps (since 2.3;
+        disaggregated prefill copies KV between instances of the same back end with it).
+        Default: caches presented in the default shape (a strided view counts)."""
+        dim = self._block_dim(kv_cache, layer)
+        blocks: torch.Tensor = kv_cache.index_select(dim, block_ids).movedim(dim, 0).contiguous()
+        return blocks
+
+    def write_blocks(self, kv_cache: Any, block_ids: torch.Tensor, data: torch.Tensor, layer: AttentionSpec) -> None:
+        """Store `data` (as `read_blocks` returned it) into blocks `block_ids`, in place (since 2.3)."""
+        dim = self._block_dim(kv_cache, layer)
+        kv_cache.index_copy_(dim, block_ids, data.movedim(0, dim).to(kv_cache.dtype))
+
+    def _block_dim(self, kv_cache: Any, layer: AttentionSpec) -> int:
+        """The block dimension of a cache in the default shape; refuses any other layout."""
+        if isinstance(kv_cache, torch.Tensor):
+            if layer.latent_dim is not None and kv_cache.dim() == 3 and kv_cache.shape[2] == layer.head_dim:
+                return 0
+            if (
+                kv_cache.dim() == 5
+                and kv_cache.shape[0] == 2
+                and tuple(kv_cache.shape[3:])
+                == (
+                    layer.num_kv_heads,
+                    layer.head_dim,
+                )
+            ):
+                return 1
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps its KV cache in a layout of its own: it must implement read_blocks and "
+            "write_blocks for KV transfer (disaggregated prefill)"
+        )
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: Any, meta: Any, layer: AttentionSpec
     ) -> torch.Tensor:

@@ -103,6 +103,20 @@ class _EngineCollector(Collector):
         yield counter("num_preemptions", "Preemptions (a running request lost its KV blocks).", s.num_preemptions_total)
         yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
         yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
+        kv = getattr(s, "kv_transfer", None)
+        if kv is not None:  # disaggregated prefill/decode (docs/disaggregation.md)
+            sent = "Prompt tokens whose KV went to a decode instance (as of this instance's last step)."
+            yield counter("kv_transfer_sent_tokens", sent, kv.sent_tokens)
+            yield counter(
+                "kv_transfer_received_tokens",
+                "Prompt tokens whose KV came from the prefill instance (not computed here).",
+                kv.received_tokens,
+            )
+            yield counter(
+                "kv_transfer_failed_requests",
+                "Requests whose KV transfer failed: they recomputed their prompt.",
+                kv.failed_requests,
+            )
         spec = getattr(s, "spec_decode", None)
         if spec is not None:  # speculative decoding is on
             drafts = "Drafts verified (one request's proposals in one step)."
