@@ -3,11 +3,15 @@ extension module `octavo_cpu._quant`).
 
 The weights stay in the canonical GGUF layout the loader fills (each output row its blocks
 of 32, as llama.cpp stores them): the kernel reads the blocks directly, so nothing is repacked
-after loading. Up to `GEMV_MAX_ROWS` rows of x (decodes), the fused kernel decodes each
-block once per tile of rows and multiplies it with float32 inputs; past that (prefills), it
-dequantizes the layer's weight to float32 (about as much work as one tile's decode) and
-torch's GEMM runs, so a prefill pays the dequantization once per layer, not once per row.
-Results are the kit's reference semantics (float32 activations, no activation rounding).
+after loading. Up to `GEMV_MAX_ROWS` rows of x (decodes), the kernel rounds each row of x to
+int8 blocks of 32 with a float32 scale (as llama.cpp's Q8 activations) and multiplies in
+integers (AVX-512 VNNI, or AVX2): results are the kit's reference on the rounded activations
+(reference_quant.quantize_activation_blocks). Past that (prefills), it dequantizes the layer's
+weight to float32 and torch's GEMM runs on x unrounded, so a prefill pays the dequantization
+once per layer.
+
+OCTAVO_CPU_ISA lowers these kernels too: avx2 runs the AVX2 path, generic the portable one
+(slower than the dense GEMM, so the platform then offers no method for GGUF layers).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from octavo.platform import LinearMethod
 from octavo.platform.device import Device
 from octavo.quantization.linear import register_quantized_weights
 from octavo.quantization.scheme import QuantScheme
+from octavo_cpu._native import requested_isa
 
 try:
     from octavo_cpu import _quant
@@ -31,10 +36,20 @@ BLOCK_TYPES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}
 GEMV_MAX_ROWS = 16
 
 
-#: the kernels have a vector path for this CPU (AVX-512; read at import, before any test lowers
-#: it): without one the portable loop is slower than the dense GEMM on dequantized weights, so
-#: the platform offers no method and a GGUF loads dequantized unless --quantization gguf asks
-NATIVE = _quant is not None and _quant.isa() == "avx512"
+def _isa_for(requested: str) -> str:
+    """The module's level for an OCTAVO_CPU_ISA level: the AVX-512 ones run its VNNI path where the CPU has it."""
+    if requested.startswith("avx512") or requested == "amx":
+        return _quant.supported_isas()[-1] if _quant is not None else requested
+    return requested
+
+
+if _quant is not None and requested_isa():
+    _quant.set_isa(_isa_for(str(requested_isa())))
+
+#: the kernels have a vector path here (read at import, before any test lowers it): without one
+#: the portable loop is slower than the dense GEMM on dequantized weights, so the platform offers
+#: no method and a GGUF loads dequantized unless --quantization gguf asks
+NATIVE = _quant is not None and _quant.isa() != "generic"
 
 
 def supports(scheme: QuantScheme) -> bool:

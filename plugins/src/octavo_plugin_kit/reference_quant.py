@@ -13,7 +13,7 @@ import torch
 
 from octavo.quantization.scheme import GGUF_TYPES, QuantScheme
 
-__all__ = ["dequantize", "dequantize_gguf", "quantize_activations", "quantized_linear"]
+__all__ = ["dequantize", "dequantize_gguf", "quantize_activation_blocks", "quantize_activations", "quantized_linear"]
 
 
 def _f16(blocks: torch.Tensor, offset: int) -> torch.Tensor:
@@ -129,6 +129,17 @@ def quantize_activations(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "int8":
         return torch.round(x / scale).clamp(-qmax, qmax) * scale
     return (x / scale).clamp(-qmax, qmax).to(torch.float8_e4m3fn).float() * scale
+
+
+def quantize_activation_blocks(x: torch.Tensor) -> torch.Tensor:
+    """x [T, in] rounded as llama.cpp's GGUF dot products round activations, dequantized: per
+    block of 32 inputs, integers round-half-to-even(x * (127 / max|x|)) times the scale
+    max|x| / 127 (float32 operations in that order; a zero block stays zero). A GGUF method may
+    run on these instead of x (the conformance check accepts either)."""
+    blocks = x.float().reshape(x.shape[0], -1, 32)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return (torch.round(blocks * inv) * (amax / 127.0)).reshape(x.shape)
 
 
 def quantized_linear(
