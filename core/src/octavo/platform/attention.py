@@ -188,15 +188,8 @@ class AttentionBackend:
         if isinstance(kv_cache, torch.Tensor):
             if layer.latent_dim is not None and kv_cache.dim() == 3 and kv_cache.shape[2] == layer.head_dim:
                 return 0
-            if (
-                kv_cache.dim() == 5
-                and kv_cache.shape[0] == 2
-                and tuple(kv_cache.shape[3:])
-                == (
-                    layer.num_kv_heads,
-                    layer.head_dim,
-                )
-            ):
+            heads = (layer.num_kv_heads, layer.head_dim)
+            if kv_cache.dim() == 5 and kv_cache.shape[0] == 2 and tuple(kv_cache.shape[3:]) == heads:
                 return 1
         raise NotImplementedError(
             f"{type(self).__name__} keeps its KV cache in a layout of its own: it must implement read_blocks and "

@@ -12,6 +12,7 @@ parametrization; the fixture override picks the platform without a command-line 
 
 from octavo_plugin_kit.conformance.test_attention import *  # noqa: F401,F403
 from octavo_plugin_kit.conformance.test_end_to_end import *  # noqa: F401,F403
+from octavo_plugin_kit.conformance.test_kv_blocks import *  # noqa: F401,F403
 from octavo_plugin_kit.conformance.test_lora import *  # noqa: F401,F403
 from octavo_plugin_kit.conformance.test_mla import *  # noqa: F401,F403
 from octavo_plugin_kit.conformance.test_moe import *  # noqa: F401,F403
