@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class _Header(msgspec.Struct):
     layers: list[tuple[str, list[int]]]  # per layer: dtype name, shape of its blocks' tensor
 
 
+#: after a producer missed its timeout, transfers pause for this many timeouts
+PAUSE_TIMEOUTS = 10
+
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int8)}
 
 
@@ -85,6 +89,9 @@ class KVConnector:
         self.attention = attention
         self.block_manager = block_manager
         self.stats = KVTransferStats()
+        # a producer that did not answer is not asked again before this time (monotonic): the
+        # pull holds the engine's thread, so a dead producer must not cost every request a timeout
+        self._paused_until = 0.0
         self._ctx = zmq.Context()
         if config.is_producer:
             self._store = _Store(int(config.buffer_gb * 2**30))
@@ -121,11 +128,26 @@ class KVConnector:
         local, _ = self.block_manager.find_cached_prefix(prompt_ids, want)
         if len(local) * self.block_manager.block_size == want:
             return 0  # all of it is cached here already
+        if time.monotonic() < self._paused_until:
+            self.stats.failed_requests += 1
+            return 0
         try:
             tokens = self._receive(prompt_ids[:want])
         except _TransferError as e:
             self.stats.failed_requests += 1
             logger.warning("KV transfer for request %s failed (%s): its prompt is recomputed", request_id, e)
+            return 0
+        except _Unreachable as e:
+            self.stats.failed_requests += 1
+            pause = PAUSE_TIMEOUTS * self.config.timeout_s
+            self._paused_until = time.monotonic() + pause
+            logger.warning(
+                "KV transfer for request %s failed (%s): its prompt is recomputed, and so are the prompts of the "
+                "next %.1f s (transfers paused)",
+                request_id,
+                e,
+                pause,
+            )
             return 0
         self.stats.received_tokens += tokens
         return tokens
@@ -141,7 +163,7 @@ class KVConnector:
             sock.send(msgspec.msgpack.encode(list(tokens)))
             reply = sock.recv_multipart(copy=False)
         except zmq.Again:
-            raise _TransferError(
+            raise _Unreachable(
                 f"no answer from the producer at {self.config.address} in {self.config.timeout_s} s"
             ) from None
         finally:
@@ -189,7 +211,11 @@ class KVConnector:
 
 
 class _TransferError(Exception):
-    pass
+    """This request's KV cannot be received (the next request's may)."""
+
+
+class _Unreachable(Exception):
+    """The producer did not answer: transfers pause for a while."""
 
 
 class _Store:
