@@ -1,10 +1,15 @@
 """Octavo: a fast, device-agnostic LLM inference and serving engine."""
 
+from octavo import openmp
 from octavo.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from octavo.engine_args import AsyncEngineArgs, EngineArgs
 from octavo.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+# before anything loads torch and its OpenMP runtime, which reads its settings once (none of the
+# imports above loads torch; openmp.py says why)
+openmp.bound_spinning()
 
 __version__ = "0.1.0"
 
