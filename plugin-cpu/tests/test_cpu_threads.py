@@ -32,13 +32,17 @@ print(spent)
 """
 
 
-def _python(code: str, *args: str, **env: str) -> str:
+def _run(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in _USER_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return result
+
+
+def _python(code: str, *args: str, **env: str) -> str:
+    return _run(code, *args, **env).stdout.strip()
 
 
 _SHOW = "import os, sys, octavo; print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
@@ -61,3 +65,20 @@ def test_idle_threads_stop_spinning():
     plain = max(float(_python(_IDLE_CPU, "plain")) for _ in range(2))
     bounded = min(float(_python(_IDLE_CPU, "octavo")) for _ in range(2))
     assert bounded < plain / 2, f"idle CPU {bounded * 1e3:.1f} ms with octavo, {plain * 1e3:.1f} ms without"
+
+
+_CONFIGURE = """
+import sys
+if sys.argv[1] == "torch first":
+    import torch
+import octavo
+from octavo_cpu.platform import CpuPlatform
+CpuPlatform().check_and_update_config(None)
+"""
+
+
+@pytest.mark.parametrize("order", ["torch first", "octavo first"])
+def test_warns_where_torch_loaded_first(order):
+    # too late for this process's libgomp: the platform says what to do instead
+    stderr = _run(_CONFIGURE, order, OMP_NUM_THREADS="2").stderr
+    assert ("export GOMP_SPINCOUNT=10000" in stderr) == (order == "torch first"), stderr

@@ -20,16 +20,19 @@ from collections.abc import MutableMapping
 SPIN_COUNT = "10000"
 # a user's own choice of either wins: GOMP_SPINCOUNT overrides the spin count OMP_WAIT_POLICY implies
 _USER_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+#: set by bound_spinning: torch (with libgomp) loaded before octavo, so this process keeps the long spin
+loaded_too_late = False
 
 
-def bound_spinning(environ: MutableMapping[str, str] | None = None) -> bool:
+def bound_spinning(environ: MutableMapping[str, str] | None = None) -> None:
     """Set GOMP_SPINCOUNT to SPIN_COUNT unless the user set it or OMP_WAIT_POLICY.
 
-    Returns whether it took effect in this process: False where the user chose, or where torch (and
-    with it libgomp) loaded before octavo; then export GOMP_SPINCOUNT=10000 before starting Python.
+    Where torch (and with it libgomp) loaded before octavo, only child processes get it and
+    `loaded_too_late` says so (octavo-cpu warns: export GOMP_SPINCOUNT=10000 before starting Python).
     """
+    global loaded_too_late
     environ = os.environ if environ is None else environ
     if any(name in environ for name in _USER_VARIABLES):
-        return False
+        return
     environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-    return "torch" not in sys.modules
+    loaded_too_late = "torch" in sys.modules

@@ -14,10 +14,12 @@ Its parts, one module each:
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
+from octavo import openmp
 from octavo.platform import Availability, Platform, SchedulingPolicy
 from octavo_cpu import _native
 from octavo_cpu.attention import CpuAttention
@@ -26,6 +28,8 @@ from octavo_cpu.device import CpuDevice, preferred_dtype, usable_cores
 from octavo_cpu.linear import CpuLinearMethod
 from octavo_cpu.ops import CpuOps
 from octavo_cpu.runner import CpuModelRunner
+
+logger = logging.getLogger(__name__)
 
 
 class CpuPlatform(Platform):
@@ -56,3 +60,10 @@ class CpuPlatform(Platform):
     def check_and_update_config(self, config) -> None:
         threads = os.environ.get("OMP_NUM_THREADS")
         torch.set_num_threads(int(threads) if threads else usable_cores())
+        if openmp.loaded_too_late and torch.get_num_threads() > 1:
+            logger.warning(
+                "torch was imported before octavo, so its OpenMP threads keep libgomp's long spin, which "
+                "stalls them when other processes share the cores: import octavo first, or export "
+                "GOMP_SPINCOUNT=%s before starting Python (docs/cpu.md, 'Threads on a busy machine')",
+                openmp.SPIN_COUNT,
+            )
