@@ -112,6 +112,8 @@ class ModelRunner(StepRunner):
         self.graph_runner: GraphRunner | None = None
         # pipeline stages: launched steps not collected yet (their activations are still between stages)
         self._uncollected = 0
+        # speculative decoding's EAGLE heads read each step's hidden states (octavo.spec_decode.eagle)
+        self.hidden_tap: Callable[[SchedulerOutput, torch.Tensor, list[int]], None] | None = None
 
     def _is_driver(self) -> bool:
         return self.config.parallel.rank == 0 and not self.platform.spmd
@@ -515,6 +517,8 @@ class ModelRunner(StepRunner):
 
     def _launch_forward(self, out, batch, last, rows, failed, pending, grammar_bitmask, hidden) -> LaunchedStep:
         """The rest of a step once its hidden states are queued: prompt logprobs, logits, sampling."""
+        if self.hidden_tap is not None:
+            self.hidden_tap(out, hidden, batch.query_start_loc_cpu)
         prompt_lps = {}
         if any(s.sampling_params.prompt_logprobs is not None for s in out.scheduled):
             prompt_lps = self._prompt_logprobs(out, hidden, batch.query_start_loc_cpu, failed)

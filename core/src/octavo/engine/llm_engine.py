@@ -167,7 +167,7 @@ class LLMEngine:
         self.speculator = None
         if self.config.speculative is not None:
             nb, max_len = self.block_manager.num_blocks, self.model_config.max_model_len
-            self.speculator = Speculator(self.config.speculative, args, nb, self.vocab_size, max_len)
+            self.speculator = Speculator(self.config.speculative, args, nb, self.vocab_size, max_len, self.runner)
         self.groups: dict[str, _Group] = {}
         self.sample_of: dict[str, _Sample] = {}
         self.group_of: dict[str, _Group] = {}

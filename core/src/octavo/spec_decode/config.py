@@ -10,6 +10,8 @@ from typing import Any
 METHODS = {
     "ngram": "prompt lookup: the tokens that followed the latest earlier match of the context's last n-gram",
     "draft_model": "a smaller model with the same tokenizer ('model': its path), run k times per step",
+    "eagle": "an EAGLE-1/2 head ('model': its directory) over the target's last hidden state",
+    "eagle3": "an EAGLE-3 head ('model': its directory) over three of the target's layers",
 }
 
 
@@ -20,7 +22,8 @@ class SpeculativeConfig:
     # ngram: the longest and shortest suffix n-grams looked up in the context
     prompt_lookup_max: int = 5
     prompt_lookup_min: int = 1
-    # draft_model: the draft's model directory or file (same forms as the target's `model`)
+    # draft_model: the draft's model directory or file (same forms as the target's `model`);
+    # eagle / eagle3: the head's directory (config.json and its weights)
     model: str | None = None
 
     @classmethod
@@ -63,5 +66,7 @@ class SpeculativeConfig:
             raise bad("prompt_lookup_min", f"must be <= prompt_lookup_max ({self.prompt_lookup_max})")
         if self.method == "draft_model" and not self.model:
             raise bad("model", "method 'draft_model' needs the draft's model (a directory or .gguf file)")
+        if self.method in ("eagle", "eagle3") and not self.model:
+            raise bad("model", f"method {self.method!r} needs the head's directory (config.json and weights)")
         if self.method == "ngram" and self.model is not None:
             raise bad("model", "method 'ngram' uses no model; drop 'model' or set method 'draft_model'")

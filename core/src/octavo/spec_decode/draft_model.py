@@ -22,6 +22,7 @@ import torch
 
 from octavo.block_manager import BlockManager
 from octavo.request import Request
+from octavo.sampling import Sampler
 from octavo.scheduler import ScheduledRequest, SchedulerOutput
 from octavo.transfer import to_device
 
@@ -84,7 +85,9 @@ class DraftModelProposer:
                 for req, st in live
             ]
             logits = self.runner.last_logits(SchedulerOutput(scheduled, sum(len(s.token_ids) for s in scheduled)))
-            q, tokens = self._draw(logits, [req for req, _ in live], drafts, j)
+            q, tokens = draw_proposals(
+                self.runner.sampler, logits, [req for req, _ in live], drafts, j, self.vocab_size
+            )
             for i, (req, st) in enumerate(live):
                 st.tokens += feeds[req.request_id]
                 drafts[req.request_id].append(tokens[i])
@@ -96,28 +99,6 @@ class DraftModelProposer:
             greedy = req.sampling_params.greedy or not req.spec_token_ids
             req.spec_probs = None if greedy else torch.stack(q_rows[rid])
 
-    def _draw(self, logits: torch.Tensor, reqs: list[Request], drafts: dict[str, list[int]], j: int):
-        """q over the target's vocabulary (the draft's columns past it cut off, missing ones
-        at probability 0) after the target's processing of row j, and one token drawn from it per
-        request."""
-        v = logits.shape[1]
-        if v > self.vocab_size:
-            logits = logits[:, : self.vocab_size]
-        elif v < self.vocab_size:
-            logits = torch.nn.functional.pad(logits, (0, self.vocab_size - v), value=float("-inf"))
-        histories, bans = [], []
-        for req in reqs:
-            p = req.sampling_params
-            done = drafts[req.request_id]
-            histories.append((req.token_ids + done if p.penalized else req.token_ids, req.num_prompt_tokens))
-            bans.append(req.num_output_tokens + j < p.min_tokens)
-        sampler = self.runner.sampler  # the draft's own seeded generators: its draws are its own
-        params = [req.sampling_params for req in reqs]
-        q = sampler.distribution(logits.float(), params, histories, bans)
-        u = [sampler.uniform(req.request_id, req.sampling_params)() for req in reqs]
-        tokens = sampler.draw(q.log(), None, to_device(u, torch.float32, q.device)).tolist()
-        return q, tokens
-
     def forget(self, request_id: str) -> None:
         st = self.states.pop(request_id, None)
         if st is not None:
@@ -126,3 +107,27 @@ class DraftModelProposer:
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+
+
+def draw_proposals(
+    sampler: Sampler, logits: torch.Tensor, reqs: list[Request], drafts: dict[str, list[int]], j: int, vocab_size: int
+) -> tuple[torch.Tensor, list[int]]:
+    """q over the target's vocabulary (a proposer's columns past it cut off, missing ones at
+    probability 0) after the target's processing of proposal j, and one token drawn from it per
+    request with `sampler`: the proposer's own, whose seeded streams are its own."""
+    v = logits.shape[1]
+    if v > vocab_size:
+        logits = logits[:, :vocab_size]
+    elif v < vocab_size:
+        logits = torch.nn.functional.pad(logits, (0, vocab_size - v), value=float("-inf"))
+    histories, bans = [], []
+    for req in reqs:
+        p = req.sampling_params
+        done = drafts[req.request_id]
+        histories.append((req.token_ids + done if p.penalized else req.token_ids, req.num_prompt_tokens))
+        bans.append(req.num_output_tokens + j < p.min_tokens)
+    params = [req.sampling_params for req in reqs]
+    q = sampler.distribution(logits.float(), params, histories, bans)
+    u = [sampler.uniform(req.request_id, req.sampling_params)() for req in reqs]
+    tokens = sampler.draw(q.log(), None, to_device(u, torch.float32, q.device)).tolist()
+    return q, tokens
