@@ -7,6 +7,7 @@ import torch
 
 from octavo.platform import FusedOps
 from octavo_cpu import _native
+from octavo_cpu import lora as _lora
 
 
 class CpuOps(FusedOps):
@@ -69,3 +70,17 @@ class CpuOps(FusedOps):
         ):
             return _native.sample(logits, temperatures, u)
         return super().sample(logits, temperatures, u)
+
+    def lora_shrink(self, x: torch.Tensor, a: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        # multi-LoRA in one native call per layer (octavo_cpu.lora): no host-side grouping, no
+        # float32 copies of the adapters, each row of A read once for all of its slot's tokens
+        if x.dim() == 2 and slots.device.type == "cpu" and _lora.supports(x, a):
+            return _lora.lora_shrink(x, a, slots)
+        return super().lora_shrink(x, a, slots)
+
+    def lora_expand(
+        self, y: torch.Tensor, h: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, slice_sizes: tuple[int, ...]
+    ) -> torch.Tensor:
+        if y.dim() == 2 and slots.device.type == "cpu" and _lora.supports(y, h, b):
+            return _lora.lora_expand(y, h, b, slots, slice_sizes)
+        return super().lora_expand(y, h, b, slots, slice_sizes)
