@@ -376,10 +376,10 @@ class ModelRunner(StepRunner):
             if n <= 0:
                 continue
             try:
-                result[s.request_id] = self._prompt_logprobs_of(s, hidden[qsl[i] : qsl[i] + n], k)
-            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 if self.lora_manager is not None:  # an lm_head adapter follows the rows taken
                     self.lora_manager.logit_rows(slice(qsl[i], qsl[i] + n))
+                result[s.request_id] = self._prompt_logprobs_of(s, hidden[qsl[i] : qsl[i] + n], k)
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 logger.exception("prompt logprobs failed for request %s", s.request_id)
                 failed[s.request_id] = f"{type(e).__name__}: {e}"
         return result
@@ -526,12 +526,12 @@ class ModelRunner(StepRunner):
         if not rows:
             self._last_tokens = (None, {})
             return LaunchedStep(None, [], prompt_lps, failed, verified)
+        if self.lora_manager is not None:
+            self.lora_manager.logit_rows(last)
         logits = self.model.compute_logits(hidden.index_select(0, last))[: len(rows)]
         chosen = [out.scheduled[i] for i in rows]
         rids = [s.request_id for s in chosen]
         # the host fills the grammars' masks while the device runs the forward queued above
-        if self.lora_manager is not None:
-            self.lora_manager.logit_rows(last)
         bitmask = grammar_bitmask(rids) if grammar_bitmask is not None else None
         if bitmask is not None:
             bitmask = tensor_to_device(bitmask, self.device)
@@ -556,12 +556,12 @@ class ModelRunner(StepRunner):
             return {}
         try:
             rows = to_device(rows_of(out.scheduled, qsl), torch.long, self.device)
+            if self.lora_manager is not None:
+                self.lora_manager.logit_rows(rows)
             logits = self.model.compute_logits(hidden.index_select(0, rows))
             return verify(self.sampler, logits, spec, [s.spec_probs for s in spec])
         except Exception as e:  # noqa: BLE001 - these requests fail, the others go on
             logger.exception("verifying proposed tokens failed")
-            if self.lora_manager is not None:
-                self.lora_manager.logit_rows(rows)
             failed.update((s.request_id, f"{type(e).__name__}: {e}") for s in spec)
             return {}
 
