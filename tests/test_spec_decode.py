@@ -433,12 +433,32 @@ def test_metrics_under_vllms_names(tiny_llama):
     assert per_pos == {str(j): n for j, n in enumerate(spec.num_accepted_tokens_per_pos)}
 
 
+def assert_second_token_follows(model: str, prompt: list[int], allowed: list[int], temp: float, outs) -> None:
+    """The second output token of `outs` is distributed as the target's (transformers on the same
+    weights): p(t2) = sum over t1 of p(t1) p(t2 | t1), restricted to `allowed` at `temp`
+    (chi-square at p = 1e-4)."""
+    from tiny_models import _load_hf
+
+    hf = _load_hf(model, None)
+    idx = torch.tensor(allowed)
+
+    def restricted(ids: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = hf(torch.tensor([ids])).logits[0, -1].double()
+        return (logits[idx] / temp).softmax(-1)
+
+    p1 = restricted(prompt)
+    p2 = sum(p1[i] * restricted(prompt + [t]) for i, t in enumerate(allowed))
+    counts = Counter(allowed.index(o.outputs[0].token_ids[1]) for o in outs)
+    stat, df = _chi2(counts, p2.float())
+    assert stat < _chi2_critical(df), f"chi2 {stat:.1f}: {sorted(counts.items())} against {p2.tolist()}"
+
+
 def test_sampled_output_with_a_draft_model_follows_the_target(tiny_llama, tmp_path):
     """Proposals drawn from a different draft's q (so many are rejected and replaced from the
     residual): the second token's distribution over 1500 seeded requests is the target's, computed
     by transformers on the same weights (chi-square at p = 1e-4). Seeded, so that a draft drawing
     with the target's own uniforms (the same seed, the same stream) shows as a biased law."""
-    from tiny_models import _load_hf
 
     draft = make_tiny_model("qwen2", str(tmp_path / "qwen2"))
     allowed = list(range(10, 16))
@@ -456,19 +476,7 @@ def test_sampled_output_with_a_draft_model_follows_the_target(tiny_llama, tmp_pa
     assert bm.num_free_blocks == bm.num_blocks
 
     # the target's p(t2) = sum over t1 of p(t1) p(t2 | t1), restricted to `allowed` at `temp`
-    hf = _load_hf(tiny_llama, None)
-    idx = torch.tensor(allowed)
-
-    def restricted(ids: list[int]) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = hf(torch.tensor([ids])).logits[0, -1].double()
-        return (logits[idx] / temp).softmax(-1)
-
-    p1 = restricted(prompt)
-    p2 = sum(p1[i] * restricted(prompt + [t]) for i, t in enumerate(allowed))
-    counts = Counter(allowed.index(o.outputs[0].token_ids[1]) for o in outs)
-    stat, df = _chi2(counts, p2.float())
-    assert stat < _chi2_critical(df), f"chi2 {stat:.1f}: {sorted(counts.items())} against {p2.tolist()}"
+    assert_second_token_follows(tiny_llama, prompt, allowed, temp, outs)
 
 
 def test_speculative_config_flag(tiny_llama):

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections import Counter
 
 import pytest
 import torch
-from test_spec_decode import _check_blocks, _chi2, _chi2_critical, _generate, _llm
+from test_spec_decode import _check_blocks, _generate, _llm, assert_second_token_follows
 from tiny_models import _load_hf, make_tiny_model, tiny_config
 
 from octavo import LLM, SamplingParams
@@ -207,19 +206,7 @@ def test_sampled_output_with_eagle3_follows_the_target(target, tmp_path):
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens  # accepted and rejected both
     _check_blocks(llm)
 
-    hf = _load_hf(target, None)
-    idx = torch.tensor(allowed)
-
-    def restricted(ids: list[int]) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = hf(torch.tensor([ids])).logits[0, -1].double()
-        return (logits[idx] / temp).softmax(-1)
-
-    p1 = restricted(prompt)
-    p2 = sum(p1[i] * restricted(prompt + [t]) for i, t in enumerate(allowed))
-    counts = Counter(allowed.index(o.outputs[0].token_ids[1]) for o in outs)
-    stat, df = _chi2(counts, p2.float())
-    assert stat < _chi2_critical(df), f"chi2 {stat:.1f}: {sorted(counts.items())} against {p2.tolist()}"
+    assert_second_token_follows(target, prompt, allowed, temp, outs)
 
 
 def test_a_head_of_the_wrong_kind_is_refused(target, head):
